@@ -1,0 +1,43 @@
+//! Configuration: the YAML model, loading with line numbers, and the problems found in it.
+//!
+//! Loading stops at the model; [`crate::table::compile`] checks meaning (references, CIDRs,
+//! durations, ranges) and builds the routing table, collecting every problem in one pass.
+
+mod model;
+mod problems;
+mod yaml;
+
+use std::path::Path;
+
+pub use model::*;
+pub use problems::{ConfigError, Problem, Problems};
+pub use yaml::{LineIndex, YamlPath, parse_document};
+
+/// A parsed config with the line index of its source, ready to compile.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub lines: LineIndex,
+    /// Where it came from, for messages.
+    pub source: std::path::PathBuf,
+}
+
+/// Read and parse a config file (structure only; see [`crate::table::compile`]).
+pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path)
+}
+
+/// Parse config text; `source` names it in messages.
+pub fn load_str(text: &str, source: &Path) -> Result<LoadedConfig, ConfigError> {
+    let (config, lines) =
+        parse_document::<Config>(text).map_err(|p| ConfigError::invalid(source, p))?;
+    Ok(LoadedConfig {
+        config,
+        lines,
+        source: source.to_path_buf(),
+    })
+}

@@ -1,0 +1,114 @@
+//! Config problems: what is wrong, where (YAML path and line), collected so all are shown at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::yaml::{LineIndex, YamlPath};
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// Where in the document, e.g. `routes[0].cluster`.
+    pub path: Option<YamlPath>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "{path}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Problems gathered while reading and compiling a config.
+#[derive(Debug, Default, Clone)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, problem: Problem) {
+        self.0.push(problem);
+    }
+
+    /// Record a problem at `path`; its line is filled in by [`Problems::with_lines`].
+    pub fn at(&mut self, path: YamlPath, message: impl Into<String>) {
+        self.0.push(Problem {
+            line: None,
+            path: Some(path),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Problem> {
+        self.0.iter()
+    }
+
+    /// Fill in missing lines from the document's index and sort by line.
+    pub fn with_lines(mut self, index: &LineIndex) -> Self {
+        for problem in &mut self.0 {
+            if problem.line.is_none() {
+                problem.line = problem.path.as_ref().and_then(|p| index.line_of(p));
+            }
+        }
+        self.0.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        self
+    }
+}
+
+/// Why a config could not be loaded. Shown to operators by `meridian check`, at start-up and on
+/// reload; each variant says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source} (check the path given with -c)", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(file, problems))]
+    Invalid { file: PathBuf, problems: Problems },
+}
+
+impl ConfigError {
+    pub fn invalid(file: &Path, problems: Problems) -> Self {
+        Self::Invalid {
+            file: file.to_path_buf(),
+            problems,
+        }
+    }
+
+    /// The individual problems (empty for a read error).
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            Self::Read { .. } => Vec::new(),
+            Self::Invalid { problems, .. } => problems.iter().cloned().collect(),
+        }
+    }
+}
+
+fn render_problems(file: &Path, problems: &Problems) -> String {
+    let count = problems.len();
+    let mut out = format!(
+        "{} is invalid ({count} problem{}); nothing was changed:",
+        file.display(),
+        if count == 1 { "" } else { "s" }
+    );
+    for p in problems.iter() {
+        match p.line {
+            Some(line) => out.push_str(&format!("\n  {}:{line}: {p}", file.display())),
+            None => out.push_str(&format!("\n  {}: {p}", file.display())),
+        }
+    }
+    out
+}

@@ -1,0 +1,262 @@
+//! `meridian demo`: three regional backends in-process, the proxy in front of them, the
+//! bundled demo GeoIP data, and curl lines that show the steering.
+//!
+//! The backends are real HTTP servers on `127.0.0.1:0`; tests use them as upstreams too.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, EndpointConfig};
+use crate::geo::GeoDb;
+use crate::server::{self, RunningServer};
+use crate::table;
+
+/// The demo config; its endpoints are replaced by the in-process backends.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+/// The demo GeoIP database, built from `config/geoip/demo-fixture.yaml`.
+pub const DEMO_GEOIP: &[u8] = include_bytes!("../config/geoip/demo-city.mmdb");
+/// The regions the demo runs backends for.
+pub const DEMO_REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
+
+/// A backend that answers every request with its region name.
+///
+/// `GET /echo` answers with JSON of the region, method, path and request headers, so tests can
+/// see what reached the upstream.
+pub struct RegionBackend {
+    pub region: String,
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl RegionBackend {
+    pub async fn start(region: &str, bind: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let region_name = region.to_owned();
+        let (stop, conns) = (shutdown.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(_) => continue,
+                    },
+                };
+                let region = region_name.clone();
+                let stop = stop.clone();
+                conns.spawn(async move {
+                    let service = service_fn(move |req| answer(region.clone(), req));
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            region: region.to_owned(),
+            addr,
+            shutdown,
+            tracker,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+    }
+}
+
+async fn answer(
+    region: String,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = if req.uri().path() == "/echo" {
+        let headers: BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "region": region,
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+            "headers": headers,
+        })
+        .to_string()
+    } else {
+        format!(
+            "Hello from {region} ({} {})\n",
+            req.method(),
+            req.uri().path()
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if let Ok(v) = HeaderValue::from_str(&region) {
+        response.headers_mut().insert("x-backend-region", v);
+    }
+    Ok(response)
+}
+
+/// The running demo.
+pub struct Demo {
+    pub server: RunningServer,
+    pub backends: Vec<RegionBackend>,
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot start a demo backend: {0}")]
+    Backend(#[source] std::io::Error),
+    #[error("the bundled demo GeoIP data is unreadable: {0}")]
+    Geo(#[from] crate::geo::GeoError),
+    #[error("the bundled demo config is invalid: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] server::StartError),
+}
+
+/// Start the backends and the proxy.
+pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, DemoError> {
+    let mut backends = Vec::new();
+    for region in DEMO_REGIONS {
+        let backend = RegionBackend::start(region, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(DemoError::Backend)?;
+        backends.push(backend);
+    }
+    let mut loaded = config::load_str(DEMO_CONFIG, Path::new("config/demo.yaml"))?;
+    loaded.config.listeners.truncate(1);
+    if let Some(l) = loaded.config.listeners.first_mut() {
+        l.bind = listen.to_string();
+    }
+    loaded.config.admin.bind = Some(admin.to_string());
+    if let Some(cluster) = loaded.config.clusters.get_mut("demo") {
+        cluster.endpoints = backends
+            .iter()
+            .map(|b| {
+                (
+                    b.region.clone(),
+                    vec![EndpointConfig {
+                        address: b.addr.to_string(),
+                        weight: 1,
+                    }],
+                )
+            })
+            .collect();
+    }
+    let db = GeoDb::from_bytes(
+        DEMO_GEOIP.to_vec(),
+        Path::new("config/geoip/demo-city.mmdb"),
+    )?;
+    let table = table::compile(&loaded, 1, Some(db))?;
+    let server = server::start(table).await?;
+    Ok(Demo { server, backends })
+}
+
+impl Demo {
+    /// What to paste into a terminal, with what each line should show.
+    pub fn instructions(&self) -> String {
+        let proxy = self
+            .server
+            .proxy_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let admin = self.server.admin.map(|a| a.to_string()).unwrap_or_default();
+        let url = format!("http://{proxy}/");
+        let lines = [
+            (
+                format!("curl -H 'X-Forwarded-For: 192.0.2.10' {url}"),
+                "client in the US",
+                "us-east-1",
+            ),
+            (
+                format!("curl -H 'X-Forwarded-For: 198.51.100.7' {url}"),
+                "client in Germany",
+                "eu-west-1",
+            ),
+            (
+                format!("curl -H 'X-Forwarded-For: 203.0.113.9' {url}"),
+                "client in Singapore",
+                "ap-southeast-1",
+            ),
+            (
+                format!("curl -H 'X-Forwarded-For: 2001:db8:3::1' {url}"),
+                "client in France (IPv6)",
+                "eu-west-1",
+            ),
+            (
+                format!("curl -H 'X-Forwarded-For: 2001:db8:1::1' {url}"),
+                "client in Japan (IPv6)",
+                "ap-southeast-1",
+            ),
+            (
+                format!("curl {url}"),
+                "unknown location: local_region first",
+                "us-east-1",
+            ),
+            (
+                format!("curl -H 'Host: eu.demo.local' -H 'X-Forwarded-For: 203.0.113.9' {url}"),
+                "route with only: [eu-west-1], even from Singapore",
+                "eu-west-1",
+            ),
+            (
+                format!(
+                    "curl -s -o /dev/null -w '%{{http_code}}\\n' -H 'Host: unknown.example' {url}"
+                ),
+                "no route for this host",
+                "404",
+            ),
+        ];
+        let mut out = format!(
+            "Meridian demo is running.\n  proxy  http://{proxy}/\n  admin  http://{admin}/\n  backends:"
+        );
+        for b in &self.backends {
+            out.push_str(&format!(" {}={}", b.region, b.addr));
+        }
+        out.push_str("\n\nTry (each line ends with what it should show):\n");
+        for (cmd, what, expect) in lines {
+            out.push_str(&format!("  {cmd}    # {what} → {expect}\n"));
+        }
+        out.push_str("\nPress Ctrl-C to stop.");
+        out
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown(Duration::from_secs(5)).await;
+        for b in self.backends {
+            b.stop().await;
+        }
+    }
+}

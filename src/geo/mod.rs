@@ -1,0 +1,309 @@
+//! Where a client is: its address (socket peer or trusted X-Forwarded-For), then its location
+//! from CIDR overrides or the GeoIP database.
+//!
+//! Built by the table compiler; read on every request. Nothing here does I/O after start-up.
+
+mod codes;
+mod db;
+pub mod fixture;
+
+use std::net::IpAddr;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+
+pub use codes::{ContinentCode, CountryCode};
+pub use db::{GeoDb, GeoError};
+
+use crate::steer::RegionId;
+
+/// How the client's location was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LocationSource {
+    /// A `geo.overrides` CIDR matched.
+    Override,
+    /// The GeoIP database knew the address.
+    Database,
+    /// Nothing knew it (private address, no database, no record).
+    #[default]
+    Unknown,
+}
+
+impl LocationSource {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Override => "override",
+            Self::Database => "geoip",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where a client is, as far as Meridian knows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Location {
+    pub country: Option<CountryCode>,
+    pub continent: Option<ContinentCode>,
+    /// Latitude, longitude in degrees.
+    pub coords: Option<(f64, f64)>,
+    /// An override that names a region outright.
+    pub region: Option<RegionId>,
+    pub source: LocationSource,
+}
+
+/// How the client address was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrSource {
+    /// The TCP peer itself.
+    Peer,
+    /// X-Forwarded-For, believed because the peer is a trusted proxy.
+    ForwardedFor,
+}
+
+/// A CIDR override, compiled.
+#[derive(Debug, Clone)]
+pub struct GeoOverride {
+    pub net: IpNet,
+    pub location: Location,
+}
+
+/// Client address and location resolution: trusted proxies, overrides, database.
+#[derive(Debug, Default)]
+pub struct GeoResolver {
+    pub trusted_proxies: Vec<IpNet>,
+    /// Longest prefix first, so the first match is the most specific.
+    pub overrides: Vec<GeoOverride>,
+    pub database: Option<GeoDb>,
+}
+
+impl GeoResolver {
+    pub fn new(
+        trusted_proxies: Vec<IpNet>,
+        mut overrides: Vec<GeoOverride>,
+        database: Option<GeoDb>,
+    ) -> Self {
+        overrides.sort_by_key(|o| std::cmp::Reverse(o.net.prefix_len()));
+        Self {
+            trusted_proxies,
+            overrides,
+            database,
+        }
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address: the peer, unless the peer is a trusted proxy, in which case the
+    /// right-most X-Forwarded-For entry that is not itself a trusted proxy.
+    ///
+    /// An untrusted peer can never choose its own location. When every entry is trusted the
+    /// left-most is used; an unparseable entry stops the walk at the last good hop, since
+    /// nothing to its left can be believed.
+    pub fn client_addr<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a HeaderValue>,
+    ) -> (IpAddr, AddrSource) {
+        let peer = peer.to_canonical();
+        if !self.is_trusted(peer) {
+            return (peer, AddrSource::Peer);
+        }
+        let mut last = (peer, AddrSource::Peer);
+        for value in forwarded_for.rev() {
+            let Ok(text) = value.to_str() else {
+                return last;
+            };
+            for entry in text.rsplit(',') {
+                let Some(ip) = parse_forwarded_entry(entry) else {
+                    return last;
+                };
+                last = (ip, AddrSource::ForwardedFor);
+                if !self.is_trusted(ip) {
+                    return last;
+                }
+            }
+        }
+        last
+    }
+
+    /// The client's location: the most specific override, else the database, else unknown.
+    pub fn locate(&self, ip: IpAddr) -> Location {
+        let ip = ip.to_canonical();
+        if let Some(o) = self.overrides.iter().find(|o| o.net.contains(&ip)) {
+            return o.location;
+        }
+        if let Some(db) = &self.database
+            && let Some(location) = db.lookup(ip)
+        {
+            return location;
+        }
+        Location::default()
+    }
+}
+
+/// One X-Forwarded-For entry: `ip`, `ip:port`, `[v6]:port` (ports are dropped).
+fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    entry
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|s| s.ip().to_canonical())
+}
+
+/// Great-circle distance in kilometres (haversine).
+pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    const EARTH_RADIUS_KM: f64 = 6371.0;
+    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
+    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
+    let dlat = lat2 - lat1;
+    let dlon = lon2 - lon1;
+    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver(trusted: &[&str]) -> GeoResolver {
+        GeoResolver::new(
+            trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            Vec::new(),
+            None,
+        )
+    }
+
+    fn xff(values: &[&str]) -> Vec<HeaderValue> {
+        values
+            .iter()
+            .map(|v| HeaderValue::from_str(v).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn client_address_table() {
+        let r = resolver(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let cases: &[(&str, &[&str], &str, AddrSource)] = &[
+            // untrusted peer: header ignored
+            (
+                "192.0.2.1",
+                &["198.51.100.7"],
+                "192.0.2.1",
+                AddrSource::Peer,
+            ),
+            // trusted peer: right-most untrusted entry
+            (
+                "127.0.0.1",
+                &["198.51.100.7"],
+                "198.51.100.7",
+                AddrSource::ForwardedFor,
+            ),
+            (
+                "127.0.0.1",
+                &["203.0.113.9, 198.51.100.7, 10.1.1.1"],
+                "198.51.100.7",
+                AddrSource::ForwardedFor,
+            ),
+            // several headers: the last header holds the right-most entries
+            (
+                "127.0.0.1",
+                &["203.0.113.9", "198.51.100.7"],
+                "198.51.100.7",
+                AddrSource::ForwardedFor,
+            ),
+            // all trusted: the left-most
+            (
+                "127.0.0.1",
+                &["10.0.0.2, 10.0.0.3"],
+                "10.0.0.2",
+                AddrSource::ForwardedFor,
+            ),
+            // garbage stops the walk at the last good hop
+            (
+                "127.0.0.1",
+                &["198.51.100.7, junk, 10.0.0.3"],
+                "10.0.0.3",
+                AddrSource::ForwardedFor,
+            ),
+            ("127.0.0.1", &["junk"], "127.0.0.1", AddrSource::Peer),
+            // ports and brackets
+            (
+                "127.0.0.1",
+                &["[2001:db8::1]:443"],
+                "2001:db8::1",
+                AddrSource::ForwardedFor,
+            ),
+            (
+                "127.0.0.1",
+                &["198.51.100.7:5555"],
+                "198.51.100.7",
+                AddrSource::ForwardedFor,
+            ),
+            // no header
+            ("127.0.0.1", &[], "127.0.0.1", AddrSource::Peer),
+            // IPv4-mapped peer is canonicalised before the trust check
+            (
+                "::ffff:127.0.0.1",
+                &["198.51.100.7"],
+                "198.51.100.7",
+                AddrSource::ForwardedFor,
+            ),
+        ];
+        for (peer, values, want, source) in cases {
+            let headers = xff(values);
+            let got = r.client_addr(peer.parse().unwrap(), headers.iter());
+            assert_eq!(
+                got,
+                (want.parse().unwrap(), *source),
+                "peer {peer} xff {values:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn most_specific_override_wins() {
+        let wide = GeoOverride {
+            net: "10.0.0.0/8".parse().unwrap(),
+            location: Location {
+                country: CountryCode::parse("US"),
+                source: LocationSource::Override,
+                ..Location::default()
+            },
+        };
+        let narrow = GeoOverride {
+            net: "10.1.0.0/16".parse().unwrap(),
+            location: Location {
+                country: CountryCode::parse("DE"),
+                source: LocationSource::Override,
+                ..Location::default()
+            },
+        };
+        let r = GeoResolver::new(Vec::new(), vec![wide, narrow], None);
+        assert_eq!(
+            r.locate("10.1.2.3".parse().unwrap()).country,
+            CountryCode::parse("DE")
+        );
+        assert_eq!(
+            r.locate("10.2.2.3".parse().unwrap()).country,
+            CountryCode::parse("US")
+        );
+        assert_eq!(
+            r.locate("192.0.2.1".parse().unwrap()).source,
+            LocationSource::Unknown
+        );
+    }
+
+    #[test]
+    fn distances_are_plausible() {
+        let dublin = (53.3, -6.3);
+        let virginia = (38.9, -77.4);
+        let d = distance_km(dublin, virginia);
+        assert!((5300.0..5600.0).contains(&d), "{d}");
+        assert_eq!(distance_km(dublin, dublin), 0.0);
+    }
+}

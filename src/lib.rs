@@ -1,0 +1,17 @@
+//! Meridian: a geo-aware edge reverse proxy.
+//!
+//! The binary is a thin CLI over this library: [`table::load`] validates and compiles a config,
+//! [`server::start`] binds and serves it.
+
+pub mod admin;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod geo;
+pub mod headers;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod steer;
+pub mod table;
+pub mod upstream;

@@ -1,0 +1,185 @@
+//! The `meridian` command line: a thin shell over the library.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use meridian::{demo, geo, server, table};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "A geo-aware edge reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a config file.
+    Run {
+        #[arg(short, long, default_value = "config/meridian.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: prints every problem with its line; exits 1 if there are any.
+    Check {
+        #[arg(short, long, default_value = "config/meridian.yaml")]
+        config: PathBuf,
+    },
+    /// Run the built-in demo: three regional backends, the proxy and the demo GeoIP data.
+    Demo {
+        /// Proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// GeoIP database tools.
+    Geo {
+        #[command(subcommand)]
+        command: GeoCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeoCommand {
+    /// Build a City-style MaxMind DB from a YAML fixture.
+    Build { fixture: PathBuf, out: PathBuf },
+    /// Look an address up in a MaxMind DB.
+    Lookup {
+        #[arg(long)]
+        db: PathBuf,
+        ip: IpAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => Ok(check(&config)),
+        Command::Run { config } => {
+            let table = table::load(&config, 1)?;
+            runtime()?.block_on(serve(table))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen, admin } => {
+            runtime()?.block_on(async {
+                let demo = demo::start(listen, admin).await?;
+                println!("{}", demo.instructions());
+                shutdown_signal().await;
+                demo.shutdown().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Geo {
+            command: GeoCommand::Build { fixture, out },
+        } => {
+            let text = std::fs::read_to_string(&fixture)
+                .with_context(|| format!("cannot read fixture {}", fixture.display()))?;
+            let bytes = geo::fixture::build(&text, &fixture)?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {} ({} bytes)", out.display(), bytes.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Geo {
+            command: GeoCommand::Lookup { db, ip },
+        } => {
+            let db = geo::GeoDb::open(&db)?;
+            match db.lookup(ip) {
+                Some(l) => println!(
+                    "{ip}: country {} continent {} location {}",
+                    l.country
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    l.continent
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    l.coords
+                        .map(|(a, b)| format!("{a}, {b}"))
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                None => println!("{ip}: not in {}", db.path().display()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(config: &Path) -> ExitCode {
+    match table::load(config, 1) {
+        Ok(t) => {
+            println!(
+                "{} is valid: {} listeners, {} regions, {} clusters, {} routes",
+                config.display(),
+                t.listeners.len(),
+                t.regions.len(),
+                t.clusters.len(),
+                t.routes.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn serve(table: table::RoutingTable) -> anyhow::Result<()> {
+    let running = server::start(table).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown(server::DEFAULT_DRAIN_TIMEOUT).await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,239 @@
+//! Listeners and lifecycle: bind every socket, run the accept loops, drain on shutdown.
+//!
+//! `Server::start` takes a compiled table (so validation always happens before any socket is
+//! bound) and returns the bound addresses, which lets tests bind `127.0.0.1:0`.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Scheme;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::table::{ListenerSpec, RoutingTable, TableHandle};
+
+/// Largest request head hyper will buffer (HTTP/1.1).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most request headers accepted (HTTP/1.1).
+pub const MAX_HEADERS: usize = 100;
+/// HTTP/2 streams per connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// How long in-flight requests may take to finish after shutdown starts.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} (listener `{name}`): {source} (is another process using it?)")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared between the admin listener and the lifecycle.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    pub draining: AtomicBool,
+}
+
+/// A started Meridian: its bound addresses and the handles to stop it.
+pub struct RunningServer {
+    pub table: TableHandle,
+    /// Listener name → bound address, in config order.
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: Option<SocketAddr>,
+    pub lifecycle: Arc<Lifecycle>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl RunningServer {
+    /// The first proxy listener's address.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.listeners.first().map(|(_, a)| *a)
+    }
+
+    /// Stop accepting, let in-flight requests finish (up to `drain_timeout`), then return.
+    pub async fn shutdown(self, drain_timeout: Duration) {
+        self.lifecycle.draining.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timeout reached; closing remaining connections"
+            );
+        }
+    }
+}
+
+/// Bind every listener of `table` and start serving.
+pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
+    let specs = table.listeners.clone();
+    let admin_bind = table.admin_bind;
+    let handle: TableHandle = Arc::new(ArcSwap::from_pointee(table));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let lifecycle = Arc::new(Lifecycle::default());
+
+    // Bind everything before serving anything, so a failure leaves nothing half-started.
+    let mut bound = Vec::new();
+    for spec in specs {
+        let listener = TcpListener::bind(spec.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: spec.name.clone(),
+                addr: spec.bind,
+                source,
+            })?;
+        bound.push((spec, listener));
+    }
+    let admin_listener = match admin_bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+
+    let mut listeners = Vec::new();
+    for (spec, listener) in bound {
+        let addr = listener.local_addr().unwrap_or(spec.bind);
+        tracing::info!(listener = %spec.name, %addr, "proxy listening");
+        listeners.push((spec.name.clone(), addr));
+        let builder = Arc::new(proxy_builder(&spec));
+        let table = handle.clone();
+        let make_service = move |peer: SocketAddr| {
+            let table = table.clone();
+            service_fn(move |req| crate::proxy::handle(table.clone(), peer, Scheme::HTTP, req))
+        };
+        tracker.spawn(accept_loop(
+            listener,
+            builder,
+            make_service,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    let admin = match admin_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "admin listening");
+            let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+            let table = handle.clone();
+            let life = lifecycle.clone();
+            let make_service = move |_peer: SocketAddr| {
+                let table = table.clone();
+                let life = life.clone();
+                service_fn(move |req| crate::admin::handle(table.clone(), life.clone(), req))
+            };
+            tracker.spawn(accept_loop(
+                listener,
+                builder,
+                make_service,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+            addr
+        }
+        None => None,
+    };
+    Ok(RunningServer {
+        table: handle,
+        listeners,
+        admin,
+        lifecycle,
+        shutdown,
+        tracker,
+    })
+}
+
+fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Without a timer hyper silently never fires the header read timeout.
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder
+}
+
+async fn accept_loop<F, S, B>(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    make_service: F,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = make_service(peer);
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

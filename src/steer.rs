@@ -1,0 +1,756 @@
+//! Steering: which regions a client may use and in what order, which region takes this request
+//! (Envoy priority-load spill), and which endpoint inside it.
+//!
+//! Pure functions over compiled data and a caller-supplied RNG: no I/O, no clocks, no locks, so
+//! every rule is unit-tested here and benchmarked without sockets.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::config::{LoadBalancer, SteeringMode};
+use crate::geo::{ContinentCode, CountryCode, Location, distance_km};
+
+/// Index of a region in the routing table.
+pub type RegionId = u8;
+
+/// Regions per table; orders are fixed-size arrays so building one never allocates.
+pub const MAX_REGIONS: usize = 64;
+
+/// Regions in preference order, best first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RegionOrder {
+    ids: [RegionId; MAX_REGIONS],
+    len: u8,
+}
+
+impl Default for RegionOrder {
+    fn default() -> Self {
+        Self {
+            ids: [0; MAX_REGIONS],
+            len: 0,
+        }
+    }
+}
+
+impl fmt::Debug for RegionOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl RegionOrder {
+    pub fn from_slice(ids: &[RegionId]) -> Self {
+        let mut order = Self::default();
+        for id in ids {
+            order.push(*id);
+        }
+        order
+    }
+
+    /// Appends `id` unless present (or full).
+    pub fn push(&mut self, id: RegionId) {
+        if !self.contains(id) && (self.len as usize) < MAX_REGIONS {
+            self.ids[self.len as usize] = id;
+            self.len += 1;
+        }
+    }
+
+    pub fn contains(&self, id: RegionId) -> bool {
+        self.as_slice().contains(&id)
+    }
+
+    pub fn as_slice(&self) -> &[RegionId] {
+        &self.ids[..self.len as usize]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    fn retain(&mut self, keep: impl Fn(RegionId) -> bool) {
+        let mut kept = Self::default();
+        for id in self.as_slice() {
+            if keep(*id) {
+                kept.push(*id);
+            }
+        }
+        *self = kept;
+    }
+}
+
+/// A route's steering policy, compiled.
+#[derive(Debug, Clone)]
+pub struct Steering {
+    pub mode: SteeringMode,
+    pub overprovisioning: f64,
+    pub countries: HashMap<CountryCode, RegionOrder>,
+    pub continents: HashMap<ContinentCode, RegionOrder>,
+    /// Bit `r` set: region `r` may be used. `None`: no restriction.
+    pub only: Option<u64>,
+    /// For weighted mode: region → share.
+    pub weights: Vec<(RegionId, u32)>,
+    /// For failover mode: the same order for every client.
+    pub fixed_order: Option<RegionOrder>,
+    pub panic_routing: bool,
+}
+
+impl Default for Steering {
+    fn default() -> Self {
+        Self {
+            mode: SteeringMode::Nearest,
+            overprovisioning: crate::config::DEFAULT_OVERPROVISIONING,
+            countries: HashMap::new(),
+            continents: HashMap::new(),
+            only: None,
+            weights: Vec::new(),
+            fixed_order: None,
+            panic_routing: true,
+        }
+    }
+}
+
+/// Every region ranked by distance from `point`, after the ones already in `order`.
+pub fn extend_by_distance(order: &mut RegionOrder, coords: &[(f64, f64)], point: (f64, f64)) {
+    let mut rest: [(f64, RegionId); MAX_REGIONS] = [(0.0, 0); MAX_REGIONS];
+    let mut n = 0;
+    for (id, c) in coords.iter().enumerate().take(MAX_REGIONS) {
+        let id = id as RegionId;
+        if !order.contains(id) {
+            rest[n] = (distance_km(point, *c), id);
+            n += 1;
+        }
+    }
+    let rest = &mut rest[..n];
+    rest.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    for (_, id) in rest.iter() {
+        order.push(*id);
+    }
+}
+
+/// The regions this client may use, best first.
+///
+/// Explicit lists win (a region override, then `countries`, then `continents`); regions they do
+/// not name follow by distance, so a list says who comes first without disabling failover
+/// (`only` is what forbids regions). With no location at all the instance's own order is used:
+/// `local_region` first, then the regions nearest to it.
+pub fn region_order(
+    steering: &Steering,
+    region_coords: &[(f64, f64)],
+    local_order: &RegionOrder,
+    location: &Location,
+) -> RegionOrder {
+    let mut order = if let (SteeringMode::Failover, Some(fixed)) =
+        (steering.mode, steering.fixed_order.as_ref())
+    {
+        *fixed
+    } else {
+        let explicit = location
+            .region
+            .map(|r| RegionOrder::from_slice(&[r]))
+            .or_else(|| {
+                location
+                    .country
+                    .and_then(|c| steering.countries.get(&c).copied())
+            })
+            .or_else(|| {
+                location
+                    .continent
+                    .and_then(|c| steering.continents.get(&c).copied())
+            });
+        let point = location.coords.or_else(|| {
+            location
+                .region
+                .and_then(|r| region_coords.get(r as usize).copied())
+        });
+        match (explicit, point) {
+            (Some(mut order), Some(point)) => {
+                extend_by_distance(&mut order, region_coords, point);
+                order
+            }
+            (Some(mut order), None) => {
+                for id in local_order.as_slice() {
+                    order.push(*id);
+                }
+                order
+            }
+            (None, Some(point)) => {
+                let mut order = RegionOrder::default();
+                extend_by_distance(&mut order, region_coords, point);
+                order
+            }
+            (None, None) => *local_order,
+        }
+    };
+    if let Some(mask) = steering.only {
+        order.retain(|id| mask & (1u64 << id) != 0);
+    }
+    order
+}
+
+/// How healthy a region of a cluster is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegionHealth {
+    /// Weight of endpoints that are healthy and have weight > 0.
+    pub healthy_weight: u64,
+    /// Weight of all endpoints.
+    pub total_weight: u64,
+    /// Number of endpoints, healthy or not.
+    pub endpoints: usize,
+}
+
+impl RegionHealth {
+    /// Healthy share in 0..=1.
+    pub fn share(&self) -> f64 {
+        if self.total_weight == 0 {
+            0.0
+        } else {
+            self.healthy_weight as f64 / self.total_weight as f64
+        }
+    }
+}
+
+/// The region chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionPick {
+    pub region: RegionId,
+    /// No region had a healthy endpoint: use every endpoint of this region regardless.
+    pub panic: bool,
+}
+
+/// Why no region could take the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoRegion {
+    #[error("the steering policy leaves no region for this client")]
+    EmptyOrder,
+    #[error("no region in the order has a healthy endpoint")]
+    NoHealthy,
+    #[error("no region in the order has any endpoint")]
+    NoEndpoints,
+}
+
+/// Share of traffic each region in `order` takes (Envoy priority load).
+///
+/// Region k takes `min(healthy_share(k) × overprovisioning, 1)` of what earlier regions left.
+/// When even all regions together are less than fully healthy, the load is spread in
+/// proportion to their health instead, so all of it still goes somewhere healthy.
+pub fn region_loads(
+    order: &RegionOrder,
+    health: impl Fn(RegionId) -> RegionHealth,
+    overprovisioning: f64,
+) -> [f64; MAX_REGIONS] {
+    let mut loads = [0.0; MAX_REGIONS];
+    let mut capped = [0.0; MAX_REGIONS];
+    let mut total = 0.0;
+    for (i, id) in order.as_slice().iter().enumerate() {
+        capped[i] = (health(*id).share() * overprovisioning).min(1.0);
+        total += capped[i];
+    }
+    if total <= 0.0 {
+        return loads;
+    }
+    if total < 1.0 {
+        for i in 0..order.len() {
+            loads[i] = capped[i] / total;
+        }
+        return loads;
+    }
+    let mut remaining = 1.0;
+    for i in 0..order.len() {
+        loads[i] = capped[i].min(remaining);
+        remaining -= loads[i];
+    }
+    loads
+}
+
+/// Choose the region for one request.
+pub fn pick_region(
+    steering: &Steering,
+    order: &RegionOrder,
+    health: impl Fn(RegionId) -> RegionHealth,
+    rng: &mut fastrand::Rng,
+) -> Result<RegionPick, NoRegion> {
+    if order.is_empty() {
+        return Err(NoRegion::EmptyOrder);
+    }
+    let healthy = match steering.mode {
+        SteeringMode::Nearest => {
+            let loads = region_loads(order, &health, steering.overprovisioning);
+            let mut r = rng.f64();
+            let mut chosen = None;
+            for (i, id) in order.as_slice().iter().enumerate() {
+                if loads[i] <= 0.0 {
+                    continue;
+                }
+                chosen = Some(*id);
+                if r < loads[i] {
+                    break;
+                }
+                r -= loads[i];
+            }
+            chosen
+        }
+        SteeringMode::Failover => order
+            .as_slice()
+            .iter()
+            .copied()
+            .find(|id| health(*id).healthy_weight > 0),
+        SteeringMode::Weighted => {
+            let eligible =
+                |id: RegionId, w: u32| w > 0 && order.contains(id) && health(id).healthy_weight > 0;
+            let total: u64 = steering
+                .weights
+                .iter()
+                .filter(|(id, w)| eligible(*id, *w))
+                .map(|(_, w)| u64::from(*w))
+                .sum();
+            if total == 0 {
+                None
+            } else {
+                let mut r = rng.u64(0..total);
+                steering
+                    .weights
+                    .iter()
+                    .filter(|(id, w)| eligible(*id, *w))
+                    .find(|(_, w)| {
+                        let w = u64::from(*w);
+                        if r < w {
+                            true
+                        } else {
+                            r -= w;
+                            false
+                        }
+                    })
+                    .map(|(id, _)| *id)
+            }
+        }
+    };
+    if let Some(region) = healthy {
+        return Ok(RegionPick {
+            region,
+            panic: false,
+        });
+    }
+    if !steering.panic_routing {
+        return Err(NoRegion::NoHealthy);
+    }
+    order
+        .as_slice()
+        .iter()
+        .copied()
+        .find(|id| health(*id).endpoints > 0)
+        .map(|region| RegionPick {
+            region,
+            panic: true,
+        })
+        .ok_or(NoRegion::NoEndpoints)
+}
+
+/// What endpoint picking needs to know about one endpoint.
+pub trait Candidate {
+    fn weight(&self) -> u32;
+    fn is_healthy(&self) -> bool;
+    fn in_flight(&self) -> u32;
+}
+
+fn usable<C: Candidate>(c: &C, panic: bool) -> bool {
+    panic || (c.weight() > 0 && c.is_healthy())
+}
+
+/// In panic mode every endpoint counts, with equal weight.
+fn pick_weight<C: Candidate>(c: &C, panic: bool) -> u64 {
+    if panic { 1 } else { u64::from(c.weight()) }
+}
+
+fn weighted_draw<C: Candidate>(
+    endpoints: &[C],
+    panic: bool,
+    total: u64,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
+    let mut r = rng.u64(0..total);
+    for (i, e) in endpoints.iter().enumerate() {
+        if !usable(e, panic) {
+            continue;
+        }
+        let w = pick_weight(e, panic);
+        if r < w {
+            return Some(i);
+        }
+        r -= w;
+    }
+    None
+}
+
+/// Choose an endpoint of one region. `rr_schedule`/`rr_cursor` are the region's round-robin
+/// state (a precomputed weighted schedule and a counter the caller advances).
+pub fn pick_endpoint<C: Candidate>(
+    endpoints: &[C],
+    lb: LoadBalancer,
+    panic: bool,
+    rng: &mut fastrand::Rng,
+    rr_schedule: &[u32],
+    rr_cursor: usize,
+) -> Option<usize> {
+    let total: u64 = endpoints
+        .iter()
+        .filter(|e| usable(*e, panic))
+        .map(|e| pick_weight(e, panic))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    match lb {
+        LoadBalancer::Random => weighted_draw(endpoints, panic, total, rng),
+        LoadBalancer::LeastRequest => {
+            let a = weighted_draw(endpoints, panic, total, rng)?;
+            let b = weighted_draw(endpoints, panic, total, rng)?;
+            // Compare in-flight per unit of weight without dividing: a/wa <= b/wb.
+            let load = |i: usize| {
+                (
+                    u64::from(endpoints[i].in_flight()),
+                    pick_weight(&endpoints[i], panic),
+                )
+            };
+            let ((la, wa), (lb_, wb)) = (load(a), load(b));
+            Some(if la * wb <= lb_ * wa { a } else { b })
+        }
+        LoadBalancer::RoundRobin => {
+            if panic || rr_schedule.is_empty() {
+                let usable_count = endpoints.iter().filter(|e| usable(*e, panic)).count();
+                let nth = rr_cursor % usable_count;
+                return endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| usable(*e, panic))
+                    .nth(nth)
+                    .map(|(i, _)| i);
+            }
+            (0..rr_schedule.len())
+                .map(|step| rr_schedule[(rr_cursor + step) % rr_schedule.len()] as usize)
+                .find(|i| endpoints.get(*i).is_some_and(|e| usable(e, panic)))
+        }
+    }
+}
+
+/// A smooth weighted round-robin schedule (nginx's algorithm): each endpoint appears `weight`
+/// times (weights divided by their gcd), spread out rather than in runs.
+pub fn round_robin_schedule(weights: &[u32]) -> Vec<u32> {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+    if g == 0 {
+        return Vec::new();
+    }
+    let weights: Vec<i64> = weights.iter().map(|w| i64::from(w / g)).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        schedule.push(best as u32);
+    }
+    schedule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: RegionId = 0;
+    const EU: RegionId = 1;
+    const AP: RegionId = 2;
+    const COORDS: [(f64, f64); 3] = [(38.9, -77.4), (53.3, -6.3), (1.35, 103.8)];
+
+    fn local() -> RegionOrder {
+        RegionOrder::from_slice(&[US, EU, AP])
+    }
+
+    fn at(lat: f64, lon: f64) -> Location {
+        Location {
+            coords: Some((lat, lon)),
+            ..Location::default()
+        }
+    }
+
+    fn health(h: &[(u64, u64, usize)]) -> impl Fn(RegionId) -> RegionHealth + '_ {
+        move |id| {
+            let (healthy_weight, total_weight, endpoints) = h[id as usize];
+            RegionHealth {
+                healthy_weight,
+                total_weight,
+                endpoints,
+            }
+        }
+    }
+
+    #[test]
+    fn orders_by_distance_explicit_lists_and_only() {
+        let mut s = Steering::default();
+        let frankfurt = Location {
+            country: CountryCode::parse("DE"),
+            continent: ContinentCode::parse("EU"),
+            ..at(50.1, 8.7)
+        };
+        let singapore = at(1.3, 103.8);
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            &[EU, US, AP]
+        );
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &singapore).as_slice(),
+            &[AP, EU, US]
+        );
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &Location::default()).as_slice(),
+            &[US, EU, AP]
+        );
+
+        s.continents.insert(
+            ContinentCode::parse("EU").unwrap(),
+            RegionOrder::from_slice(&[AP]),
+        );
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            &[AP, EU, US]
+        );
+        s.countries.insert(
+            CountryCode::parse("DE").unwrap(),
+            RegionOrder::from_slice(&[US]),
+        );
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            &[US, EU, AP]
+        );
+
+        s.only = Some(1 << EU);
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            &[EU]
+        );
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &singapore).as_slice(),
+            &[EU]
+        );
+    }
+
+    #[test]
+    fn region_override_goes_first_then_nearest_to_it() {
+        let s = Steering::default();
+        let loc = Location {
+            region: Some(AP),
+            ..Location::default()
+        };
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &loc).as_slice(),
+            &[AP, EU, US]
+        );
+    }
+
+    #[test]
+    fn failover_uses_fixed_order() {
+        let s = Steering {
+            mode: SteeringMode::Failover,
+            fixed_order: Some(RegionOrder::from_slice(&[AP, US])),
+            ..Steering::default()
+        };
+        assert_eq!(
+            region_order(&s, &COORDS, &local(), &at(50.0, 8.0)).as_slice(),
+            &[AP, US]
+        );
+    }
+
+    #[test]
+    fn priority_loads_follow_envoy() {
+        let order = local();
+        // (healthy share, expected loads) with overprovisioning 1.4
+        let cases: &[(&[(u64, u64, usize)], [f64; 3])] = &[
+            (&[(10, 10, 1), (10, 10, 1), (10, 10, 1)], [1.0, 0.0, 0.0]),
+            // 50% healthy × 1.4 = 70%; the rest spills to the next region
+            (&[(5, 10, 1), (10, 10, 1), (10, 10, 1)], [0.7, 0.3, 0.0]),
+            (&[(0, 10, 1), (5, 10, 1), (10, 10, 1)], [0.0, 0.7, 0.3]),
+            // all weak: normalised by total health (0.14 + 0.14)
+            (&[(1, 10, 1), (1, 10, 1), (0, 10, 1)], [0.5, 0.5, 0.0]),
+            (&[(0, 10, 1), (0, 0, 0), (0, 10, 1)], [0.0, 0.0, 0.0]),
+        ];
+        for (h, want) in cases {
+            let loads = region_loads(&order, health(h), 1.4);
+            for i in 0..3 {
+                assert!(
+                    (loads[i] - want[i]).abs() < 1e-9,
+                    "{h:?}: {:?} want {want:?}",
+                    &loads[..3]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spill_is_seen_in_picks() {
+        let s = Steering::default();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let h = [(5, 10, 2), (10, 10, 1), (10, 10, 1)];
+        let mut counts = [0; 3];
+        for _ in 0..10_000 {
+            let pick = pick_region(&s, &local(), health(&h), &mut rng).unwrap();
+            assert!(!pick.panic);
+            counts[pick.region as usize] += 1;
+        }
+        assert!((6_700..7_300).contains(&counts[0]), "{counts:?}");
+        assert_eq!(counts[2], 0);
+    }
+
+    #[test]
+    fn failover_and_panic() {
+        let mut s = Steering {
+            mode: SteeringMode::Failover,
+            ..Steering::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(1);
+        let h = [(0, 10, 1), (1, 10, 1), (10, 10, 1)];
+        assert_eq!(
+            pick_region(&s, &local(), health(&h), &mut rng)
+                .unwrap()
+                .region,
+            EU
+        );
+        let dead = [(0, 10, 1), (0, 0, 0), (0, 10, 1)];
+        assert_eq!(
+            pick_region(
+                &s,
+                &RegionOrder::from_slice(&[EU, AP]),
+                health(&dead),
+                &mut rng
+            )
+            .unwrap(),
+            RegionPick {
+                region: AP,
+                panic: true
+            }
+        );
+        assert_eq!(
+            pick_region(&s, &RegionOrder::from_slice(&[EU]), health(&dead), &mut rng),
+            Err(NoRegion::NoEndpoints)
+        );
+        s.panic_routing = false;
+        assert_eq!(
+            pick_region(&s, &local(), health(&dead), &mut rng),
+            Err(NoRegion::NoHealthy)
+        );
+        assert_eq!(
+            pick_region(&s, &RegionOrder::default(), health(&dead), &mut rng),
+            Err(NoRegion::EmptyOrder)
+        );
+    }
+
+    #[test]
+    fn weighted_renormalises_over_healthy_regions() {
+        let s = Steering {
+            mode: SteeringMode::Weighted,
+            weights: vec![(US, 50), (EU, 30), (AP, 20)],
+            ..Steering::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(3);
+        let h = [(1, 1, 1), (0, 0, 0), (1, 1, 1)];
+        let mut counts = [0; 3];
+        for _ in 0..7_000 {
+            counts[pick_region(&s, &local(), health(&h), &mut rng)
+                .unwrap()
+                .region as usize] += 1;
+        }
+        assert_eq!(counts[1], 0);
+        // 50:20 → 5000:2000
+        assert!((4_800..5_200).contains(&counts[0]), "{counts:?}");
+    }
+
+    struct E {
+        w: u32,
+        up: bool,
+        busy: u32,
+    }
+    impl Candidate for E {
+        fn weight(&self) -> u32 {
+            self.w
+        }
+        fn is_healthy(&self) -> bool {
+            self.up
+        }
+        fn in_flight(&self) -> u32 {
+            self.busy
+        }
+    }
+
+    fn e(w: u32, up: bool, busy: u32) -> E {
+        E { w, up, busy }
+    }
+
+    #[test]
+    fn endpoint_picks_honour_weight_health_and_load() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let eps = [e(1, true, 0), e(3, true, 0), e(5, false, 0), e(0, true, 0)];
+        let mut counts = [0; 4];
+        for _ in 0..8_000 {
+            let i = pick_endpoint(&eps, LoadBalancer::Random, false, &mut rng, &[], 0).unwrap();
+            counts[i] += 1;
+        }
+        assert_eq!(
+            (counts[2], counts[3]),
+            (0, 0),
+            "unhealthy and weight-0 never picked"
+        );
+        assert!((1_800..2_200).contains(&counts[0]), "{counts:?}");
+
+        // least request: the idle endpoint wins whenever it is one of the two draws
+        let busy = [e(1, true, 10), e(1, true, 0)];
+        let idle_wins = (0..1_000)
+            .filter(|_| {
+                pick_endpoint(&busy, LoadBalancer::LeastRequest, false, &mut rng, &[], 0) == Some(1)
+            })
+            .count();
+        assert!(idle_wins > 700, "{idle_wins}");
+
+        // panic: everything counts
+        let down = [e(1, false, 0), e(0, false, 0)];
+        assert_eq!(
+            pick_endpoint(&down, LoadBalancer::Random, false, &mut rng, &[], 0),
+            None
+        );
+        assert!(pick_endpoint(&down, LoadBalancer::Random, true, &mut rng, &[], 0).is_some());
+    }
+
+    #[test]
+    fn round_robin_follows_smooth_weights() {
+        let schedule = round_robin_schedule(&[5, 1, 1]);
+        assert_eq!(schedule, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(round_robin_schedule(&[2, 4]), vec![1, 0, 1]);
+        assert!(round_robin_schedule(&[0, 0]).is_empty());
+        let mut rng = fastrand::Rng::with_seed(1);
+        let eps = [e(5, true, 0), e(1, false, 0), e(1, true, 0)];
+        let picks: Vec<_> = (0..7)
+            .map(|c| {
+                pick_endpoint(
+                    &eps,
+                    LoadBalancer::RoundRobin,
+                    false,
+                    &mut rng,
+                    &schedule,
+                    c,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(!picks.contains(&1), "unhealthy skipped: {picks:?}");
+        assert!(picks.contains(&2));
+    }
+}

@@ -1,0 +1,903 @@
+//! The compiled, immutable routing table and the handle it is published through.
+//!
+//! The control path builds a whole new table from a config (collecting every problem in one
+//! pass) and swaps it in through `ArcSwap`; the request path only ever loads the current one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http::uri::Authority;
+use ipnet::IpNet;
+use regex::Regex;
+
+use crate::config::{
+    Config, ConfigError, LoadBalancer, LoadedConfig, Problems, RouteConfig, SteeringConfig,
+    SteeringMode, YamlPath,
+};
+use crate::geo::{
+    ContinentCode, CountryCode, GeoDb, GeoOverride, GeoResolver, Location, LocationSource,
+};
+use crate::routes::{
+    ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteSet, RouteTarget,
+};
+use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
+use crate::upstream::{UpstreamClient, new_client};
+
+/// Largest endpoint weight accepted.
+pub const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+
+/// The current table, shared by every listener.
+pub type TableHandle = Arc<ArcSwap<RoutingTable>>;
+
+#[derive(Debug)]
+pub struct Region {
+    pub name: String,
+    pub coords: (f64, f64),
+    /// The region name as a response header value, built once.
+    pub header: HeaderValue,
+}
+
+/// What the control path learns about an endpoint; kept in an `Arc` so it can outlive a table.
+#[derive(Debug)]
+pub struct EndpointState {
+    pub in_flight: AtomicU32,
+    pub healthy: AtomicBool,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// `ip:port` for the upstream URI, built once.
+    pub authority: Authority,
+    pub weight: u32,
+    pub region: RegionId,
+    pub state: Arc<EndpointState>,
+}
+
+impl Candidate for Arc<Endpoint> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn is_healthy(&self) -> bool {
+        self.state.healthy.load(Ordering::Relaxed)
+    }
+    fn in_flight(&self) -> u32 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// The endpoints of one cluster in one region.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub rr_schedule: Vec<u32>,
+    pub rr_cursor: AtomicUsize,
+}
+
+impl EndpointSet {
+    pub fn health(&self) -> RegionHealth {
+        let mut h = RegionHealth {
+            endpoints: self.endpoints.len(),
+            ..RegionHealth::default()
+        };
+        for e in &self.endpoints {
+            h.total_weight += u64::from(e.weight);
+            if e.weight > 0 && e.is_healthy() {
+                h.healthy_weight += u64::from(e.weight);
+            }
+        }
+        h
+    }
+
+    pub fn pick(
+        &self,
+        lb: LoadBalancer,
+        panic: bool,
+        rng: &mut fastrand::Rng,
+    ) -> Option<&Arc<Endpoint>> {
+        let cursor = if lb == LoadBalancer::RoundRobin {
+            self.rr_cursor.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        steer::pick_endpoint(&self.endpoints, lb, panic, rng, &self.rr_schedule, cursor)
+            .and_then(|i| self.endpoints.get(i))
+    }
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub load_balancer: LoadBalancer,
+    /// Indexed by `RegionId`; empty sets for regions the cluster does not run in.
+    pub regions: Vec<EndpointSet>,
+    pub client: UpstreamClient,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("load_balancer", &self.load_balancer)
+            .field("regions", &self.regions)
+            .finish()
+    }
+}
+
+impl Cluster {
+    pub fn health(&self, region: RegionId) -> RegionHealth {
+        self.regions
+            .get(region as usize)
+            .map(EndpointSet::health)
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Increases by one with every table published.
+    pub generation: u64,
+    pub regions: Vec<Region>,
+    /// Region coordinates, indexed by `RegionId` (kept apart for the distance ranking loop).
+    pub region_coords: Vec<(f64, f64)>,
+    pub local_region: RegionId,
+    /// `local_region` first, then the others by distance from it: the order for clients whose
+    /// location is unknown.
+    pub local_order: RegionOrder,
+    pub clusters: Vec<Cluster>,
+    pub routes: RouteSet,
+    pub geo: GeoResolver,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin_bind: Option<SocketAddr>,
+}
+
+impl RoutingTable {
+    pub fn region_name(&self, id: RegionId) -> &str {
+        self.regions
+            .get(id as usize)
+            .map(|r| r.name.as_str())
+            .unwrap_or("?")
+    }
+}
+
+/// Compile a parsed config into a table, reporting every problem at once with its line.
+///
+/// `database`, when given, is used instead of opening `geo.database` (the demo ships its data
+/// inside the binary). This is exactly what `meridian check` runs.
+pub fn compile(
+    loaded: &LoadedConfig,
+    generation: u64,
+    database: Option<GeoDb>,
+) -> Result<RoutingTable, ConfigError> {
+    let mut c = Compiler {
+        problems: Problems::default(),
+        config: &loaded.config,
+        regions: HashMap::new(),
+    };
+    let table = c.table(generation, database);
+    if c.problems.is_empty() {
+        // `table` is always Some when nothing was reported.
+        if let Some(table) = table {
+            return Ok(table);
+        }
+    }
+    Err(ConfigError::invalid(
+        &loaded.source,
+        c.problems.with_lines(&loaded.lines),
+    ))
+}
+
+/// Read, parse and compile a config file.
+pub fn load(path: &Path, generation: u64) -> Result<RoutingTable, ConfigError> {
+    compile(&crate::config::load_file(path)?, generation, None)
+}
+
+struct Compiler<'a> {
+    problems: Problems,
+    config: &'a Config,
+    regions: HashMap<&'a str, RegionId>,
+}
+
+fn root() -> YamlPath {
+    YamlPath::root()
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl<'a> Compiler<'a> {
+    fn table(&mut self, generation: u64, database: Option<GeoDb>) -> Option<RoutingTable> {
+        let regions = self.regions();
+        let local_region = self.local_region();
+        let listeners = self.listeners();
+        let admin_bind = self.admin();
+        let geo = self.geo(database);
+        let (clusters, cluster_ids) = self.clusters(regions.len());
+        let routes = self.routes(&cluster_ids);
+        if !self.problems.is_empty() {
+            return None;
+        }
+        let region_coords: Vec<(f64, f64)> = regions.iter().map(|r| r.coords).collect();
+        let local_region = local_region?;
+        let mut local_order = RegionOrder::from_slice(&[local_region]);
+        steer::extend_by_distance(
+            &mut local_order,
+            &region_coords,
+            region_coords[local_region as usize],
+        );
+        Some(RoutingTable {
+            generation,
+            regions,
+            region_coords,
+            local_region,
+            local_order,
+            clusters,
+            routes,
+            geo,
+            listeners,
+            admin_bind,
+        })
+    }
+
+    fn duration(&mut self, at: YamlPath, text: &str) -> Option<Duration> {
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.problems.at(at, "must be longer than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problems.at(
+                    at,
+                    format!("`{text}` is not a duration ({e}); write e.g. 500ms, 3s, 1m"),
+                );
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, at: YamlPath, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problems.at(at, format!("`{text}` is not an ip:port address (e.g. 10.0.1.10:8000 or [2001:db8::1]:8000)"));
+                None
+            }
+        }
+    }
+
+    fn region_ref(&mut self, at: YamlPath, name: &str) -> Option<RegionId> {
+        let found = self.regions.get(name).copied();
+        if found.is_none() {
+            let known: Vec<&str> = self.config.regions.keys().map(String::as_str).collect();
+            self.problems.at(
+                at,
+                format!("unknown region `{name}`; regions are: {}", known.join(", ")),
+            );
+        }
+        found
+    }
+
+    fn region_list(&mut self, at: YamlPath, names: &[String]) -> RegionOrder {
+        let mut order = RegionOrder::default();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(id) = self.region_ref(at.index(i), name) {
+                order.push(id);
+            }
+        }
+        order
+    }
+
+    fn regions(&mut self) -> Vec<Region> {
+        let at = root().key("regions");
+        if self.config.regions.is_empty() {
+            self.problems.at(
+                at.clone(),
+                "at least one region is required (name → { lat, lon })",
+            );
+        }
+        if self.config.regions.len() > MAX_REGIONS {
+            self.problems.at(
+                at.clone(),
+                format!("at most {MAX_REGIONS} regions are supported"),
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, (name, region)) in self.config.regions.iter().enumerate() {
+            let here = at.key(name.clone());
+            if !is_valid_name(name) {
+                self.problems.at(
+                    here.clone(),
+                    format!("region name `{name}` may only use letters, digits, '-', '_' and '.'"),
+                );
+            }
+            if !(-90.0..=90.0).contains(&region.lat) {
+                self.problems.at(
+                    here.key("lat"),
+                    format!("latitude {} is outside -90..90", region.lat),
+                );
+            }
+            if !(-180.0..=180.0).contains(&region.lon) {
+                self.problems.at(
+                    here.key("lon"),
+                    format!("longitude {} is outside -180..180", region.lon),
+                );
+            }
+            self.regions.insert(name.as_str(), i as RegionId);
+            out.push(Region {
+                name: name.clone(),
+                coords: (region.lat, region.lon),
+                header: HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("invalid")),
+            });
+        }
+        out
+    }
+
+    fn local_region(&mut self) -> Option<RegionId> {
+        match &self.config.local_region {
+            Some(name) => self.region_ref(root().key("local_region"), name),
+            None => {
+                self.problems.at(
+                    root(),
+                    "local_region is required: the region this instance runs in, used first for clients whose location is unknown",
+                );
+                None
+            }
+        }
+    }
+
+    fn listeners(&mut self) -> Vec<ListenerSpec> {
+        let at = root().key("listeners");
+        if self.config.listeners.is_empty() {
+            self.problems.at(
+                at.clone(),
+                "at least one listener is required, e.g. [{ name: http, bind: \"0.0.0.0:8080\" }]",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        let mut out = Vec::new();
+        for (i, l) in self.config.listeners.iter().enumerate() {
+            let here = at.index(i);
+            if !is_valid_name(&l.name) {
+                self.problems.at(
+                    here.key("name"),
+                    format!(
+                        "listener name `{}` may only use letters, digits, '-', '_' and '.'",
+                        l.name
+                    ),
+                );
+            }
+            if !names.insert(l.name.as_str()) {
+                self.problems.at(
+                    here.key("name"),
+                    format!("listener name `{}` is used twice", l.name),
+                );
+            }
+            let bind = self.socket_addr(here.key("bind"), &l.bind);
+            if let Some(b) = bind
+                && !binds.insert(b)
+            {
+                self.problems.at(
+                    here.key("bind"),
+                    format!("{b} is bound by another listener"),
+                );
+            }
+            let timeout = self.duration(here.key("header_read_timeout"), &l.header_read_timeout);
+            if let (Some(bind), Some(header_read_timeout)) = (bind, timeout) {
+                out.push(ListenerSpec {
+                    name: l.name.clone(),
+                    bind,
+                    header_read_timeout,
+                });
+            }
+        }
+        out
+    }
+
+    fn admin(&mut self) -> Option<SocketAddr> {
+        let bind = self.config.admin.bind.as_deref()?;
+        self.socket_addr(root().key("admin").key("bind"), bind)
+    }
+
+    fn geo(&mut self, database: Option<GeoDb>) -> GeoResolver {
+        let at = root().key("geo");
+        let mut trusted = Vec::new();
+        for (i, t) in self.config.geo.trusted_proxies.iter().enumerate() {
+            match parse_net(t) {
+                Some(net) => trusted.push(net),
+                None => self.problems.at(
+                    at.key("trusted_proxies").index(i),
+                    format!("`{t}` is not a CIDR or IP address"),
+                ),
+            }
+        }
+        let mut overrides = Vec::new();
+        for (i, o) in self.config.geo.overrides.iter().enumerate() {
+            let here = at.key("overrides").index(i);
+            let net = parse_net(&o.cidr);
+            if net.is_none() {
+                self.problems
+                    .at(here.key("cidr"), format!("`{}` is not a CIDR", o.cidr));
+            }
+            let mut location = Location {
+                source: LocationSource::Override,
+                ..Location::default()
+            };
+            match (&o.country, &o.region) {
+                (Some(country), None) => match CountryCode::parse(country) {
+                    Some(code) => {
+                        location.country = Some(code);
+                        location.continent = code.continent();
+                        location.coords = location.continent.map(|c| c.centre());
+                    }
+                    None => self.problems.at(
+                        here.key("country"),
+                        format!("`{country}` is not a two-letter country code"),
+                    ),
+                },
+                (None, Some(region)) => {
+                    location.region = self.region_ref(here.key("region"), region)
+                }
+                _ => self
+                    .problems
+                    .at(here.clone(), "give exactly one of `country` or `region`"),
+            }
+            match (o.lat, o.lon) {
+                (Some(lat), Some(lon))
+                    if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) =>
+                {
+                    location.coords = Some((lat, lon));
+                }
+                (None, None) => {}
+                _ => self.problems.at(
+                    here.clone(),
+                    "lat and lon go together, within -90..90 and -180..180",
+                ),
+            }
+            if let Some(net) = net {
+                overrides.push(GeoOverride { net, location });
+            }
+        }
+        let database = match (database, &self.config.geo.database) {
+            (Some(db), _) => Some(db),
+            (None, Some(path)) => match GeoDb::open(path) {
+                Ok(db) => Some(db),
+                Err(e) => {
+                    self.problems.at(at.key("database"), e.to_string());
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        GeoResolver::new(trusted, overrides, database)
+    }
+
+    fn clusters(&mut self, region_count: usize) -> (Vec<Cluster>, HashMap<&'a str, ClusterId>) {
+        let at = root().key("clusters");
+        let mut out = Vec::new();
+        let mut ids = HashMap::new();
+        for (name, cluster) in &self.config.clusters {
+            let here = at.key(name.clone());
+            if !is_valid_name(name) {
+                self.problems.at(
+                    here.clone(),
+                    format!("cluster name `{name}` may only use letters, digits, '-', '_' and '.'"),
+                );
+            }
+            let connect_timeout = self
+                .duration(here.key("connect_timeout"), &cluster.connect_timeout)
+                .unwrap_or(Duration::from_secs(1));
+            let mut regions: Vec<EndpointSet> =
+                (0..region_count).map(|_| EndpointSet::default()).collect();
+            let mut seen = HashSet::new();
+            for (region_name, endpoints) in &cluster.endpoints {
+                let region_at = here.key("endpoints").key(region_name.clone());
+                let Some(region) = self.region_ref(region_at.clone(), region_name) else {
+                    continue;
+                };
+                let mut set = Vec::new();
+                for (i, e) in endpoints.iter().enumerate() {
+                    let ep_at = region_at.index(i);
+                    if e.weight > MAX_ENDPOINT_WEIGHT {
+                        self.problems.at(
+                            ep_at.key("weight"),
+                            format!(
+                                "weight {} is above the maximum {MAX_ENDPOINT_WEIGHT}",
+                                e.weight
+                            ),
+                        );
+                    }
+                    let Some(address) = self.socket_addr(ep_at.clone(), &e.address) else {
+                        continue;
+                    };
+                    if !seen.insert(address) {
+                        self.problems.at(
+                            ep_at,
+                            format!("{address} is listed twice in cluster `{name}`"),
+                        );
+                        continue;
+                    }
+                    let Ok(authority) = Authority::try_from(address.to_string().as_str()) else {
+                        continue;
+                    };
+                    set.push(Arc::new(Endpoint {
+                        address,
+                        authority,
+                        weight: e.weight,
+                        region,
+                        state: Arc::new(EndpointState::default()),
+                    }));
+                }
+                let weights: Vec<u32> = set.iter().map(|e| e.weight).collect();
+                if let Some(slot) = regions.get_mut(region as usize) {
+                    *slot = EndpointSet {
+                        endpoints: set,
+                        rr_schedule: steer::round_robin_schedule(&weights),
+                        rr_cursor: AtomicUsize::new(0),
+                    };
+                }
+            }
+            ids.insert(name.as_str(), out.len());
+            out.push(Cluster {
+                name: name.clone(),
+                load_balancer: cluster.load_balancer,
+                regions,
+                client: new_client(connect_timeout),
+            });
+        }
+        (out, ids)
+    }
+
+    fn routes(&mut self, clusters: &HashMap<&'a str, ClusterId>) -> RouteSet {
+        let at = root().key("routes");
+        if self.config.routes.is_empty() {
+            self.problems
+                .at(at.clone(), "at least one route is required");
+        }
+        let mut names = HashSet::new();
+        let mut routes = Vec::new();
+        let mut hosts = Vec::new();
+        for (i, r) in self.config.routes.iter().enumerate() {
+            let here = at.index(i);
+            if r.name.is_empty() {
+                self.problems.at(
+                    here.key("name"),
+                    "a route needs a name (it labels metrics and logs)",
+                );
+            } else if !names.insert(r.name.as_str()) {
+                self.problems.at(
+                    here.key("name"),
+                    format!("route name `{}` is used twice", r.name),
+                );
+            }
+            let host_patterns = self.hosts(here.key("hosts"), &r.hosts);
+            let path = self.path_match(&here, r);
+            let headers = self.header_matches(&here, r);
+            let methods = self.methods(&here, r);
+            let target = self.target(&here, r, clusters);
+            let steering = self.steering(here.key("steering"), &r.steering);
+            let timeout = self.duration(here.key("timeout"), &r.timeout);
+            if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
+                routes.push(Route {
+                    name: r.name.clone(),
+                    path,
+                    headers,
+                    methods,
+                    target,
+                    steering,
+                    timeout,
+                });
+                hosts.push(host_patterns);
+            }
+        }
+        RouteSet::new(routes, hosts)
+    }
+
+    fn hosts(&mut self, at: YamlPath, hosts: &[String]) -> Vec<HostPattern> {
+        if hosts.is_empty() {
+            self.problems
+                .at(at.clone(), "list at least one host (`*` matches any host)");
+        }
+        let mut out = Vec::new();
+        for (i, h) in hosts.iter().enumerate() {
+            let body = h.strip_prefix("*.").unwrap_or(h);
+            let ok = h == "*"
+                || (!body.is_empty()
+                    && body.bytes().all(|b| {
+                        b.is_ascii_alphanumeric()
+                            || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+                    }));
+            if ok {
+                out.push(HostPattern::parse(h));
+            } else {
+                self.problems.at(
+                    at.index(i),
+                    format!(
+                        "`{h}` is not a host name; use `api.example.com`, `*.example.com` or `*`"
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    fn regex(&mut self, at: YamlPath, text: &str) -> Option<Regex> {
+        match Regex::new(text) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                self.problems
+                    .at(at, format!("invalid regular expression: {e}"));
+                None
+            }
+        }
+    }
+
+    fn path_match(&mut self, here: &YamlPath, r: &RouteConfig) -> Option<PathMatch> {
+        let m = &r.matches;
+        let at = here.key("match");
+        let given = [
+            m.path_exact.is_some(),
+            m.path_prefix.is_some(),
+            m.path_regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given > 1 {
+            self.problems.at(
+                at.clone(),
+                "give at most one of path_exact, path_prefix, path_regex",
+            );
+            return None;
+        }
+        for (key, value) in [
+            ("path_exact", &m.path_exact),
+            ("path_prefix", &m.path_prefix),
+        ] {
+            if let Some(v) = value
+                && !v.starts_with('/')
+            {
+                self.problems
+                    .at(at.key(key), format!("`{v}` must start with '/'"));
+                return None;
+            }
+        }
+        Some(match (&m.path_exact, &m.path_prefix, &m.path_regex) {
+            (Some(p), _, _) => PathMatch::Exact(p.clone()),
+            (_, Some(p), _) => PathMatch::Prefix(p.clone()),
+            (_, _, Some(re)) => PathMatch::Regex(self.regex(at.key("path_regex"), re)?),
+            _ => PathMatch::Any,
+        })
+    }
+
+    fn header_matches(&mut self, here: &YamlPath, r: &RouteConfig) -> Vec<HeaderMatch> {
+        let mut out = Vec::new();
+        for (i, h) in r.matches.headers.iter().enumerate() {
+            let at = here.key("match").key("headers").index(i);
+            let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) else {
+                self.problems.at(
+                    at.key("name"),
+                    format!("`{}` is not a valid header name", h.name),
+                );
+                continue;
+            };
+            let value = match (&h.exact, &h.prefix, &h.regex, h.present) {
+                (Some(v), None, None, None) => HeaderValueMatch::Exact(v.clone()),
+                (None, Some(v), None, None) => HeaderValueMatch::Prefix(v.clone()),
+                (None, None, Some(re), None) => match self.regex(at.key("regex"), re) {
+                    Some(re) => HeaderValueMatch::Regex(re),
+                    None => continue,
+                },
+                (None, None, None, Some(false)) => HeaderValueMatch::Absent,
+                (None, None, None, _) => HeaderValueMatch::Present,
+                _ => {
+                    self.problems
+                        .at(at, "give at most one of exact, prefix, regex, present");
+                    continue;
+                }
+            };
+            out.push(HeaderMatch { name, value });
+        }
+        out
+    }
+
+    fn methods(&mut self, here: &YamlPath, r: &RouteConfig) -> Vec<http::Method> {
+        let mut out = Vec::new();
+        for (i, m) in r.matches.methods.iter().enumerate() {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => out.push(method),
+                Err(_) => self.problems.at(
+                    here.key("match").key("methods").index(i),
+                    format!("`{m}` is not an HTTP method"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn cluster_ref(
+        &mut self,
+        at: YamlPath,
+        name: &str,
+        clusters: &HashMap<&'a str, ClusterId>,
+    ) -> Option<ClusterId> {
+        let found = clusters.get(name).copied();
+        if found.is_none() {
+            let known: Vec<&str> = self.config.clusters.keys().map(String::as_str).collect();
+            self.problems.at(
+                at,
+                format!(
+                    "unknown cluster `{name}`; clusters are: {}",
+                    known.join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    fn target(
+        &mut self,
+        here: &YamlPath,
+        r: &RouteConfig,
+        clusters: &HashMap<&'a str, ClusterId>,
+    ) -> Option<RouteTarget> {
+        match (&r.cluster, r.clusters.is_empty()) {
+            (Some(name), true) => Some(RouteTarget::Cluster(self.cluster_ref(
+                here.key("cluster"),
+                name,
+                clusters,
+            )?)),
+            (None, false) => {
+                let mut out = Vec::new();
+                let mut total = 0u64;
+                for (i, wc) in r.clusters.iter().enumerate() {
+                    let at = here.key("clusters").index(i);
+                    if let Some(id) = self.cluster_ref(at.key("name"), &wc.name, clusters) {
+                        out.push((id, wc.weight));
+                        total += u64::from(wc.weight);
+                    }
+                }
+                if total == 0 {
+                    self.problems.at(
+                        here.key("clusters"),
+                        "cluster weights must add up to more than zero",
+                    );
+                    return None;
+                }
+                Some(RouteTarget::Weighted {
+                    clusters: out,
+                    total,
+                })
+            }
+            _ => {
+                self.problems.at(
+                    here.clone(),
+                    "give exactly one of `cluster` or `clusters` (a weighted list)",
+                );
+                None
+            }
+        }
+    }
+
+    fn steering(&mut self, at: YamlPath, s: &SteeringConfig) -> Steering {
+        if !(s.overprovisioning >= 1.0 && s.overprovisioning <= 10.0) {
+            self.problems.at(
+                at.key("overprovisioning"),
+                format!("{} is outside 1.0..10.0", s.overprovisioning),
+            );
+        }
+        let mut countries = HashMap::new();
+        for (code, regions) in &s.countries {
+            let here = at.key("countries").key(code.clone());
+            match CountryCode::parse(code) {
+                Some(c) => {
+                    countries.insert(c, self.region_list(here, regions));
+                }
+                None => self
+                    .problems
+                    .at(here, format!("`{code}` is not a two-letter country code")),
+            }
+        }
+        let mut continents = HashMap::new();
+        for (code, regions) in &s.continents {
+            let here = at.key("continents").key(code.clone());
+            match ContinentCode::parse(code) {
+                Some(c) => {
+                    continents.insert(c, self.region_list(here, regions));
+                }
+                None => self.problems.at(
+                    here,
+                    format!("`{code}` is not a continent code (AF AN AS EU NA OC SA)"),
+                ),
+            }
+        }
+        let only = (!s.only.is_empty()).then(|| {
+            let order = self.region_list(at.key("only"), &s.only);
+            order
+                .as_slice()
+                .iter()
+                .fold(0u64, |mask, id| mask | (1u64 << id))
+        });
+        let mut weights = Vec::new();
+        for (name, weight) in &s.weights {
+            if let Some(id) = self.region_ref(at.key("weights").key(name.clone()), name) {
+                weights.push((id, *weight));
+            }
+        }
+        match s.mode {
+            SteeringMode::Weighted if weights.iter().all(|(_, w)| *w == 0) => {
+                self.problems.at(at.key("weights"), "mode weighted needs weights, e.g. {us-east-1: 50, eu-west-1: 30, ap-southeast-1: 20}");
+            }
+            SteeringMode::Weighted => {}
+            _ if !s.weights.is_empty() => {
+                self.problems.at(
+                    at.key("weights"),
+                    "weights only apply with `mode: weighted`",
+                );
+            }
+            _ => {}
+        }
+        if s.mode != SteeringMode::Failover && !s.order.is_empty() {
+            self.problems
+                .at(at.key("order"), "order only applies with `mode: failover`");
+        }
+        let fixed_order =
+            (!s.order.is_empty()).then(|| self.region_list(at.key("order"), &s.order));
+        Steering {
+            mode: s.mode,
+            overprovisioning: s.overprovisioning,
+            countries,
+            continents,
+            only,
+            weights,
+            fixed_order,
+            panic_routing: s.panic_routing,
+        }
+    }
+}
+
+/// A CIDR, or a bare address meaning just that address.
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+/// Region names of an order, for messages: `eu-west-1, us-east-1`.
+pub fn region_names(table: &RoutingTable, order: &RegionOrder) -> String {
+    let names: Vec<&str> = order
+        .as_slice()
+        .iter()
+        .map(|id| table.region_name(*id))
+        .collect();
+    names.join(", ")
+}
