@@ -90,8 +90,13 @@ pub fn decide<'t>(
             NoRegion::NoEndpoints,
         ));
     };
-    let pick = steer::pick_region(&route.steering, &order, |r| cluster.health(r), rng)
-        .map_err(|reason| no_endpoint(table, route, &cluster.name, &order, reason))?;
+    let pick = steer::pick_region(
+        &route.steering,
+        &order,
+        |r| cluster.health(r),
+        route.next_draw(),
+    )
+    .map_err(|reason| no_endpoint(table, route, &cluster.name, &order, reason))?;
     let endpoint = cluster
         .regions
         .get(pick.region as usize)

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +41,8 @@ pub const DEMO_REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 pub struct RegionBackend {
     pub region: String,
     pub addr: SocketAddr,
+    /// Requests answered so far.
+    pub hits: Arc<AtomicU64>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -50,7 +54,8 @@ impl RegionBackend {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let region_name = region.to_owned();
-        let (stop, conns) = (shutdown.clone(), tracker.clone());
+        let hits = Arc::new(AtomicU64::new(0));
+        let (stop, conns, counter) = (shutdown.clone(), tracker.clone(), hits.clone());
         tracker.spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -62,8 +67,12 @@ impl RegionBackend {
                 };
                 let region = region_name.clone();
                 let stop = stop.clone();
+                let counter = counter.clone();
                 conns.spawn(async move {
-                    let service = service_fn(move |req| answer(region.clone(), req));
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        answer(region.clone(), req)
+                    });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(conn);
@@ -80,6 +89,7 @@ impl RegionBackend {
         Ok(Self {
             region: region.to_owned(),
             addr,
+            hits,
             shutdown,
             tracker,
         })

@@ -5,6 +5,7 @@
 //! the candidate routes already in config order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method};
@@ -95,7 +96,7 @@ impl RouteTarget {
 }
 
 /// A compiled route.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Route {
     pub name: String,
     pub path: PathMatch,
@@ -105,9 +106,16 @@ pub struct Route {
     pub target: RouteTarget,
     pub steering: Steering,
     pub timeout: Duration,
+    /// Requests decided so far: the index into the region-split sequence.
+    pub requests: AtomicU64,
 }
 
 impl Route {
+    /// The next region-split draw for this route (see [`crate::steer::golden_draw`]).
+    pub fn next_draw(&self) -> f64 {
+        crate::steer::golden_draw(self.requests.fetch_add(1, Ordering::Relaxed))
+    }
+
     fn matches_request(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
         (self.methods.is_empty() || self.methods.contains(method))
             && self.path.matches(path)
@@ -248,6 +256,7 @@ mod tests {
             target: RouteTarget::Cluster(0),
             steering: Steering::default(),
             timeout: Duration::from_secs(1),
+            requests: AtomicU64::new(0),
         }
     }
 

@@ -614,6 +614,7 @@ impl<'a> Compiler<'a> {
                     target,
                     steering,
                     timeout,
+                    requests: Default::default(),
                 });
                 hosts.push(host_patterns);
             }

@@ -1,0 +1,156 @@
+//! Shared test harness: real regional backends and a real Meridian on 127.0.0.1:0, and a
+//! client that can connect from any 127.x source address.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use meridian::config;
+use meridian::demo::RegionBackend;
+use meridian::server::{self, RunningServer};
+use meridian::table;
+use tokio::net::{TcpSocket, TcpStream};
+
+pub const REGIONS_YAML: &str = "regions:
+  us-east-1:      { lat: 38.9, lon: -77.4 }
+  eu-west-1:      { lat: 53.3, lon: -6.3 }
+  ap-southeast-1: { lat: 1.35, lon: 103.8 }
+";
+
+pub fn demo_db() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geoip/demo-city.mmdb")
+}
+
+/// One backend per region, each answering with its region name.
+pub struct Backends {
+    pub us: RegionBackend,
+    pub eu: RegionBackend,
+    pub ap: RegionBackend,
+}
+
+impl Backends {
+    pub async fn start() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            us: RegionBackend::start("us-east-1", any).await.unwrap(),
+            eu: RegionBackend::start("eu-west-1", any).await.unwrap(),
+            ap: RegionBackend::start("ap-southeast-1", any).await.unwrap(),
+        }
+    }
+
+    /// Fill `{US}`, `{EU}`, `{AP}` and `{DB}` in a config template.
+    pub fn fill(&self, template: &str) -> String {
+        template
+            .replace("{US}", &self.us.addr.to_string())
+            .replace("{EU}", &self.eu.addr.to_string())
+            .replace("{AP}", &self.ap.addr.to_string())
+            .replace("{DB}", &demo_db().display().to_string())
+            .replace("{REGIONS}", REGIONS_YAML)
+    }
+
+    pub fn hits(&self) -> [u64; 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            self.us.hits.load(Relaxed),
+            self.eu.hits.load(Relaxed),
+            self.ap.hits.load(Relaxed),
+        ]
+    }
+}
+
+/// Compile `yaml` and start Meridian (listener and admin on 127.0.0.1:0).
+pub async fn start_proxy(yaml: &str) -> RunningServer {
+    let loaded = config::load_str(yaml, Path::new("test.yaml")).unwrap();
+    let table = match table::compile(&loaded, 1, None) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    server::start(table).await.unwrap()
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn region(&self) -> &str {
+        self.headers
+            .get("x-meridian-region")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection, optionally from a chosen local address.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(proxy: SocketAddr, from: Option<IpAddr>) -> Self {
+        let stream = match from {
+            Some(ip) => {
+                let socket = TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(ip, 0)).unwrap();
+                socket.connect(proxy).await.unwrap()
+            }
+            None => TcpStream::connect(proxy).await.unwrap(),
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    pub async fn request(
+        &mut self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        self.sender.ready().await.unwrap();
+        let response = self.sender.send_request(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.request(Method::GET, host, path, headers).await
+    }
+}
+
+/// One GET on a fresh connection.
+pub async fn get(proxy: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    Client::connect(proxy, None)
+        .await
+        .get(host, path, headers)
+        .await
+}
