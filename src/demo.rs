@@ -37,7 +37,7 @@ pub const DEMO_REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 /// A backend that answers every request with its region name.
 ///
 /// `GET /echo` answers with JSON of the region, method, path and request headers, so tests can
-/// see what reached the upstream.
+/// see what reached the upstream; `/delay/<ms>` answers after that many milliseconds.
 pub struct RegionBackend {
     pub region: String,
     pub addr: SocketAddr,
@@ -106,6 +106,9 @@ async fn answer(
     region: String,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(ms) = req.uri().path().strip_prefix("/delay/").and_then(|ms| ms.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
     let body = if req.uri().path() == "/echo" {
         let headers: BTreeMap<String, String> = req
             .headers()

@@ -191,7 +191,7 @@ pub fn compile(
     database: Option<GeoDb>,
 ) -> Result<RoutingTable, ConfigError> {
     let mut c = Compiler {
-        problems: Problems::default(),
+        problems: loaded.problems.clone(),
         config: &loaded.config,
         regions: HashMap::new(),
     };

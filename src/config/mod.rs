@@ -11,13 +11,15 @@ use std::path::Path;
 
 pub use model::*;
 pub use problems::{ConfigError, Problem, Problems};
-pub use yaml::{LineIndex, YamlPath, parse_document};
+pub use yaml::{LineIndex, Parsed, YamlPath, parse_document};
 
 /// A parsed config with the line index of its source, ready to compile.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
     pub config: Config,
     pub lines: LineIndex,
+    /// Problems already found while parsing (unknown fields); compiling adds the rest.
+    pub problems: Problems,
     /// Where it came from, for messages.
     pub source: std::path::PathBuf,
 }
@@ -33,11 +35,11 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
 
 /// Parse config text; `source` names it in messages.
 pub fn load_str(text: &str, source: &Path) -> Result<LoadedConfig, ConfigError> {
-    let (config, lines) =
-        parse_document::<Config>(text).map_err(|p| ConfigError::invalid(source, p))?;
+    let parsed = parse_document::<Config>(text).map_err(|p| ConfigError::invalid(source, p))?;
     Ok(LoadedConfig {
-        config,
-        lines,
+        config: parsed.value,
+        lines: parsed.lines,
+        problems: parsed.unknown_fields,
         source: source.to_path_buf(),
     })
 }

@@ -88,11 +88,21 @@ impl LineIndex {
     }
 }
 
-/// Parse one YAML document into `T`, collecting every unknown field and the first type error.
+/// A parsed document, its line index, and the unknown fields found in it.
+pub struct Parsed<T> {
+    pub value: T,
+    pub lines: LineIndex,
+    /// Unknown fields: errors, but the document was still readable, so callers go on to
+    /// check its meaning and report everything together.
+    pub unknown_fields: Problems,
+}
+
+/// Parse one YAML document into `T`.
 ///
 /// Unknown fields are errors (a typo must never be silently ignored), but they are collected
-/// rather than stopping at the first one, so a user sees every mistake at once.
-pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<(T, LineIndex), Problems> {
+/// rather than stopping at the first one, so a user sees every mistake at once. Syntax and type
+/// errors stop parsing and are returned with any unknown fields seen before them.
+pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Problems> {
     let docs = MarkedYaml::load_from_str(text).map_err(|e| {
         let mut problems = Problems::default();
         problems.push(Problem {
@@ -146,8 +156,11 @@ pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<(T, LineIndex),
         );
     }
     match result {
-        Ok(parsed) if problems.is_empty() => Ok((parsed, index)),
-        Ok(_) => Err(problems.with_lines(&index)),
+        Ok(value) => Ok(Parsed {
+            value,
+            unknown_fields: problems.with_lines(&index),
+            lines: index,
+        }),
         Err(e) => {
             let path = from_path_to_error(e.path());
             problems.at(path, e.inner().to_string());
@@ -277,7 +290,9 @@ mod tests {
     #[test]
     fn collects_every_unknown_field_with_its_line() {
         let text = "name: a\nnmae: b\nitems:\n  - size: 1\n    colour: red\n";
-        let problems = parse_document::<Doc>(text).unwrap_err();
+        let parsed = parse_document::<Doc>(text).unwrap();
+        assert_eq!(parsed.value.name, "a");
+        let problems = parsed.unknown_fields;
         let listed: Vec<_> = problems.iter().map(|p| (p.line, p.to_string())).collect();
         assert_eq!(listed.len(), 2, "{listed:?}");
         assert_eq!(listed[0].0, Some(2));

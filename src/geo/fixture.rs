@@ -78,9 +78,8 @@ struct CityRecord<'a> {
 
 /// Build a database from fixture text; `source` names the file in messages.
 pub fn build(text: &str, source: &Path) -> Result<Vec<u8>, ConfigError> {
-    let (fixture, lines) =
-        parse_document::<Fixture>(text).map_err(|p| ConfigError::invalid(source, p))?;
-    let mut problems = Problems::default();
+    let parsed = parse_document::<Fixture>(text).map_err(|p| ConfigError::invalid(source, p))?;
+    let (fixture, lines, mut problems) = (parsed.value, parsed.lines, parsed.unknown_fields);
     let mut writer = Writer::builder(fixture.database_type.clone())
         .ip_version(IpVersion::V6)
         .description(&[("en", fixture.description.as_str())])

@@ -1,0 +1,115 @@
+//! `meridian check` and `meridian run` on good and bad configs, through the real binary.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn meridian(args: &[&str]) -> (bool, String, String) {
+    meridian_logging(args, "error")
+}
+
+fn meridian_logging(args: &[&str], log: &str) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MERIDIAN_LOG", log)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BAD: &str = r#"local_region: us-central-1
+listeners:
+  - { name: http, bind: "PORT" }
+geo:
+  trusted_proxies: ["10.0.0.0/33"]
+  overrides: [{ cidr: "100.64.0.0/10", country: Germany }]
+regions:
+  us-east-1: { lat: 138.9, lon: -77.4 }
+  eu-west-1: { lat: 53.3, lon: -6.3 }
+clusters:
+  api:
+    endpoints:
+      us-east-1: ["10.0.1.10:8000", { address: "10.0.1.11:8000", wieght: 2 }]
+      eu-west-2: ["10.1.0.5:8000"]
+routes:
+  - name: api
+    hosts: ["api.example.com"]
+    match: { path_regex: "([a-z" }
+    cluster: apii
+    steering: { mode: weighted, weights: { us-east-1: 0 } }
+    timeout: 3 parsecs
+    retries: 3
+"#;
+
+#[test]
+fn check_lists_every_problem_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, BAD.replace("PORT", "0.0.0.0:99999")).unwrap();
+    let (ok, _, stderr) = meridian(&["check", "-c", file.to_str().unwrap()]);
+    assert!(!ok, "check must fail");
+    let expected = [
+        (1, "local_region: unknown region `us-central-1`"),
+        (3, "listeners[0].bind: `0.0.0.0:99999` is not an ip:port"),
+        (5, "geo.trusted_proxies[0]: `10.0.0.0/33`"),
+        (6, "geo.overrides[0].country: `Germany`"),
+        (8, "regions.us-east-1.lat: latitude 138.9"),
+        (13, "clusters.api.endpoints.us-east-1[1].wieght: unknown field"),
+        (14, "clusters.api.endpoints.eu-west-2: unknown region"),
+        (18, "routes[0].match.path_regex: invalid regular expression"),
+        (19, "routes[0].cluster: unknown cluster `apii`"),
+        (20, "routes[0].steering.weights: mode weighted needs weights"),
+        (21, "routes[0].timeout: `3 parsecs` is not a duration"),
+        (22, "routes[0].retries: unknown field `retries`"),
+    ];
+    assert!(stderr.contains(&format!("({} problems)", expected.len())), "{stderr}");
+    for (line, text) in expected {
+        let want = format!("bad.yaml:{line}: {text}");
+        assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn type_errors_and_syntax_errors_have_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("types.yaml");
+    std::fs::write(&file, "local_region: a\nregions:\n  a: { lat: north, lon: 1 }\n").unwrap();
+    let (ok, _, stderr) = meridian(&["check", "-c", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("types.yaml:3: regions.a.lat: invalid type"), "{stderr}");
+
+    std::fs::write(&file, "routes: [\n  - name: a\n").unwrap();
+    let (ok, _, stderr) = meridian(&["check", "-c", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("YAML syntax error"), "{stderr}");
+
+    let (ok, _, stderr) = meridian(&["check", "-c", "no/such/file.yaml"]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot read config file no/such/file.yaml"), "{stderr}");
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for file in ["config/meridian.yaml", "config/demo.yaml"] {
+        let (ok, stdout, stderr) = meridian(&["check", "-c", file]);
+        assert!(ok, "{file}: {stderr}");
+        assert!(stdout.contains("is valid"), "{stdout}");
+    }
+}
+
+#[test]
+fn run_validates_before_binding_anything() {
+    // A free port for the (invalid) config's listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, BAD.replace("PORT", &port.to_string())).unwrap();
+    let (ok, _, stderr) = meridian_logging(&["run", "-c", file.to_str().unwrap()], "info");
+    assert!(!ok, "run must refuse an invalid config");
+    assert!(stderr.contains("bad.yaml:19: routes[0].cluster"), "{stderr}");
+    assert!(!stderr.contains("listening"), "nothing may be bound: {stderr}");
+}

@@ -1,0 +1,183 @@
+//! End to end: what reaches the upstream and the client, and how failures are answered.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backends, get, start_proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ONE_ROUTE: &str = "
+local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\", header_read_timeout: 300ms }]
+admin: { bind: \"127.0.0.1:0\" }
+geo: { trusted_proxies: [\"10.0.0.0/8\"] }
+{REGIONS}
+clusters:
+  api: { endpoints: { eu-west-1: [\"{EU}\"] } }
+routes:
+  - name: api
+    hosts: [\"api.example.com\"]
+    cluster: api
+";
+
+#[tokio::test]
+async fn headers_are_rewritten_both_ways() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(ONE_ROUTE)).await;
+    let answer = get(
+        proxy.proxy_addr().unwrap(),
+        "api.example.com",
+        "/echo",
+        &[
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-request-id", "forged"),
+            ("x-app", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.region(), "eu-west-1");
+    let seen = answer.json();
+    let h = &seen["headers"];
+    for gone in ["x-private", "keep-alive", "proxy-authorization", "connection"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
+    }
+    assert_eq!(h["x-app"], "kept");
+    assert_eq!(h["host"], "api.example.com", "Host is preserved");
+    // The peer (127.0.0.1) is not trusted: its X-Forwarded-For and request id are replaced.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "api.example.com");
+    let id = h["x-request-id"].as_str().unwrap();
+    assert_ne!(id, "forged");
+    assert_eq!(id.len(), 32);
+    assert_eq!(answer.headers["x-request-id"], id, "the client sees the same id");
+    assert_eq!(answer.headers["x-meridian-region"], "eu-west-1");
+}
+
+async fn proxy_to(endpoint: &str, timeout: &str) -> meridian::server::RunningServer {
+    start_proxy(&format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+regions: {{ us-east-1: {{ lat: 38.9, lon: -77.4 }} }}
+clusters:
+  api: {{ connect_timeout: 500ms, endpoints: {{ us-east-1: [\"{endpoint}\"] }} }}
+routes:
+  - {{ name: api, hosts: [\"*\"], cluster: api, timeout: {timeout} }}
+"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn refused_connection_is_502() {
+    // A port that was just free: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let proxy = proxy_to(&port.to_string(), "2s").await;
+    let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.headers["x-meridian-error"], "upstream-connect-failure");
+    assert!(answer.body.contains("us-east-1"), "{}", answer.body);
+    assert!(!answer.body.contains(&port.to_string()), "upstream address leaked: {}", answer.body);
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_after_the_route_timeout() {
+    // Accepts connections and reads, but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let proxy = proxy_to(&addr.to_string(), "200ms").await;
+    let started = std::time::Instant::now();
+    let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+    assert_eq!(answer.status, 504);
+    assert_eq!(answer.headers["x-meridian-error"], "upstream-timeout");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn upstream_that_hangs_up_is_502() {
+    let rude = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = rude.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = rude.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    let proxy = proxy_to(&addr.to_string(), "2s").await;
+    let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.headers["x-meridian-error"], "upstream-reset");
+}
+
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    // The server closes the connection (Connection: close requested or timeout).
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn missing_host_is_400_and_slow_headers_time_out() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(ONE_ROUTE)).await;
+    let addr = proxy.proxy_addr().unwrap();
+
+    let reply = raw_exchange(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("missing-host"), "{reply}");
+
+    // Half a request head, then silence: the header read timeout (300ms) closes it.
+    let started = std::time::Instant::now();
+    let reply = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: api.example.com\r\n").await;
+    let waited = started.elapsed();
+    assert!(!reply.contains("200 OK"), "{reply}");
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(4), "{waited:?}");
+    assert_eq!(backends.hits(), [0, 0, 0]);
+}
+
+#[tokio::test]
+async fn admin_reports_health_and_readiness_until_drained() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(ONE_ROUTE)).await;
+    let admin = proxy.admin.unwrap();
+    assert_eq!(get(admin, "admin", "/healthz", &[]).await.status, 200);
+    assert_eq!(get(admin, "admin", "/readyz", &[]).await.body, "ready\n");
+    let status = get(admin, "admin", "/", &[]).await.body;
+    assert!(status.contains("config generation 1") && status.contains("eu-west-1"), "{status}");
+
+    // A request in flight when shutdown starts still completes.
+    let proxy_addr = proxy.proxy_addr().unwrap();
+    let slow = tokio::spawn(async move { get(proxy_addr, "api.example.com", "/delay/300", &[]).await });
+    let reached = tokio::time::timeout(Duration::from_secs(5), async {
+        while backends.hits()[1] == 0 {
+            tokio::task::yield_now().await;
+        }
+    });
+    reached.await.expect("the slow request never reached the backend");
+    let lifecycle = proxy.lifecycle.clone();
+    proxy.shutdown(Duration::from_secs(5)).await;
+    assert!(lifecycle.draining.load(std::sync::atomic::Ordering::SeqCst));
+    let answer = slow.await.unwrap();
+    assert_eq!((answer.status.as_u16(), answer.region()), (200, "eu-west-1"));
+    assert!(TcpStream::connect(admin).await.is_err(), "admin listener closed after shutdown");
+    assert!(TcpStream::connect(proxy_addr).await.is_err(), "proxy listener closed after shutdown");
+}
