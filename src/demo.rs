@@ -160,6 +160,34 @@ pub enum DemoError {
     Start(#[from] server::StartError),
 }
 
+/// The demo's routing table, with `endpoints` (region, address) as cluster `demo`.
+pub fn demo_table(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    endpoints: &[(String, SocketAddr)],
+) -> Result<table::RoutingTable, DemoError> {
+    let mut loaded = config::load_str(DEMO_CONFIG, Path::new("config/demo.yaml"))?;
+    loaded.config.listeners.truncate(1);
+    if let Some(l) = loaded.config.listeners.first_mut() {
+        l.bind = listen.to_string();
+    }
+    loaded.config.admin.bind = Some(admin.to_string());
+    if let Some(cluster) = loaded.config.clusters.get_mut("demo") {
+        cluster.endpoints = endpoints
+            .iter()
+            .map(|(region, addr)| {
+                let endpoint = EndpointConfig {
+                    address: addr.to_string(),
+                    weight: 1,
+                };
+                (region.clone(), vec![endpoint])
+            })
+            .collect();
+    }
+    let db = GeoDb::from_bytes(DEMO_GEOIP.to_vec(), Path::new("config/geoip/demo-city.mmdb"))?;
+    Ok(table::compile(&loaded, 1, Some(db))?)
+}
+
 /// Start the backends and the proxy.
 pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, DemoError> {
     let mut backends = Vec::new();
@@ -169,31 +197,8 @@ pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, DemoEr
             .map_err(DemoError::Backend)?;
         backends.push(backend);
     }
-    let mut loaded = config::load_str(DEMO_CONFIG, Path::new("config/demo.yaml"))?;
-    loaded.config.listeners.truncate(1);
-    if let Some(l) = loaded.config.listeners.first_mut() {
-        l.bind = listen.to_string();
-    }
-    loaded.config.admin.bind = Some(admin.to_string());
-    if let Some(cluster) = loaded.config.clusters.get_mut("demo") {
-        cluster.endpoints = backends
-            .iter()
-            .map(|b| {
-                (
-                    b.region.clone(),
-                    vec![EndpointConfig {
-                        address: b.addr.to_string(),
-                        weight: 1,
-                    }],
-                )
-            })
-            .collect();
-    }
-    let db = GeoDb::from_bytes(
-        DEMO_GEOIP.to_vec(),
-        Path::new("config/geoip/demo-city.mmdb"),
-    )?;
-    let table = table::compile(&loaded, 1, Some(db))?;
+    let endpoints: Vec<(String, SocketAddr)> = backends.iter().map(|b| (b.region.clone(), b.addr)).collect();
+    let table = demo_table(listen, admin, &endpoints)?;
     let server = server::start(table).await?;
     Ok(Demo { server, backends })
 }

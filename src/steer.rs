@@ -585,7 +585,8 @@ mod tests {
     fn priority_loads_follow_envoy() {
         let order = local();
         // (healthy share, expected loads) with overprovisioning 1.4
-        let cases: &[(&[(u64, u64, usize)], [f64; 3])] = &[
+        type Case<'a> = (&'a [(u64, u64, usize)], [f64; 3]);
+        let cases: &[Case] = &[
             (&[(10, 10, 1), (10, 10, 1), (10, 10, 1)], [1.0, 0.0, 0.0]),
             // 50% healthy × 1.4 = 70%; the rest spills to the next region
             (&[(5, 10, 1), (10, 10, 1), (10, 10, 1)], [0.7, 0.3, 0.0]),

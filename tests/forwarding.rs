@@ -1,5 +1,5 @@
 //! End to end: what reaches the upstream and the client, and how failures are answered.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

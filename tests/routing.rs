@@ -1,5 +1,5 @@
 //! End to end: route matching by host, path, header and method; 404 from Meridian itself.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -50,7 +50,9 @@ async fn first_matching_route_wins() {
     let proxy = start_proxy(&backends.fill(ROUTES)).await;
     let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
 
-    let cases: &[(&str, &str, &[(&str, &str)], u16, &str)] = &[
+    // host, path, request headers, status, serving region
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: &[Case] = &[
         ("api.example.com", "/health", &[], 200, "eu-west-1"),
         ("api.example.com", "/health/x", &[], 404, ""),
         ("api.example.com", "/api/users", &[], 200, "us-east-1"),

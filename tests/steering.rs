@@ -1,5 +1,5 @@
 //! End to end: geo steering, trust of X-Forwarded-For, weighted split, `only`, spill.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

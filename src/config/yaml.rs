@@ -89,6 +89,7 @@ impl LineIndex {
 }
 
 /// A parsed document, its line index, and the unknown fields found in it.
+#[derive(Debug)]
 pub struct Parsed<T> {
     pub value: T,
     pub lines: LineIndex,
@@ -278,6 +279,7 @@ mod tests {
     struct Doc {
         name: String,
         #[serde(default)]
+        #[allow(dead_code)]
         items: Vec<Item>,
     }
 

@@ -1,6 +1,6 @@
 //! Shared test harness: real regional backends and a real Meridian on 127.0.0.1:0, and a
 //! client that can connect from any 127.x source address.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
