@@ -14,7 +14,12 @@ fn bench(c: &mut Criterion) {
     let endpoints: Vec<(String, SocketAddr)> = DEMO_REGIONS
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.to_string(), SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16))))
+        .map(|(i, r)| {
+            (
+                r.to_string(),
+                SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+            )
+        })
         .collect();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let table = demo_table(any, any, &endpoints).unwrap();
@@ -40,7 +45,9 @@ fn bench(c: &mut Criterion) {
     });
 
     let client: IpAddr = "198.51.100.7".parse().unwrap();
-    c.bench_function("geo/lookup", |b| b.iter(|| black_box(table.geo.locate(black_box(client)))));
+    c.bench_function("geo/lookup", |b| {
+        b.iter(|| black_box(table.geo.locate(black_box(client))))
+    });
 }
 
 criterion_group!(benches, bench);

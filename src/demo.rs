@@ -106,7 +106,12 @@ async fn answer(
     region: String,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if let Some(ms) = req.uri().path().strip_prefix("/delay/").and_then(|ms| ms.parse::<u64>().ok()) {
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     let body = if req.uri().path() == "/echo" {
@@ -184,7 +189,10 @@ pub fn demo_table(
             })
             .collect();
     }
-    let db = GeoDb::from_bytes(DEMO_GEOIP.to_vec(), Path::new("config/geoip/demo-city.mmdb"))?;
+    let db = GeoDb::from_bytes(
+        DEMO_GEOIP.to_vec(),
+        Path::new("config/geoip/demo-city.mmdb"),
+    )?;
     Ok(table::compile(&loaded, 1, Some(db))?)
 }
 
@@ -197,7 +205,10 @@ pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, DemoEr
             .map_err(DemoError::Backend)?;
         backends.push(backend);
     }
-    let endpoints: Vec<(String, SocketAddr)> = backends.iter().map(|b| (b.region.clone(), b.addr)).collect();
+    let endpoints: Vec<(String, SocketAddr)> = backends
+        .iter()
+        .map(|b| (b.region.clone(), b.addr))
+        .collect();
     let table = demo_table(listen, admin, &endpoints)?;
     let server = server::start(table).await?;
     Ok(Demo { server, backends })

@@ -58,15 +58,24 @@ fn check_lists_every_problem_with_its_line() {
         (5, "geo.trusted_proxies[0]: `10.0.0.0/33`"),
         (6, "geo.overrides[0].country: `Germany`"),
         (8, "regions.us-east-1.lat: latitude 138.9"),
-        (13, "clusters.api.endpoints.us-east-1[1].wieght: unknown field"),
+        (
+            13,
+            "clusters.api.endpoints.us-east-1[1].wieght: unknown field",
+        ),
         (14, "clusters.api.endpoints.eu-west-2: unknown region"),
         (18, "routes[0].match.path_regex: invalid regular expression"),
         (19, "routes[0].cluster: unknown cluster `apii`"),
-        (20, "routes[0].steering.weights: mode weighted needs weights"),
+        (
+            20,
+            "routes[0].steering.weights: mode weighted needs weights",
+        ),
         (21, "routes[0].timeout: `3 parsecs` is not a duration"),
         (22, "routes[0].retries: unknown field `retries`"),
     ];
-    assert!(stderr.contains(&format!("({} problems)", expected.len())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("({} problems)", expected.len())),
+        "{stderr}"
+    );
     for (line, text) in expected {
         let want = format!("bad.yaml:{line}: {text}");
         assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
@@ -77,10 +86,17 @@ fn check_lists_every_problem_with_its_line() {
 fn type_errors_and_syntax_errors_have_lines() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("types.yaml");
-    std::fs::write(&file, "local_region: a\nregions:\n  a: { lat: north, lon: 1 }\n").unwrap();
+    std::fs::write(
+        &file,
+        "local_region: a\nregions:\n  a: { lat: north, lon: 1 }\n",
+    )
+    .unwrap();
     let (ok, _, stderr) = meridian(&["check", "-c", file.to_str().unwrap()]);
     assert!(!ok);
-    assert!(stderr.contains("types.yaml:3: regions.a.lat: invalid type"), "{stderr}");
+    assert!(
+        stderr.contains("types.yaml:3: regions.a.lat: invalid type"),
+        "{stderr}"
+    );
 
     std::fs::write(&file, "routes: [\n  - name: a\n").unwrap();
     let (ok, _, stderr) = meridian(&["check", "-c", file.to_str().unwrap()]);
@@ -89,7 +105,10 @@ fn type_errors_and_syntax_errors_have_lines() {
 
     let (ok, _, stderr) = meridian(&["check", "-c", "no/such/file.yaml"]);
     assert!(!ok);
-    assert!(stderr.contains("cannot read config file no/such/file.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read config file no/such/file.yaml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -104,12 +123,21 @@ fn shipped_configs_are_valid() {
 #[test]
 fn run_validates_before_binding_anything() {
     // A free port for the (invalid) config's listener.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, BAD.replace("PORT", &port.to_string())).unwrap();
     let (ok, _, stderr) = meridian_logging(&["run", "-c", file.to_str().unwrap()], "info");
     assert!(!ok, "run must refuse an invalid config");
-    assert!(stderr.contains("bad.yaml:19: routes[0].cluster"), "{stderr}");
-    assert!(!stderr.contains("listening"), "nothing may be bound: {stderr}");
+    assert!(
+        stderr.contains("bad.yaml:19: routes[0].cluster"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("listening"),
+        "nothing may be bound: {stderr}"
+    );
 }

@@ -50,24 +50,49 @@ fn demo_curl_lines_do_what_they_say() {
     }
 
     let mut tried = 0;
-    for line in printed.iter().filter(|l| l.trim_start().starts_with("curl ")) {
+    for line in printed
+        .iter()
+        .filter(|l| l.trim_start().starts_with("curl "))
+    {
         let (command, comment) = line.trim().split_once("    # ").unwrap();
         let expect = comment.rsplit_once("→ ").unwrap().1.trim();
-        let out = Command::new("bash").args(["-c", &format!("{command} --max-time 10 -sS")]).output().unwrap();
+        let out = Command::new("bash")
+            .args(["-c", &format!("{command} --max-time 10 -sS")])
+            .output()
+            .unwrap();
         let body = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(body.contains(expect), "`{command}` should show {expect}, showed {body:?}");
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            body.contains(expect),
+            "`{command}` should show {expect}, showed {body:?}"
+        );
         tried += 1;
     }
-    assert!(tried >= 6, "expected the demo to print its curl lines: {printed:#?}");
+    assert!(
+        tried >= 6,
+        "expected the demo to print its curl lines: {printed:#?}"
+    );
 
-    let admin = printed.iter().find_map(|l| l.trim().strip_prefix("admin  ")).unwrap();
-    let out = Command::new("curl").args(["-sS", "--max-time", "10", &format!("{admin}readyz")]).output().unwrap();
+    let admin = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("admin  "))
+        .unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("{admin}readyz")])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n");
 
     // SIGTERM: drains and exits cleanly.
     let mut child = running.0.take().unwrap();
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let (done_tx, done_rx) = mpsc::channel();
     let pid = child.id();
@@ -75,7 +100,9 @@ fn demo_curl_lines_do_what_they_say() {
         let _ = done_tx.send(child.wait());
     });
     let Ok(exit) = done_rx.recv_timeout(Duration::from_secs(20)) else {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
         panic!("demo did not exit after SIGTERM");
     };
     let exit = exit.unwrap();

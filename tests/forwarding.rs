@@ -46,7 +46,12 @@ async fn headers_are_rewritten_both_ways() {
     assert_eq!(answer.region(), "eu-west-1");
     let seen = answer.json();
     let h = &seen["headers"];
-    for gone in ["x-private", "keep-alive", "proxy-authorization", "connection"] {
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "connection",
+    ] {
         assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
     }
     assert_eq!(h["x-app"], "kept");
@@ -58,7 +63,10 @@ async fn headers_are_rewritten_both_ways() {
     let id = h["x-request-id"].as_str().unwrap();
     assert_ne!(id, "forged");
     assert_eq!(id.len(), 32);
-    assert_eq!(answer.headers["x-request-id"], id, "the client sees the same id");
+    assert_eq!(
+        answer.headers["x-request-id"], id,
+        "the client sees the same id"
+    );
     assert_eq!(answer.headers["x-meridian-region"], "eu-west-1");
 }
 
@@ -81,13 +89,24 @@ routes:
 #[tokio::test]
 async fn refused_connection_is_502() {
     // A port that was just free: nothing listens there.
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let proxy = proxy_to(&port.to_string(), "2s").await;
     let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
     assert_eq!(answer.status, 502);
-    assert_eq!(answer.headers["x-meridian-error"], "upstream-connect-failure");
+    assert_eq!(
+        answer.headers["x-meridian-error"],
+        "upstream-connect-failure"
+    );
     assert!(answer.body.contains("us-east-1"), "{}", answer.body);
-    assert!(!answer.body.contains(&port.to_string()), "upstream address leaked: {}", answer.body);
+    assert!(
+        !answer.body.contains(&port.to_string()),
+        "upstream address leaked: {}",
+        answer.body
+    );
 }
 
 #[tokio::test]
@@ -150,7 +169,10 @@ async fn missing_host_is_400_and_slow_headers_time_out() {
     let reply = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: api.example.com\r\n").await;
     let waited = started.elapsed();
     assert!(!reply.contains("200 OK"), "{reply}");
-    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(4), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
     assert_eq!(backends.hits(), [0, 0, 0]);
 }
 
@@ -162,22 +184,76 @@ async fn admin_reports_health_and_readiness_until_drained() {
     assert_eq!(get(admin, "admin", "/healthz", &[]).await.status, 200);
     assert_eq!(get(admin, "admin", "/readyz", &[]).await.body, "ready\n");
     let status = get(admin, "admin", "/", &[]).await.body;
-    assert!(status.contains("config generation 1") && status.contains("eu-west-1"), "{status}");
+    assert!(
+        status.contains("config generation 1") && status.contains("eu-west-1"),
+        "{status}"
+    );
 
     // A request in flight when shutdown starts still completes.
     let proxy_addr = proxy.proxy_addr().unwrap();
-    let slow = tokio::spawn(async move { get(proxy_addr, "api.example.com", "/delay/300", &[]).await });
+    let slow =
+        tokio::spawn(async move { get(proxy_addr, "api.example.com", "/delay/300", &[]).await });
     let reached = tokio::time::timeout(Duration::from_secs(5), async {
         while backends.hits()[1] == 0 {
             tokio::task::yield_now().await;
         }
     });
-    reached.await.expect("the slow request never reached the backend");
+    reached
+        .await
+        .expect("the slow request never reached the backend");
     let lifecycle = proxy.lifecycle.clone();
     proxy.shutdown(Duration::from_secs(5)).await;
     assert!(lifecycle.draining.load(std::sync::atomic::Ordering::SeqCst));
     let answer = slow.await.unwrap();
-    assert_eq!((answer.status.as_u16(), answer.region()), (200, "eu-west-1"));
-    assert!(TcpStream::connect(admin).await.is_err(), "admin listener closed after shutdown");
-    assert!(TcpStream::connect(proxy_addr).await.is_err(), "proxy listener closed after shutdown");
+    assert_eq!(
+        (answer.status.as_u16(), answer.region()),
+        (200, "eu-west-1")
+    );
+    assert!(
+        TcpStream::connect(admin).await.is_err(),
+        "admin listener closed after shutdown"
+    );
+    assert!(
+        TcpStream::connect(proxy_addr).await.is_err(),
+        "proxy listener closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn h2c_clients_are_proxied_to_http1_upstreams() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(ONE_ROUTE)).await;
+    let stream = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/echo", "/nowhere"] {
+        let req = http::Request::get(format!("http://api.example.com{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-meridian-region"], "eu-west-1");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        if path == "/echo" {
+            let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                seen["headers"]["host"], "api.example.com",
+                "authority becomes Host upstream"
+            );
+        }
+    }
+    let req = http::Request::get("http://other.example.com/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 404);
 }

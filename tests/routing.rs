@@ -62,9 +62,27 @@ async fn first_matching_route_wins() {
         ("api.example.com", "/v2/users", &[], 200, "eu-west-1"),
         ("www.example.com", "/v1/", &[], 200, "eu-west-1"),
         ("example.com", "/v1/", &[], 404, ""),
-        ("api.example.com", "/api/users", &[("x-canary", "on")], 200, "ap-southeast-1"),
-        ("api.example.com", "/api/users", &[("x-canary", "off")], 200, "us-east-1"),
-        ("anything.test", "/static/app.js", &[], 200, "ap-southeast-1"),
+        (
+            "api.example.com",
+            "/api/users",
+            &[("x-canary", "on")],
+            200,
+            "ap-southeast-1",
+        ),
+        (
+            "api.example.com",
+            "/api/users",
+            &[("x-canary", "off")],
+            200,
+            "us-east-1",
+        ),
+        (
+            "anything.test",
+            "/static/app.js",
+            &[],
+            200,
+            "ap-southeast-1",
+        ),
         ("anything.test", "/api/users", &[], 404, ""),
         ("www.example.com", "/api/users", &[], 404, ""),
     ];
@@ -80,9 +98,13 @@ async fn first_matching_route_wins() {
             assert_eq!(answer.headers["x-meridian-error"], "no-route");
         }
     }
-    let answer = client.request(Method::PUT, "api.example.com", "/api/users", &[]).await;
+    let answer = client
+        .request(Method::PUT, "api.example.com", "/api/users", &[])
+        .await;
     assert_eq!(answer.region(), "ap-southeast-1", "method match");
-    let answer = client.request(Method::DELETE, "api.example.com", "/api/users", &[]).await;
+    let answer = client
+        .request(Method::DELETE, "api.example.com", "/api/users", &[])
+        .await;
     assert_eq!(answer.region(), "us-east-1");
 }
 
