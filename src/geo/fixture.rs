@@ -222,4 +222,23 @@ mod tests {
         assert_eq!(problems[1].line, Some(4));
         assert!(err.to_string().contains("f.yaml:4"), "{err}");
     }
+
+    #[test]
+    fn shipped_demo_database_matches_its_fixture() {
+        let fixture = include_str!("../../config/geoip/demo-fixture.yaml");
+        let built = build(fixture, Path::new("demo-fixture.yaml")).unwrap();
+        let built = GeoDb::from_bytes(built, Path::new("built")).unwrap();
+        let shipped =
+            GeoDb::from_bytes(crate::demo::DEMO_GEOIP.to_vec(), Path::new("shipped")).unwrap();
+        let parsed: Fixture = parse_document(fixture).unwrap().value;
+        for net in &parsed.networks {
+            let ip = net.cidr.parse::<IpNet>().unwrap().network();
+            assert_eq!(
+                shipped.lookup(ip),
+                built.lookup(ip),
+                "{ip}: rebuild config/geoip/demo-city.mmdb"
+            );
+            assert!(shipped.lookup(ip).is_some());
+        }
+    }
 }
