@@ -50,6 +50,44 @@ pub enum DecisionError {
         regions: String,
         reason: NoRegion,
     },
+    #[error(
+        "region loop guard: the request already passed Meridian in [{visited}] ({hops} hops, at most {max} allowed) and no other region remains"
+    )]
+    RegionLoop {
+        visited: String,
+        hops: usize,
+        max: u32,
+    },
+}
+
+/// Regions named by a trusted `x-meridian-visited` header: each Meridian that forwards a
+/// request appends its own `local_region`, and no later Meridian sends it back to one of them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Visited {
+    /// Entries in the header (known region or not): the tiers passed so far.
+    pub hops: usize,
+    /// Bit `r` set: region `r` was visited.
+    pub mask: u64,
+}
+
+impl Visited {
+    pub fn from_headers(table: &RoutingTable, headers: &HeaderMap) -> Self {
+        let mut visited = Self::default();
+        for value in headers.get_all(crate::headers::X_MERIDIAN_VISITED) {
+            let Ok(text) = value.to_str() else { continue };
+            for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                visited.hops += 1;
+                if let Some(id) = table.regions.iter().position(|r| r.name == name) {
+                    visited.mask |= 1u64 << id;
+                }
+            }
+        }
+        visited
+    }
+
+    pub fn contains(&self, region: RegionId) -> bool {
+        self.mask & (1u64 << region) != 0
+    }
 }
 
 pub fn decide<'t>(
@@ -74,12 +112,39 @@ pub fn decide<'t>(
             .iter(),
     );
     let location = table.geo.locate(client);
-    let order = steer::region_order(
+    let mut order = steer::region_order(
         &route.steering,
         &table.region_coords,
         &table.local_order,
         &location,
     );
+    // Only a trusted peer's hop header counts: anyone else could use it to block regions.
+    let visited = if table.geo.is_trusted(facts.peer) {
+        Visited::from_headers(table, facts.headers)
+    } else {
+        Visited::default()
+    };
+    if visited.hops > 0 {
+        let before = order;
+        order = steer::RegionOrder::default();
+        for id in before.as_slice().iter().filter(|id| !visited.contains(**id)) {
+            order.push(*id);
+        }
+        if visited.hops > table.max_region_hops as usize || (order.is_empty() && !before.is_empty()) {
+            let names: Vec<&str> = table
+                .regions
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| visited.contains(*i as RegionId))
+                .map(|(_, r)| r.name.as_str())
+                .collect();
+            return Err(DecisionError::RegionLoop {
+                visited: names.join(", "),
+                hops: visited.hops,
+                max: table.max_region_hops,
+            });
+        }
+    }
     let cluster_id = route.target.pick(rng);
     let Some(cluster) = table.clusters.get(cluster_id) else {
         return Err(no_endpoint(
@@ -95,12 +160,13 @@ pub fn decide<'t>(
         &order,
         |r| cluster.health(r),
         route.next_draw(),
+        cluster.panic_threshold,
     )
     .map_err(|reason| no_endpoint(table, route, &cluster.name, &order, reason))?;
     let endpoint = cluster
         .regions
         .get(pick.region as usize)
-        .and_then(|set| set.pick(cluster.load_balancer, pick.panic, rng))
+        .and_then(|set| set.pick(cluster.load_balancer, pick.panic, rng, &|_| false))
         .ok_or_else(|| no_endpoint(table, route, &cluster.name, &order, NoRegion::NoEndpoints))?;
     Ok(RouteDecision {
         client,
@@ -128,4 +194,33 @@ fn no_endpoint(
         regions: crate::table::region_names(table, order),
         reason,
     }
+}
+
+/// Where a retry goes: an untried endpoint of the same region if it has one (Envoy's
+/// previous-hosts rule), else the first later region in the order that has one (Istio's
+/// retryRemoteLocalities).
+pub fn retry_target<'t>(
+    cluster: &'t Cluster,
+    order: &RegionOrder,
+    region: RegionId,
+    panic: bool,
+    tried: &[Arc<Endpoint>],
+    rng: &mut fastrand::Rng,
+) -> Option<(RegionId, &'t Arc<Endpoint>)> {
+    let already_tried = |e: &Arc<Endpoint>| tried.iter().any(|t| Arc::ptr_eq(t, e));
+    let same = cluster
+        .regions
+        .get(region as usize)
+        .and_then(|set| set.pick(cluster.load_balancer, panic, rng, &already_tried));
+    if let Some(endpoint) = same {
+        return Some((region, endpoint));
+    }
+    let position = order.as_slice().iter().position(|r| *r == region).unwrap_or(0);
+    order.as_slice().iter().skip(position + 1).find_map(|next| {
+        cluster
+            .regions
+            .get(*next as usize)
+            .and_then(|set| set.pick(cluster.load_balancer, false, rng, &already_tried))
+            .map(|endpoint| (*next, endpoint))
+    })
 }

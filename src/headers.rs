@@ -8,6 +8,10 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Response: the region that served the request.
 pub const X_MERIDIAN_REGION: HeaderName = HeaderName::from_static("x-meridian-region");
+/// Regions of the Meridian tiers a request has passed, comma-separated (the loop guard).
+pub const X_MERIDIAN_VISITED: HeaderName = HeaderName::from_static("x-meridian-visited");
+/// Response from Meridian itself when a circuit breaker refused the request: which limit.
+pub const X_MERIDIAN_OVERFLOW: HeaderName = HeaderName::from_static("x-meridian-overflow");
 /// Response from Meridian itself: a short machine-readable reason for an error status.
 pub const X_MERIDIAN_ERROR: HeaderName = HeaderName::from_static("x-meridian-error");
 

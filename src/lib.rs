@@ -10,6 +10,7 @@ pub mod demo;
 pub mod geo;
 pub mod headers;
 pub mod proxy;
+pub mod retry;
 pub mod routes;
 pub mod server;
 pub mod steer;

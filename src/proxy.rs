@@ -13,19 +13,31 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
 
-use crate::decision::{DecisionError, RequestFacts, decide};
+use crate::decision::{DecisionError, RequestFacts, RouteDecision, decide, retry_target};
 use crate::headers::{
-    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_ERROR, X_MERIDIAN_REGION,
-    X_REQUEST_ID, strip_hop_by_hop,
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW,
+    X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID, strip_hop_by_hop,
+};
+use crate::retry::{AttemptFailure, parse_retry_after};
+use crate::steer::RegionId;
+use crate::table::{Cluster, Endpoint, RoutingTable};
+use crate::upstream::ClusterStats;
+use crate::upstream::outlier::Outcome;
+use crate::upstream::pool::{
+    CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
 };
 use crate::routes::normalize_host;
 use crate::table::{EndpointState, TableHandle};
 
+/// Guards an upstream response body holds until it has been read.
+pub type AttemptGuards = (RequestPermit, InFlight);
+
 /// Responses are either streamed from the upstream or made by Meridian.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamResponseBody<AttemptGuards>, Full<Bytes>>;
 
 /// Why Meridian answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -34,23 +46,25 @@ pub enum ProxyError {
     MissingHost,
     #[error("the Host header is not valid: {0:?}")]
     BadHost(HeaderValue),
+    #[error("the request body could not be read: {0}")]
+    BadBody(#[source] hyper::Error),
     #[error(transparent)]
     Decision(#[from] DecisionError),
-    #[error("connect to {endpoint} ({region}) failed: {source}")]
+    #[error("cluster `{cluster}` is at its {} limit", .overflow.as_str())]
+    Overflow { cluster: String, overflow: Overflow },
+    #[error("connect to {endpoint} ({region}) failed: {detail}")]
     Connect {
         endpoint: SocketAddr,
         region: String,
-        #[source]
-        source: hyper_util::client::legacy::Error,
+        detail: String,
     },
-    #[error("upstream {endpoint} ({region}) failed: {source}")]
+    #[error("upstream {endpoint} ({region}) failed: {detail}")]
     Upstream {
         endpoint: SocketAddr,
         region: String,
-        #[source]
-        source: hyper_util::client::legacy::Error,
+        detail: String,
     },
-    #[error("upstream {endpoint} ({region}) did not answer within the route timeout of {after:?}")]
+    #[error("upstream {endpoint} ({region}) did not answer within {after:?}")]
     Timeout {
         endpoint: SocketAddr,
         region: String,
@@ -61,9 +75,12 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::BadHost(_) => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::BadHost(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Decision(DecisionError::NoRoute { .. }) => StatusCode::NOT_FOUND,
-            Self::Decision(DecisionError::NoEndpoint { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Decision(DecisionError::NoEndpoint { .. } | DecisionError::RegionLoop { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -74,8 +91,11 @@ impl ProxyError {
         match self {
             Self::MissingHost => "missing-host",
             Self::BadHost(_) => "bad-host",
+            Self::BadBody(_) => "bad-body",
             Self::Decision(DecisionError::NoRoute { .. }) => "no-route",
             Self::Decision(DecisionError::NoEndpoint { .. }) => "no-healthy-endpoint",
+            Self::Decision(DecisionError::RegionLoop { .. }) => "region-loop",
+            Self::Overflow { .. } => "overflow",
             Self::Connect { .. } => "upstream-connect-failure",
             Self::Upstream { .. } => "upstream-reset",
             Self::Timeout { .. } => "upstream-timeout",
@@ -106,12 +126,15 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert(X_MERIDIAN_ERROR, HeaderValue::from_static(self.code()));
+        if let Self::Overflow { overflow, .. } = &self {
+            headers.insert(X_MERIDIAN_OVERFLOW, HeaderValue::from_static(overflow.as_str()));
+        }
         response
     }
 }
 
 /// Counts a request against an endpoint while it is outstanding.
-struct InFlight(Arc<EndpointState>);
+pub struct InFlight(Arc<EndpointState>);
 
 impl InFlight {
     fn new(state: &Arc<EndpointState>) -> Self {
@@ -187,14 +210,12 @@ async fn forward(
         },
         &mut rng,
     )?;
-    let endpoint = decision.endpoint;
-    let region = &table.regions[decision.region as usize];
     tracing::debug!(
         client = %decision.client,
         client.country = ?decision.location.country.map(|c| c.to_string()),
         route = %decision.route.name,
-        region = %region.name,
-        endpoint = %endpoint.address,
+        region = %table.region_name(decision.region),
+        endpoint = %decision.endpoint.address,
         panic = decision.panic,
         "routing"
     );
@@ -209,66 +230,347 @@ async fn forward(
         &scheme,
         &raw_host,
     );
+    set_visited(&mut parts.headers, peer_trusted, table.region_name(table.local_region));
     if !parts.headers.contains_key(header::HOST) {
         // An HTTP/2 request goes upstream as HTTP/1.1, which needs a Host header.
         if let Ok(value) = HeaderValue::from_str(&raw_host) {
             parts.headers.insert(header::HOST, value);
         }
     }
+    let route = decision.route;
+    let deadline = Instant::now() + route.timeout;
+    let exchange = async {
+        let body = ReplayBody::new(body, &parts.headers, route.max_replay_body).await?;
+        attempts(&table, &decision, &parts, body, &mut rng).await
+    };
+    let (response, region) = match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ProxyError::Timeout {
+                endpoint: decision.endpoint.address,
+                region: table.region_name(decision.region).to_owned(),
+                after: route.timeout,
+            });
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(X_MERIDIAN_REGION, table.regions[region as usize].header.clone());
+    parts.headers.insert(X_REQUEST_ID, request_id);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// A request body that can be sent more than once when small enough.
+enum ReplayBody {
+    Buffered(Bytes),
+    /// Streamed from the client; `None` once sent.
+    Streaming(Option<Incoming>),
+}
+
+impl ReplayBody {
+    /// Buffer the body when its length is known and at most `limit`; otherwise stream it.
+    async fn new(body: Incoming, headers: &http::HeaderMap, limit: u64) -> Result<Self, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(Self::Buffered(Bytes::new()));
+        }
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match length {
+            Some(n) if n <= limit => {
+                let collected = body.collect().await.map_err(ProxyError::BadBody)?;
+                Ok(Self::Buffered(collected.to_bytes()))
+            }
+            _ => Ok(Self::Streaming(Some(body))),
+        }
+    }
+
+    /// The body for the next attempt, if there still is one to send.
+    fn next(&mut self) -> Option<UpstreamBody> {
+        match self {
+            Self::Buffered(bytes) => Some(Either::Left(Full::new(bytes.clone()))),
+            Self::Streaming(body) => body.take().map(Either::Right),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Buffered(_) | Self::Streaming(Some(_)))
+    }
+
+    /// Give an unsent streaming body back (nothing reached the upstream).
+    fn restore(&mut self, body: UpstreamBody) {
+        if let (Self::Streaming(slot), Either::Right(incoming)) = (self, body) {
+            *slot = Some(incoming);
+        }
+    }
+}
+
+/// One attempt's result.
+enum Tried {
+    Answered(Response<Incoming>, PooledConn, AttemptGuards),
+    Failed {
+        failure: AttemptFailure,
+        detail: String,
+        /// The body, when it was never sent.
+        unsent: Option<UpstreamBody>,
+    },
+    Refused(Overflow),
+}
+
+/// Try, and retry within the route's policy: other endpoints first, then later regions.
+async fn attempts(
+    table: &RoutingTable,
+    decision: &RouteDecision<'_>,
+    parts: &http::request::Parts,
+    mut body: ReplayBody,
+    rng: &mut fastrand::Rng,
+) -> Result<(Response<ProxyBody>, RegionId), ProxyError> {
+    let route = decision.route;
+    let cluster = decision.cluster;
+    let policy = &route.retries;
+    let mut region = decision.region;
+    let mut endpoint = decision.endpoint.clone();
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut retries = 0u32;
+    loop {
+        let Some(attempt_body) = body.next() else {
+            return Err(ProxyError::Upstream {
+                endpoint: endpoint.address,
+                region: table.region_name(region).to_owned(),
+                detail: "the request body was already sent and cannot be replayed".into(),
+            });
+        };
+        let request = upstream_request(parts, attempt_body);
+        let _retry_slot = (retries > 0).then(|| RetrySlot::new(cluster));
+        ClusterStats::bump(&cluster.stats.attempts);
+        let tried_now = try_once(cluster, &endpoint, request, policy.per_try_timeout).await;
+        tried.push(endpoint.clone());
+        let (failure, retry_after, last) = match tried_now {
+            Tried::Refused(overflow) => {
+                ClusterStats::bump(match overflow {
+                    Overflow::MaxRequests => &cluster.stats.overflow_max_requests,
+                    Overflow::MaxPendingRequests => &cluster.stats.overflow_max_pending_requests,
+                });
+                tracing::info!(cluster = %cluster.name, limit = overflow.as_str(), "circuit breaker overflow");
+                return Err(ProxyError::Overflow {
+                    cluster: cluster.name.clone(),
+                    overflow,
+                });
+            }
+            Tried::Answered(response, conn, guards) => {
+                let status = response.status().as_u16();
+                cluster.reporter.report(&endpoint, Outcome::Status(status));
+                let failure = AttemptFailure::Status(status);
+                if !policy.covers(failure) {
+                    return Ok((stream_response(response, conn, guards), region));
+                }
+                ClusterStats::bump(&cluster.stats.attempt_failures);
+                let retry_after = parse_retry_after(response.headers().get(header::RETRY_AFTER));
+                (failure, retry_after, Last::Response(response, conn, guards))
+            }
+            Tried::Failed {
+                failure,
+                detail,
+                unsent,
+            } => {
+                cluster.reporter.report(&endpoint, Outcome::LocalFailure);
+                ClusterStats::bump(&cluster.stats.attempt_failures);
+                if let Some(unsent) = unsent {
+                    body.restore(unsent);
+                }
+                (failure, None, Last::Error(failure, detail))
+            }
+        };
+        let give_up = retries >= policy.attempts
+            || !policy.may_retry(failure, &parts.method, body.replayable());
+        let budget_ok = give_up
+            || policy.budget_allows(
+                cluster.pool.active_requests(),
+                cluster.active_retries.load(Ordering::Relaxed),
+            );
+        if !budget_ok {
+            ClusterStats::bump(&cluster.stats.retry_budget_exhausted);
+            tracing::info!(cluster = %cluster.name, route = %route.name, "retry budget exhausted: not retrying");
+        }
+        let next = if give_up || !budget_ok {
+            None
+        } else {
+            retry_target(cluster, &decision.order, region, decision.panic, &tried, rng)
+        };
+        let Some((next_region, next_endpoint)) = next else {
+            return last.finish(table, region, &endpoint, policy.per_try_timeout);
+        };
+        drop(last);
+        retries += 1;
+        ClusterStats::bump(&cluster.stats.retries);
+        tracing::debug!(
+            cluster = %cluster.name, route = %route.name, retry = retries, ?failure,
+            from = %endpoint.address, to = %next_endpoint.address, region = %table.region_name(next_region),
+            "retrying"
+        );
+        tokio::time::sleep(policy.backoff(retries, retry_after, rng)).await;
+        region = next_region;
+        endpoint = next_endpoint.clone();
+    }
+}
+
+/// What the last attempt left, for the client when no retry follows.
+// Lives on the stack for one attempt; boxing the common case would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
+enum Last {
+    Response(Response<Incoming>, PooledConn, AttemptGuards),
+    Error(AttemptFailure, String),
+}
+
+impl Last {
+    fn finish(
+        self,
+        table: &RoutingTable,
+        region: RegionId,
+        endpoint: &Endpoint,
+        per_try_timeout: Option<Duration>,
+    ) -> Result<(Response<ProxyBody>, RegionId), ProxyError> {
+        let region_name = table.region_name(region).to_owned();
+        match self {
+            Self::Response(response, conn, guards) => {
+                Ok((stream_response(response, conn, guards), region))
+            }
+            Self::Error(AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream, detail) => {
+                Err(ProxyError::Connect {
+                    endpoint: endpoint.address,
+                    region: region_name,
+                    detail,
+                })
+            }
+            Self::Error(AttemptFailure::PerTryTimeout, _) => Err(ProxyError::Timeout {
+                endpoint: endpoint.address,
+                region: region_name,
+                after: per_try_timeout.unwrap_or_default(),
+            }),
+            Self::Error(_, detail) => Err(ProxyError::Upstream {
+                endpoint: endpoint.address,
+                region: region_name,
+                detail,
+            }),
+        }
+    }
+}
+
+/// The upstream's response, its body streamed through and its connection returned to the
+/// pool once read.
+fn stream_response(
+    response: Response<Incoming>,
+    conn: PooledConn,
+    guards: AttemptGuards,
+) -> Response<ProxyBody> {
+    let (head, body) = response.into_parts();
+    Response::from_parts(head, Either::Left(UpstreamResponseBody::new(body, conn, guards)))
+}
+
+/// Counts a retry in flight against the cluster's budget.
+struct RetrySlot<'a>(&'a Cluster);
+
+impl<'a> RetrySlot<'a> {
+    fn new(cluster: &'a Cluster) -> Self {
+        cluster.active_retries.fetch_add(1, Ordering::Relaxed);
+        Self(cluster)
+    }
+}
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        self.0.active_retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The request for one attempt (origin-form URI: the connection already names the endpoint).
+fn upstream_request(parts: &http::request::Parts, body: UpstreamBody) -> Request<UpstreamBody> {
     let path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::MissingHost)?;
-    parts.version = Version::HTTP_11;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = Uri::from(path_and_query);
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
 
-    let in_flight = InFlight::new(&endpoint.state);
-    let timeout = decision.route.timeout;
-    let sent = tokio::time::timeout(
-        timeout,
-        decision
-            .cluster
-            .client
-            .request(Request::from_parts(parts, body)),
-    )
-    .await;
-    drop(in_flight);
-    let response = match sent {
-        Err(_) => {
-            return Err(ProxyError::Timeout {
-                endpoint: endpoint.address,
-                region: region.name.clone(),
-                after: timeout,
-            });
-        }
-        Ok(Err(source)) if source.is_connect() => {
-            return Err(ProxyError::Connect {
-                endpoint: endpoint.address,
-                region: region.name.clone(),
-                source,
-            });
-        }
-        Ok(Err(source)) => {
-            return Err(ProxyError::Upstream {
-                endpoint: endpoint.address,
-                region: region.name.clone(),
-                source,
-            });
-        }
-        Ok(Ok(response)) => response,
+/// One attempt: admission, a pooled connection, the request, the response head.
+async fn try_once(
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    request: Request<UpstreamBody>,
+    per_try_timeout: Option<Duration>,
+) -> Tried {
+    let permit = match cluster.pool.admit() {
+        Ok(permit) => permit,
+        Err(overflow) => return Tried::Refused(overflow),
     };
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(X_MERIDIAN_REGION, region.header.clone());
-    parts.headers.insert(X_REQUEST_ID, request_id);
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    let in_flight = InFlight::new(&endpoint.state);
+    let exchange = async {
+        let mut request = request;
+        // A reused keep-alive connection may have been closed by the upstream meanwhile; if
+        // the request was not sent on it, send it once more on a fresh connection.
+        for _ in 0..2 {
+            let mut conn = match cluster.pool.checkout(endpoint.address).await {
+                Ok(conn) => conn,
+                Err(CheckoutError::Overflow(o)) => return Err(Err(o)),
+                Err(e) => {
+                    return Err(Ok((AttemptFailure::ConnectFailure, e.to_string(), Some(request.into_body()))));
+                }
+            };
+            conn.start_request();
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, conn)),
+                Err(mut e) => {
+                    let reused = conn.reused;
+                    conn.discard();
+                    match e.take_message() {
+                        Some(unsent) if reused => request = unsent,
+                        Some(unsent) => {
+                            return Err(Ok((AttemptFailure::ConnectFailure, e.error().to_string(), Some(unsent.into_body()))));
+                        }
+                        None => return Err(Ok((AttemptFailure::Reset, e.error().to_string(), None))),
+                    }
+                }
+            }
+        }
+        Err(Ok((AttemptFailure::Reset, "the upstream closed two connections in a row".into(), None)))
+    };
+    let result = match per_try_timeout {
+        Some(limit) => match tokio::time::timeout(limit, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Ok((AttemptFailure::PerTryTimeout, format!("no answer within {limit:?}"), None))),
+        },
+        None => exchange.await,
+    };
+    match result {
+        Ok((response, conn)) => Tried::Answered(response, conn, (permit, in_flight)),
+        Err(Err(overflow)) => Tried::Refused(overflow),
+        Err(Ok((failure, detail, unsent))) => Tried::Failed { failure, detail, unsent },
+    }
+}
+
+/// Append our region to the loop guard header; a header from an untrusted peer is dropped.
+fn set_visited(headers: &mut http::HeaderMap, peer_trusted: bool, local_region: &str) {
+    let mut entries: Vec<String> = if peer_trusted {
+        headers
+            .get_all(X_MERIDIAN_VISITED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    entries.push(local_region.to_owned());
+    if let Ok(value) = HeaderValue::from_str(&entries.join(", ")) {
+        headers.insert(X_MERIDIAN_VISITED, value);
+    }
 }
 
 /// Set X-Forwarded-For/-Proto/-Host and x-request-id; returns the request id.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
+use crate::retry::RetryPolicy;
 use crate::steer::Steering;
 
 /// Index of a cluster in the routing table.
@@ -106,6 +107,9 @@ pub struct Route {
     pub target: RouteTarget,
     pub steering: Steering,
     pub timeout: Duration,
+    pub retries: RetryPolicy,
+    /// Request bodies up to this many bytes are buffered for replay.
+    pub max_replay_body: u64,
     /// Requests decided so far: the index into the region-split sequence.
     pub requests: AtomicU64,
 }
@@ -256,6 +260,8 @@ mod tests {
             target: RouteTarget::Cluster(0),
             steering: Steering::default(),
             timeout: Duration::from_secs(1),
+            retries: RetryPolicy::default(),
+            max_replay_body: 0,
             requests: AtomicU64::new(0),
         }
     }

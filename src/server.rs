@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::table::{ListenerSpec, RoutingTable, TableHandle};
+use crate::upstream::outlier::Detector;
 
 /// Largest request head hyper will buffer (HTTP/1.1).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -118,6 +119,8 @@ pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
         None => None,
     };
 
+    spawn_control_tasks(&handle.load(), &shutdown, &tracker);
+
     let mut listeners = Vec::new();
     for (spec, listener) in bound {
         let addr = listener.local_addr().unwrap_or(spec.bind);
@@ -168,6 +171,41 @@ pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
         shutdown,
         tracker,
     })
+}
+
+/// One outlier detector per cluster and one health-check loop per endpoint.
+fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, tracker: &TaskTracker) {
+    let region_names: Vec<String> = table.regions.iter().map(|r| r.name.clone()).collect();
+    for cluster in &table.clusters {
+        let reports = cluster
+            .reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some(policy), Some(reports)) = (cluster.outlier.clone(), reports) {
+            let regions = cluster.regions.iter().map(|set| set.endpoints.clone()).collect();
+            let detector = Detector::new(
+                policy,
+                cluster.name.clone(),
+                regions,
+                region_names.clone(),
+                cluster.stats.clone(),
+                tokio::time::Instant::now(),
+            );
+            tracker.spawn(detector.run(reports, shutdown.clone()));
+        }
+        if let Some(policy) = &cluster.health_check {
+            for endpoint in cluster.regions.iter().flat_map(|set| set.endpoints.iter()) {
+                tracker.spawn(crate::upstream::health::run(
+                    endpoint.clone(),
+                    policy.clone(),
+                    cluster.name.clone(),
+                    cluster.stats.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+    }
 }
 
 fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {

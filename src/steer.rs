@@ -95,7 +95,6 @@ pub struct Steering {
     pub weights: Vec<(RegionId, u32)>,
     /// For failover mode: the same order for every client.
     pub fixed_order: Option<RegionOrder>,
-    pub panic_routing: bool,
 }
 
 impl Default for Steering {
@@ -108,7 +107,6 @@ impl Default for Steering {
             only: None,
             weights: Vec::new(),
             fixed_order: None,
-            panic_routing: true,
         }
     }
 }
@@ -277,65 +275,53 @@ pub fn golden_draw(n: u64) -> f64 {
 }
 
 /// Choose the region for one request; `draw` is uniform in [0, 1) (see [`golden_draw`]).
+///
+/// `panic_threshold` (0..1): when the order's total healthy share (each region's share ×
+/// overprovisioning, capped at 1 overall) falls below it, every endpoint of the first region
+/// that has any takes the traffic, healthy or not, rather than failing everything. With 0, a
+/// fully unhealthy order is refused instead.
 pub fn pick_region(
     steering: &Steering,
     order: &RegionOrder,
     health: impl Fn(RegionId) -> RegionHealth,
     draw: f64,
+    panic_threshold: f64,
 ) -> Result<RegionPick, NoRegion> {
     if order.is_empty() {
         return Err(NoRegion::EmptyOrder);
     }
-    let healthy = match steering.mode {
-        SteeringMode::Nearest => {
-            let loads = region_loads(order, &health, steering.overprovisioning);
-            let mut r = draw;
-            let mut chosen = None;
-            for (i, id) in order.as_slice().iter().enumerate() {
-                if loads[i] <= 0.0 {
-                    continue;
+    let total_health: f64 = order
+        .as_slice()
+        .iter()
+        .map(|id| (health(*id).share() * steering.overprovisioning).min(1.0))
+        .sum::<f64>()
+        .min(1.0);
+    let healthy = if total_health <= 0.0 || total_health < panic_threshold {
+        None
+    } else {
+        match steering.mode {
+            SteeringMode::Nearest => {
+                let loads = region_loads(order, &health, steering.overprovisioning);
+                let mut r = draw;
+                let mut chosen = None;
+                for (i, id) in order.as_slice().iter().enumerate() {
+                    if loads[i] <= 0.0 {
+                        continue;
+                    }
+                    chosen = Some(*id);
+                    if r < loads[i] {
+                        break;
+                    }
+                    r -= loads[i];
                 }
-                chosen = Some(*id);
-                if r < loads[i] {
-                    break;
-                }
-                r -= loads[i];
+                chosen
             }
-            chosen
-        }
-        SteeringMode::Failover => order
-            .as_slice()
-            .iter()
-            .copied()
-            .find(|id| health(*id).healthy_weight > 0),
-        SteeringMode::Weighted => {
-            let eligible =
-                |id: RegionId, w: u32| w > 0 && order.contains(id) && health(id).healthy_weight > 0;
-            let total: u64 = steering
-                .weights
+            SteeringMode::Failover => order
+                .as_slice()
                 .iter()
-                .filter(|(id, w)| eligible(*id, *w))
-                .map(|(_, w)| u64::from(*w))
-                .sum();
-            if total == 0 {
-                None
-            } else {
-                let mut r = ((draw * total as f64) as u64).min(total - 1);
-                steering
-                    .weights
-                    .iter()
-                    .filter(|(id, w)| eligible(*id, *w))
-                    .find(|(_, w)| {
-                        let w = u64::from(*w);
-                        if r < w {
-                            true
-                        } else {
-                            r -= w;
-                            false
-                        }
-                    })
-                    .map(|(id, _)| *id)
-            }
+                .copied()
+                .find(|id| health(*id).healthy_weight > 0),
+            SteeringMode::Weighted => pick_weighted(steering, order, &health, draw),
         }
     };
     if let Some(region) = healthy {
@@ -344,7 +330,7 @@ pub fn pick_region(
             panic: false,
         });
     }
-    if !steering.panic_routing {
+    if panic_threshold <= 0.0 {
         return Err(NoRegion::NoHealthy);
     }
     order
@@ -359,6 +345,33 @@ pub fn pick_region(
         .ok_or(NoRegion::NoEndpoints)
 }
 
+fn pick_weighted(
+    steering: &Steering,
+    order: &RegionOrder,
+    health: &impl Fn(RegionId) -> RegionHealth,
+    draw: f64,
+) -> Option<RegionId> {
+    let eligible = |id: RegionId, w: u32| w > 0 && order.contains(id) && health(id).healthy_weight > 0;
+    let total: u64 = steering
+        .weights
+        .iter()
+        .filter(|(id, w)| eligible(*id, *w))
+        .map(|(_, w)| u64::from(*w))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = ((draw * total as f64) as u64).min(total - 1);
+    for (id, w) in steering.weights.iter().filter(|(id, w)| eligible(*id, *w)) {
+        let w = u64::from(*w);
+        if r < w {
+            return Some(*id);
+        }
+        r -= w;
+    }
+    None
+}
+
 /// What endpoint picking needs to know about one endpoint.
 pub trait Candidate {
     fn weight(&self) -> u32;
@@ -370,6 +383,18 @@ fn usable<C: Candidate>(c: &C, panic: bool) -> bool {
     panic || (c.weight() > 0 && c.is_healthy())
 }
 
+/// The endpoints a pick may use: usable and not skipped, with their index.
+fn candidates<'a, C: Candidate>(
+    endpoints: &'a [C],
+    panic: bool,
+    skip: &'a dyn Fn(usize) -> bool,
+) -> impl Iterator<Item = (usize, &'a C)> + 'a {
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(move |(i, e)| usable(*e, panic) && !skip(*i))
+}
+
 /// In panic mode every endpoint counts, with equal weight.
 fn pick_weight<C: Candidate>(c: &C, panic: bool) -> u64 {
     if panic { 1 } else { u64::from(c.weight()) }
@@ -378,14 +403,12 @@ fn pick_weight<C: Candidate>(c: &C, panic: bool) -> u64 {
 fn weighted_draw<C: Candidate>(
     endpoints: &[C],
     panic: bool,
+    skip: &dyn Fn(usize) -> bool,
     total: u64,
     rng: &mut fastrand::Rng,
 ) -> Option<usize> {
     let mut r = rng.u64(0..total);
-    for (i, e) in endpoints.iter().enumerate() {
-        if !usable(e, panic) {
-            continue;
-        }
+    for (i, e) in candidates(endpoints, panic, skip) {
         let w = pick_weight(e, panic);
         if r < w {
             return Some(i);
@@ -396,7 +419,8 @@ fn weighted_draw<C: Candidate>(
 }
 
 /// Choose an endpoint of one region. `rr_schedule`/`rr_cursor` are the region's round-robin
-/// state (a precomputed weighted schedule and a counter the caller advances).
+/// state (a precomputed weighted schedule and a counter the caller advances); `skip` names
+/// endpoints this request already tried.
 pub fn pick_endpoint<C: Candidate>(
     endpoints: &[C],
     lb: LoadBalancer,
@@ -404,20 +428,17 @@ pub fn pick_endpoint<C: Candidate>(
     rng: &mut fastrand::Rng,
     rr_schedule: &[u32],
     rr_cursor: usize,
+    skip: &dyn Fn(usize) -> bool,
 ) -> Option<usize> {
-    let total: u64 = endpoints
-        .iter()
-        .filter(|e| usable(*e, panic))
-        .map(|e| pick_weight(e, panic))
-        .sum();
+    let total: u64 = candidates(endpoints, panic, skip).map(|(_, e)| pick_weight(e, panic)).sum();
     if total == 0 {
         return None;
     }
     match lb {
-        LoadBalancer::Random => weighted_draw(endpoints, panic, total, rng),
+        LoadBalancer::Random => weighted_draw(endpoints, panic, skip, total, rng),
         LoadBalancer::LeastRequest => {
-            let a = weighted_draw(endpoints, panic, total, rng)?;
-            let b = weighted_draw(endpoints, panic, total, rng)?;
+            let a = weighted_draw(endpoints, panic, skip, total, rng)?;
+            let b = weighted_draw(endpoints, panic, skip, total, rng)?;
             // Compare in-flight per unit of weight without dividing: a/wa <= b/wb.
             let load = |i: usize| {
                 (
@@ -430,18 +451,14 @@ pub fn pick_endpoint<C: Candidate>(
         }
         LoadBalancer::RoundRobin => {
             if panic || rr_schedule.is_empty() {
-                let usable_count = endpoints.iter().filter(|e| usable(*e, panic)).count();
-                let nth = rr_cursor % usable_count;
-                return endpoints
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| usable(*e, panic))
-                    .nth(nth)
+                let count = candidates(endpoints, panic, skip).count();
+                return candidates(endpoints, panic, skip)
+                    .nth(rr_cursor % count)
                     .map(|(i, _)| i);
             }
             (0..rr_schedule.len())
                 .map(|step| rr_schedule[(rr_cursor + step) % rr_schedule.len()] as usize)
-                .find(|i| endpoints.get(*i).is_some_and(|e| usable(e, panic)))
+                .find(|i| endpoints.get(*i).is_some_and(|e| usable(e, panic)) && !skip(*i))
         }
     }
 }
@@ -614,7 +631,7 @@ mod tests {
         let h = [(5, 10, 2), (10, 10, 1), (10, 10, 1)];
         let mut counts = [0; 3];
         for _ in 0..10_000 {
-            let pick = pick_region(&s, &local(), health(&h), rng.f64()).unwrap();
+            let pick = pick_region(&s, &local(), health(&h), rng.f64(), 0.5).unwrap();
             assert!(!pick.panic);
             counts[pick.region as usize] += 1;
         }
@@ -624,14 +641,14 @@ mod tests {
 
     #[test]
     fn failover_and_panic() {
-        let mut s = Steering {
+        let s = Steering {
             mode: SteeringMode::Failover,
             ..Steering::default()
         };
         let mut rng = fastrand::Rng::with_seed(1);
         let h = [(0, 10, 1), (1, 10, 1), (10, 10, 1)];
         assert_eq!(
-            pick_region(&s, &local(), health(&h), rng.f64())
+            pick_region(&s, &local(), health(&h), rng.f64(), 0.5)
                 .unwrap()
                 .region,
             EU
@@ -642,7 +659,7 @@ mod tests {
                 &s,
                 &RegionOrder::from_slice(&[EU, AP]),
                 health(&dead),
-                rng.f64()
+                rng.f64(), 0.5
             )
             .unwrap(),
             RegionPick {
@@ -655,19 +672,42 @@ mod tests {
                 &s,
                 &RegionOrder::from_slice(&[EU]),
                 health(&dead),
-                rng.f64()
+                rng.f64(), 0.5
             ),
             Err(NoRegion::NoEndpoints)
         );
-        s.panic_routing = false;
         assert_eq!(
-            pick_region(&s, &local(), health(&dead), rng.f64()),
+            pick_region(&s, &local(), health(&dead), rng.f64(), 0.0),
             Err(NoRegion::NoHealthy)
         );
         assert_eq!(
-            pick_region(&s, &RegionOrder::default(), health(&dead), rng.f64()),
+            pick_region(&s, &RegionOrder::default(), health(&dead), rng.f64(), 0.5),
             Err(NoRegion::EmptyOrder)
         );
+    }
+
+    #[test]
+    fn panic_threshold_applies_to_the_whole_order() {
+        let s = Steering::default();
+        let order = RegionOrder::from_slice(&[US, EU]);
+        // 10% × 1.4 = 14% per region, 28% in total
+        let weak = [(1, 10, 10), (1, 10, 10), (0, 0, 0)];
+        let pick = pick_region(&s, &order, health(&weak), 0.9, 0.5).unwrap();
+        assert_eq!(pick, RegionPick { region: US, panic: true });
+        let pick = pick_region(&s, &order, health(&weak), 0.9, 0.2).unwrap();
+        assert_eq!(pick, RegionPick { region: EU, panic: false });
+    }
+
+    #[test]
+    fn skipped_endpoints_are_not_picked() {
+        let mut rng = fastrand::Rng::with_seed(2);
+        let eps = [e(1, true, 0), e(1, true, 0)];
+        for lb in [LoadBalancer::Random, LoadBalancer::LeastRequest, LoadBalancer::RoundRobin] {
+            for c in 0..20 {
+                assert_eq!(pick_endpoint(&eps, lb, false, &mut rng, &[0, 1], c, &|i| i == 0), Some(1));
+            }
+            assert_eq!(pick_endpoint(&eps, lb, false, &mut rng, &[0, 1], 0, &|_| true), None);
+        }
     }
 
     #[test]
@@ -681,7 +721,7 @@ mod tests {
         let h = [(1, 1, 1), (0, 0, 0), (1, 1, 1)];
         let mut counts = [0; 3];
         for _ in 0..7_000 {
-            counts[pick_region(&s, &local(), health(&h), rng.f64())
+            counts[pick_region(&s, &local(), health(&h), rng.f64(), 0.5)
                 .unwrap()
                 .region as usize] += 1;
         }
@@ -731,7 +771,7 @@ mod tests {
         let eps = [e(1, true, 0), e(3, true, 0), e(5, false, 0), e(0, true, 0)];
         let mut counts = [0; 4];
         for _ in 0..8_000 {
-            let i = pick_endpoint(&eps, LoadBalancer::Random, false, &mut rng, &[], 0).unwrap();
+            let i = pick_endpoint(&eps, LoadBalancer::Random, false, &mut rng, &[], 0, &|_| false).unwrap();
             counts[i] += 1;
         }
         assert_eq!(
@@ -745,7 +785,7 @@ mod tests {
         let busy = [e(1, true, 10), e(1, true, 0)];
         let idle_wins = (0..1_000)
             .filter(|_| {
-                pick_endpoint(&busy, LoadBalancer::LeastRequest, false, &mut rng, &[], 0) == Some(1)
+                pick_endpoint(&busy, LoadBalancer::LeastRequest, false, &mut rng, &[], 0, &|_| false) == Some(1)
             })
             .count();
         assert!(idle_wins > 700, "{idle_wins}");
@@ -753,10 +793,10 @@ mod tests {
         // panic: everything counts
         let down = [e(1, false, 0), e(0, false, 0)];
         assert_eq!(
-            pick_endpoint(&down, LoadBalancer::Random, false, &mut rng, &[], 0),
+            pick_endpoint(&down, LoadBalancer::Random, false, &mut rng, &[], 0, &|_| false),
             None
         );
-        assert!(pick_endpoint(&down, LoadBalancer::Random, true, &mut rng, &[], 0).is_some());
+        assert!(pick_endpoint(&down, LoadBalancer::Random, true, &mut rng, &[], 0, &|_| false).is_some());
     }
 
     #[test]
@@ -776,6 +816,7 @@ mod tests {
                     &mut rng,
                     &schedule,
                     c,
+                    &|_| false,
                 )
                 .unwrap()
             })

@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,10 +15,12 @@ use http::HeaderValue;
 use http::uri::Authority;
 use ipnet::IpNet;
 use regex::Regex;
+use tokio::sync::mpsc;
 
 use crate::config::{
-    Config, ConfigError, LoadBalancer, LoadedConfig, Problems, RouteConfig, SteeringConfig,
-    SteeringMode, YamlPath,
+    ClusterConfig, Config, ConfigError, HealthCheckConfig, LoadBalancer, LoadedConfig,
+    OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig, RouteConfig, StatusRangeConfig,
+    SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoResolver, Location, LocationSource,
@@ -27,7 +29,11 @@ use crate::routes::{
     ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteSet, RouteTarget,
 };
 use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
-use crate::upstream::{UpstreamClient, new_client};
+use crate::retry::RetryPolicy;
+use crate::upstream::ClusterStats;
+use crate::upstream::health::HealthPolicy;
+use crate::upstream::outlier::{OutlierPolicy, Report, Reporter};
+use crate::upstream::pool::{ClusterPool, PoolLimits};
 
 /// Largest endpoint weight accepted.
 pub const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
@@ -44,10 +50,23 @@ pub struct Region {
 }
 
 /// What the control path learns about an endpoint; kept in an `Arc` so it can outlive a table.
+///
+/// The request path reads the flags and bumps `in_flight`; the outlier detector and health
+/// checker own every other write.
 #[derive(Debug)]
 pub struct EndpointState {
     pub in_flight: AtomicU32,
+    /// The active health checks' verdict (healthy until they say otherwise).
     pub healthy: AtomicBool,
+    /// Taken out of rotation by outlier detection.
+    pub ejected: AtomicBool,
+    /// Times ejected; the next ejection lasts base × (this + 1).
+    pub ejections: AtomicU32,
+    pub consecutive_5xx: AtomicU32,
+    pub consecutive_gateway_errors: AtomicU32,
+    /// A failure was seen since the detector's last sweep.
+    pub failed_since_sweep: AtomicBool,
+    ejected_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Default for EndpointState {
@@ -55,7 +74,23 @@ impl Default for EndpointState {
         Self {
             in_flight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway_errors: AtomicU32::new(0),
+            failed_since_sweep: AtomicBool::new(false),
+            ejected_until: Mutex::new(None),
         }
+    }
+}
+
+impl EndpointState {
+    pub fn ejected_until(&self) -> Option<tokio::time::Instant> {
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_ejected_until(&self, until: Option<tokio::time::Instant>) {
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
     }
 }
 
@@ -69,12 +104,21 @@ pub struct Endpoint {
     pub state: Arc<EndpointState>,
 }
 
+impl Endpoint {
+    /// Takes traffic: weight above zero, passing health checks, not ejected.
+    pub fn is_usable(&self) -> bool {
+        self.weight > 0
+            && self.state.healthy.load(Ordering::Relaxed)
+            && !self.state.ejected.load(Ordering::Relaxed)
+    }
+}
+
 impl Candidate for Arc<Endpoint> {
     fn weight(&self) -> u32 {
         self.weight
     }
     fn is_healthy(&self) -> bool {
-        self.state.healthy.load(Ordering::Relaxed)
+        self.state.healthy.load(Ordering::Relaxed) && !self.state.ejected.load(Ordering::Relaxed)
     }
     fn in_flight(&self) -> u32 {
         self.state.in_flight.load(Ordering::Relaxed)
@@ -97,25 +141,28 @@ impl EndpointSet {
         };
         for e in &self.endpoints {
             h.total_weight += u64::from(e.weight);
-            if e.weight > 0 && e.is_healthy() {
+            if e.is_usable() {
                 h.healthy_weight += u64::from(e.weight);
             }
         }
         h
     }
 
+    /// Pick an endpoint, skipping those `skip` names (already tried by this request).
     pub fn pick(
         &self,
         lb: LoadBalancer,
         panic: bool,
         rng: &mut fastrand::Rng,
+        skip: &dyn Fn(&Arc<Endpoint>) -> bool,
     ) -> Option<&Arc<Endpoint>> {
         let cursor = if lb == LoadBalancer::RoundRobin {
             self.rr_cursor.fetch_add(1, Ordering::Relaxed)
         } else {
             0
         };
-        steer::pick_endpoint(&self.endpoints, lb, panic, rng, &self.rr_schedule, cursor)
+        let skip_index = |i: usize| self.endpoints.get(i).is_some_and(skip);
+        steer::pick_endpoint(&self.endpoints, lb, panic, rng, &self.rr_schedule, cursor, &skip_index)
             .and_then(|i| self.endpoints.get(i))
     }
 }
@@ -125,7 +172,18 @@ pub struct Cluster {
     pub load_balancer: LoadBalancer,
     /// Indexed by `RegionId`; empty sets for regions the cluster does not run in.
     pub regions: Vec<EndpointSet>,
-    pub client: UpstreamClient,
+    /// Fraction (0..1) of healthy share below which the order goes into panic; 0: never.
+    pub panic_threshold: f64,
+    pub pool: Arc<ClusterPool>,
+    pub stats: Arc<ClusterStats>,
+    /// Where attempts report their outcome (to the outlier detector).
+    pub reporter: Reporter,
+    /// The detector's end of the channel, taken by whoever starts the control tasks.
+    pub reports: Mutex<Option<mpsc::Receiver<Report>>>,
+    pub outlier: Option<OutlierPolicy>,
+    pub health_check: Option<Arc<HealthPolicy>>,
+    /// Retries in flight against this cluster (for the retry budget).
+    pub active_retries: AtomicUsize,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -170,6 +228,8 @@ pub struct RoutingTable {
     pub geo: GeoResolver,
     pub listeners: Vec<ListenerSpec>,
     pub admin_bind: Option<SocketAddr>,
+    /// Meridian tiers a request may already have passed.
+    pub max_region_hops: u32,
 }
 
 impl RoutingTable {
@@ -262,6 +322,7 @@ impl<'a> Compiler<'a> {
             geo,
             listeners,
             admin_bind,
+            max_region_hops: self.config.max_region_hops,
         })
     }
 
@@ -565,15 +626,178 @@ impl<'a> Compiler<'a> {
                     };
                 }
             }
+            let pool = self.connection_pool(&here, cluster, connect_timeout);
+            let outlier = self.outlier(here.key("outlier_detection"), &cluster.outlier_detection);
+            let health_check = cluster
+                .health_check
+                .as_ref()
+                .and_then(|h| self.health_check(here.key("health_check"), h));
+            if !(0.0..=100.0).contains(&cluster.panic_threshold) {
+                self.problems.at(
+                    here.key("panic_threshold"),
+                    format!("{} is outside 0..100 (percent)", cluster.panic_threshold),
+                );
+            }
+            let stats = Arc::new(ClusterStats::default());
+            let (reporter, reports) = match outlier {
+                Some(_) => {
+                    let (reporter, reports) = Reporter::channel(stats.clone());
+                    (reporter, Some(reports))
+                }
+                None => (Reporter::disabled(stats.clone()), None),
+            };
             ids.insert(name.as_str(), out.len());
             out.push(Cluster {
                 name: name.clone(),
                 load_balancer: cluster.load_balancer,
                 regions,
-                client: new_client(connect_timeout),
+                panic_threshold: cluster.panic_threshold / 100.0,
+                pool,
+                stats,
+                reporter,
+                reports: Mutex::new(reports),
+                outlier,
+                health_check,
+                active_retries: AtomicUsize::new(0),
             });
         }
         (out, ids)
+    }
+
+    fn connection_pool(&mut self, here: &YamlPath, cluster: &ClusterConfig, connect_timeout: Duration) -> Arc<ClusterPool> {
+        let c = &cluster.connection_pool;
+        let at = here.key("connection_pool");
+        for (key, value) in [
+            ("max_connections", c.max_connections),
+            ("max_pending_requests", c.max_pending_requests),
+            ("max_requests", c.max_requests),
+        ] {
+            if value == 0 && key != "max_pending_requests" {
+                self.problems.at(at.key(key), "must be at least 1");
+            }
+        }
+        let idle_timeout = self
+            .duration(at.key("idle_timeout"), &c.idle_timeout)
+            .unwrap_or(Duration::from_secs(60));
+        ClusterPool::new(PoolLimits {
+            max_connections: c.max_connections as usize,
+            max_pending_requests: c.max_pending_requests as usize,
+            max_requests: c.max_requests as usize,
+            max_requests_per_connection: c.max_requests_per_connection,
+            idle_timeout,
+            connect_timeout,
+        })
+    }
+
+    fn outlier(&mut self, at: YamlPath, o: &OutlierDetectionConfig) -> Option<OutlierPolicy> {
+        for (key, value) in [
+            ("max_ejection_percent", o.max_ejection_percent),
+            ("min_health_percent", o.min_health_percent),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                self.problems.at(at.key(key), format!("{value} is outside 0..100 (percent)"));
+            }
+        }
+        let interval = self.duration(at.key("interval"), &o.interval);
+        let base = self.duration(at.key("base_ejection_time"), &o.base_ejection_time);
+        let max = self.duration(at.key("max_ejection_time"), &o.max_ejection_time);
+        if o.enabled && o.consecutive_5xx == 0 && o.consecutive_gateway_errors == 0 {
+            self.problems.at(
+                at.clone(),
+                "set consecutive_5xx or consecutive_gateway_errors above 0, or enabled: false",
+            );
+        }
+        let (interval, base_ejection_time, max_ejection_time) = (interval?, base?, max?);
+        o.enabled.then_some(OutlierPolicy {
+            consecutive_5xx: o.consecutive_5xx,
+            consecutive_gateway_errors: o.consecutive_gateway_errors,
+            interval,
+            base_ejection_time,
+            max_ejection_time,
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: o.min_health_percent,
+        })
+    }
+
+    fn health_check(&mut self, at: YamlPath, h: &HealthCheckConfig) -> Option<Arc<HealthPolicy>> {
+        if !h.path.starts_with('/') {
+            self.problems.at(at.key("path"), format!("`{}` must start with '/'", h.path));
+        }
+        for (key, value) in [
+            ("healthy_threshold", h.healthy_threshold),
+            ("unhealthy_threshold", h.unhealthy_threshold),
+        ] {
+            if value == 0 {
+                self.problems.at(at.key(key), "must be at least 1");
+            }
+        }
+        let mut expected = Vec::new();
+        for (i, range) in h.expected_statuses.iter().enumerate() {
+            match parse_status_range(range) {
+                Some(r) => expected.push(r),
+                None => self.problems.at(
+                    at.key("expected_statuses").index(i),
+                    "write a status (200) or a range (\"200-399\") within 100..599",
+                ),
+            }
+        }
+        let interval = self.duration(at.key("interval"), &h.interval);
+        let timeout = self.duration(at.key("timeout"), &h.timeout);
+        let jitter = match &h.jitter {
+            Some(j) => self.duration(at.key("jitter"), j),
+            None => Some(Duration::ZERO),
+        };
+        Some(Arc::new(HealthPolicy {
+            path: h.path.clone(),
+            interval: interval?,
+            timeout: timeout?,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+            expected_statuses: expected,
+            jitter: jitter?,
+            host: h.host.clone(),
+        }))
+    }
+
+    fn retries(&mut self, at: YamlPath, r: &RetryConfig) -> RetryPolicy {
+        let mut policy = RetryPolicy::none();
+        policy.attempts = r.attempts;
+        policy.retry_non_idempotent = r.retry_non_idempotent;
+        if r.attempts > 10 {
+            self.problems.at(at.key("attempts"), format!("{} retries is more than the maximum of 10", r.attempts));
+        }
+        policy.per_try_timeout = r
+            .per_try_timeout
+            .as_ref()
+            .and_then(|t| self.duration(at.key("per_try_timeout"), t));
+        for (i, condition) in r.retry_on.iter().enumerate() {
+            match condition {
+                RetryOnConfig::Code(code) if (100..=599).contains(code) => policy.on_statuses.push(*code),
+                RetryOnConfig::Condition(name) if policy.enable(name) => {}
+                RetryOnConfig::Condition(name) if name.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c)) => {
+                    policy.on_statuses.push(name.parse().unwrap_or(503));
+                }
+                other => self.problems.at(
+                    at.key("retry_on").index(i),
+                    format!(
+                        "unknown retry condition {other:?}; use 5xx, gateway-error, connect-failure, reset, \
+                         refused-stream, retriable-4xx or a status code"
+                    ),
+                ),
+            }
+        }
+        if let Some(base) = self.duration(at.key("backoff").key("base"), &r.backoff.base) {
+            policy.backoff_base = base;
+        }
+        if let Some(max) = self.duration(at.key("backoff").key("max"), &r.backoff.max) {
+            policy.backoff_max = max;
+        }
+        if !(0.0..=100.0).contains(&r.budget.percent) {
+            self.problems.at(at.key("budget").key("percent"), format!("{} is outside 0..100", r.budget.percent));
+        }
+        policy.budget_percent = r.budget.percent;
+        policy.budget_min_concurrency = r.budget.min_concurrency;
+        policy
     }
 
     fn routes(&mut self, clusters: &HashMap<&'a str, ClusterId>) -> RouteSet {
@@ -605,6 +829,7 @@ impl<'a> Compiler<'a> {
             let target = self.target(&here, r, clusters);
             let steering = self.steering(here.key("steering"), &r.steering);
             let timeout = self.duration(here.key("timeout"), &r.timeout);
+            let retries = self.retries(here.key("retries"), &r.retries);
             if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
                 routes.push(Route {
                     name: r.name.clone(),
@@ -614,6 +839,8 @@ impl<'a> Compiler<'a> {
                     target,
                     steering,
                     timeout,
+                    retries,
+                    max_replay_body: r.max_replay_body,
                     requests: Default::default(),
                 });
                 hosts.push(host_patterns);
@@ -880,9 +1107,23 @@ impl<'a> Compiler<'a> {
             only,
             weights,
             fixed_order,
-            panic_routing: s.panic_routing,
         }
     }
+}
+
+/// `204` or `"200-399"` as an inclusive range.
+fn parse_status_range(range: &StatusRangeConfig) -> Option<(u16, u16)> {
+    let (lo, hi) = match range {
+        StatusRangeConfig::Code(c) => (*c, *c),
+        StatusRangeConfig::Text(t) => match t.split_once('-') {
+            Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+            None => {
+                let c = t.trim().parse().ok()?;
+                (c, c)
+            }
+        },
+    };
+    (100 <= lo && lo <= hi && hi <= 599).then_some((lo, hi))
 }
 
 /// A CIDR, or a bare address meaning just that address.

@@ -42,7 +42,7 @@ routes:
     cluster: apii
     steering: { mode: weighted, weights: { us-east-1: 0 } }
     timeout: 3 parsecs
-    retries: 3
+    retry: 3
 "#;
 
 #[test]
@@ -70,7 +70,7 @@ fn check_lists_every_problem_with_its_line() {
             "routes[0].steering.weights: mode weighted needs weights",
         ),
         (21, "routes[0].timeout: `3 parsecs` is not a duration"),
-        (22, "routes[0].retries: unknown field `retries`"),
+        (22, "routes[0].retry: unknown field `retry`"),
     ];
     assert!(
         stderr.contains(&format!("({} problems)", expected.len())),

@@ -16,8 +16,11 @@ pub const DEFAULT_ROUTE_TIMEOUT: &str = "15s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_ENDPOINT_WEIGHT: u32 = 1;
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
+pub const DEFAULT_MAX_REGION_HOPS: u32 = 1;
+pub const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Config {
     /// The region this instance runs in: clients with no known location are sent here first.
     #[serde(default)]
@@ -34,6 +37,9 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// How many Meridian tiers a request may already have passed (see `x-meridian-visited`).
+    #[serde(default = "default_max_region_hops")]
+    pub max_region_hops: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -117,6 +123,272 @@ pub struct ClusterConfig {
     /// Region name → endpoints in that region.
     #[serde(default)]
     pub endpoints: BTreeMap<String, Vec<EndpointConfig>>,
+    /// When the healthy share of the whole region order falls below this percentage, balance
+    /// across every endpoint of the first region instead of failing; 0 turns panic off.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: f64,
+    #[serde(default)]
+    pub connection_pool: ConnectionPoolConfig,
+    #[serde(default)]
+    pub outlier_detection: OutlierDetectionConfig,
+    /// Active health checks; none when absent.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// Circuit breakers and pooling, as Istio's DestinationRule connectionPool. Per cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ConnectionPoolConfig {
+    #[serde(default = "ConnectionPoolConfig::default_limit")]
+    pub max_connections: u32,
+    #[serde(default = "ConnectionPoolConfig::default_limit")]
+    pub max_pending_requests: u32,
+    #[serde(default = "ConnectionPoolConfig::default_limit")]
+    pub max_requests: u32,
+    /// 0: unlimited.
+    #[serde(default)]
+    pub max_requests_per_connection: u32,
+    #[serde(default = "ConnectionPoolConfig::default_idle_timeout")]
+    pub idle_timeout: String,
+}
+
+impl ConnectionPoolConfig {
+    pub const DEFAULT_LIMIT: u32 = 1024;
+    fn default_limit() -> u32 {
+        Self::DEFAULT_LIMIT
+    }
+    fn default_idle_timeout() -> String {
+        "60s".to_owned()
+    }
+}
+
+impl Default for ConnectionPoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::DEFAULT_LIMIT,
+            max_pending_requests: Self::DEFAULT_LIMIT,
+            max_requests: Self::DEFAULT_LIMIT,
+            max_requests_per_connection: 0,
+            idle_timeout: Self::default_idle_timeout(),
+        }
+    }
+}
+
+/// Passive outlier detection, Istio field meanings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct OutlierDetectionConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Consecutive 5xx answers (connect failures, resets and timeouts count as 503).
+    #[serde(default = "OutlierDetectionConfig::default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 and local failures; 0: off.
+    #[serde(default)]
+    pub consecutive_gateway_errors: u32,
+    /// How often ejections are reviewed (ejection multipliers decay once per quiet interval).
+    #[serde(default = "OutlierDetectionConfig::default_interval")]
+    pub interval: String,
+    #[serde(default = "OutlierDetectionConfig::default_base_ejection_time")]
+    pub base_ejection_time: String,
+    #[serde(default = "OutlierDetectionConfig::default_max_ejection_time")]
+    pub max_ejection_time: String,
+    /// At most this share of a region's endpoints is ejected at once (at least one may be).
+    #[serde(default = "OutlierDetectionConfig::default_max_ejection_percent")]
+    pub max_ejection_percent: f64,
+    /// No ejections in a region whose healthy share is below this percentage.
+    #[serde(default)]
+    pub min_health_percent: f64,
+}
+
+impl OutlierDetectionConfig {
+    fn default_consecutive_5xx() -> u32 {
+        5
+    }
+    fn default_interval() -> String {
+        "10s".to_owned()
+    }
+    fn default_base_ejection_time() -> String {
+        "30s".to_owned()
+    }
+    fn default_max_ejection_time() -> String {
+        "300s".to_owned()
+    }
+    fn default_max_ejection_percent() -> f64 {
+        10.0
+    }
+}
+
+impl Default for OutlierDetectionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_5xx: Self::default_consecutive_5xx(),
+            consecutive_gateway_errors: 0,
+            interval: Self::default_interval(),
+            base_ejection_time: Self::default_base_ejection_time(),
+            max_ejection_time: Self::default_max_ejection_time(),
+            max_ejection_percent: Self::default_max_ejection_percent(),
+            min_health_percent: 0.0,
+        }
+    }
+}
+
+/// Active HTTP health checks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "HealthCheckConfig::default_interval")]
+    pub interval: String,
+    #[serde(default = "HealthCheckConfig::default_timeout")]
+    pub timeout: String,
+    #[serde(default = "HealthCheckConfig::default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "HealthCheckConfig::default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass: numbers or ranges like `"200-399"`.
+    #[serde(default = "HealthCheckConfig::default_expected_statuses")]
+    pub expected_statuses: Vec<StatusRangeConfig>,
+    /// Up to this much random delay is added to each interval, so checks spread out.
+    #[serde(default)]
+    pub jitter: Option<String>,
+    /// Host header of the check (default: the endpoint address).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+impl HealthCheckConfig {
+    fn default_interval() -> String {
+        "5s".to_owned()
+    }
+    fn default_timeout() -> String {
+        "1s".to_owned()
+    }
+    fn default_healthy_threshold() -> u32 {
+        2
+    }
+    fn default_unhealthy_threshold() -> u32 {
+        3
+    }
+    fn default_expected_statuses() -> Vec<StatusRangeConfig> {
+        vec![StatusRangeConfig::Text("200-399".to_owned())]
+    }
+}
+
+/// `204` or `"200-399"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum StatusRangeConfig {
+    Code(u16),
+    Text(String),
+}
+
+/// Retry policy of a route, Istio/Envoy meanings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RetryConfig {
+    /// Retries after the first try (total tries = 1 + attempts).
+    #[serde(default = "RetryConfig::default_attempts")]
+    pub attempts: u32,
+    /// Bounds each try; the route timeout bounds them all. Default: the route timeout.
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+    /// `5xx`, `gateway-error`, `connect-failure`, `reset`, `refused-stream`, `retriable-4xx`,
+    /// or status codes such as `503`.
+    #[serde(default = "RetryConfig::default_retry_on")]
+    pub retry_on: Vec<RetryOnConfig>,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    #[serde(default)]
+    pub budget: RetryBudgetConfig,
+    /// Retry POST, PATCH and other non-idempotent requests even after they reached an upstream.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+}
+
+impl RetryConfig {
+    fn default_attempts() -> u32 {
+        2
+    }
+    fn default_retry_on() -> Vec<RetryOnConfig> {
+        ["connect-failure", "refused-stream", "reset"]
+            .iter()
+            .map(|s| RetryOnConfig::Condition((*s).to_owned()))
+            .chain(std::iter::once(RetryOnConfig::Code(503)))
+            .collect()
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: Self::default_attempts(),
+            per_try_timeout: None,
+            retry_on: Self::default_retry_on(),
+            backoff: BackoffConfig::default(),
+            budget: RetryBudgetConfig::default(),
+            retry_non_idempotent: false,
+        }
+    }
+}
+
+/// A retry condition name or a status code.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RetryOnConfig {
+    Code(u16),
+    Condition(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct BackoffConfig {
+    #[serde(default = "BackoffConfig::default_base")]
+    pub base: String,
+    #[serde(default = "BackoffConfig::default_max")]
+    pub max: String,
+}
+
+impl BackoffConfig {
+    fn default_base() -> String {
+        "25ms".to_owned()
+    }
+    fn default_max() -> String {
+        "250ms".to_owned()
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            base: Self::default_base(),
+            max: Self::default_max(),
+        }
+    }
+}
+
+/// Retries in flight per cluster ≤ max(min_concurrency, percent × active requests).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RetryBudgetConfig {
+    #[serde(default = "RetryBudgetConfig::default_percent")]
+    pub percent: f64,
+    #[serde(default = "RetryBudgetConfig::default_min_concurrency")]
+    pub min_concurrency: u32,
+}
+
+impl RetryBudgetConfig {
+    fn default_percent() -> f64 {
+        20.0
+    }
+    fn default_min_concurrency() -> u32 {
+        3
+    }
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            percent: Self::default_percent(),
+            min_concurrency: Self::default_min_concurrency(),
+        }
+    }
 }
 
 /// An endpoint: either `"ip:port"` or `{ address: "ip:port", weight: 2 }`.
@@ -174,9 +446,15 @@ pub struct RouteConfig {
     pub clusters: Vec<WeightedClusterConfig>,
     #[serde(default)]
     pub steering: SteeringConfig,
-    /// Bounds the whole request until the response head arrives.
+    /// Bounds the whole request, retries included, until the response head arrives.
     #[serde(default = "default_route_timeout")]
     pub timeout: String,
+    #[serde(default)]
+    pub retries: RetryConfig,
+    /// Request bodies up to this size are buffered so a retry can replay them; larger ones
+    /// stream and are not retried once sent.
+    #[serde(default = "default_max_replay_body")]
+    pub max_replay_body: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -248,10 +526,6 @@ pub struct SteeringConfig {
     /// For `failover`: a fixed region order for every client (empty: the client's order).
     #[serde(default)]
     pub order: Vec<String>,
-    /// When no region has a healthy endpoint, send to every endpoint of the first region that
-    /// has any (`true`) or answer 503 (`false`).
-    #[serde(default = "default_true")]
-    pub panic_routing: bool,
 }
 
 impl Default for SteeringConfig {
@@ -264,7 +538,6 @@ impl Default for SteeringConfig {
             only: Vec::new(),
             weights: BTreeMap::new(),
             order: Vec::new(),
-            panic_routing: true,
         }
     }
 }
@@ -289,4 +562,13 @@ fn default_endpoint_weight() -> u32 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_panic_threshold() -> f64 {
+    DEFAULT_PANIC_THRESHOLD
+}
+fn default_max_region_hops() -> u32 {
+    DEFAULT_MAX_REGION_HOPS
+}
+fn default_max_replay_body() -> u64 {
+    DEFAULT_MAX_REPLAY_BODY
 }

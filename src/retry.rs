@@ -1,0 +1,219 @@
+//! Retry policy: which failures are retried, how long to back off, and the budget that keeps
+//! retries from amplifying an outage. Pure functions; the proxy's attempt loop applies them.
+
+use std::time::Duration;
+
+use http::Method;
+
+/// What an attempt came to, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// Could not connect: nothing reached the upstream.
+    ConnectFailure,
+    /// The upstream refused the stream before reading it (HTTP/2 REFUSED_STREAM).
+    RefusedStream,
+    /// The connection broke after the request was (maybe) sent.
+    Reset,
+    /// No response head within the per-try timeout.
+    PerTryTimeout,
+    /// A response with this status.
+    Status(u16),
+}
+
+impl AttemptFailure {
+    /// Whether the request may have been seen by the upstream.
+    pub fn reached_upstream(&self) -> bool {
+        !matches!(self, Self::ConnectFailure | Self::RefusedStream)
+    }
+}
+
+/// A route's retry policy, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on_5xx: bool,
+    pub on_gateway_error: bool,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_refused_stream: bool,
+    pub on_retriable_4xx: bool,
+    pub on_statuses: Vec<u16>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub budget_percent: f64,
+    pub budget_min_concurrency: u32,
+    pub retry_non_idempotent: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            on_5xx: false,
+            on_gateway_error: false,
+            on_connect_failure: true,
+            on_reset: true,
+            on_refused_stream: true,
+            on_retriable_4xx: false,
+            on_statuses: vec![503],
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            budget_percent: 20.0,
+            budget_min_concurrency: 3,
+            retry_non_idempotent: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Set a `retry_on` condition by name; false if the name is unknown.
+    pub fn enable(&mut self, condition: &str) -> bool {
+        match condition {
+            "5xx" => self.on_5xx = true,
+            "gateway-error" => self.on_gateway_error = true,
+            "connect-failure" => self.on_connect_failure = true,
+            "reset" => self.on_reset = true,
+            "refused-stream" => self.on_refused_stream = true,
+            "retriable-4xx" => self.on_retriable_4xx = true,
+            _ => return false,
+        }
+        true
+    }
+
+    /// A policy with no conditions enabled (the config lists what it wants).
+    pub fn none() -> Self {
+        Self {
+            on_connect_failure: false,
+            on_reset: false,
+            on_refused_stream: false,
+            on_statuses: Vec::new(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `failure` is one this policy retries, before budget and idempotency.
+    pub fn covers(&self, failure: AttemptFailure) -> bool {
+        match failure {
+            AttemptFailure::ConnectFailure => self.on_connect_failure,
+            AttemptFailure::RefusedStream => self.on_refused_stream,
+            AttemptFailure::Reset => self.on_reset,
+            // A try that timed out is a gateway error (504) to the retry logic, as in Envoy.
+            AttemptFailure::PerTryTimeout => self.on_5xx || self.on_gateway_error,
+            AttemptFailure::Status(code) => {
+                (self.on_5xx && (500..=599).contains(&code))
+                    || (self.on_gateway_error && matches!(code, 502..=504))
+                    || (self.on_retriable_4xx && code == 409)
+                    || self.on_statuses.contains(&code)
+            }
+        }
+    }
+
+    /// Whether a request with `method` that failed with `failure` may be sent again.
+    pub fn may_retry(&self, failure: AttemptFailure, method: &Method, body_replayable: bool) -> bool {
+        if !self.covers(failure) {
+            return false;
+        }
+        if failure.reached_upstream() {
+            // Sent once already: only safe to repeat if the method is idempotent (or the route
+            // says so), and only if we still have the body to send again.
+            body_replayable && (self.retry_non_idempotent || is_idempotent(method))
+        } else {
+            true
+        }
+    }
+
+    /// Wait before retry `n` (1-based): random in [0, (2^n − 1) × base], capped; a
+    /// `Retry-After` from the upstream is honoured up to the cap.
+    pub fn backoff(&self, n: u32, retry_after: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(self.backoff_max);
+        }
+        let factor = (1u64 << n.min(20)) - 1;
+        let ceiling = self.backoff_base.saturating_mul(factor as u32).min(self.backoff_max);
+        ceiling.mul_f64(rng.f64())
+    }
+
+    /// The retry budget: retries in flight may not exceed
+    /// max(min_concurrency, percent × active requests).
+    pub fn budget_allows(&self, active_requests: usize, active_retries: usize) -> bool {
+        let share = (active_requests as f64 * self.budget_percent / 100.0).floor() as usize;
+        active_retries < share.max(self.budget_min_concurrency as usize)
+    }
+}
+
+/// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not honoured).
+pub fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+    let secs: u64 = value?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_and_idempotency() {
+        let mut p = RetryPolicy::none();
+        assert!(!p.covers(AttemptFailure::ConnectFailure));
+        for c in ["gateway-error", "connect-failure", "retriable-4xx"] {
+            assert!(p.enable(c));
+        }
+        assert!(!p.enable("sometimes"));
+        assert!(p.covers(AttemptFailure::Status(503)));
+        assert!(!p.covers(AttemptFailure::Status(500)));
+        assert!(p.covers(AttemptFailure::Status(409)));
+        assert!(p.covers(AttemptFailure::PerTryTimeout));
+        assert!(!p.covers(AttemptFailure::Reset));
+
+        // POST that reached the upstream: not again. Refused at connect: yes.
+        assert!(!p.may_retry(AttemptFailure::Status(503), &Method::POST, true));
+        assert!(p.may_retry(AttemptFailure::ConnectFailure, &Method::POST, false));
+        assert!(p.may_retry(AttemptFailure::Status(503), &Method::GET, true));
+        assert!(!p.may_retry(AttemptFailure::Status(503), &Method::GET, false), "body gone");
+        p.retry_non_idempotent = true;
+        assert!(p.may_retry(AttemptFailure::Status(503), &Method::POST, true));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::default();
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..200 {
+            assert!(p.backoff(1, None, &mut rng) <= Duration::from_millis(25));
+            assert!(p.backoff(2, None, &mut rng) <= Duration::from_millis(75));
+            assert!(p.backoff(9, None, &mut rng) <= Duration::from_millis(250));
+        }
+        let longest = (0..200).map(|_| p.backoff(3, None, &mut rng)).max().unwrap();
+        assert!(longest > Duration::from_millis(100), "{longest:?}");
+        assert_eq!(p.backoff(1, Some(Duration::from_secs(5)), &mut rng), Duration::from_millis(250));
+        assert_eq!(p.backoff(1, Some(Duration::from_millis(10)), &mut rng), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn budget_has_a_floor_and_a_share() {
+        let p = RetryPolicy::default();
+        assert!(p.budget_allows(1, 2));
+        assert!(!p.budget_allows(1, 3), "min concurrency 3");
+        assert!(p.budget_allows(100, 19));
+        assert!(!p.budget_allows(100, 20), "20% of 100");
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let v = http::HeaderValue::from_static("2");
+        assert_eq!(parse_retry_after(Some(&v)), Some(Duration::from_secs(2)));
+        let v = http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(parse_retry_after(Some(&v)), None);
+    }
+}

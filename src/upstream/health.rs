@@ -1,0 +1,167 @@
+//! Active health checks: an HTTP GET per endpoint every `interval`, each endpoint on its own
+//! task so a hanging check delays nobody else.
+//!
+//! The verdict changes only after `unhealthy_threshold` consecutive failures or
+//! `healthy_threshold` consecutive passes (hysteresis); any pass also ends an outlier ejection.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::ClusterStats;
+use crate::table::Endpoint;
+
+/// The checks of one cluster, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthPolicy {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive status ranges that pass.
+    pub expected_statuses: Vec<(u16, u16)>,
+    pub jitter: Duration,
+    pub host: Option<String>,
+}
+
+impl HealthPolicy {
+    pub fn passes(&self, status: u16) -> bool {
+        self.expected_statuses.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+/// Consecutive results of one endpoint's checks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Streak {
+    passes: u32,
+    failures: u32,
+}
+
+impl Streak {
+    /// Record one check; returns the new verdict when it changes.
+    pub fn record(&mut self, passed: bool, healthy: bool, policy: &HealthPolicy) -> Option<bool> {
+        if passed {
+            self.passes += 1;
+            self.failures = 0;
+            (!healthy && self.passes >= policy.healthy_threshold).then_some(true)
+        } else {
+            self.failures += 1;
+            self.passes = 0;
+            (healthy && self.failures >= policy.unhealthy_threshold).then_some(false)
+        }
+    }
+}
+
+/// One check: connect, GET, compare the status. Everything within `policy.timeout`.
+pub async fn check_once(endpoint: &Endpoint, policy: &HealthPolicy) -> Result<u16, String> {
+    let attempt = async {
+        let stream = TcpStream::connect(endpoint.address).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(connection);
+        let host = policy.host.clone().unwrap_or_else(|| endpoint.authority.to_string());
+        let request = Request::get(policy.path.as_str())
+            .header(header::HOST, host)
+            .header(header::USER_AGENT, "meridian-health-check")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+        Ok(response.status().as_u16())
+    };
+    match tokio::time::timeout(policy.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:?}", policy.timeout)),
+    }
+}
+
+/// Check one endpoint until `shutdown`; the first check runs at once.
+pub async fn run(
+    endpoint: Arc<Endpoint>,
+    policy: Arc<HealthPolicy>,
+    cluster: String,
+    stats: Arc<ClusterStats>,
+    shutdown: CancellationToken,
+) {
+    let mut streak = Streak::default();
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = check_once(&endpoint, &policy) => result,
+        };
+        let passed = matches!(result, Ok(status) if policy.passes(status));
+        let state = &endpoint.state;
+        if passed && state.ejected.swap(false, Ordering::Relaxed) {
+            state.set_ejected_until(None);
+            tracing::info!(%cluster, endpoint = %endpoint.address, "health check passed: ejection ended");
+        }
+        let healthy = state.healthy.load(Ordering::Relaxed);
+        if let Some(now_healthy) = streak.record(passed, healthy, &policy) {
+            state.healthy.store(now_healthy, Ordering::Relaxed);
+            ClusterStats::bump(&stats.health_transitions);
+            if now_healthy {
+                tracing::info!(%cluster, endpoint = %endpoint.address, "endpoint healthy");
+            } else {
+                tracing::warn!(%cluster, endpoint = %endpoint.address, last = ?result, "endpoint unhealthy");
+            }
+        }
+        let jitter = if policy.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            policy.jitter.mul_f64(fastrand::f64())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(policy.interval + jitter) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> HealthPolicy {
+        HealthPolicy {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(100),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            expected_statuses: vec![(200, 399)],
+            jitter: Duration::ZERO,
+            host: None,
+        }
+    }
+
+    #[test]
+    fn thresholds_give_hysteresis() {
+        let p = policy();
+        let mut s = Streak::default();
+        assert_eq!(s.record(false, true, &p), None);
+        assert_eq!(s.record(false, true, &p), None);
+        assert_eq!(s.record(true, true, &p), None, "a pass resets the failures");
+        assert_eq!(s.record(false, true, &p), None);
+        assert_eq!(s.record(false, true, &p), None);
+        assert_eq!(s.record(false, true, &p), Some(false), "exactly the third failure");
+        assert_eq!(s.record(true, false, &p), None);
+        assert_eq!(s.record(true, false, &p), Some(true), "exactly the second pass");
+    }
+
+    #[test]
+    fn expected_statuses() {
+        let mut p = policy();
+        assert!(p.passes(200) && p.passes(399) && !p.passes(404) && !p.passes(503));
+        p.expected_statuses = vec![(204, 204)];
+        assert!(p.passes(204) && !p.passes(200));
+    }
+}

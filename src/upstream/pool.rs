@@ -1,0 +1,392 @@
+//! Upstream connections: per-cluster pools of keep-alive HTTP/1.1 connections with Istio's
+//! connectionPool limits as circuit breakers.
+//!
+//! A checkout reuses an idle connection to the endpoint, opens a new one while the cluster is
+//! under `max_connections`, or waits — but only while fewer than `max_pending_requests` wait;
+//! past that the caller gets an overflow at once, never an unbounded queue. A connection goes
+//! back to the pool when its response body has been read to the end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// A request body: buffered (replayable) or streamed from the client.
+pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+
+/// The limits of one cluster's pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolLimits {
+    pub max_connections: usize,
+    pub max_pending_requests: usize,
+    pub max_requests: usize,
+    /// 0: unlimited.
+    pub max_requests_per_connection: u32,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Which limit refused a request: the value of `x-meridian-overflow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    MaxRequests,
+    MaxPendingRequests,
+}
+
+impl Overflow {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::MaxRequests => "max_requests",
+            Self::MaxPendingRequests => "max_pending_requests",
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("circuit breaker {} is full", .0.as_str())]
+    Overflow(Overflow),
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+struct IdleConn {
+    sender: SendRequest<UpstreamBody>,
+    permit: OwnedSemaphorePermit,
+    uses: u32,
+    since: Instant,
+}
+
+/// One cluster's connections and limits.
+pub struct ClusterPool {
+    limits: PoolLimits,
+    connections: Arc<Semaphore>,
+    requests: Arc<Semaphore>,
+    pending: AtomicUsize,
+    idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+    /// Signalled when a connection goes idle or closes, for waiting checkouts.
+    released: Notify,
+}
+
+impl std::fmt::Debug for ClusterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPool").field("limits", &self.limits).finish()
+    }
+}
+
+/// A connection checked out for one request.
+pub struct PooledConn {
+    pub sender: SendRequest<UpstreamBody>,
+    /// Whether this connection served a request before (a failure on it may be a stale
+    /// keep-alive connection rather than a sick endpoint).
+    pub reused: bool,
+    permit: OwnedSemaphorePermit,
+    uses: u32,
+    addr: SocketAddr,
+    pool: Arc<ClusterPool>,
+}
+
+/// Held for as long as a request is outstanding against the cluster (`max_requests`).
+pub struct RequestPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ClusterPool {
+    pub fn new(limits: PoolLimits) -> Arc<Self> {
+        Arc::new(Self {
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            requests: Arc::new(Semaphore::new(limits.max_requests.max(1))),
+            pending: AtomicUsize::new(0),
+            idle: Mutex::new(HashMap::new()),
+            released: Notify::new(),
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> &PoolLimits {
+        &self.limits
+    }
+
+    /// Requests outstanding against the cluster right now.
+    pub fn active_requests(&self) -> usize {
+        self.limits.max_requests.max(1) - self.requests.available_permits()
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_connections.max(1) - self.connections.available_permits()
+    }
+
+    /// Claim a request slot, or say which limit is full.
+    pub fn admit(&self) -> Result<RequestPermit, Overflow> {
+        self.requests
+            .clone()
+            .try_acquire_owned()
+            .map(RequestPermit)
+            .map_err(|_| Overflow::MaxRequests)
+    }
+
+    /// An idle, open connection to `addr`, dropping closed and expired ones on the way.
+    fn take_idle(&self, addr: SocketAddr) -> Option<IdleConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < self.limits.idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Close one idle connection to another endpoint, to make room under `max_connections`.
+    fn evict_idle(&self, except: SocketAddr) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for (addr, list) in idle.iter_mut() {
+            if *addr != except && list.pop().is_some() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A connection to `addr` for one request.
+    pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<PooledConn, CheckoutError> {
+        let mut pending: Option<PendingGuard<'_>> = None;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(conn) = self.take_idle(addr) {
+                let mut sender = conn.sender;
+                if sender.ready().await.is_ok() {
+                    return Ok(PooledConn {
+                        sender,
+                        reused: true,
+                        permit: conn.permit,
+                        uses: conn.uses,
+                        addr,
+                        pool: self.clone(),
+                    });
+                }
+                continue;
+            }
+            let permit = match self.connections.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) if self.evict_idle(addr) => self.connections.clone().try_acquire_owned().ok(),
+                Err(_) => None,
+            };
+            if let Some(permit) = permit {
+                return self.connect(addr, permit).await;
+            }
+            if pending.is_none() {
+                if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(CheckoutError::Overflow(Overflow::MaxPendingRequests));
+                }
+                pending = Some(PendingGuard(&self.pending));
+            }
+            released.await;
+        }
+    }
+
+    async fn connect(self: &Arc<Self>, addr: SocketAddr, permit: OwnedSemaphorePermit) -> Result<PooledConn, CheckoutError> {
+        let after = self.limits.connect_timeout;
+        let stream = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
+            Err(_) => return Err(CheckoutError::ConnectTimeout { addr, after }),
+            Ok(Err(source)) => return Err(CheckoutError::Connect { addr, source }),
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| CheckoutError::Handshake { addr, source })?;
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+            }
+            // A waiting checkout may now open a connection.
+            pool.released.notify_waiters();
+        });
+        Ok(PooledConn {
+            sender,
+            reused: false,
+            permit,
+            uses: 0,
+            addr,
+            pool: self.clone(),
+        })
+    }
+}
+
+impl PooledConn {
+    /// Count a request on this connection.
+    pub fn start_request(&mut self) {
+        self.uses += 1;
+    }
+
+    /// Put the connection back for reuse, unless it has served its quota or closed.
+    pub fn release(self) {
+        let pool = self.pool.clone();
+        let limit = pool.limits.max_requests_per_connection;
+        let spent = limit > 0 && self.uses >= limit;
+        if !spent && !self.sender.is_closed() {
+            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.entry(self.addr).or_default().push(IdleConn {
+                sender: self.sender,
+                permit: self.permit,
+                uses: self.uses,
+                since: Instant::now(),
+            });
+        }
+        pool.released.notify_waiters();
+    }
+
+    /// Close the connection (it failed or its state is unknown).
+    pub fn discard(self) {
+        let pool = self.pool.clone();
+        drop(self);
+        pool.released.notify_waiters();
+    }
+}
+
+/// A response body streamed from the upstream. Returns its connection to the pool when read
+/// to the end; a body dropped early closes the connection. Holds the request's guards until
+/// then, so `max_requests` and least-request counts cover the whole exchange.
+pub struct UpstreamResponseBody<G> {
+    inner: Incoming,
+    conn: Option<PooledConn>,
+    guards: Option<G>,
+}
+
+impl<G> UpstreamResponseBody<G> {
+    pub fn new(inner: Incoming, conn: PooledConn, guards: G) -> Self {
+        let mut body = Self {
+            inner,
+            conn: Some(conn),
+            guards: Some(guards),
+        };
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+        self.guards = None;
+    }
+}
+
+impl<G: Unpin> Body for UpstreamResponseBody<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(conn) = self.conn.take() {
+                    conn.discard();
+                }
+                self.guards = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize, max_pending: usize) -> PoolLimits {
+        PoolLimits {
+            max_connections,
+            max_pending_requests: max_pending,
+            max_requests: 10,
+            max_requests_per_connection: 0,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn overflows_when_requests_or_waiters_are_full() {
+        let pool = ClusterPool::new(PoolLimits {
+            max_requests: 2,
+            ..limits(1, 0)
+        });
+        let a = pool.admit().unwrap();
+        let _b = pool.admit().unwrap();
+        assert_eq!(pool.admit().err(), Some(Overflow::MaxRequests));
+        assert_eq!(pool.active_requests(), 2);
+        drop(a);
+        assert!(pool.admit().is_ok());
+
+        // One connection allowed and taken, no waiters allowed: overflow at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _held = pool.connections.clone().try_acquire_owned().unwrap();
+        match pool.checkout(addr).await {
+            Err(CheckoutError::Overflow(Overflow::MaxPendingRequests)) => {}
+            other => panic!("expected overflow, got {:?}", other.err()),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connect_is_a_connect_error() {
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let pool = ClusterPool::new(limits(4, 4));
+        match pool.checkout(addr).await {
+            Err(CheckoutError::Connect { .. }) => {}
+            other => panic!("expected a connect error, got {:?}", other.err()),
+        }
+        assert_eq!(pool.open_connections(), 0, "the permit is returned");
+    }
+}
