@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use crate::server::Lifecycle;
 use crate::table::TableHandle;
+use crate::upstream::ClusterStats;
 
 pub async fn handle(
     table: TableHandle,
@@ -41,7 +42,22 @@ fn status_text(table: &TableHandle) -> String {
         table.region_name(table.local_region)
     );
     for cluster in &table.clusters {
-        out.push_str(&format!("cluster {}\n", cluster.name));
+        let s = &cluster.stats;
+        let get = ClusterStats::get;
+        out.push_str(&format!(
+            "cluster {}: {} attempts, {} failed, {} retries, {} retries refused by budget, \
+             {} overflows (max_requests {}, max_pending_requests {}), {} ejections ({} refused)\n",
+            cluster.name,
+            get(&s.attempts),
+            get(&s.attempt_failures),
+            get(&s.retries),
+            get(&s.retry_budget_exhausted),
+            get(&s.overflow_max_requests) + get(&s.overflow_max_pending_requests),
+            get(&s.overflow_max_requests),
+            get(&s.overflow_max_pending_requests),
+            get(&s.ejections),
+            get(&s.ejections_refused),
+        ));
         for (id, set) in cluster.regions.iter().enumerate() {
             if set.endpoints.is_empty() {
                 continue;
@@ -53,6 +69,23 @@ fn status_text(table: &TableHandle) -> String {
                 h.endpoints,
                 h.share() * 100.0
             ));
+            for e in &set.endpoints {
+                let state = if e.state.ejected.load(Ordering::Relaxed) {
+                    "ejected"
+                } else if !e.state.healthy.load(Ordering::Relaxed) {
+                    "down"
+                } else if e.weight == 0 {
+                    "drained"
+                } else {
+                    "healthy"
+                };
+                out.push_str(&format!(
+                    "    {} weight {} {state}, {} in flight\n",
+                    e.address,
+                    e.weight,
+                    e.state.in_flight.load(Ordering::Relaxed)
+                ));
+            }
         }
     }
     out

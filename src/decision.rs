@@ -127,10 +127,15 @@ pub fn decide<'t>(
     if visited.hops > 0 {
         let before = order;
         order = steer::RegionOrder::default();
-        for id in before.as_slice().iter().filter(|id| !visited.contains(**id)) {
+        for id in before
+            .as_slice()
+            .iter()
+            .filter(|id| !visited.contains(**id))
+        {
             order.push(*id);
         }
-        if visited.hops > table.max_region_hops as usize || (order.is_empty() && !before.is_empty()) {
+        if visited.hops > table.max_region_hops as usize || (order.is_empty() && !before.is_empty())
+        {
             let names: Vec<&str> = table
                 .regions
                 .iter()
@@ -215,7 +220,11 @@ pub fn retry_target<'t>(
     if let Some(endpoint) = same {
         return Some((region, endpoint));
     }
-    let position = order.as_slice().iter().position(|r| *r == region).unwrap_or(0);
+    let position = order
+        .as_slice()
+        .iter()
+        .position(|r| *r == region)
+        .unwrap_or(0);
     order.as_slice().iter().skip(position + 1).find_map(|next| {
         cluster
             .regions

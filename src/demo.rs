@@ -8,11 +8,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -34,28 +34,52 @@ pub const DEMO_GEOIP: &[u8] = include_bytes!("../config/geoip/demo-city.mmdb");
 /// The regions the demo runs backends for.
 pub const DEMO_REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
 
+/// How a [`RegionBackend`] behaves and what it saw; shared so tests can steer it live and a
+/// restarted backend keeps its counters.
+#[derive(Debug, Default)]
+pub struct BackendControl {
+    /// Requests answered, health checks not included.
+    pub hits: AtomicU64,
+    /// `GET /healthz` requests answered.
+    pub health_hits: AtomicU64,
+    /// When non-zero, every request but `/healthz` gets this status.
+    pub status: AtomicU16,
+    /// When non-zero, `/healthz` answers this status (else 200).
+    pub health_status: AtomicU16,
+    /// Delay before answering any request but `/healthz`, in milliseconds.
+    pub delay_ms: AtomicU64,
+}
+
 /// A backend that answers every request with its region name.
 ///
 /// `GET /echo` answers with JSON of the region, method, path and request headers, so tests can
-/// see what reached the upstream; `/delay/<ms>` answers after that many milliseconds.
+/// see what reached the upstream; `/delay/<ms>` answers after that many milliseconds;
+/// `/healthz` is for health checks. [`BackendControl`] makes it fail or slow down.
 pub struct RegionBackend {
     pub region: String,
     pub addr: SocketAddr,
-    /// Requests answered so far.
-    pub hits: Arc<AtomicU64>,
+    pub control: Arc<BackendControl>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl RegionBackend {
     pub async fn start(region: &str, bind: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(region, bind, Arc::default()).await
+    }
+
+    /// Start (or restart, on the same address) with the given control.
+    pub async fn start_with(
+        region: &str,
+        bind: SocketAddr,
+        control: Arc<BackendControl>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let region_name = region.to_owned();
-        let hits = Arc::new(AtomicU64::new(0));
-        let (stop, conns, counter) = (shutdown.clone(), tracker.clone(), hits.clone());
+        let (stop, conns, shared) = (shutdown.clone(), tracker.clone(), control.clone());
         tracker.spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -67,21 +91,16 @@ impl RegionBackend {
                 };
                 let region = region_name.clone();
                 let stop = stop.clone();
-                let counter = counter.clone();
+                let control = shared.clone();
                 conns.spawn(async move {
-                    let service = service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        answer(region.clone(), req)
-                    });
+                    let service =
+                        service_fn(move |req| answer(region.clone(), control.clone(), req));
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
+                    // Stopping drops the connection mid-request, like a crashed server.
                     tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
+                        _ = conn => {}
+                        _ = stop.cancelled() => {}
                     }
                 });
             }
@@ -89,12 +108,17 @@ impl RegionBackend {
         Ok(Self {
             region: region.to_owned(),
             addr,
-            hits,
+            control,
             shutdown,
             tracker,
         })
     }
 
+    pub fn hits(&self) -> u64 {
+        self.control.hits.load(Ordering::Relaxed)
+    }
+
+    /// Stop at once: the listener closes and open connections are dropped.
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.tracker.close();
@@ -104,8 +128,24 @@ impl RegionBackend {
 
 async fn answer(
     region: String,
+    control: Arc<BackendControl>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        control.health_hits.fetch_add(1, Ordering::Relaxed);
+        let status = match control.health_status.load(Ordering::Relaxed) {
+            0 => StatusCode::OK,
+            code => StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        let mut response = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        *response.status_mut() = status;
+        return Ok(response);
+    }
+    control.hits.fetch_add(1, Ordering::Relaxed);
+    let delay = control.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if let Some(ms) = req
         .uri()
         .path()
@@ -142,6 +182,11 @@ async fn answer(
     let mut response = Response::new(Full::new(Bytes::from(body)));
     if let Ok(v) = HeaderValue::from_str(&region) {
         response.headers_mut().insert("x-backend-region", v);
+    }
+    let status = control.status.load(Ordering::Relaxed);
+    if status != 0 {
+        *response.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     }
     Ok(response)
 }

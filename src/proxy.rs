@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,15 +23,15 @@ use crate::headers::{
     X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID, strip_hop_by_hop,
 };
 use crate::retry::{AttemptFailure, parse_retry_after};
+use crate::routes::normalize_host;
 use crate::steer::RegionId;
 use crate::table::{Cluster, Endpoint, RoutingTable};
+use crate::table::{EndpointState, TableHandle};
 use crate::upstream::ClusterStats;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
     CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
 };
-use crate::routes::normalize_host;
-use crate::table::{EndpointState, TableHandle};
 
 /// Guards an upstream response body holds until it has been read.
 pub type AttemptGuards = (RequestPermit, InFlight);
@@ -127,7 +127,10 @@ impl ProxyError {
         );
         headers.insert(X_MERIDIAN_ERROR, HeaderValue::from_static(self.code()));
         if let Self::Overflow { overflow, .. } = &self {
-            headers.insert(X_MERIDIAN_OVERFLOW, HeaderValue::from_static(overflow.as_str()));
+            headers.insert(
+                X_MERIDIAN_OVERFLOW,
+                HeaderValue::from_static(overflow.as_str()),
+            );
         }
         response
     }
@@ -230,7 +233,11 @@ async fn forward(
         &scheme,
         &raw_host,
     );
-    set_visited(&mut parts.headers, peer_trusted, table.region_name(table.local_region));
+    set_visited(
+        &mut parts.headers,
+        peer_trusted,
+        table.region_name(table.local_region),
+    );
     if !parts.headers.contains_key(header::HOST) {
         // An HTTP/2 request goes upstream as HTTP/1.1, which needs a Host header.
         if let Ok(value) = HeaderValue::from_str(&raw_host) {
@@ -255,7 +262,10 @@ async fn forward(
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_MERIDIAN_REGION, table.regions[region as usize].header.clone());
+    parts.headers.insert(
+        X_MERIDIAN_REGION,
+        table.regions[region as usize].header.clone(),
+    );
     parts.headers.insert(X_REQUEST_ID, request_id);
     Ok(Response::from_parts(parts, body))
 }
@@ -269,7 +279,11 @@ enum ReplayBody {
 
 impl ReplayBody {
     /// Buffer the body when its length is known and at most `limit`; otherwise stream it.
-    async fn new(body: Incoming, headers: &http::HeaderMap, limit: u64) -> Result<Self, ProxyError> {
+    async fn new(
+        body: Incoming,
+        headers: &http::HeaderMap,
+        limit: u64,
+    ) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(Self::Buffered(Bytes::new()));
         }
@@ -333,6 +347,10 @@ async fn attempts(
     let mut endpoint = decision.endpoint.clone();
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retries = 0u32;
+    let _active = Counted::new(&cluster.active_requests);
+    // Taken at the first retry and kept until the request ends: a request that is retrying
+    // counts against the budget for as long as it lasts, so retries of retries stay bounded.
+    let mut retry_slot: Option<Counted<'_>> = None;
     loop {
         let Some(attempt_body) = body.next() else {
             return Err(ProxyError::Upstream {
@@ -342,7 +360,6 @@ async fn attempts(
             });
         };
         let request = upstream_request(parts, attempt_body);
-        let _retry_slot = (retries > 0).then(|| RetrySlot::new(cluster));
         ClusterStats::bump(&cluster.stats.attempts);
         let tried_now = try_once(cluster, &endpoint, request, policy.per_try_timeout).await;
         tried.push(endpoint.clone());
@@ -384,9 +401,12 @@ async fn attempts(
         };
         let give_up = retries >= policy.attempts
             || !policy.may_retry(failure, &parts.method, body.replayable());
+        // A try that never reached an upstream cost no upstream anything: retrying it cannot
+        // amplify an outage, so only tries that did reach one draw on the budget.
         let budget_ok = give_up
+            || !failure.reached_upstream()
             || policy.budget_allows(
-                cluster.pool.active_requests(),
+                cluster.active_requests.load(Ordering::Relaxed),
                 cluster.active_retries.load(Ordering::Relaxed),
             );
         if !budget_ok {
@@ -396,12 +416,22 @@ async fn attempts(
         let next = if give_up || !budget_ok {
             None
         } else {
-            retry_target(cluster, &decision.order, region, decision.panic, &tried, rng)
+            retry_target(
+                cluster,
+                &decision.order,
+                region,
+                decision.panic,
+                &tried,
+                rng,
+            )
         };
         let Some((next_region, next_endpoint)) = next else {
             return last.finish(table, region, &endpoint, policy.per_try_timeout);
         };
         drop(last);
+        if retry_slot.is_none() {
+            retry_slot = Some(Counted::new(&cluster.active_retries));
+        }
         retries += 1;
         ClusterStats::bump(&cluster.stats.retries);
         tracing::debug!(
@@ -465,22 +495,25 @@ fn stream_response(
     guards: AttemptGuards,
 ) -> Response<ProxyBody> {
     let (head, body) = response.into_parts();
-    Response::from_parts(head, Either::Left(UpstreamResponseBody::new(body, conn, guards)))
+    Response::from_parts(
+        head,
+        Either::Left(UpstreamResponseBody::new(body, conn, guards)),
+    )
 }
 
-/// Counts a retry in flight against the cluster's budget.
-struct RetrySlot<'a>(&'a Cluster);
+/// Holds one unit of a gauge (active requests, retries in flight) while alive.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> RetrySlot<'a> {
-    fn new(cluster: &'a Cluster) -> Self {
-        cluster.active_retries.fetch_add(1, Ordering::Relaxed);
-        Self(cluster)
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
     }
 }
 
-impl Drop for RetrySlot<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.active_retries.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -520,7 +553,11 @@ async fn try_once(
                 Ok(conn) => conn,
                 Err(CheckoutError::Overflow(o)) => return Err(Err(o)),
                 Err(e) => {
-                    return Err(Ok((AttemptFailure::ConnectFailure, e.to_string(), Some(request.into_body()))));
+                    return Err(Ok((
+                        AttemptFailure::ConnectFailure,
+                        e.to_string(),
+                        Some(request.into_body()),
+                    )));
                 }
             };
             conn.start_request();
@@ -532,26 +569,44 @@ async fn try_once(
                     match e.take_message() {
                         Some(unsent) if reused => request = unsent,
                         Some(unsent) => {
-                            return Err(Ok((AttemptFailure::ConnectFailure, e.error().to_string(), Some(unsent.into_body()))));
+                            return Err(Ok((
+                                AttemptFailure::ConnectFailure,
+                                e.error().to_string(),
+                                Some(unsent.into_body()),
+                            )));
                         }
-                        None => return Err(Ok((AttemptFailure::Reset, e.error().to_string(), None))),
+                        None => {
+                            return Err(Ok((AttemptFailure::Reset, e.error().to_string(), None)));
+                        }
                     }
                 }
             }
         }
-        Err(Ok((AttemptFailure::Reset, "the upstream closed two connections in a row".into(), None)))
+        Err(Ok((
+            AttemptFailure::Reset,
+            "the upstream closed two connections in a row".into(),
+            None,
+        )))
     };
     let result = match per_try_timeout {
         Some(limit) => match tokio::time::timeout(limit, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(Ok((AttemptFailure::PerTryTimeout, format!("no answer within {limit:?}"), None))),
+            Err(_) => Err(Ok((
+                AttemptFailure::PerTryTimeout,
+                format!("no answer within {limit:?}"),
+                None,
+            ))),
         },
         None => exchange.await,
     };
     match result {
         Ok((response, conn)) => Tried::Answered(response, conn, (permit, in_flight)),
         Err(Err(overflow)) => Tried::Refused(overflow),
-        Err(Ok((failure, detail, unsent))) => Tried::Failed { failure, detail, unsent },
+        Err(Ok((failure, detail, unsent))) => Tried::Failed {
+            failure,
+            detail,
+            unsent,
+        },
     }
 }
 

@@ -112,7 +112,12 @@ impl RetryPolicy {
     }
 
     /// Whether a request with `method` that failed with `failure` may be sent again.
-    pub fn may_retry(&self, failure: AttemptFailure, method: &Method, body_replayable: bool) -> bool {
+    pub fn may_retry(
+        &self,
+        failure: AttemptFailure,
+        method: &Method,
+        body_replayable: bool,
+    ) -> bool {
         if !self.covers(failure) {
             return false;
         }
@@ -127,17 +132,26 @@ impl RetryPolicy {
 
     /// Wait before retry `n` (1-based): random in [0, (2^n − 1) × base], capped; a
     /// `Retry-After` from the upstream is honoured up to the cap.
-    pub fn backoff(&self, n: u32, retry_after: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
+    pub fn backoff(
+        &self,
+        n: u32,
+        retry_after: Option<Duration>,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
         if let Some(after) = retry_after {
             return after.min(self.backoff_max);
         }
         let factor = (1u64 << n.min(20)) - 1;
-        let ceiling = self.backoff_base.saturating_mul(factor as u32).min(self.backoff_max);
+        let ceiling = self
+            .backoff_base
+            .saturating_mul(factor as u32)
+            .min(self.backoff_max);
         ceiling.mul_f64(rng.f64())
     }
 
-    /// The retry budget: retries in flight may not exceed
-    /// max(min_concurrency, percent × active requests).
+    /// The retry budget: requests that are retrying may not exceed
+    /// max(min_concurrency, percent × active requests). `active_retries` includes the asking
+    /// request when it is already retrying.
     pub fn budget_allows(&self, active_requests: usize, active_retries: usize) -> bool {
         let share = (active_requests as f64 * self.budget_percent / 100.0).floor() as usize;
         active_retries < share.max(self.budget_min_concurrency as usize)
@@ -180,7 +194,10 @@ mod tests {
         assert!(!p.may_retry(AttemptFailure::Status(503), &Method::POST, true));
         assert!(p.may_retry(AttemptFailure::ConnectFailure, &Method::POST, false));
         assert!(p.may_retry(AttemptFailure::Status(503), &Method::GET, true));
-        assert!(!p.may_retry(AttemptFailure::Status(503), &Method::GET, false), "body gone");
+        assert!(
+            !p.may_retry(AttemptFailure::Status(503), &Method::GET, false),
+            "body gone"
+        );
         p.retry_non_idempotent = true;
         assert!(p.may_retry(AttemptFailure::Status(503), &Method::POST, true));
     }
@@ -194,10 +211,19 @@ mod tests {
             assert!(p.backoff(2, None, &mut rng) <= Duration::from_millis(75));
             assert!(p.backoff(9, None, &mut rng) <= Duration::from_millis(250));
         }
-        let longest = (0..200).map(|_| p.backoff(3, None, &mut rng)).max().unwrap();
+        let longest = (0..200)
+            .map(|_| p.backoff(3, None, &mut rng))
+            .max()
+            .unwrap();
         assert!(longest > Duration::from_millis(100), "{longest:?}");
-        assert_eq!(p.backoff(1, Some(Duration::from_secs(5)), &mut rng), Duration::from_millis(250));
-        assert_eq!(p.backoff(1, Some(Duration::from_millis(10)), &mut rng), Duration::from_millis(10));
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(5)), &mut rng),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_millis(10)), &mut rng),
+            Duration::from_millis(10)
+        );
     }
 
     #[test]

@@ -183,7 +183,11 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let (Some(policy), Some(reports)) = (cluster.outlier.clone(), reports) {
-            let regions = cluster.regions.iter().map(|set| set.endpoints.clone()).collect();
+            let regions = cluster
+                .regions
+                .iter()
+                .map(|set| set.endpoints.clone())
+                .collect();
             let detector = Detector::new(
                 policy,
                 cluster.name.clone(),

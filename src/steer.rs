@@ -351,7 +351,8 @@ fn pick_weighted(
     health: &impl Fn(RegionId) -> RegionHealth,
     draw: f64,
 ) -> Option<RegionId> {
-    let eligible = |id: RegionId, w: u32| w > 0 && order.contains(id) && health(id).healthy_weight > 0;
+    let eligible =
+        |id: RegionId, w: u32| w > 0 && order.contains(id) && health(id).healthy_weight > 0;
     let total: u64 = steering
         .weights
         .iter()
@@ -430,7 +431,9 @@ pub fn pick_endpoint<C: Candidate>(
     rr_cursor: usize,
     skip: &dyn Fn(usize) -> bool,
 ) -> Option<usize> {
-    let total: u64 = candidates(endpoints, panic, skip).map(|(_, e)| pick_weight(e, panic)).sum();
+    let total: u64 = candidates(endpoints, panic, skip)
+        .map(|(_, e)| pick_weight(e, panic))
+        .sum();
     if total == 0 {
         return None;
     }
@@ -659,7 +662,8 @@ mod tests {
                 &s,
                 &RegionOrder::from_slice(&[EU, AP]),
                 health(&dead),
-                rng.f64(), 0.5
+                rng.f64(),
+                0.5
             )
             .unwrap(),
             RegionPick {
@@ -672,7 +676,8 @@ mod tests {
                 &s,
                 &RegionOrder::from_slice(&[EU]),
                 health(&dead),
-                rng.f64(), 0.5
+                rng.f64(),
+                0.5
             ),
             Err(NoRegion::NoEndpoints)
         );
@@ -693,20 +698,42 @@ mod tests {
         // 10% × 1.4 = 14% per region, 28% in total
         let weak = [(1, 10, 10), (1, 10, 10), (0, 0, 0)];
         let pick = pick_region(&s, &order, health(&weak), 0.9, 0.5).unwrap();
-        assert_eq!(pick, RegionPick { region: US, panic: true });
+        assert_eq!(
+            pick,
+            RegionPick {
+                region: US,
+                panic: true
+            }
+        );
         let pick = pick_region(&s, &order, health(&weak), 0.9, 0.2).unwrap();
-        assert_eq!(pick, RegionPick { region: EU, panic: false });
+        assert_eq!(
+            pick,
+            RegionPick {
+                region: EU,
+                panic: false
+            }
+        );
     }
 
     #[test]
     fn skipped_endpoints_are_not_picked() {
         let mut rng = fastrand::Rng::with_seed(2);
         let eps = [e(1, true, 0), e(1, true, 0)];
-        for lb in [LoadBalancer::Random, LoadBalancer::LeastRequest, LoadBalancer::RoundRobin] {
+        for lb in [
+            LoadBalancer::Random,
+            LoadBalancer::LeastRequest,
+            LoadBalancer::RoundRobin,
+        ] {
             for c in 0..20 {
-                assert_eq!(pick_endpoint(&eps, lb, false, &mut rng, &[0, 1], c, &|i| i == 0), Some(1));
+                assert_eq!(
+                    pick_endpoint(&eps, lb, false, &mut rng, &[0, 1], c, &|i| i == 0),
+                    Some(1)
+                );
             }
-            assert_eq!(pick_endpoint(&eps, lb, false, &mut rng, &[0, 1], 0, &|_| true), None);
+            assert_eq!(
+                pick_endpoint(&eps, lb, false, &mut rng, &[0, 1], 0, &|_| true),
+                None
+            );
         }
     }
 
@@ -771,7 +798,10 @@ mod tests {
         let eps = [e(1, true, 0), e(3, true, 0), e(5, false, 0), e(0, true, 0)];
         let mut counts = [0; 4];
         for _ in 0..8_000 {
-            let i = pick_endpoint(&eps, LoadBalancer::Random, false, &mut rng, &[], 0, &|_| false).unwrap();
+            let i = pick_endpoint(&eps, LoadBalancer::Random, false, &mut rng, &[], 0, &|_| {
+                false
+            })
+            .unwrap();
             counts[i] += 1;
         }
         assert_eq!(
@@ -785,7 +815,15 @@ mod tests {
         let busy = [e(1, true, 10), e(1, true, 0)];
         let idle_wins = (0..1_000)
             .filter(|_| {
-                pick_endpoint(&busy, LoadBalancer::LeastRequest, false, &mut rng, &[], 0, &|_| false) == Some(1)
+                pick_endpoint(
+                    &busy,
+                    LoadBalancer::LeastRequest,
+                    false,
+                    &mut rng,
+                    &[],
+                    0,
+                    &|_| false,
+                ) == Some(1)
             })
             .count();
         assert!(idle_wins > 700, "{idle_wins}");
@@ -793,10 +831,23 @@ mod tests {
         // panic: everything counts
         let down = [e(1, false, 0), e(0, false, 0)];
         assert_eq!(
-            pick_endpoint(&down, LoadBalancer::Random, false, &mut rng, &[], 0, &|_| false),
+            pick_endpoint(
+                &down,
+                LoadBalancer::Random,
+                false,
+                &mut rng,
+                &[],
+                0,
+                &|_| false
+            ),
             None
         );
-        assert!(pick_endpoint(&down, LoadBalancer::Random, true, &mut rng, &[], 0, &|_| false).is_some());
+        assert!(
+            pick_endpoint(&down, LoadBalancer::Random, true, &mut rng, &[], 0, &|_| {
+                false
+            })
+            .is_some()
+        );
     }
 
     #[test]

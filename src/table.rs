@@ -25,11 +25,11 @@ use crate::config::{
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoResolver, Location, LocationSource,
 };
+use crate::retry::RetryPolicy;
 use crate::routes::{
     ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteSet, RouteTarget,
 };
 use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
-use crate::retry::RetryPolicy;
 use crate::upstream::ClusterStats;
 use crate::upstream::health::HealthPolicy;
 use crate::upstream::outlier::{OutlierPolicy, Report, Reporter};
@@ -162,8 +162,16 @@ impl EndpointSet {
             0
         };
         let skip_index = |i: usize| self.endpoints.get(i).is_some_and(skip);
-        steer::pick_endpoint(&self.endpoints, lb, panic, rng, &self.rr_schedule, cursor, &skip_index)
-            .and_then(|i| self.endpoints.get(i))
+        steer::pick_endpoint(
+            &self.endpoints,
+            lb,
+            panic,
+            rng,
+            &self.rr_schedule,
+            cursor,
+            &skip_index,
+        )
+        .and_then(|i| self.endpoints.get(i))
     }
 }
 
@@ -182,6 +190,8 @@ pub struct Cluster {
     pub reports: Mutex<Option<mpsc::Receiver<Report>>>,
     pub outlier: Option<OutlierPolicy>,
     pub health_check: Option<Arc<HealthPolicy>>,
+    /// Requests (with all their tries) in flight against this cluster, for the retry budget.
+    pub active_requests: AtomicUsize,
     /// Retries in flight against this cluster (for the retry budget).
     pub active_retries: AtomicUsize,
 }
@@ -658,13 +668,19 @@ impl<'a> Compiler<'a> {
                 reports: Mutex::new(reports),
                 outlier,
                 health_check,
+                active_requests: AtomicUsize::new(0),
                 active_retries: AtomicUsize::new(0),
             });
         }
         (out, ids)
     }
 
-    fn connection_pool(&mut self, here: &YamlPath, cluster: &ClusterConfig, connect_timeout: Duration) -> Arc<ClusterPool> {
+    fn connection_pool(
+        &mut self,
+        here: &YamlPath,
+        cluster: &ClusterConfig,
+        connect_timeout: Duration,
+    ) -> Arc<ClusterPool> {
         let c = &cluster.connection_pool;
         let at = here.key("connection_pool");
         for (key, value) in [
@@ -695,7 +711,8 @@ impl<'a> Compiler<'a> {
             ("min_health_percent", o.min_health_percent),
         ] {
             if !(0.0..=100.0).contains(&value) {
-                self.problems.at(at.key(key), format!("{value} is outside 0..100 (percent)"));
+                self.problems
+                    .at(at.key(key), format!("{value} is outside 0..100 (percent)"));
             }
         }
         let interval = self.duration(at.key("interval"), &o.interval);
@@ -721,7 +738,8 @@ impl<'a> Compiler<'a> {
 
     fn health_check(&mut self, at: YamlPath, h: &HealthCheckConfig) -> Option<Arc<HealthPolicy>> {
         if !h.path.starts_with('/') {
-            self.problems.at(at.key("path"), format!("`{}` must start with '/'", h.path));
+            self.problems
+                .at(at.key("path"), format!("`{}` must start with '/'", h.path));
         }
         for (key, value) in [
             ("healthy_threshold", h.healthy_threshold),
@@ -764,7 +782,10 @@ impl<'a> Compiler<'a> {
         policy.attempts = r.attempts;
         policy.retry_non_idempotent = r.retry_non_idempotent;
         if r.attempts > 10 {
-            self.problems.at(at.key("attempts"), format!("{} retries is more than the maximum of 10", r.attempts));
+            self.problems.at(
+                at.key("attempts"),
+                format!("{} retries is more than the maximum of 10", r.attempts),
+            );
         }
         policy.per_try_timeout = r
             .per_try_timeout
@@ -793,7 +814,10 @@ impl<'a> Compiler<'a> {
             policy.backoff_max = max;
         }
         if !(0.0..=100.0).contains(&r.budget.percent) {
-            self.problems.at(at.key("budget").key("percent"), format!("{} is outside 0..100", r.budget.percent));
+            self.problems.at(
+                at.key("budget").key("percent"),
+                format!("{} is outside 0..100", r.budget.percent),
+            );
         }
         policy.budget_percent = r.budget.percent;
         policy.budget_min_concurrency = r.budget.min_concurrency;

@@ -349,11 +349,7 @@ routes:
         (eu_share - 70.0).abs() <= 5.0,
         "eu-west-1 took {eu_share}%, want 70 ±5"
     );
-    assert_eq!(
-        eu2.hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "unhealthy endpoint used"
-    );
+    assert_eq!(eu2.hits(), 0, "unhealthy endpoint used");
 
     // All of eu-west-1 down: everything to the next nearest.
     set_health(0, false);

@@ -34,7 +34,9 @@ pub struct HealthPolicy {
 
 impl HealthPolicy {
     pub fn passes(&self, status: u16) -> bool {
-        self.expected_statuses.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+        self.expected_statuses
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
     }
 }
 
@@ -63,19 +65,27 @@ impl Streak {
 /// One check: connect, GET, compare the status. Everything within `policy.timeout`.
 pub async fn check_once(endpoint: &Endpoint, policy: &HealthPolicy) -> Result<u16, String> {
     let attempt = async {
-        let stream = TcpStream::connect(endpoint.address).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(endpoint.address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(connection);
-        let host = policy.host.clone().unwrap_or_else(|| endpoint.authority.to_string());
+        let host = policy
+            .host
+            .clone()
+            .unwrap_or_else(|| endpoint.authority.to_string());
         let request = Request::get(policy.path.as_str())
             .header(header::HOST, host)
             .header(header::USER_AGENT, "meridian-health-check")
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
         Ok(response.status().as_u16())
     };
     match tokio::time::timeout(policy.timeout, attempt).await {
@@ -152,9 +162,17 @@ mod tests {
         assert_eq!(s.record(true, true, &p), None, "a pass resets the failures");
         assert_eq!(s.record(false, true, &p), None);
         assert_eq!(s.record(false, true, &p), None);
-        assert_eq!(s.record(false, true, &p), Some(false), "exactly the third failure");
+        assert_eq!(
+            s.record(false, true, &p),
+            Some(false),
+            "exactly the third failure"
+        );
         assert_eq!(s.record(true, false, &p), None);
-        assert_eq!(s.record(true, false, &p), Some(true), "exactly the second pass");
+        assert_eq!(
+            s.record(true, false, &p),
+            Some(true),
+            "exactly the second pass"
+        );
     }
 
     #[test]

@@ -73,7 +73,13 @@ pub struct Reporter {
 impl Reporter {
     pub fn channel(stats: Arc<ClusterStats>) -> (Self, mpsc::Receiver<Report>) {
         let (tx, rx) = mpsc::channel(OUTCOME_CHANNEL_CAPACITY);
-        (Self { tx: Some(tx), stats }, rx)
+        (
+            Self {
+                tx: Some(tx),
+                stats,
+            },
+            rx,
+        )
     }
 
     pub fn disabled(stats: Arc<ClusterStats>) -> Self {
@@ -136,13 +142,17 @@ impl Detector {
         state.failed_since_sweep.store(true, Ordering::Relaxed);
         let fives = state.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
         let gateway = if outcome.is_gateway_error() {
-            state.consecutive_gateway_errors.fetch_add(1, Ordering::Relaxed) + 1
+            state
+                .consecutive_gateway_errors
+                .fetch_add(1, Ordering::Relaxed)
+                + 1
         } else {
             state.consecutive_gateway_errors.store(0, Ordering::Relaxed);
             0
         };
         let tripped = (self.policy.consecutive_5xx > 0 && fives >= self.policy.consecutive_5xx)
-            || (self.policy.consecutive_gateway_errors > 0 && gateway >= self.policy.consecutive_gateway_errors);
+            || (self.policy.consecutive_gateway_errors > 0
+                && gateway >= self.policy.consecutive_gateway_errors);
         if !tripped || state.ejected.load(Ordering::Relaxed) {
             return false;
         }
@@ -151,14 +161,26 @@ impl Detector {
 
     fn try_eject(&mut self, endpoint: &Arc<Endpoint>, now: Instant) -> bool {
         let region = endpoint.region as usize;
-        let region_name = self.region_names.get(region).map(String::as_str).unwrap_or("?");
-        let members = self.regions.get(region).map(Vec::as_slice).unwrap_or_default();
+        let region_name = self
+            .region_names
+            .get(region)
+            .map(String::as_str)
+            .unwrap_or("?");
+        let members = self
+            .regions
+            .get(region)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let total = members.len().max(1);
-        let ejected = members.iter().filter(|e| e.state.ejected.load(Ordering::Relaxed)).count();
+        let ejected = members
+            .iter()
+            .filter(|e| e.state.ejected.load(Ordering::Relaxed))
+            .count();
         let healthy = members.iter().filter(|e| e.is_usable()).count();
         // Envoy's rule: at least one endpoint may always be ejected, whatever the percentage,
         // so a region of one or two endpoints can still be taken out of rotation.
-        let allowed = ((total as f64 * self.policy.max_ejection_percent / 100.0).floor() as usize).max(1);
+        let allowed =
+            ((total as f64 * self.policy.max_ejection_percent / 100.0).floor() as usize).max(1);
         let healthy_percent = healthy as f64 * 100.0 / total as f64;
         if ejected >= allowed || healthy_percent < self.policy.min_health_percent {
             ClusterStats::bump(&self.stats.ejections_refused);
@@ -171,11 +193,11 @@ impl Detector {
         }
         let state = &endpoint.state;
         let times = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let length = self
-            .policy
-            .base_ejection_time
-            .saturating_mul(times)
-            .min(self.policy.max_ejection_time.max(self.policy.base_ejection_time));
+        let length = self.policy.base_ejection_time.saturating_mul(times).min(
+            self.policy
+                .max_ejection_time
+                .max(self.policy.base_ejection_time),
+        );
         state.set_ejected_until(Some(now + length));
         state.ejected.store(true, Ordering::Relaxed);
         state.consecutive_5xx.store(0, Ordering::Relaxed);
@@ -193,7 +215,9 @@ impl Detector {
     pub fn sweep(&mut self, now: Instant) {
         for endpoint in self.regions.iter().flatten() {
             let state = &endpoint.state;
-            if state.ejected.load(Ordering::Relaxed) && state.ejected_until().is_some_and(|t| t <= now) {
+            if state.ejected.load(Ordering::Relaxed)
+                && state.ejected_until().is_some_and(|t| t <= now)
+            {
                 state.ejected.store(false, Ordering::Relaxed);
                 state.set_ejected_until(None);
                 tracing::info!(cluster = %self.cluster, endpoint = %endpoint.address, "ejection ended");
@@ -204,9 +228,12 @@ impl Detector {
                 let state = &endpoint.state;
                 let failed = state.failed_since_sweep.swap(false, Ordering::Relaxed);
                 if !failed && !state.ejected.load(Ordering::Relaxed) {
-                    let _ = state
-                        .ejections
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                    let _ =
+                        state
+                            .ejections
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
                 }
             }
             self.next_sweep = now + self.policy.interval;
@@ -271,7 +298,14 @@ mod tests {
 
     fn detector(policy: OutlierPolicy, regions: Vec<Vec<Arc<Endpoint>>>) -> Detector {
         let names = (0..regions.len()).map(|i| format!("r{i}")).collect();
-        Detector::new(policy, "api".into(), regions, names, Arc::default(), Instant::now())
+        Detector::new(
+            policy,
+            "api".into(),
+            regions,
+            names,
+            Arc::default(),
+            Instant::now(),
+        )
     }
 
     fn ejected(e: &Arc<Endpoint>) -> bool {
@@ -293,7 +327,11 @@ mod tests {
         assert!(!ejected(&a));
         assert!(d.record(&a, Outcome::Status(503), t0));
         assert!(ejected(&a));
-        assert_eq!(d.next_deadline(), t0 + Duration::from_secs(10), "the sweep comes first");
+        assert_eq!(
+            d.next_deadline(),
+            t0 + Duration::from_secs(10),
+            "the sweep comes first"
+        );
 
         // first ejection: 30s
         tokio::time::advance(Duration::from_secs(29)).await;

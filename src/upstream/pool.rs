@@ -96,7 +96,9 @@ pub struct ClusterPool {
 
 impl std::fmt::Debug for ClusterPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterPool").field("limits", &self.limits).finish()
+        f.debug_struct("ClusterPool")
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -203,7 +205,9 @@ impl ClusterPool {
             }
             let permit = match self.connections.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) if self.evict_idle(addr) => self.connections.clone().try_acquire_owned().ok(),
+                Err(_) if self.evict_idle(addr) => {
+                    self.connections.clone().try_acquire_owned().ok()
+                }
                 Err(_) => None,
             };
             if let Some(permit) = permit {
@@ -220,7 +224,11 @@ impl ClusterPool {
         }
     }
 
-    async fn connect(self: &Arc<Self>, addr: SocketAddr, permit: OwnedSemaphorePermit) -> Result<PooledConn, CheckoutError> {
+    async fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PooledConn, CheckoutError> {
         let after = self.limits.connect_timeout;
         let stream = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
             Err(_) => return Err(CheckoutError::ConnectTimeout { addr, after }),
@@ -316,7 +324,10 @@ impl<G: Unpin> Body for UpstreamResponseBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finish(),
@@ -381,7 +392,11 @@ mod tests {
 
     #[tokio::test]
     async fn refused_connect_is_a_connect_error() {
-        let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let pool = ClusterPool::new(limits(4, 4));
         match pool.checkout(addr).await {
             Err(CheckoutError::Connect { .. }) => {}

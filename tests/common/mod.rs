@@ -53,12 +53,7 @@ impl Backends {
     }
 
     pub fn hits(&self) -> [u64; 3] {
-        use std::sync::atomic::Ordering::Relaxed;
-        [
-            self.us.hits.load(Relaxed),
-            self.eu.hits.load(Relaxed),
-            self.ap.hits.load(Relaxed),
-        ]
+        [self.us.hits(), self.eu.hits(), self.ap.hits()]
     }
 }
 
