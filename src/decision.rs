@@ -30,6 +30,7 @@ pub struct RouteDecision<'t> {
     pub location: Location,
     pub route: &'t Route,
     pub cluster: &'t Cluster,
+    pub cluster_id: crate::routes::ClusterId,
     pub order: RegionOrder,
     pub region: RegionId,
     pub panic: bool,
@@ -95,15 +96,30 @@ pub fn decide<'t>(
     facts: &RequestFacts<'_>,
     rng: &mut fastrand::Rng,
 ) -> Result<RouteDecision<'t>, DecisionError> {
-    let Some((_, route)) = table
+    let (_, route) = find_route(table, facts)?;
+    decide_for_route(table, route, facts, rng, None)
+}
+
+/// The first route that matches the request.
+pub fn find_route<'t>(table: &'t RoutingTable, facts: &RequestFacts<'_>) -> Result<(usize, &'t Route), DecisionError> {
+    table
         .routes
         .find(facts.host, facts.path, facts.method, facts.headers)
-    else {
-        return Err(DecisionError::NoRoute {
+        .ok_or_else(|| DecisionError::NoRoute {
             host: facts.host.to_owned(),
             path: facts.path.to_owned(),
-        });
-    };
+        })
+}
+
+/// Decide for a matched route. `draw` fixes the region-split draw (for `/explain`, which must
+/// not advance the route's sequence); `None` takes the route's next one.
+pub fn decide_for_route<'t>(
+    table: &'t RoutingTable,
+    route: &'t Route,
+    facts: &RequestFacts<'_>,
+    rng: &mut fastrand::Rng,
+    draw: Option<f64>,
+) -> Result<RouteDecision<'t>, DecisionError> {
     let (client, client_source) = table.geo.client_addr(
         facts.peer,
         facts
@@ -164,7 +180,7 @@ pub fn decide<'t>(
         &route.steering,
         &order,
         |r| cluster.health(r),
-        route.next_draw(),
+        draw.unwrap_or_else(|| route.next_draw()),
         cluster.panic_threshold,
     )
     .map_err(|reason| no_endpoint(table, route, &cluster.name, &order, reason))?;
@@ -179,6 +195,7 @@ pub fn decide<'t>(
         location,
         route,
         cluster,
+        cluster_id,
         order,
         region: pick.region,
         panic: pick.panic,

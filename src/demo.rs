@@ -238,7 +238,11 @@ pub fn demo_table(
         DEMO_GEOIP.to_vec(),
         Path::new("config/geoip/demo-city.mmdb"),
     )?;
-    Ok(table::compile(&loaded, 1, Some(db))?)
+    let context = table::CompileContext {
+        database: Some(Arc::new(db)),
+        ..Default::default()
+    };
+    Ok(table::compile(&loaded, context)?)
 }
 
 /// Start the backends and the proxy.

@@ -10,6 +10,10 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_MERIDIAN_REGION: HeaderName = HeaderName::from_static("x-meridian-region");
 /// Regions of the Meridian tiers a request has passed, comma-separated (the loop guard).
 pub const X_MERIDIAN_VISITED: HeaderName = HeaderName::from_static("x-meridian-visited");
+/// Request from a trusted client: `1` asks for `x-meridian-decision` on the response.
+pub const X_MERIDIAN_DEBUG: HeaderName = HeaderName::from_static("x-meridian-debug");
+/// Response: why the request went where it went, and each try.
+pub const X_MERIDIAN_DECISION: HeaderName = HeaderName::from_static("x-meridian-decision");
 /// Response from Meridian itself when a circuit breaker refused the request: which limit.
 pub const X_MERIDIAN_OVERFLOW: HeaderName = HeaderName::from_static("x-meridian-overflow");
 /// Response from Meridian itself: a short machine-readable reason for an error status.

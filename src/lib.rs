@@ -3,13 +3,16 @@
 //! The binary is a thin CLI over this library: [`table::load`] validates and compiles a config,
 //! [`server::start`] binds and serves it.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod geo;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod retry;
 pub mod routes;
 pub mod server;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use meridian::{demo, geo, server, table};
+use meridian::{demo, geo, reload, server, table};
 
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "A geo-aware edge reverse proxy")]
@@ -77,8 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
         Command::Run { config } => {
-            let table = table::load(&config, 1)?;
-            runtime()?.block_on(serve(table))?;
+            let table = table::load(&config, table::CompileContext::default())?;
+            runtime()?.block_on(serve(table, config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen, admin } => {
@@ -127,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn check(config: &Path) -> ExitCode {
-    match table::load(config, 1) {
+    match table::load(config, table::CompileContext::default()) {
         Ok(t) => {
             println!(
                 "{} is valid: {} listeners, {} regions, {} clusters, {} routes",
@@ -153,8 +153,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn serve(table: table::RoutingTable) -> anyhow::Result<()> {
-    let running = server::start(table).await?;
+async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()> {
+    let running = server::start_with(table, Some(config)).await?;
+    reload::spawn_watchers(running.server.clone(), reload::DEFAULT_POLL_INTERVAL);
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown(server::DEFAULT_DRAIN_TIMEOUT).await;

@@ -17,10 +17,15 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use crate::decision::{DecisionError, RequestFacts, RouteDecision, decide, retry_target};
+use crate::access_log::{self, AccessRecord};
+use crate::config::AccessLogFormat;
+use crate::decision::{DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target};
+use crate::geo::{AddrSource, CountryCode};
+use crate::routes::ClusterId;
 use crate::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW,
-    X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID, strip_hop_by_hop,
+    X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION, X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID,
+    strip_hop_by_hop,
 };
 use crate::retry::{AttemptFailure, parse_retry_after};
 use crate::routes::normalize_host;
@@ -152,6 +157,21 @@ impl Drop for InFlight {
     }
 }
 
+/// What happened to one request: for metrics, the access log and `x-meridian-decision`.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub route: Option<usize>,
+    pub cluster: Option<ClusterId>,
+    pub region: Option<RegionId>,
+    pub endpoint: Option<SocketAddr>,
+    pub client: Option<IpAddr>,
+    pub country: Option<CountryCode>,
+    pub tries: u32,
+    pub request_id: Option<HeaderValue>,
+    /// Set when a trusted client asked for `x-meridian-debug`: the decision, then each try.
+    pub explain: Option<Vec<String>>,
+}
+
 /// The hyper service body: always answers, never fails.
 pub async fn handle(
     table: TableHandle,
@@ -159,22 +179,61 @@ pub async fn handle(
     scheme: Scheme,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    // Every request finishes on the table it started with, whatever reloads happen meanwhile.
+    let table = table.load_full();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    Ok(match forward(table, peer, scheme, req).await {
+    let uri = req.uri().clone();
+    let host = req.headers().get(header::HOST).cloned();
+    let mut trace = Trace::default();
+    let mut response = match forward(&table, peer, scheme, req, &mut trace).await {
         Ok(response) => response,
         Err(e) => {
             match e.status() {
                 StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
-                    tracing::debug!(client = %peer, %method, %path, error = %e, "answered by meridian")
+                    tracing::debug!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
                 }
-                _ => {
-                    tracing::warn!(client = %peer, %method, %path, error = %e, "answered by meridian")
-                }
+                _ => tracing::warn!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian"),
             }
             e.into_response()
         }
-    })
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let metrics = match trace.route.and_then(|i| table.routes.routes.get(i)) {
+        Some(route) => route.metrics.get(trace.cluster, trace.region),
+        None => &table.unrouted_metrics,
+    };
+    metrics.observe(status, elapsed.as_secs_f64());
+    if let Some(lines) = &trace.explain
+        && let Ok(value) = HeaderValue::from_str(&lines.join("; "))
+    {
+        response.headers_mut().insert(X_MERIDIAN_DECISION, value);
+    }
+    if table.access_log != AccessLogFormat::Off {
+        let route = trace.route.and_then(|i| table.routes.routes.get(i));
+        let host = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default();
+        let record = AccessRecord {
+            request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            client: trace.client.unwrap_or(peer.ip()).to_string(),
+            country: trace.country.as_ref().map(|c| c.as_str()).unwrap_or("-"),
+            method: method.as_str(),
+            host: &host,
+            path: uri.path(),
+            status,
+            route: route.map(|r| r.name.as_str()).unwrap_or(""),
+            region: trace.region.map(|r| table.region_name(r)).unwrap_or(""),
+            endpoint: trace.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+            attempts: trace.tries,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+        };
+        access_log::log(&record, table.access_log);
+    }
+    Ok(response)
 }
 
 fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
@@ -193,26 +252,34 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
 }
 
 async fn forward(
-    table: TableHandle,
+    table: &RoutingTable,
     peer: SocketAddr,
     scheme: Scheme,
     req: Request<Incoming>,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let table = table.load_full();
     let raw_host = request_host(&req)?;
     let host = normalize_host(&raw_host);
     let mut rng = fastrand::Rng::new();
-    let decision = decide(
-        &table,
-        &RequestFacts {
-            peer: peer.ip(),
-            host: &host,
-            path: req.uri().path(),
-            method: req.method(),
-            headers: req.headers(),
-        },
-        &mut rng,
-    )?;
+    let facts = RequestFacts {
+        peer: peer.ip(),
+        host: &host,
+        path: req.uri().path(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let (route_index, route) = find_route(table, &facts)?;
+    trace.route = Some(route_index);
+    let decision = decide_for_route(table, route, &facts, &mut rng, None)?;
+    trace.cluster = Some(decision.cluster_id);
+    trace.region = Some(decision.region);
+    trace.client = Some(decision.client);
+    trace.country = decision.location.country;
+    table.count_geo_lookup(decision.location.source);
+    let peer_trusted = table.geo.is_trusted(peer.ip());
+    if peer_trusted && req.headers().get(X_MERIDIAN_DEBUG).is_some_and(|v| v == "1") {
+        trace.explain = Some(vec![explain_decision(table, &decision)]);
+    }
     tracing::debug!(
         client = %decision.client,
         client.country = ?decision.location.country.map(|c| c.to_string()),
@@ -223,9 +290,9 @@ async fn forward(
         "routing"
     );
 
-    let peer_trusted = table.geo.is_trusted(peer.ip());
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(X_MERIDIAN_DEBUG);
     let request_id = set_forwarding_headers(
         &mut parts.headers,
         peer.ip(),
@@ -244,11 +311,12 @@ async fn forward(
             parts.headers.insert(header::HOST, value);
         }
     }
+    trace.request_id = Some(request_id.clone());
     let route = decision.route;
     let deadline = Instant::now() + route.timeout;
     let exchange = async {
         let body = ReplayBody::new(body, &parts.headers, route.max_replay_body).await?;
-        attempts(&table, &decision, &parts, body, &mut rng).await
+        attempts(table, &decision, &parts, body, &mut rng, trace).await
     };
     let (response, region) = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(result) => result?,
@@ -332,6 +400,43 @@ enum Tried {
     Refused(Overflow),
 }
 
+impl Tried {
+    fn summary(&self) -> String {
+        match self {
+            Self::Answered(response, _, _) => response.status().as_u16().to_string(),
+            Self::Failed { failure, .. } => format!("{failure:?}"),
+            Self::Refused(overflow) => format!("overflow {}", overflow.as_str()),
+        }
+    }
+}
+
+/// The `x-meridian-decision` summary of a routing decision (same facts as `/explain`).
+fn explain_decision(table: &RoutingTable, d: &RouteDecision<'_>) -> String {
+    let order: Vec<String> = d
+        .order
+        .as_slice()
+        .iter()
+        .map(|r| format!("{}={:.0}%", table.region_name(*r), d.cluster.health(*r).share() * 100.0))
+        .collect();
+    format!(
+        "client {} via {} country {} continent {} location {}; route {} cluster {}; order {}; region {}{}; endpoint {}",
+        d.client,
+        match d.client_source {
+            AddrSource::Peer => "peer",
+            AddrSource::ForwardedFor => "x-forwarded-for",
+        },
+        d.location.country.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        d.location.continent.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        d.location.source.as_str(),
+        d.route.name,
+        d.cluster.name,
+        order.join(","),
+        table.region_name(d.region),
+        if d.panic { " (panic)" } else { "" },
+        d.endpoint.address,
+    )
+}
+
 /// Try, and retry within the route's policy: other endpoints first, then later regions.
 async fn attempts(
     table: &RoutingTable,
@@ -339,6 +444,7 @@ async fn attempts(
     parts: &http::request::Parts,
     mut body: ReplayBody,
     rng: &mut fastrand::Rng,
+    trace: &mut Trace,
 ) -> Result<(Response<ProxyBody>, RegionId), ProxyError> {
     let route = decision.route;
     let cluster = decision.cluster;
@@ -360,9 +466,20 @@ async fn attempts(
             });
         };
         let request = upstream_request(parts, attempt_body);
-        ClusterStats::bump(&cluster.stats.attempts);
+        trace.tries += 1;
+        trace.endpoint = Some(endpoint.address);
+        trace.region = Some(region);
         let tried_now = try_once(cluster, &endpoint, request, policy.per_try_timeout).await;
         tried.push(endpoint.clone());
+        if let Some(lines) = &mut trace.explain {
+            lines.push(format!(
+                "try {}: {} in {} -> {}",
+                trace.tries,
+                endpoint.address,
+                table.region_name(region),
+                tried_now.summary()
+            ));
+        }
         let (failure, retry_after, last) = match tried_now {
             Tried::Refused(overflow) => {
                 ClusterStats::bump(match overflow {
@@ -377,12 +494,13 @@ async fn attempts(
             }
             Tried::Answered(response, conn, guards) => {
                 let status = response.status().as_u16();
+                cluster.stats.attempts_response.inc();
+                endpoint.state.record_outcome(status < 500);
                 cluster.reporter.report(&endpoint, Outcome::Status(status));
                 let failure = AttemptFailure::Status(status);
                 if !policy.covers(failure) {
                     return Ok((stream_response(response, conn, guards), region));
                 }
-                ClusterStats::bump(&cluster.stats.attempt_failures);
                 let retry_after = parse_retry_after(response.headers().get(header::RETRY_AFTER));
                 (failure, retry_after, Last::Response(response, conn, guards))
             }
@@ -392,7 +510,14 @@ async fn attempts(
                 unsent,
             } => {
                 cluster.reporter.report(&endpoint, Outcome::LocalFailure);
-                ClusterStats::bump(&cluster.stats.attempt_failures);
+                endpoint.state.record_outcome(false);
+                match failure {
+                    AttemptFailure::PerTryTimeout => cluster.stats.attempts_timeout.inc(),
+                    AttemptFailure::Reset | AttemptFailure::Status(_) => cluster.stats.attempts_reset.inc(),
+                    AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream => {
+                        cluster.stats.attempts_connect_failure.inc()
+                    }
+                }
                 if let Some(unsent) = unsent {
                     body.restore(unsent);
                 }

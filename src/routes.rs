@@ -11,8 +11,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
+use crate::metrics::RequestMetrics;
 use crate::retry::RetryPolicy;
-use crate::steer::Steering;
+use crate::steer::{RegionId, Steering};
 
 /// Index of a cluster in the routing table.
 pub type ClusterId = usize;
@@ -112,6 +113,29 @@ pub struct Route {
     pub max_replay_body: u64,
     /// Requests decided so far: the index into the region-split sequence.
     pub requests: AtomicU64,
+    pub metrics: RouteMetrics,
+}
+
+/// A route's request metric handles, resolved when the table is compiled.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Per cluster the route sends to: handles by region, and one for answers before a region
+    /// was chosen.
+    pub per_cluster: Vec<(ClusterId, Vec<RequestMetrics>, RequestMetrics)>,
+    /// Answers before a cluster was chosen.
+    pub no_cluster: RequestMetrics,
+}
+
+impl RouteMetrics {
+    pub fn get(&self, cluster: Option<ClusterId>, region: Option<RegionId>) -> &RequestMetrics {
+        let Some(cluster) = cluster else {
+            return &self.no_cluster;
+        };
+        let Some((_, regions, none)) = self.per_cluster.iter().find(|(id, _, _)| *id == cluster) else {
+            return &self.no_cluster;
+        };
+        region.and_then(|r| regions.get(r as usize)).unwrap_or(none)
+    }
 }
 
 impl Route {
@@ -263,6 +287,10 @@ mod tests {
             retries: RetryPolicy::default(),
             max_replay_body: 0,
             requests: AtomicU64::new(0),
+            metrics: RouteMetrics {
+                per_cluster: Vec::new(),
+                no_cluster: RequestMetrics::new(&crate::metrics::Metrics::new(), name, "", ""),
+            },
         }
     }
 

@@ -1,11 +1,13 @@
 //! Listeners and lifecycle: bind every socket, run the accept loops, drain on shutdown.
 //!
-//! `Server::start` takes a compiled table (so validation always happens before any socket is
-//! bound) and returns the bound addresses, which lets tests bind `127.0.0.1:0`.
+//! `start` takes a compiled table (so validation always happens before any socket is bound)
+//! and returns the bound addresses, which lets tests bind `127.0.0.1:0`. Reloads (see
+//! `reload`) swap the table and bind or close listeners through the same [`Server`].
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
+use crate::reload::ReloadStatus;
 use crate::table::{ListenerSpec, RoutingTable, TableHandle};
 use crate::upstream::outlier::Detector;
 
@@ -51,15 +55,44 @@ pub struct Lifecycle {
     pub draining: AtomicBool,
 }
 
+/// A proxy listener in service.
+pub(crate) struct ActiveListener {
+    pub spec: ListenerSpec,
+    pub addr: SocketAddr,
+    /// Cancelled when a reload removes the listener.
+    pub stop: CancellationToken,
+}
+
+/// What reloads change, behind one lock so reloads never interleave.
+pub(crate) struct Serving {
+    pub listeners: Vec<ActiveListener>,
+    /// Cancels the outlier detectors and health checks of the table in service.
+    pub control_tasks: CancellationToken,
+    /// Content hash of the config (and GeoIP file) in service.
+    pub hash: String,
+}
+
+/// A running Meridian: the table in service, its listeners, and everything reload needs.
+pub struct Server {
+    pub table: TableHandle,
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
+    /// The config file reloads read; `None` for a table built in code (the demo, tests).
+    pub config_path: Option<PathBuf>,
+    pub(crate) serving: tokio::sync::Mutex<Serving>,
+    pub(crate) status: ArcSwap<ReloadStatus>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
 /// A started Meridian: its bound addresses and the handles to stop it.
 pub struct RunningServer {
+    pub server: Arc<Server>,
     pub table: TableHandle,
-    /// Listener name → bound address, in config order.
+    /// Listener name → bound address, in config order, as started.
     pub listeners: Vec<(String, SocketAddr)>,
     pub admin: Option<SocketAddr>,
     pub lifecycle: Arc<Lifecycle>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
 }
 
 impl RunningServer {
@@ -70,106 +103,139 @@ impl RunningServer {
 
     /// Stop accepting, let in-flight requests finish (up to `drain_timeout`), then return.
     pub async fn shutdown(self, drain_timeout: Duration) {
-        self.lifecycle.draining.store(true, Ordering::SeqCst);
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(drain_timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?drain_timeout,
-                "drain timeout reached; closing remaining connections"
-            );
-        }
+        self.server.shutdown(drain_timeout).await;
     }
 }
 
-/// Bind every listener of `table` and start serving.
-pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
-    let specs = table.listeners.clone();
-    let admin_bind = table.admin_bind;
-    let handle: TableHandle = Arc::new(ArcSwap::from_pointee(table));
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let lifecycle = Arc::new(Lifecycle::default());
-
-    // Bind everything before serving anything, so a failure leaves nothing half-started.
-    let mut bound = Vec::new();
-    for spec in specs {
-        let listener = TcpListener::bind(spec.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: spec.name.clone(),
-                addr: spec.bind,
-                source,
-            })?;
-        bound.push((spec, listener));
+impl Server {
+    /// Proxy listeners now in service: name → address.
+    pub async fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let serving = self.serving.lock().await;
+        serving.listeners.iter().map(|l| (l.spec.name.clone(), l.addr)).collect()
     }
-    let admin_listener = match admin_bind {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: "admin".into(),
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
 
-    spawn_control_tasks(&handle.load(), &shutdown, &tracker);
+    /// Stop accepting, let in-flight requests finish (up to `drain_timeout`), then return.
+    pub async fn shutdown(&self, drain_timeout: Duration) {
+        self.lifecycle.draining.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(drain_timeout, self.tracker.wait()).await.is_err() {
+            tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
+        }
+    }
 
-    let mut listeners = Vec::new();
-    for (spec, listener) in bound {
+    /// Serve an already-bound proxy listener until the server stops or a reload removes it.
+    pub(crate) fn serve_listener(&self, spec: ListenerSpec, listener: TcpListener) -> ActiveListener {
         let addr = listener.local_addr().unwrap_or(spec.bind);
         tracing::info!(listener = %spec.name, %addr, "proxy listening");
-        listeners.push((spec.name.clone(), addr));
+        let stop = self.shutdown.child_token();
         let builder = Arc::new(proxy_builder(&spec));
-        let table = handle.clone();
+        let table = self.table.clone();
         let make_service = move |peer: SocketAddr| {
             let table = table.clone();
             service_fn(move |req| crate::proxy::handle(table.clone(), peer, Scheme::HTTP, req))
         };
-        tracker.spawn(accept_loop(
-            listener,
-            builder,
-            make_service,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        self.tracker.spawn(accept_loop(listener, builder, make_service, stop.clone(), self.tracker.clone()));
+        ActiveListener { spec, addr, stop }
     }
+
+    /// Start the outlier detectors and health checks of `table`; they stop when `token` does.
+    pub(crate) fn spawn_control_tasks(&self, table: &RoutingTable, token: &CancellationToken) {
+        spawn_control_tasks(table, token, &self.tracker);
+    }
+}
+
+/// Bind every listener of `table` and start serving it, without a config file to reload.
+pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
+    start_with(table, None).await
+}
+
+/// Bind every listener of `table` and start serving it; `config_path` is what reloads read.
+pub async fn start_with(table: RoutingTable, config_path: Option<PathBuf>) -> Result<RunningServer, StartError> {
+    let specs = table.listeners.clone();
+    let admin_bind = table.admin_bind;
+    let metrics = table.metrics.clone();
+    metrics.generation.set(table.generation as i64);
+    if let Some(db) = &table.geo.database {
+        metrics.geoip_build_epoch.set(db.build_epoch() as i64);
+    }
+    let hash = match &config_path {
+        Some(path) => crate::reload::content_hash(&std::fs::read_to_string(path).unwrap_or_default(), &table),
+        None => String::new(),
+    };
+    let status = ReloadStatus::initial(table.generation, &hash);
+
+    // Bind everything before serving anything, so a failure leaves nothing half-started.
+    let mut bound = Vec::new();
+    for spec in specs {
+        let listener = TcpListener::bind(spec.bind).await.map_err(|source| StartError::Bind {
+            name: spec.name.clone(),
+            addr: spec.bind,
+            source,
+        })?;
+        bound.push((spec, listener));
+    }
+    let admin_listener = match admin_bind {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            addr,
+            source,
+        })?),
+        None => None,
+    };
+
+    let shutdown = CancellationToken::new();
+    let control_tasks = shutdown.child_token();
+    let server = Arc::new(Server {
+        table: Arc::new(ArcSwap::from_pointee(table)),
+        lifecycle: Arc::new(Lifecycle::default()),
+        metrics,
+        config_path,
+        serving: tokio::sync::Mutex::new(Serving {
+            listeners: Vec::new(),
+            control_tasks: control_tasks.clone(),
+            hash,
+        }),
+        status: ArcSwap::from_pointee(status),
+        shutdown,
+        tracker: TaskTracker::new(),
+    });
+    server.spawn_control_tasks(&server.table.load(), &control_tasks);
+
+    let mut active = Vec::new();
+    for (spec, listener) in bound {
+        active.push(server.serve_listener(spec, listener));
+    }
+    let listeners = active.iter().map(|l| (l.spec.name.clone(), l.addr)).collect();
+    server.serving.lock().await.listeners = active;
+
     let admin = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "admin listening");
             let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-            let table = handle.clone();
-            let life = lifecycle.clone();
-            let make_service = move |_peer: SocketAddr| {
-                let table = table.clone();
-                let life = life.clone();
-                service_fn(move |req| crate::admin::handle(table.clone(), life.clone(), req))
+            let for_admin = server.clone();
+            let make_service = move |peer: SocketAddr| {
+                let server = for_admin.clone();
+                service_fn(move |req| crate::admin::handle(server.clone(), peer, req))
             };
-            tracker.spawn(accept_loop(
+            server.tracker.spawn(accept_loop(
                 listener,
                 builder,
                 make_service,
-                shutdown.clone(),
-                tracker.clone(),
+                server.shutdown.clone(),
+                server.tracker.clone(),
             ));
             addr
         }
         None => None,
     };
     Ok(RunningServer {
-        table: handle,
+        table: server.table.clone(),
+        lifecycle: server.lifecycle.clone(),
+        server,
         listeners,
         admin,
-        lifecycle,
-        shutdown,
-        tracker,
     })
 }
 

@@ -373,6 +373,44 @@ fn pick_weighted(
     None
 }
 
+/// The share of requests each region of `order` takes right now, as [`pick_region`] would
+/// distribute them over many draws (for `/explain` and the status page).
+pub fn expected_loads(
+    steering: &Steering,
+    order: &RegionOrder,
+    health: impl Fn(RegionId) -> RegionHealth,
+    panic_threshold: f64,
+) -> [f64; MAX_REGIONS] {
+    let mut loads = [0.0; MAX_REGIONS];
+    let probe = pick_region(steering, order, &health, 0.0, panic_threshold);
+    let Ok(pick) = probe else { return loads };
+    let position = |id: RegionId| order.as_slice().iter().position(|r| *r == id);
+    if pick.panic || steering.mode == SteeringMode::Failover {
+        if let Some(i) = position(pick.region) {
+            loads[i] = 1.0;
+        }
+        return loads;
+    }
+    match steering.mode {
+        SteeringMode::Weighted => {
+            let eligible: Vec<(RegionId, u32)> = steering
+                .weights
+                .iter()
+                .copied()
+                .filter(|(id, w)| *w > 0 && order.contains(*id) && health(*id).healthy_weight > 0)
+                .collect();
+            let total: u32 = eligible.iter().map(|(_, w)| w).sum();
+            for (id, w) in eligible {
+                if let Some(i) = position(id) {
+                    loads[i] = f64::from(w) / f64::from(total.max(1));
+                }
+            }
+            loads
+        }
+        _ => region_loads(order, health, steering.overprovisioning),
+    }
+}
+
 /// What endpoint picking needs to know about one endpoint.
 pub trait Candidate {
     fn weight(&self) -> u32;

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,16 +18,17 @@ use regex::Regex;
 use tokio::sync::mpsc;
 
 use crate::config::{
-    ClusterConfig, Config, ConfigError, HealthCheckConfig, LoadBalancer, LoadedConfig,
+    AccessLogFormat, ClusterConfig, Config, ConfigError, HealthCheckConfig, LoadBalancer, LoadedConfig,
     OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig, RouteConfig, StatusRangeConfig,
     SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoResolver, Location, LocationSource,
 };
+use crate::metrics::{Metrics, RequestMetrics};
 use crate::retry::RetryPolicy;
 use crate::routes::{
-    ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteSet, RouteTarget,
+    RouteMetrics, ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteSet, RouteTarget,
 };
 use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
 use crate::upstream::ClusterStats;
@@ -67,6 +68,11 @@ pub struct EndpointState {
     /// A failure was seen since the detector's last sweep.
     pub failed_since_sweep: AtomicBool,
     ejected_until: Mutex<Option<tokio::time::Instant>>,
+    /// Tries sent to this endpoint, and those that failed (5xx or no response).
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    /// Recent success rate in basis points (0–10000), an exponentially weighted average.
+    pub success_rate: AtomicU32,
 }
 
 impl Default for EndpointState {
@@ -80,11 +86,27 @@ impl Default for EndpointState {
             consecutive_gateway_errors: AtomicU32::new(0),
             failed_since_sweep: AtomicBool::new(false),
             ejected_until: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            success_rate: AtomicU32::new(10_000),
         }
     }
 }
 
 impl EndpointState {
+    /// Record one try's outcome for the admin API (the outlier detector has its own view).
+    pub fn record_outcome(&self, ok: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let sample: u32 = if ok { 10_000 } else { 0 };
+        // Weight 1/16: about the last few dozen tries.
+        let _ = self.success_rate.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+            Some(((i64::from(r) * 15 + i64::from(sample)) / 16) as u32)
+        });
+    }
+
     pub fn ejected_until(&self) -> Option<tokio::time::Instant> {
         *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -207,6 +229,14 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
+    /// The endpoint at `address`, in any region.
+    pub fn endpoint(&self, address: SocketAddr) -> Option<&Arc<Endpoint>> {
+        self.regions
+            .iter()
+            .flat_map(|set| set.endpoints.iter())
+            .find(|e| e.address == address)
+    }
+
     pub fn health(&self, region: RegionId) -> RegionHealth {
         self.regions
             .get(region as usize)
@@ -238,11 +268,31 @@ pub struct RoutingTable {
     pub geo: GeoResolver,
     pub listeners: Vec<ListenerSpec>,
     pub admin_bind: Option<SocketAddr>,
+    /// Bearer token the admin API requires, when configured.
+    pub admin_token: Option<String>,
     /// Meridian tiers a request may already have passed.
     pub max_region_hops: u32,
+    pub metrics: Arc<Metrics>,
+    /// Requests Meridian answered before a route matched (label route="").
+    pub unrouted_metrics: RequestMetrics,
+    pub access_log: AccessLogFormat,
+    /// Geo lookup counters by source (override, geoip, unknown), resolved once.
+    pub geo_lookups: [prometheus::IntCounter; 3],
+    /// The config this table was compiled from (shown by `/config`).
+    pub config: Arc<Config>,
 }
 
 impl RoutingTable {
+    /// Count where a client's location came from.
+    pub fn count_geo_lookup(&self, source: LocationSource) {
+        let i = match source {
+            LocationSource::Override => 0,
+            LocationSource::Database => 1,
+            LocationSource::Unknown => 2,
+        };
+        self.geo_lookups[i].inc();
+    }
+
     pub fn region_name(&self, id: RegionId) -> &str {
         self.regions
             .get(id as usize)
@@ -251,42 +301,59 @@ impl RoutingTable {
     }
 }
 
+/// What a compile may reuse and where it reports.
+pub struct CompileContext<'a> {
+    pub generation: u64,
+    pub metrics: Arc<Metrics>,
+    /// The table in service: endpoint state, pools and the GeoIP database carry over from it
+    /// for everything that is unchanged.
+    pub previous: Option<&'a RoutingTable>,
+    /// Used instead of opening `geo.database` (the demo ships its data in the binary).
+    pub database: Option<Arc<GeoDb>>,
+}
+
+impl Default for CompileContext<'_> {
+    fn default() -> Self {
+        Self {
+            generation: 1,
+            metrics: Arc::new(Metrics::new()),
+            previous: None,
+            database: None,
+        }
+    }
+}
+
 /// Compile a parsed config into a table, reporting every problem at once with its line.
-///
-/// `database`, when given, is used instead of opening `geo.database` (the demo ships its data
-/// inside the binary). This is exactly what `meridian check` runs.
-pub fn compile(
-    loaded: &LoadedConfig,
-    generation: u64,
-    database: Option<GeoDb>,
-) -> Result<RoutingTable, ConfigError> {
+/// This is exactly what `meridian check` runs.
+pub fn compile(loaded: &LoadedConfig, context: CompileContext<'_>) -> Result<RoutingTable, ConfigError> {
     let mut c = Compiler {
         problems: loaded.problems.clone(),
         config: &loaded.config,
         regions: HashMap::new(),
+        metrics: context.metrics.clone(),
+        previous: context.previous,
     };
-    let table = c.table(generation, database);
+    let table = c.table(context.generation, context.database);
     if c.problems.is_empty() {
         // `table` is always Some when nothing was reported.
         if let Some(table) = table {
             return Ok(table);
         }
     }
-    Err(ConfigError::invalid(
-        &loaded.source,
-        c.problems.with_lines(&loaded.lines),
-    ))
+    Err(ConfigError::invalid(&loaded.source, c.problems.with_lines(&loaded.lines)))
 }
 
 /// Read, parse and compile a config file.
-pub fn load(path: &Path, generation: u64) -> Result<RoutingTable, ConfigError> {
-    compile(&crate::config::load_file(path)?, generation, None)
+pub fn load(path: &Path, context: CompileContext<'_>) -> Result<RoutingTable, ConfigError> {
+    compile(&crate::config::load_file(path)?, context)
 }
 
 struct Compiler<'a> {
     problems: Problems,
     config: &'a Config,
     regions: HashMap<&'a str, RegionId>,
+    metrics: Arc<Metrics>,
+    previous: Option<&'a RoutingTable>,
 }
 
 fn root() -> YamlPath {
@@ -302,11 +369,11 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 impl<'a> Compiler<'a> {
-    fn table(&mut self, generation: u64, database: Option<GeoDb>) -> Option<RoutingTable> {
+    fn table(&mut self, generation: u64, database: Option<Arc<GeoDb>>) -> Option<RoutingTable> {
         let regions = self.regions();
         let local_region = self.local_region();
         let listeners = self.listeners();
-        let admin_bind = self.admin();
+        let (admin_bind, admin_token) = self.admin();
         let geo = self.geo(database);
         let (clusters, cluster_ids) = self.clusters(regions.len());
         let routes = self.routes(&cluster_ids);
@@ -332,7 +399,14 @@ impl<'a> Compiler<'a> {
             geo,
             listeners,
             admin_bind,
+            admin_token,
             max_region_hops: self.config.max_region_hops,
+            unrouted_metrics: RequestMetrics::new(&self.metrics, "", "", ""),
+            metrics: self.metrics.clone(),
+            access_log: self.config.access_log.format(),
+            geo_lookups: ["override", "geoip", "unknown"]
+                .map(|source| self.metrics.geo_lookups.with_label_values(&[source])),
+            config: Arc::new(self.config.clone()),
         })
     }
 
@@ -493,12 +567,39 @@ impl<'a> Compiler<'a> {
         out
     }
 
-    fn admin(&mut self) -> Option<SocketAddr> {
-        let bind = self.config.admin.bind.as_deref()?;
-        self.socket_addr(root().key("admin").key("bind"), bind)
+    fn admin(&mut self) -> (Option<SocketAddr>, Option<String>) {
+        let at = root().key("admin");
+        let token = match &self.config.admin.token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                Ok(_) => {
+                    self.problems.at(at.key("token_file"), format!("{} is empty", path.display()));
+                    None
+                }
+                Err(e) => {
+                    self.problems.at(at.key("token_file"), format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            },
+            None => None,
+        };
+        let Some(bind) = self.config.admin.bind.as_deref() else {
+            return (None, token);
+        };
+        let addr = self.socket_addr(at.key("bind"), bind);
+        if let Some(a) = addr
+            && !a.ip().is_loopback()
+            && self.config.admin.token_file.is_none()
+        {
+            self.problems.at(
+                at.key("bind"),
+                format!("{a} is reachable from other hosts: set admin.token_file to a file holding a bearer token"),
+            );
+        }
+        (addr, token)
     }
 
-    fn geo(&mut self, database: Option<GeoDb>) -> GeoResolver {
+    fn geo(&mut self, database: Option<Arc<GeoDb>>) -> GeoResolver {
         let at = root().key("geo");
         let mut trusted = Vec::new();
         for (i, t) in self.config.geo.trusted_proxies.iter().enumerate() {
@@ -559,16 +660,26 @@ impl<'a> Compiler<'a> {
         }
         let database = match (database, &self.config.geo.database) {
             (Some(db), _) => Some(db),
-            (None, Some(path)) => match GeoDb::open(path) {
-                Ok(db) => Some(db),
-                Err(e) => {
-                    self.problems.at(at.key("database"), e.to_string());
-                    None
-                }
+            (None, Some(path)) => match self.current_database(path) {
+                Some(db) => Some(db),
+                None => match GeoDb::open(path) {
+                    Ok(db) => Some(Arc::new(db)),
+                    Err(e) => {
+                        self.problems.at(at.key("database"), e.to_string());
+                        None
+                    }
+                },
             },
             (None, None) => None,
         };
         GeoResolver::new(trusted, overrides, database)
+    }
+
+    /// The previous table's database, if it was read from this very file.
+    fn current_database(&self, path: &Path) -> Option<Arc<GeoDb>> {
+        self.previous
+            .and_then(|t| t.geo.database.clone())
+            .filter(|db| db.is_current(path))
     }
 
     fn clusters(&mut self, region_count: usize) -> (Vec<Cluster>, HashMap<&'a str, ClusterId>) {
@@ -586,6 +697,9 @@ impl<'a> Compiler<'a> {
             let connect_timeout = self
                 .duration(here.key("connect_timeout"), &cluster.connect_timeout)
                 .unwrap_or(Duration::from_secs(1));
+            let previous = self
+                .previous
+                .and_then(|t| t.clusters.iter().find(|c| c.name == *name));
             let mut regions: Vec<EndpointSet> =
                 (0..region_count).map(|_| EndpointSet::default()).collect();
             let mut seen = HashSet::new();
@@ -624,7 +738,11 @@ impl<'a> Compiler<'a> {
                         authority,
                         weight: e.weight,
                         region,
-                        state: Arc::new(EndpointState::default()),
+                        // Health, ejection and load of an endpoint survive a reload.
+                        state: previous
+                            .and_then(|c| c.endpoint(address))
+                            .map(|e| e.state.clone())
+                            .unwrap_or_default(),
                     }));
                 }
                 let weights: Vec<u32> = set.iter().map(|e| e.weight).collect();
@@ -636,7 +754,7 @@ impl<'a> Compiler<'a> {
                     };
                 }
             }
-            let pool = self.connection_pool(&here, cluster, connect_timeout);
+            let pool = self.connection_pool(&here, cluster, connect_timeout, previous);
             let outlier = self.outlier(here.key("outlier_detection"), &cluster.outlier_detection);
             let health_check = cluster
                 .health_check
@@ -648,7 +766,7 @@ impl<'a> Compiler<'a> {
                     format!("{} is outside 0..100 (percent)", cluster.panic_threshold),
                 );
             }
-            let stats = Arc::new(ClusterStats::default());
+            let stats = Arc::new(ClusterStats::new(&self.metrics, name));
             let (reporter, reports) = match outlier {
                 Some(_) => {
                     let (reporter, reports) = Reporter::channel(stats.clone());
@@ -680,6 +798,7 @@ impl<'a> Compiler<'a> {
         here: &YamlPath,
         cluster: &ClusterConfig,
         connect_timeout: Duration,
+        previous: Option<&Cluster>,
     ) -> Arc<ClusterPool> {
         let c = &cluster.connection_pool;
         let at = here.key("connection_pool");
@@ -695,14 +814,19 @@ impl<'a> Compiler<'a> {
         let idle_timeout = self
             .duration(at.key("idle_timeout"), &c.idle_timeout)
             .unwrap_or(Duration::from_secs(60));
-        ClusterPool::new(PoolLimits {
+        let limits = PoolLimits {
             max_connections: c.max_connections as usize,
             max_pending_requests: c.max_pending_requests as usize,
             max_requests: c.max_requests as usize,
             max_requests_per_connection: c.max_requests_per_connection,
             idle_timeout,
             connect_timeout,
-        })
+        };
+        // Unchanged limits keep the pool, and with it its open connections and counts.
+        match previous {
+            Some(p) if *p.pool.limits() == limits => p.pool.clone(),
+            _ => ClusterPool::new(limits),
+        }
     }
 
     fn outlier(&mut self, at: YamlPath, o: &OutlierDetectionConfig) -> Option<OutlierPolicy> {
@@ -855,7 +979,9 @@ impl<'a> Compiler<'a> {
             let timeout = self.duration(here.key("timeout"), &r.timeout);
             let retries = self.retries(here.key("retries"), &r.retries);
             if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
+                let metrics = self.route_metrics(&r.name, &target, clusters);
                 routes.push(Route {
+                    metrics,
                     name: r.name.clone(),
                     path,
                     headers,
@@ -871,6 +997,37 @@ impl<'a> Compiler<'a> {
             }
         }
         RouteSet::new(routes, hosts)
+    }
+
+    /// Request metric handles for every cluster and region this route can send to.
+    fn route_metrics(
+        &self,
+        route: &str,
+        target: &RouteTarget,
+        clusters: &HashMap<&'a str, ClusterId>,
+    ) -> RouteMetrics {
+        let ids: Vec<ClusterId> = match target {
+            RouteTarget::Cluster(id) => vec![*id],
+            RouteTarget::Weighted { clusters, .. } => clusters.iter().map(|(id, _)| *id).collect(),
+        };
+        let mut names: Vec<(&str, ClusterId)> = clusters.iter().map(|(n, id)| (*n, *id)).collect();
+        names.sort_by_key(|(_, id)| *id);
+        let region_names: Vec<&str> = self.config.regions.keys().map(String::as_str).collect();
+        let per_cluster = ids
+            .into_iter()
+            .map(|id| {
+                let cluster = names.iter().find(|(_, c)| *c == id).map(|(n, _)| *n).unwrap_or("");
+                let per_region = region_names
+                    .iter()
+                    .map(|region| RequestMetrics::new(&self.metrics, route, cluster, region))
+                    .collect();
+                (id, per_region, RequestMetrics::new(&self.metrics, route, cluster, ""))
+            })
+            .collect();
+        RouteMetrics {
+            per_cluster,
+            no_cluster: RequestMetrics::new(&self.metrics, route, "", ""),
+        }
     }
 
     fn hosts(&mut self, at: YamlPath, hosts: &[String]) -> Vec<HostPattern> {

@@ -183,11 +183,12 @@ async fn admin_reports_health_and_readiness_until_drained() {
     let admin = proxy.admin.unwrap();
     assert_eq!(get(admin, "admin", "/healthz", &[]).await.status, 200);
     assert_eq!(get(admin, "admin", "/readyz", &[]).await.body, "ready\n");
-    let status = get(admin, "admin", "/", &[]).await.body;
-    assert!(
-        status.contains("config generation 1") && status.contains("eu-west-1"),
-        "{status}"
-    );
+    let page = get(admin, "admin", "/", &[]).await;
+    assert!(page.body.contains("<title>Meridian status</title>"));
+    let clusters: serde_json::Value =
+        serde_json::from_str(&get(admin, "admin", "/clusters", &[]).await.body).unwrap();
+    assert_eq!(clusters["generation"], 1);
+    assert_eq!(clusters["clusters"][0]["regions"][0]["region"], "eu-west-1");
 
     // A request in flight when shutdown starts still completes.
     let proxy_addr = proxy.proxy_addr().unwrap();

@@ -216,7 +216,7 @@ routes:
     let s = stats(&proxy, 0);
     assert_eq!(
         (
-            ClusterStats::get(&s.attempts),
+            s.attempts(),
             ClusterStats::get(&s.retries)
         ),
         (2, 1)

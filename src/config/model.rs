@@ -40,6 +40,42 @@ pub struct Config {
     /// How many Meridian tiers a request may already have passed (see `x-meridian-visited`).
     #[serde(default = "default_max_region_hops")]
     pub max_region_hops: u32,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+}
+
+/// One line per request on standard output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AccessLogConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub format: AccessLogFormat,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            format: AccessLogFormat::Text,
+        }
+    }
+}
+
+impl AccessLogConfig {
+    /// The format in effect (`Off` when disabled).
+    pub fn format(&self) -> AccessLogFormat {
+        if self.enabled { self.format } else { AccessLogFormat::Off }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -57,12 +93,17 @@ pub struct AdminConfig {
     /// `ip:port` of the admin listener; `null` turns it off.
     #[serde(default = "default_admin_bind")]
     pub bind: Option<String>,
+    /// A file holding the bearer token the admin API requires; mandatory when `bind` is not a
+    /// loopback address.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             bind: default_admin_bind(),
+            token_file: None,
         }
     }
 }

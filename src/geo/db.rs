@@ -30,10 +30,30 @@ pub enum GeoError {
     },
 }
 
+/// Size and modification time of a database file: when both are unchanged, a reload keeps
+/// the database already in memory instead of reading and verifying it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub len: u64,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
 /// An opened, verified GeoIP database.
 pub struct GeoDb {
     reader: Reader<Vec<u8>>,
     path: PathBuf,
+    /// The file as it was when read (none for data that did not come from a file).
+    identity: Option<FileIdentity>,
 }
 
 impl std::fmt::Debug for GeoDb {
@@ -80,11 +100,24 @@ struct Coordinates {
 
 impl GeoDb {
     pub fn open(path: &Path) -> Result<Self, GeoError> {
+        let identity = FileIdentity::of(path);
         let bytes = std::fs::read(path).map_err(|source| GeoError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(bytes, path)
+        let mut db = Self::from_bytes(bytes, path)?;
+        db.identity = identity;
+        Ok(db)
+    }
+
+    /// Whether `path` still holds the file this database was read from.
+    pub fn is_current(&self, path: &Path) -> bool {
+        self.path == path && self.identity.is_some() && self.identity == FileIdentity::of(path)
+    }
+
+    /// When the database was built (Unix seconds), from its metadata.
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
     }
 
     /// `origin` names the data in messages.
@@ -98,6 +131,7 @@ impl GeoDb {
         Ok(Self {
             reader,
             path: origin.to_path_buf(),
+            identity: None,
         })
     }
 

@@ -8,12 +8,13 @@ mod db;
 pub mod fixture;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::HeaderValue;
 use ipnet::IpNet;
 
 pub use codes::{ContinentCode, CountryCode};
-pub use db::{GeoDb, GeoError};
+pub use db::{FileIdentity, GeoDb, GeoError};
 
 use crate::steer::RegionId;
 
@@ -73,14 +74,14 @@ pub struct GeoResolver {
     pub trusted_proxies: Vec<IpNet>,
     /// Longest prefix first, so the first match is the most specific.
     pub overrides: Vec<GeoOverride>,
-    pub database: Option<GeoDb>,
+    pub database: Option<Arc<GeoDb>>,
 }
 
 impl GeoResolver {
     pub fn new(
         trusted_proxies: Vec<IpNet>,
         mut overrides: Vec<GeoOverride>,
-        database: Option<GeoDb>,
+        database: Option<Arc<GeoDb>>,
     ) -> Self {
         overrides.sort_by_key(|o| std::cmp::Reverse(o.net.prefix_len()));
         Self {

@@ -8,30 +8,74 @@ pub mod health;
 pub mod outlier;
 pub mod pool;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus::IntCounter;
+
+use crate::metrics::Metrics;
 
 /// Counters per cluster: what the data path refused, retried or reported, and what the
-/// control tasks did. Shown by the admin listener.
-#[derive(Debug, Default)]
+/// control tasks did. Prometheus handles resolved once, kept across reloads with the cluster.
+#[derive(Debug, Clone)]
 pub struct ClusterStats {
-    pub attempts: AtomicU64,
-    pub attempt_failures: AtomicU64,
-    pub retries: AtomicU64,
-    pub retry_budget_exhausted: AtomicU64,
-    pub overflow_max_requests: AtomicU64,
-    pub overflow_max_pending_requests: AtomicU64,
-    pub ejections: AtomicU64,
-    pub ejections_refused: AtomicU64,
-    pub outcomes_dropped: AtomicU64,
-    pub health_transitions: AtomicU64,
+    pub attempts_response: IntCounter,
+    pub attempts_connect_failure: IntCounter,
+    pub attempts_reset: IntCounter,
+    pub attempts_timeout: IntCounter,
+    pub retries: IntCounter,
+    pub retry_budget_exhausted: IntCounter,
+    pub overflow_max_requests: IntCounter,
+    pub overflow_max_pending_requests: IntCounter,
+    pub ejections: IntCounter,
+    pub ejections_refused: IntCounter,
+    pub outcomes_dropped: IntCounter,
+    pub health_transitions: IntCounter,
 }
 
 impl ClusterStats {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub fn new(metrics: &Metrics, cluster: &str) -> Self {
+        let one = |vec: &prometheus::IntCounterVec| vec.with_label_values(&[cluster]);
+        let attempt = |outcome: &str| metrics.attempts.with_label_values(&[cluster, outcome]);
+        let overflow = |limit: &str| metrics.overflows.with_label_values(&[cluster, limit]);
+        Self {
+            attempts_response: attempt("response"),
+            attempts_connect_failure: attempt("connect_failure"),
+            attempts_reset: attempt("reset"),
+            attempts_timeout: attempt("timeout"),
+            retries: one(&metrics.retries),
+            retry_budget_exhausted: one(&metrics.retry_budget_exhausted),
+            overflow_max_requests: overflow("max_requests"),
+            overflow_max_pending_requests: overflow("max_pending_requests"),
+            ejections: one(&metrics.ejections),
+            ejections_refused: one(&metrics.ejections_refused),
+            outcomes_dropped: one(&metrics.reports_dropped),
+            health_transitions: one(&metrics.health_transitions),
+        }
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// Tries of every outcome.
+    pub fn attempts(&self) -> u64 {
+        self.attempts_response.get()
+            + self.attempts_connect_failure.get()
+            + self.attempts_reset.get()
+            + self.attempts_timeout.get()
+    }
+
+    /// Tries that failed without a response.
+    pub fn local_failures(&self) -> u64 {
+        self.attempts_connect_failure.get() + self.attempts_reset.get() + self.attempts_timeout.get()
+    }
+
+    pub fn bump(counter: &IntCounter) {
+        counter.inc();
+    }
+
+    pub fn get(counter: &IntCounter) -> u64 {
+        counter.get()
+    }
+}
+
+impl Default for ClusterStats {
+    /// Counters registered nowhere (tests, tools).
+    fn default() -> Self {
+        Self::new(&Metrics::new(), "-")
     }
 }

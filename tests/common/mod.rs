@@ -60,7 +60,7 @@ impl Backends {
 /// Compile `yaml` and start Meridian (listener and admin on 127.0.0.1:0).
 pub async fn start_proxy(yaml: &str) -> RunningServer {
     let loaded = config::load_str(yaml, Path::new("test.yaml")).unwrap();
-    let table = match table::compile(&loaded, 1, None) {
+    let table = match table::compile(&loaded, table::CompileContext::default()) {
         Ok(t) => t,
         Err(e) => panic!("{e}"),
     };
