@@ -116,9 +116,10 @@ routes:
             ap.addr
         );
         let loaded = config::load_str(&yaml, Path::new("failover.yaml")).unwrap();
-        let running = server::start(table::compile(&loaded, table::CompileContext::default()).unwrap())
-            .await
-            .unwrap();
+        let running =
+            server::start(table::compile(&loaded, table::CompileContext::default()).unwrap())
+                .await
+                .unwrap();
         let proxy = running.proxy_addr().unwrap();
 
         let start = Instant::now();

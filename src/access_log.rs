@@ -89,7 +89,9 @@ fn writer() -> Option<&'static SyncSender<String>> {
 
 /// Log one request (never blocks).
 pub fn log(record: &AccessRecord<'_>, format: AccessLogFormat) {
-    let Some(line) = record.line(format) else { return };
+    let Some(line) = record.line(format) else {
+        return;
+    };
     let Some(tx) = writer() else { return };
     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(line) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
@@ -126,7 +128,8 @@ mod tests {
             text,
             "198.51.100.7 DE GET api.example.com/x 200 route=api region=eu-west-1 endpoint=10.1.0.5:8000 attempts=1 1.500ms id=abc"
         );
-        let json: serde_json::Value = serde_json::from_str(&r.line(AccessLogFormat::Json).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&r.line(AccessLogFormat::Json).unwrap()).unwrap();
         assert_eq!(json["region"], "eu-west-1");
         assert_eq!(json["attempts"], 1);
         assert!(r.line(AccessLogFormat::Off).is_none());

@@ -101,7 +101,10 @@ pub fn decide<'t>(
 }
 
 /// The first route that matches the request.
-pub fn find_route<'t>(table: &'t RoutingTable, facts: &RequestFacts<'_>) -> Result<(usize, &'t Route), DecisionError> {
+pub fn find_route<'t>(
+    table: &'t RoutingTable,
+    facts: &RequestFacts<'_>,
+) -> Result<(usize, &'t Route), DecisionError> {
     table
         .routes
         .find(facts.host, facts.path, facts.method, facts.headers)

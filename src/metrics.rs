@@ -59,7 +59,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable_metric(name, e));
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable_metric(name, e));
     let _ = registry.register(Box::new(vec.clone()));
     vec
 }
@@ -73,41 +74,103 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let request_labels = ["route", "cluster", "region", "code"];
-        let requests = counter(&registry, HTTP_REQUESTS_TOTAL, "HTTP requests answered.", &request_labels);
+        let requests = counter(
+            &registry,
+            HTTP_REQUESTS_TOTAL,
+            "HTTP requests answered.",
+            &request_labels,
+        );
         let duration = HistogramVec::new(
-            HistogramOpts::new(HTTP_REQUEST_DURATION_SECONDS, "Time from request to response head, seconds.")
-                .buckets(DURATION_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                HTTP_REQUEST_DURATION_SECONDS,
+                "Time from request to response head, seconds.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
             &request_labels,
         )
         .unwrap_or_else(|e| unreachable_metric(HTTP_REQUEST_DURATION_SECONDS, e));
         let _ = registry.register(Box::new(duration.clone()));
         let endpoint_healthy = IntGaugeVec::new(
-            Opts::new(ENDPOINT_HEALTHY, "1 when the endpoint takes traffic (healthy, not ejected, weight > 0)."),
+            Opts::new(
+                ENDPOINT_HEALTHY,
+                "1 when the endpoint takes traffic (healthy, not ejected, weight > 0).",
+            ),
             &["cluster", "region", "endpoint"],
         )
         .unwrap_or_else(|e| unreachable_metric(ENDPOINT_HEALTHY, e));
         let _ = registry.register(Box::new(endpoint_healthy.clone()));
-        let generation = IntGauge::new(CONFIG_GENERATION, "Generation of the routing table in service.")
-            .unwrap_or_else(|e| unreachable_metric(CONFIG_GENERATION, e));
+        let generation = IntGauge::new(
+            CONFIG_GENERATION,
+            "Generation of the routing table in service.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(CONFIG_GENERATION, e));
         let _ = registry.register(Box::new(generation.clone()));
-        let geoip_build_epoch = IntGauge::new(GEOIP_BUILD_EPOCH_SECONDS, "Build time of the GeoIP database in use (Unix seconds).")
-            .unwrap_or_else(|e| unreachable_metric(GEOIP_BUILD_EPOCH_SECONDS, e));
+        let geoip_build_epoch = IntGauge::new(
+            GEOIP_BUILD_EPOCH_SECONDS,
+            "Build time of the GeoIP database in use (Unix seconds).",
+        )
+        .unwrap_or_else(|e| unreachable_metric(GEOIP_BUILD_EPOCH_SECONDS, e));
         let _ = registry.register(Box::new(geoip_build_epoch.clone()));
         Self {
             requests,
             duration,
-            attempts: counter(&registry, UPSTREAM_ATTEMPTS_TOTAL, "Tries sent upstream, by outcome.", &["cluster", "outcome"]),
+            attempts: counter(
+                &registry,
+                UPSTREAM_ATTEMPTS_TOTAL,
+                "Tries sent upstream, by outcome.",
+                &["cluster", "outcome"],
+            ),
             retries: counter(&registry, RETRIES_TOTAL, "Retries sent.", &["cluster"]),
-            retry_budget_exhausted: counter(&registry, RETRY_BUDGET_EXHAUSTED_TOTAL, "Retries refused by the retry budget.", &["cluster"]),
-            ejections: counter(&registry, EJECTIONS_TOTAL, "Endpoints ejected by outlier detection.", &["cluster"]),
-            ejections_refused: counter(&registry, EJECTIONS_REFUSED_TOTAL, "Ejections not made because of max_ejection_percent or min_health_percent.", &["cluster"]),
-            reports_dropped: counter(&registry, OUTCOME_REPORTS_DROPPED_TOTAL, "Outcome reports dropped because the detector was behind.", &["cluster"]),
-            health_transitions: counter(&registry, HEALTH_TRANSITIONS_TOTAL, "Health check verdict changes.", &["cluster"]),
+            retry_budget_exhausted: counter(
+                &registry,
+                RETRY_BUDGET_EXHAUSTED_TOTAL,
+                "Retries refused by the retry budget.",
+                &["cluster"],
+            ),
+            ejections: counter(
+                &registry,
+                EJECTIONS_TOTAL,
+                "Endpoints ejected by outlier detection.",
+                &["cluster"],
+            ),
+            ejections_refused: counter(
+                &registry,
+                EJECTIONS_REFUSED_TOTAL,
+                "Ejections not made because of max_ejection_percent or min_health_percent.",
+                &["cluster"],
+            ),
+            reports_dropped: counter(
+                &registry,
+                OUTCOME_REPORTS_DROPPED_TOTAL,
+                "Outcome reports dropped because the detector was behind.",
+                &["cluster"],
+            ),
+            health_transitions: counter(
+                &registry,
+                HEALTH_TRANSITIONS_TOTAL,
+                "Health check verdict changes.",
+                &["cluster"],
+            ),
             endpoint_healthy,
-            overflows: counter(&registry, OVERFLOWS_TOTAL, "Requests refused by a circuit breaker.", &["cluster", "limit"]),
-            reloads: counter(&registry, CONFIG_RELOADS_TOTAL, "Config reloads by result.", &["result"]),
+            overflows: counter(
+                &registry,
+                OVERFLOWS_TOTAL,
+                "Requests refused by a circuit breaker.",
+                &["cluster", "limit"],
+            ),
+            reloads: counter(
+                &registry,
+                CONFIG_RELOADS_TOTAL,
+                "Config reloads by result.",
+                &["result"],
+            ),
             generation,
-            geo_lookups: counter(&registry, GEO_LOOKUPS_TOTAL, "Client locations by source.", &["result"]),
+            geo_lookups: counter(
+                &registry,
+                GEO_LOOKUPS_TOTAL,
+                "Client locations by source.",
+                &["result"],
+            ),
             geoip_build_epoch,
             registry,
         }
@@ -166,8 +229,16 @@ impl RequestMetrics {
         let (count, histogram) = slot.get_or_init(|| {
             let code = code.to_string();
             let [route, cluster, region] = &self.labels;
-            let values = [route.as_str(), cluster.as_str(), region.as_str(), code.as_str()];
-            (self.requests.with_label_values(&values), self.duration.with_label_values(&values))
+            let values = [
+                route.as_str(),
+                cluster.as_str(),
+                region.as_str(),
+                code.as_str(),
+            ];
+            (
+                self.requests.with_label_values(&values),
+                self.duration.with_label_values(&values),
+            )
         });
         count.inc();
         histogram.observe(seconds);
@@ -188,7 +259,12 @@ mod tests {
         crate::upstream::ClusterStats::new(&m, "api").retries.inc();
         m.reloads.with_label_values(&["success"]).inc();
         let text = m.render();
-        assert!(text.contains(r#"http_requests_total{cluster="api",code="200",region="eu-west-1",route="api"} 2"#), "{text}");
+        assert!(
+            text.contains(
+                r#"http_requests_total{cluster="api",code="200",region="eu-west-1",route="api"} 2"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"http_request_duration_seconds_count{cluster="api",code="503",region="eu-west-1",route="api"} 1"#));
         assert!(text.contains(r#"meridian_retries_total{cluster="api"} 1"#));
         assert!(text.contains(r#"meridian_config_reloads_total{result="success"} 1"#));

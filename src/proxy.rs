@@ -19,15 +19,17 @@ use tokio::time::Instant;
 
 use crate::access_log::{self, AccessRecord};
 use crate::config::AccessLogFormat;
-use crate::decision::{DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target};
+use crate::decision::{
+    DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
+};
 use crate::geo::{AddrSource, CountryCode};
-use crate::routes::ClusterId;
 use crate::headers::{
-    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW,
-    X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION, X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID,
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION,
+    X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW, X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID,
     strip_hop_by_hop,
 };
 use crate::retry::{AttemptFailure, parse_retry_after};
+use crate::routes::ClusterId;
 use crate::routes::normalize_host;
 use crate::steer::RegionId;
 use crate::table::{Cluster, Endpoint, RoutingTable};
@@ -193,7 +195,9 @@ pub async fn handle(
                 StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
                     tracing::debug!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
                 }
-                _ => tracing::warn!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian"),
+                _ => {
+                    tracing::warn!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
+                }
             }
             e.into_response()
         }
@@ -215,10 +219,18 @@ pub async fn handle(
         let host = uri
             .authority()
             .map(|a| a.as_str().to_owned())
-            .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .or_else(|| {
+                host.as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
         let record = AccessRecord {
-            request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            request_id: trace
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
             client: trace.client.unwrap_or(peer.ip()).to_string(),
             country: trace.country.as_ref().map(|c| c.as_str()).unwrap_or("-"),
             method: method.as_str(),
@@ -277,7 +289,12 @@ async fn forward(
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
     let peer_trusted = table.geo.is_trusted(peer.ip());
-    if peer_trusted && req.headers().get(X_MERIDIAN_DEBUG).is_some_and(|v| v == "1") {
+    if peer_trusted
+        && req
+            .headers()
+            .get(X_MERIDIAN_DEBUG)
+            .is_some_and(|v| v == "1")
+    {
         trace.explain = Some(vec![explain_decision(table, &decision)]);
     }
     tracing::debug!(
@@ -416,7 +433,13 @@ fn explain_decision(table: &RoutingTable, d: &RouteDecision<'_>) -> String {
         .order
         .as_slice()
         .iter()
-        .map(|r| format!("{}={:.0}%", table.region_name(*r), d.cluster.health(*r).share() * 100.0))
+        .map(|r| {
+            format!(
+                "{}={:.0}%",
+                table.region_name(*r),
+                d.cluster.health(*r).share() * 100.0
+            )
+        })
         .collect();
     format!(
         "client {} via {} country {} continent {} location {}; route {} cluster {}; order {}; region {}{}; endpoint {}",
@@ -425,8 +448,14 @@ fn explain_decision(table: &RoutingTable, d: &RouteDecision<'_>) -> String {
             AddrSource::Peer => "peer",
             AddrSource::ForwardedFor => "x-forwarded-for",
         },
-        d.location.country.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-        d.location.continent.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        d.location
+            .country
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
+        d.location
+            .continent
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
         d.location.source.as_str(),
         d.route.name,
         d.cluster.name,
@@ -513,7 +542,9 @@ async fn attempts(
                 endpoint.state.record_outcome(false);
                 match failure {
                     AttemptFailure::PerTryTimeout => cluster.stats.attempts_timeout.inc(),
-                    AttemptFailure::Reset | AttemptFailure::Status(_) => cluster.stats.attempts_reset.inc(),
+                    AttemptFailure::Reset | AttemptFailure::Status(_) => {
+                        cluster.stats.attempts_reset.inc()
+                    }
                     AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream => {
                         cluster.stats.attempts_connect_failure.inc()
                     }

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, Problem};
@@ -98,7 +97,10 @@ impl From<&Problem> for ProblemView {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl ReloadStatus {
@@ -163,7 +165,10 @@ impl Server {
                 (ReloadResult::Failed, Some(e.to_string()), problems)
             }
         };
-        self.metrics.reloads.with_label_values(&[result.as_str()]).inc();
+        self.metrics
+            .reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
         let current = self.status.load();
         let table = self.table.load();
         let mut status = ReloadStatus {
@@ -187,7 +192,10 @@ impl Server {
                 tracing::info!(?trigger, generation = table.generation, "config reloaded")
             }
             Ok(_) => tracing::debug!(?trigger, "config unchanged"),
-            Err(e) => tracing::error!(?trigger, "config reload failed; the previous config keeps serving: {e}"),
+            Err(e) => tracing::error!(
+                ?trigger,
+                "config reload failed; the previous config keeps serving: {e}"
+            ),
         }
         outcome
     }
@@ -228,11 +236,12 @@ impl Server {
             if serving.listeners.iter().any(|l| l.spec == *spec) {
                 continue;
             }
-            let listener = TcpListener::bind(spec.bind).await.map_err(|source| ReloadError::Bind {
-                name: spec.name.clone(),
-                addr: spec.bind,
-                source,
-            })?;
+            let listener =
+                crate::server::bind_listener(spec.bind).map_err(|source| ReloadError::Bind {
+                    name: spec.name.clone(),
+                    addr: spec.bind,
+                    source,
+                })?;
             new_listeners.push((spec.clone(), listener));
         }
         if table.admin_bind != current.admin_bind {

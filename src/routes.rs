@@ -131,7 +131,8 @@ impl RouteMetrics {
         let Some(cluster) = cluster else {
             return &self.no_cluster;
         };
-        let Some((_, regions, none)) = self.per_cluster.iter().find(|(id, _, _)| *id == cluster) else {
+        let Some((_, regions, none)) = self.per_cluster.iter().find(|(id, _, _)| *id == cluster)
+        else {
             return &self.no_cluster;
         };
         region.and_then(|r| regions.get(r as usize)).unwrap_or(none)

@@ -111,7 +111,11 @@ impl Server {
     /// Proxy listeners now in service: name → address.
     pub async fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         let serving = self.serving.lock().await;
-        serving.listeners.iter().map(|l| (l.spec.name.clone(), l.addr)).collect()
+        serving
+            .listeners
+            .iter()
+            .map(|l| (l.spec.name.clone(), l.addr))
+            .collect()
     }
 
     /// Stop accepting, let in-flight requests finish (up to `drain_timeout`), then return.
@@ -119,13 +123,23 @@ impl Server {
         self.lifecycle.draining.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(drain_timeout, self.tracker.wait()).await.is_err() {
-            tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
+        if tokio::time::timeout(drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timeout reached; closing remaining connections"
+            );
         }
     }
 
     /// Serve an already-bound proxy listener until the server stops or a reload removes it.
-    pub(crate) fn serve_listener(&self, spec: ListenerSpec, listener: TcpListener) -> ActiveListener {
+    pub(crate) fn serve_listener(
+        &self,
+        spec: ListenerSpec,
+        listener: TcpListener,
+    ) -> ActiveListener {
         let addr = listener.local_addr().unwrap_or(spec.bind);
         tracing::info!(listener = %spec.name, %addr, "proxy listening");
         let stop = self.shutdown.child_token();
@@ -135,7 +149,13 @@ impl Server {
             let table = table.clone();
             service_fn(move |req| crate::proxy::handle(table.clone(), peer, Scheme::HTTP, req))
         };
-        self.tracker.spawn(accept_loop(listener, builder, make_service, stop.clone(), self.tracker.clone()));
+        self.tracker.spawn(accept_loop(
+            listener,
+            builder,
+            make_service,
+            stop.clone(),
+            self.tracker.clone(),
+        ));
         ActiveListener { spec, addr, stop }
     }
 
@@ -151,7 +171,10 @@ pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
 }
 
 /// Bind every listener of `table` and start serving it; `config_path` is what reloads read.
-pub async fn start_with(table: RoutingTable, config_path: Option<PathBuf>) -> Result<RunningServer, StartError> {
+pub async fn start_with(
+    table: RoutingTable,
+    config_path: Option<PathBuf>,
+) -> Result<RunningServer, StartError> {
     let specs = table.listeners.clone();
     let admin_bind = table.admin_bind;
     let metrics = table.metrics.clone();
@@ -160,7 +183,9 @@ pub async fn start_with(table: RoutingTable, config_path: Option<PathBuf>) -> Re
         metrics.geoip_build_epoch.set(db.build_epoch() as i64);
     }
     let hash = match &config_path {
-        Some(path) => crate::reload::content_hash(&std::fs::read_to_string(path).unwrap_or_default(), &table),
+        Some(path) => {
+            crate::reload::content_hash(&std::fs::read_to_string(path).unwrap_or_default(), &table)
+        }
         None => String::new(),
     };
     let status = ReloadStatus::initial(table.generation, &hash);
@@ -168,7 +193,7 @@ pub async fn start_with(table: RoutingTable, config_path: Option<PathBuf>) -> Re
     // Bind everything before serving anything, so a failure leaves nothing half-started.
     let mut bound = Vec::new();
     for spec in specs {
-        let listener = TcpListener::bind(spec.bind).await.map_err(|source| StartError::Bind {
+        let listener = bind_listener(spec.bind).map_err(|source| StartError::Bind {
             name: spec.name.clone(),
             addr: spec.bind,
             source,
@@ -176,11 +201,15 @@ pub async fn start_with(table: RoutingTable, config_path: Option<PathBuf>) -> Re
         bound.push((spec, listener));
     }
     let admin_listener = match admin_bind {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-            name: "admin".into(),
-            addr,
-            source,
-        })?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr,
+                    source,
+                })?,
+        ),
         None => None,
     };
 
@@ -206,7 +235,10 @@ pub async fn start_with(table: RoutingTable, config_path: Option<PathBuf>) -> Re
     for (spec, listener) in bound {
         active.push(server.serve_listener(spec, listener));
     }
-    let listeners = active.iter().map(|l| (l.spec.name.clone(), l.addr)).collect();
+    let listeners = active
+        .iter()
+        .map(|l| (l.spec.name.clone(), l.addr))
+        .collect();
     server.serving.lock().await.listeners = active;
 
     let admin = match admin_listener {
@@ -237,6 +269,24 @@ pub async fn start_with(table: RoutingTable, config_path: Option<PathBuf>) -> Re
         listeners,
         admin,
     })
+}
+
+/// Listen backlog of proxy listeners.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Bind a proxy listener with SO_REUSEPORT, so a reload that changes a listener's settings can
+/// open the new socket on the same port before closing the old one.
+pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// One outlier detector per cluster and one health-check loop per endpoint.

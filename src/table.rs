@@ -18,9 +18,9 @@ use regex::Regex;
 use tokio::sync::mpsc;
 
 use crate::config::{
-    AccessLogFormat, ClusterConfig, Config, ConfigError, HealthCheckConfig, LoadBalancer, LoadedConfig,
-    OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig, RouteConfig, StatusRangeConfig,
-    SteeringConfig, SteeringMode, YamlPath,
+    AccessLogFormat, ClusterConfig, Config, ConfigError, HealthCheckConfig, LoadBalancer,
+    LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig, RouteConfig,
+    StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoResolver, Location, LocationSource,
@@ -28,7 +28,8 @@ use crate::geo::{
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::retry::RetryPolicy;
 use crate::routes::{
-    RouteMetrics, ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteSet, RouteTarget,
+    ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteMetrics,
+    RouteSet, RouteTarget,
 };
 use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
 use crate::upstream::ClusterStats;
@@ -102,9 +103,11 @@ impl EndpointState {
         }
         let sample: u32 = if ok { 10_000 } else { 0 };
         // Weight 1/16: about the last few dozen tries.
-        let _ = self.success_rate.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-            Some(((i64::from(r) * 15 + i64::from(sample)) / 16) as u32)
-        });
+        let _ = self
+            .success_rate
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(((i64::from(r) * 15 + i64::from(sample)) / 16) as u32)
+            });
     }
 
     pub fn ejected_until(&self) -> Option<tokio::time::Instant> {
@@ -325,7 +328,10 @@ impl Default for CompileContext<'_> {
 
 /// Compile a parsed config into a table, reporting every problem at once with its line.
 /// This is exactly what `meridian check` runs.
-pub fn compile(loaded: &LoadedConfig, context: CompileContext<'_>) -> Result<RoutingTable, ConfigError> {
+pub fn compile(
+    loaded: &LoadedConfig,
+    context: CompileContext<'_>,
+) -> Result<RoutingTable, ConfigError> {
     let mut c = Compiler {
         problems: loaded.problems.clone(),
         config: &loaded.config,
@@ -340,7 +346,10 @@ pub fn compile(loaded: &LoadedConfig, context: CompileContext<'_>) -> Result<Rou
             return Ok(table);
         }
     }
-    Err(ConfigError::invalid(&loaded.source, c.problems.with_lines(&loaded.lines)))
+    Err(ConfigError::invalid(
+        &loaded.source,
+        c.problems.with_lines(&loaded.lines),
+    ))
 }
 
 /// Read, parse and compile a config file.
@@ -573,11 +582,15 @@ impl<'a> Compiler<'a> {
             Some(path) => match std::fs::read_to_string(path) {
                 Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
                 Ok(_) => {
-                    self.problems.at(at.key("token_file"), format!("{} is empty", path.display()));
+                    self.problems
+                        .at(at.key("token_file"), format!("{} is empty", path.display()));
                     None
                 }
                 Err(e) => {
-                    self.problems.at(at.key("token_file"), format!("cannot read {}: {e}", path.display()));
+                    self.problems.at(
+                        at.key("token_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     None
                 }
             },
@@ -1016,12 +1029,20 @@ impl<'a> Compiler<'a> {
         let per_cluster = ids
             .into_iter()
             .map(|id| {
-                let cluster = names.iter().find(|(_, c)| *c == id).map(|(n, _)| *n).unwrap_or("");
+                let cluster = names
+                    .iter()
+                    .find(|(_, c)| *c == id)
+                    .map(|(n, _)| *n)
+                    .unwrap_or("");
                 let per_region = region_names
                     .iter()
                     .map(|region| RequestMetrics::new(&self.metrics, route, cluster, region))
                     .collect();
-                (id, per_region, RequestMetrics::new(&self.metrics, route, cluster, ""))
+                (
+                    id,
+                    per_region,
+                    RequestMetrics::new(&self.metrics, route, cluster, ""),
+                )
             })
             .collect();
         RouteMetrics {

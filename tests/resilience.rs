@@ -214,13 +214,7 @@ routes:
         "the route timeout must not be what fired: {took:?}"
     );
     let s = stats(&proxy, 0);
-    assert_eq!(
-        (
-            s.attempts(),
-            ClusterStats::get(&s.retries)
-        ),
-        (2, 1)
-    );
+    assert_eq!((s.attempts(), ClusterStats::get(&s.retries)), (2, 1));
 }
 
 #[tokio::test]

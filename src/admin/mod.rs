@@ -26,12 +26,19 @@ use crate::table::{Endpoint, RoutingTable};
 /// The status page, served from the binary.
 const STATUS_PAGE: &str = include_str!("status.html");
 
-pub async fn handle(server: Arc<Server>, _peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(
+    server: Arc<Server>,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let table = server.table.load_full();
     if let Some(token) = &table.admin_token
         && !authorized(req.headers(), token)
     {
-        let mut response = text(StatusCode::UNAUTHORIZED, "a bearer token is required (admin.token_file)\n".into());
+        let mut response = text(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required (admin.token_file)\n".into(),
+        );
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -113,8 +120,10 @@ fn endpoint_view(e: &Endpoint) -> Value {
     let ejected = s.ejected.load(Ordering::Relaxed);
     let healthy = s.healthy.load(Ordering::Relaxed);
     let remaining_ms = if ejected {
-        s.ejected_until()
-            .map(|t| t.saturating_duration_since(tokio::time::Instant::now()).as_millis() as u64)
+        s.ejected_until().map(|t| {
+            t.saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64
+        })
     } else {
         None
     };
@@ -193,11 +202,17 @@ fn clusters_view(table: &RoutingTable) -> Value {
 fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        params.entry(k.into_owned()).or_default().push(v.into_owned());
+        params
+            .entry(k.into_owned())
+            .or_default()
+            .push(v.into_owned());
     }
     let first = |k: &str| params.get(k).and_then(|v| v.first()).map(String::as_str);
     let Some(ip) = first("ip").and_then(|ip| ip.parse::<IpAddr>().ok()) else {
-        return (StatusCode::BAD_REQUEST, json!({ "error": "give ip=<client address>, e.g. /explain?ip=198.51.100.7&host=api.example.com&path=/" }));
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "give ip=<client address>, e.g. /explain?ip=198.51.100.7&host=api.example.com&path=/" }),
+        );
     };
     let raw_host = first("host").unwrap_or("");
     let host = normalize_host(raw_host);
@@ -207,7 +222,9 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         .unwrap_or(Method::GET);
     let mut headers = HeaderMap::new();
     for h in params.get("header").into_iter().flatten() {
-        let Some((name, value)) = h.split_once(':') else { continue };
+        let Some((name, value)) = h.split_once(':') else {
+            continue;
+        };
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.trim().as_bytes()),
             HeaderValue::from_str(value.trim()),
@@ -233,12 +250,22 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
     });
     let (_, route) = match find_route(table, &facts) {
         Ok(found) => found,
-        Err(e) => return (StatusCode::OK, json!({ "client": client, "route": null, "result": e.to_string() })),
+        Err(e) => {
+            return (
+                StatusCode::OK,
+                json!({ "client": client, "route": null, "result": e.to_string() }),
+            );
+        }
     };
     let mut rng = fastrand::Rng::new();
     let decision = decide_for_route(table, route, &facts, &mut rng, Some(fastrand::f64()));
     let cluster_view = |cluster: &crate::table::Cluster, order: &steer::RegionOrder| {
-        let loads = steer::expected_loads(&route.steering, order, |r| cluster.health(r), cluster.panic_threshold);
+        let loads = steer::expected_loads(
+            &route.steering,
+            order,
+            |r| cluster.health(r),
+            cluster.panic_threshold,
+        );
         order
             .as_slice()
             .iter()
@@ -266,25 +293,30 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
                 "result": "routed",
             }),
         ),
-        Err(e) => (StatusCode::OK, json!({ "client": client, "route": route.name, "result": e.to_string() })),
+        Err(e) => (
+            StatusCode::OK,
+            json!({ "client": client, "route": route.name, "result": e.to_string() }),
+        ),
     }
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -296,10 +328,16 @@ mod tests {
     fn bearer_tokens() {
         let mut h = HeaderMap::new();
         assert!(!authorized(&h, "s3cret"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret"),
+        );
         assert!(authorized(&h, "s3cret"));
         assert!(!authorized(&h, "s3cre"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic s3cret"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic s3cret"),
+        );
         assert!(!authorized(&h, "s3cret"));
     }
 }

@@ -65,7 +65,11 @@ impl Default for AccessLogConfig {
 impl AccessLogConfig {
     /// The format in effect (`Off` when disabled).
     pub fn format(&self) -> AccessLogFormat {
-        if self.enabled { self.format } else { AccessLogFormat::Off }
+        if self.enabled {
+            self.format
+        } else {
+            AccessLogFormat::Off
+        }
     }
 }
 

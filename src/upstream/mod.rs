@@ -61,7 +61,9 @@ impl ClusterStats {
 
     /// Tries that failed without a response.
     pub fn local_failures(&self) -> u64 {
-        self.attempts_connect_failure.get() + self.attempts_reset.get() + self.attempts_timeout.get()
+        self.attempts_connect_failure.get()
+            + self.attempts_reset.get()
+            + self.attempts_timeout.get()
     }
 
     pub fn bump(counter: &IntCounter) {

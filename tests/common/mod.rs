@@ -117,6 +117,18 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Answer {
+        self.request_with_body(method, host, path, headers, Bytes::new())
+            .await
+    }
+
+    pub async fn request_with_body(
+        &mut self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Answer {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -124,7 +136,7 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let req = req.body(Full::new(body)).unwrap();
         self.sender.ready().await.unwrap();
         let response = self.sender.send_request(req).await.unwrap();
         let status = response.status();
