@@ -557,6 +557,7 @@ impl<'a> Compiler<'a> {
             }
             let bind = self.socket_addr(here.key("bind"), &l.bind);
             if let Some(b) = bind
+                && b.port() != 0
                 && !binds.insert(b)
             {
                 self.problems.at(

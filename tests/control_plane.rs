@@ -549,3 +549,111 @@ async fn admin_off_loopback_requires_the_token() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn reload_binds_added_listeners_and_closes_removed_ones() {
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    let one = config_only(&backends, "eu-west-1");
+    std::fs::write(&path, &one).unwrap();
+    let proxy = start_from(&path).await;
+    let first = proxy.proxy_addr().unwrap();
+    let two = one.replace(
+        "listeners: [{ name: http, bind: \"127.0.0.1:0\" }]",
+        "listeners: [{ name: http, bind: \"127.0.0.1:0\" }, { name: second, bind: \"127.0.0.1:0\" }]",
+    );
+    write_atomically(&path, &two);
+    assert_eq!(
+        proxy.server.reload(reload::Trigger::Admin).await.unwrap(),
+        reload::ReloadResult::Applied
+    );
+    let listeners = proxy.server.listener_addrs().await;
+    assert_eq!(listeners.len(), 2);
+    assert_eq!(
+        listeners[0],
+        ("http".to_owned(), first),
+        "the unchanged listener keeps its socket"
+    );
+    let second = listeners[1].1;
+    assert_eq!(get(second, "a.test", "/", &[]).await.region(), "eu-west-1");
+
+    write_atomically(&path, &one);
+    assert_eq!(
+        proxy.server.reload(reload::Trigger::Admin).await.unwrap(),
+        reload::ReloadResult::Applied
+    );
+    assert_eq!(
+        proxy.server.listener_addrs().await,
+        vec![("http".to_owned(), first)]
+    );
+    eventually(
+        "the removed listener closed",
+        Duration::from_secs(5),
+        async || tokio::net::TcpStream::connect(second).await.is_err(),
+    )
+    .await;
+    assert_eq!(get(first, "a.test", "/", &[]).await.region(), "eu-west-1");
+}
+
+#[tokio::test]
+async fn a_new_geoip_database_is_picked_up_and_a_broken_one_refused() {
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    let build = |country: &str, lat: f64, lon: f64| {
+        let fixture = format!(
+            "description: test\nnetworks:\n  - {{ cidr: 198.51.100.0/24, country: {country}, lat: {lat}, lon: {lon} }}\n"
+        );
+        meridian::geo::fixture::build(&fixture, Path::new("fixture.yaml")).unwrap()
+    };
+    std::fs::write(&db, build("DE", 50.1, 8.7)).unwrap();
+    let path = dir.path().join("meridian.yaml");
+    let text = backends
+        .fill(
+            "
+local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
+admin: { bind: null }
+access_log: { enabled: false }
+geo: { database: \"DB\", trusted_proxies: [\"127.0.0.1/32\"] }
+{REGIONS}
+clusters:
+  api: { endpoints: { us-east-1: [\"{US}\"], eu-west-1: [\"{EU}\"], ap-southeast-1: [\"{AP}\"] } }
+routes:
+  - { name: api, hosts: [\"*\"], cluster: api }
+",
+        )
+        .replace("\"DB\"", &format!("\"{}\"", db.display()));
+    std::fs::write(&path, text).unwrap();
+    let proxy = start_from(&path).await;
+    reload::spawn_watchers(proxy.server.clone(), Duration::from_secs(3600));
+    let addr = proxy.proxy_addr().unwrap();
+    let from = [("x-forwarded-for", "198.51.100.7")];
+    assert_eq!(get(addr, "a.test", "/", &from).await.region(), "eu-west-1");
+
+    // Replace the database (write beside it, rename over): the watcher reloads it.
+    let tmp = dir.path().join("city.mmdb.tmp");
+    std::fs::write(&tmp, build("SG", 1.3, 103.8)).unwrap();
+    std::fs::rename(&tmp, &db).unwrap();
+    eventually(
+        "the new database in service",
+        Duration::from_secs(10),
+        async || get(addr, "a.test", "/", &from).await.region() == "ap-southeast-1",
+    )
+    .await;
+
+    // A broken database is refused; the one in memory keeps serving.
+    std::fs::write(&tmp, b"not a database").unwrap();
+    std::fs::rename(&tmp, &db).unwrap();
+    let err = proxy
+        .server
+        .reload(reload::Trigger::Admin)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("geo.database"), "{err}");
+    assert_eq!(
+        get(addr, "a.test", "/", &from).await.region(),
+        "ap-southeast-1"
+    );
+}

@@ -50,6 +50,7 @@ pub async fn handle(
         (&Method::GET, "/readyz") if draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n".into()),
         (&Method::GET, "/metrics") => {
+            set_endpoint_gauges(&server, &table);
             let mut r = text(StatusCode::OK, server.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -88,6 +89,24 @@ pub async fn handle(
             "not found: try /, /healthz, /readyz, /metrics, /config, /clusters, /explain, POST /reload\n".into(),
         ),
     })
+}
+
+/// Endpoint health as gauges, read from the table at scrape time (endpoints a reload removed
+/// disappear from the output).
+fn set_endpoint_gauges(server: &Server, table: &RoutingTable) {
+    let gauge = &server.metrics.endpoint_healthy;
+    gauge.reset();
+    for cluster in &table.clusters {
+        for (region, set) in cluster.regions.iter().enumerate() {
+            let region = table.region_name(region as steer::RegionId);
+            for e in &set.endpoints {
+                let address = e.address.to_string();
+                gauge
+                    .with_label_values(&[cluster.name.as_str(), region, address.as_str()])
+                    .set(i64::from(e.is_usable()));
+            }
+        }
+    }
 }
 
 /// `Authorization: Bearer <token>`, compared in constant time.
