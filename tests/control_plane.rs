@@ -277,6 +277,17 @@ async fn endpoint_state_survives_a_reload_that_leaves_its_cluster_alone() {
     assert!(!after.healthy.load(Ordering::SeqCst) && after.ejected.load(Ordering::SeqCst));
     assert_eq!(after.ejections.load(Ordering::SeqCst), 3);
     assert_eq!(proxy.table.load().generation, 2);
+
+    // Rewriting the same content (a `touch`) is not a reload for the watchers and the poll.
+    let same = std::fs::read_to_string(&path).unwrap();
+    write_atomically(&path, &same);
+    for trigger in [reload::Trigger::FileChange, reload::Trigger::Poll] {
+        assert_eq!(
+            proxy.server.reload(trigger).await.unwrap(),
+            reload::ReloadResult::Unchanged
+        );
+    }
+    assert_eq!(proxy.table.load().generation, 2);
 }
 
 /// One sample: metric name, labels, value.
