@@ -34,7 +34,7 @@ pub struct RouteDecision<'t> {
     pub order: RegionOrder,
     pub region: RegionId,
     pub panic: bool,
-    pub endpoint: &'t Arc<Endpoint>,
+    pub endpoint: Arc<Endpoint>,
 }
 
 /// Why a request cannot be routed.
@@ -231,7 +231,7 @@ pub fn retry_target<'t>(
     panic: bool,
     tried: &[Arc<Endpoint>],
     rng: &mut fastrand::Rng,
-) -> Option<(RegionId, &'t Arc<Endpoint>)> {
+) -> Option<(RegionId, Arc<Endpoint>)> {
     let already_tried = |e: &Arc<Endpoint>| tried.iter().any(|t| Arc::ptr_eq(t, e));
     let same = cluster
         .regions

@@ -8,6 +8,8 @@ pub mod admin;
 pub mod config;
 pub mod decision;
 pub mod demo;
+pub mod discovery;
+pub mod endpoints;
 pub mod geo;
 pub mod headers;
 pub mod metrics;

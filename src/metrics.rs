@@ -26,6 +26,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "meridian_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "meridian_config_generation";
 pub const GEO_LOOKUPS_TOTAL: &str = "meridian_geo_lookups_total";
 pub const GEOIP_BUILD_EPOCH_SECONDS: &str = "meridian_geoip_build_epoch_seconds";
+pub const DNS_LOOKUPS_TOTAL: &str = "meridian_dns_lookups_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -50,6 +51,7 @@ pub struct Metrics {
     pub generation: IntGauge,
     pub geo_lookups: IntCounterVec,
     pub geoip_build_epoch: IntGauge,
+    pub dns_lookups: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -172,6 +174,12 @@ impl Metrics {
                 &["result"],
             ),
             geoip_build_epoch,
+            dns_lookups: counter(
+                &registry,
+                DNS_LOOKUPS_TOTAL,
+                "DNS lookups of endpoint names, by result.",
+                &["cluster", "result"],
+            ),
             registry,
         }
     }

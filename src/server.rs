@@ -25,7 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
-use crate::table::{ListenerSpec, RoutingTable, TableHandle};
+use crate::table::{
+    Endpoint, EndpointSet, EndpointSource, ListenerSpec, RoutingTable, TableHandle,
+};
 use crate::upstream::outlier::Detector;
 
 /// Largest request head hyper will buffer (HTTP/1.1).
@@ -292,6 +294,21 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// One outlier detector per cluster and one health-check loop per endpoint.
 fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, tracker: &TaskTracker) {
     let region_names: Vec<String> = table.regions.iter().map(|r| r.name.clone()).collect();
+    let needs_dns = table
+        .clusters
+        .iter()
+        .any(|c| c.regions.iter().any(|s| s.has_dns()));
+    let resolver = if needs_dns {
+        match crate::discovery::resolver(&table.dns) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::error!("{e}; endpoints given by name stay empty");
+                None
+            }
+        }
+    } else {
+        None
+    };
     for cluster in &table.clusters {
         let reports = cluster
             .reports
@@ -299,28 +316,64 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let (Some(policy), Some(reports)) = (cluster.outlier.clone(), reports) {
-            let regions = cluster
-                .regions
-                .iter()
-                .map(|set| set.endpoints.clone())
-                .collect();
             let detector = Detector::new(
                 policy,
                 cluster.name.clone(),
-                regions,
+                cluster.regions.clone(),
                 region_names.clone(),
                 cluster.stats.clone(),
                 tokio::time::Instant::now(),
             );
             tracker.spawn(detector.run(reports, shutdown.clone()));
         }
-        if let Some(policy) = &cluster.health_check {
-            for endpoint in cluster.regions.iter().flat_map(|set| set.endpoints.iter()) {
-                tracker.spawn(crate::upstream::health::run(
-                    endpoint.clone(),
-                    policy.clone(),
+        // Health checks for the members of now, and for members DNS adds later.
+        let check = {
+            let (policy, name, stats) = (
+                cluster.health_check.clone(),
+                cluster.name.clone(),
+                cluster.stats.clone(),
+            );
+            let (tracker, shutdown) = (tracker.clone(), shutdown.clone());
+            move |set: &Arc<EndpointSet>, endpoints: Vec<Arc<Endpoint>>| {
+                let Some(policy) = &policy else { return };
+                for endpoint in endpoints {
+                    tracker.spawn(crate::upstream::health::run(
+                        endpoint,
+                        set.clone(),
+                        policy.clone(),
+                        name.clone(),
+                        stats.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+            }
+        };
+        for set in &cluster.regions {
+            check(set, set.members().endpoints.clone());
+            let Some(resolver) = &resolver else { continue };
+            for (index, source) in set.sources.iter().enumerate() {
+                if !matches!(source, EndpointSource::Dns { .. }) {
+                    continue;
+                }
+                let counters = crate::discovery::LookupCounters {
+                    ok: table
+                        .metrics
+                        .dns_lookups
+                        .with_label_values(&[cluster.name.as_str(), "ok"]),
+                    failed: table
+                        .metrics
+                        .dns_lookups
+                        .with_label_values(&[cluster.name.as_str(), "failed"]),
+                };
+                let for_joined = (set.clone(), check.clone());
+                tracker.spawn(crate::discovery::run(
+                    resolver.clone(),
+                    set.clone(),
+                    index,
+                    table.dns.clone(),
                     cluster.name.clone(),
-                    cluster.stats.clone(),
+                    counters,
+                    move |joined| (for_joined.1)(&for_joined.0, joined),
                     shutdown.clone(),
                 ));
             }

@@ -130,6 +130,23 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    pub fn new(
+        address: SocketAddr,
+        weight: u32,
+        region: RegionId,
+        state: Arc<EndpointState>,
+    ) -> Self {
+        Self {
+            address,
+            // An ip:port is always a valid authority.
+            authority: Authority::try_from(address.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("invalid")),
+            weight,
+            region,
+            state,
+        }
+    }
+
     /// Takes traffic: weight above zero, passing health checks, not ejected.
     pub fn is_usable(&self) -> bool {
         self.weight > 0
@@ -150,61 +167,22 @@ impl Candidate for Arc<Endpoint> {
     }
 }
 
-/// The endpoints of one cluster in one region.
-#[derive(Debug, Default)]
-pub struct EndpointSet {
-    pub endpoints: Vec<Arc<Endpoint>>,
-    pub rr_schedule: Vec<u32>,
-    pub rr_cursor: AtomicUsize,
-}
+pub use crate::endpoints::{EndpointSet, EndpointSource, Members};
 
-impl EndpointSet {
-    pub fn health(&self) -> RegionHealth {
-        let mut h = RegionHealth {
-            endpoints: self.endpoints.len(),
-            ..RegionHealth::default()
-        };
-        for e in &self.endpoints {
-            h.total_weight += u64::from(e.weight);
-            if e.is_usable() {
-                h.healthy_weight += u64::from(e.weight);
-            }
-        }
-        h
-    }
-
-    /// Pick an endpoint, skipping those `skip` names (already tried by this request).
-    pub fn pick(
-        &self,
-        lb: LoadBalancer,
-        panic: bool,
-        rng: &mut fastrand::Rng,
-        skip: &dyn Fn(&Arc<Endpoint>) -> bool,
-    ) -> Option<&Arc<Endpoint>> {
-        let cursor = if lb == LoadBalancer::RoundRobin {
-            self.rr_cursor.fetch_add(1, Ordering::Relaxed)
-        } else {
-            0
-        };
-        let skip_index = |i: usize| self.endpoints.get(i).is_some_and(skip);
-        steer::pick_endpoint(
-            &self.endpoints,
-            lb,
-            panic,
-            rng,
-            &self.rr_schedule,
-            cursor,
-            &skip_index,
-        )
-        .and_then(|i| self.endpoints.get(i))
-    }
+/// DNS discovery settings, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSettings {
+    /// Empty: the system's resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
 }
 
 pub struct Cluster {
     pub name: String,
     pub load_balancer: LoadBalancer,
     /// Indexed by `RegionId`; empty sets for regions the cluster does not run in.
-    pub regions: Vec<EndpointSet>,
+    pub regions: Vec<Arc<EndpointSet>>,
     /// Fraction (0..1) of healthy share below which the order goes into panic; 0: never.
     pub panic_threshold: f64,
     pub pool: Arc<ClusterPool>,
@@ -233,17 +211,20 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// The endpoint at `address`, in any region.
-    pub fn endpoint(&self, address: SocketAddr) -> Option<&Arc<Endpoint>> {
-        self.regions
-            .iter()
-            .flat_map(|set| set.endpoints.iter())
-            .find(|e| e.address == address)
+    pub fn endpoint(&self, address: SocketAddr) -> Option<Arc<Endpoint>> {
+        self.regions.iter().find_map(|set| {
+            set.members()
+                .endpoints
+                .iter()
+                .find(|e| e.address == address)
+                .cloned()
+        })
     }
 
     pub fn health(&self, region: RegionId) -> RegionHealth {
         self.regions
             .get(region as usize)
-            .map(EndpointSet::health)
+            .map(|set| set.health())
             .unwrap_or_default()
     }
 }
@@ -275,6 +256,7 @@ pub struct RoutingTable {
     pub admin_token: Option<String>,
     /// Meridian tiers a request may already have passed.
     pub max_region_hops: u32,
+    pub dns: DnsSettings,
     pub metrics: Arc<Metrics>,
     /// Requests Meridian answered before a route matched (label route="").
     pub unrouted_metrics: RequestMetrics,
@@ -386,6 +368,7 @@ impl<'a> Compiler<'a> {
         let geo = self.geo(database);
         let (clusters, cluster_ids) = self.clusters(regions.len());
         let routes = self.routes(&cluster_ids);
+        let dns = self.dns();
         if !self.problems.is_empty() {
             return None;
         }
@@ -410,6 +393,7 @@ impl<'a> Compiler<'a> {
             admin_bind,
             admin_token,
             max_region_hops: self.config.max_region_hops,
+            dns,
             unrouted_metrics: RequestMetrics::new(&self.metrics, "", "", ""),
             metrics: self.metrics.clone(),
             access_log: self.config.access_log.format(),
@@ -443,6 +427,68 @@ impl<'a> Compiler<'a> {
                 self.problems.at(at, format!("`{text}` is not an ip:port address (e.g. 10.0.1.10:8000 or [2001:db8::1]:8000)"));
                 None
             }
+        }
+    }
+
+    /// `ip:port`, or `name:port` for DNS discovery.
+    fn endpoint_source(&mut self, at: YamlPath, text: &str, weight: u32) -> Option<EndpointSource> {
+        if let Ok(address) = text.parse::<SocketAddr>() {
+            return Some(EndpointSource::Fixed { address, weight });
+        }
+        let parsed = text
+            .rsplit_once(':')
+            .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
+            .filter(|(name, port)| *port > 0 && is_dns_name(name));
+        match parsed {
+            Some((name, port)) => Some(EndpointSource::Dns {
+                name: name.trim_end_matches('.').to_ascii_lowercase(),
+                port,
+                weight,
+            }),
+            None => {
+                self.problems.at(
+                    at,
+                    format!(
+                        "`{text}` is neither ip:port nor name:port (e.g. 10.0.1.10:8000, [2001:db8::1]:8000 or api.eu-west-1.svc.cluster.local:8000)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn dns(&mut self) -> DnsSettings {
+        let at = root().key("dns");
+        let d = &self.config.dns;
+        let mut nameservers = Vec::new();
+        for (i, ns) in d.nameservers.iter().enumerate() {
+            let parsed = ns.parse::<SocketAddr>().ok().or_else(|| {
+                ns.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(addr) => nameservers.push(addr),
+                None => self.problems.at(
+                    at.key("nameservers").index(i),
+                    format!("`{ns}` is not ip or ip:port"),
+                ),
+            }
+        }
+        let min_ttl = self
+            .duration(at.key("min_ttl"), &d.min_ttl)
+            .unwrap_or(Duration::from_secs(5));
+        let max_ttl = self
+            .duration(at.key("max_ttl"), &d.max_ttl)
+            .unwrap_or(Duration::from_secs(300));
+        if min_ttl > max_ttl {
+            self.problems
+                .at(at.key("min_ttl"), "min_ttl is longer than max_ttl");
+        }
+        DnsSettings {
+            nameservers,
+            min_ttl,
+            max_ttl,
         }
     }
 
@@ -714,15 +760,14 @@ impl<'a> Compiler<'a> {
             let previous = self
                 .previous
                 .and_then(|t| t.clusters.iter().find(|c| c.name == *name));
-            let mut regions: Vec<EndpointSet> =
-                (0..region_count).map(|_| EndpointSet::default()).collect();
+            let mut sources: Vec<Vec<EndpointSource>> =
+                (0..region_count).map(|_| Vec::new()).collect();
             let mut seen = HashSet::new();
             for (region_name, endpoints) in &cluster.endpoints {
                 let region_at = here.key("endpoints").key(region_name.clone());
                 let Some(region) = self.region_ref(region_at.clone(), region_name) else {
                     continue;
                 };
-                let mut set = Vec::new();
                 for (i, e) in endpoints.iter().enumerate() {
                     let ep_at = region_at.index(i);
                     if e.weight > MAX_ENDPOINT_WEIGHT {
@@ -734,40 +779,43 @@ impl<'a> Compiler<'a> {
                             ),
                         );
                     }
-                    let Some(address) = self.socket_addr(ep_at.clone(), &e.address) else {
+                    let Some(source) = self.endpoint_source(ep_at.clone(), &e.address, e.weight)
+                    else {
                         continue;
                     };
-                    if !seen.insert(address) {
+                    if !seen.insert(e.address.to_ascii_lowercase()) {
                         self.problems.at(
                             ep_at,
-                            format!("{address} is listed twice in cluster `{name}`"),
+                            format!("{} is listed twice in cluster `{name}`", e.address),
                         );
                         continue;
                     }
-                    let Ok(authority) = Authority::try_from(address.to_string().as_str()) else {
-                        continue;
-                    };
-                    set.push(Arc::new(Endpoint {
-                        address,
-                        authority,
-                        weight: e.weight,
-                        region,
-                        // Health, ejection and load of an endpoint survive a reload.
-                        state: previous
-                            .and_then(|c| c.endpoint(address))
-                            .map(|e| e.state.clone())
-                            .unwrap_or_default(),
-                    }));
-                }
-                let weights: Vec<u32> = set.iter().map(|e| e.weight).collect();
-                if let Some(slot) = regions.get_mut(region as usize) {
-                    *slot = EndpointSet {
-                        endpoints: set,
-                        rr_schedule: steer::round_robin_schedule(&weights),
-                        rr_cursor: AtomicUsize::new(0),
-                    };
+                    if let Some(list) = sources.get_mut(region as usize) {
+                        list.push(source);
+                    }
                 }
             }
+            let regions: Vec<Arc<EndpointSet>> = sources
+                .into_iter()
+                .enumerate()
+                .map(|(region, sources)| {
+                    let before = previous
+                        .and_then(|c| c.regions.get(region))
+                        .map(|s| s.as_ref());
+                    // Health, ejection and load of an endpoint survive a reload.
+                    let state_of = |address: SocketAddr| {
+                        previous
+                            .and_then(|c| c.endpoint(address))
+                            .map(|e| e.state.clone())
+                    };
+                    Arc::new(EndpointSet::new(
+                        region as RegionId,
+                        sources,
+                        before,
+                        &state_of,
+                    ))
+                })
+                .collect();
             let pool = self.connection_pool(&here, cluster, connect_timeout, previous);
             let outlier = self.outlier(here.key("outlier_detection"), &cluster.outlier_detection);
             let health_check = cluster
@@ -1312,6 +1360,23 @@ impl<'a> Compiler<'a> {
             fixed_order,
         }
     }
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and '-', not all digits.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// `204` or `"200-399"` as an inclusive range.

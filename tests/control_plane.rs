@@ -255,7 +255,9 @@ async fn endpoint_state_survives_a_reload_that_leaves_its_cluster_alone() {
             .iter()
             .position(|r| r.name == "eu-west-1")
             .unwrap();
-        t.clusters[0].regions[eu].endpoints[0].state.clone()
+        t.clusters[0].regions[eu].members().endpoints[0]
+            .state
+            .clone()
     };
     let before = state(&proxy);
     before.healthy.store(false, Ordering::SeqCst);

@@ -36,7 +36,7 @@ fn stats(proxy: &RunningServer, cluster: usize) -> Arc<ClusterStats> {
 fn endpoint_flag(proxy: &RunningServer, region: &str, index: usize, flag: &str) -> bool {
     let table = proxy.table.load();
     let r = table.regions.iter().position(|x| x.name == region).unwrap();
-    let state = &table.clusters[0].regions[r].endpoints[index].state;
+    let state = &table.clusters[0].regions[r].members().endpoints[index].state;
     match flag {
         "ejected" => state.ejected.load(Ordering::SeqCst),
         "healthy" => state.healthy.load(Ordering::SeqCst),
@@ -289,6 +289,7 @@ routes:
             .iter()
             .position(|r| r.name == "us-east-1")
             .unwrap()]
+        .members()
         .endpoints[0]
             .state
             .ejected_until()

@@ -317,7 +317,7 @@ routes:
             .iter()
             .position(|r| r.name == "eu-west-1")
             .unwrap();
-        table.clusters[0].regions[eu].endpoints[index]
+        table.clusters[0].regions[eu].members().endpoints[index]
             .state
             .healthy
             .store(up, std::sync::atomic::Ordering::SeqCst);

@@ -99,7 +99,7 @@ fn set_endpoint_gauges(server: &Server, table: &RoutingTable) {
     for cluster in &table.clusters {
         for (region, set) in cluster.regions.iter().enumerate() {
             let region = table.region_name(region as steer::RegionId);
-            for e in &set.endpoints {
+            for e in set.members().endpoints.iter() {
                 let address = e.address.to_string();
                 gauge
                     .with_label_values(&[cluster.name.as_str(), region, address.as_str()])
@@ -179,13 +179,13 @@ fn clusters_view(table: &RoutingTable) -> Value {
                 .regions
                 .iter()
                 .enumerate()
-                .filter(|(_, set)| !set.endpoints.is_empty())
+                .filter(|(_, set)| !set.sources.is_empty())
                 .map(|(id, set)| {
                     let h = set.health();
                     json!({
                         "region": table.region_name(id as steer::RegionId),
                         "healthy_share": h.share(),
-                        "endpoints": set.endpoints.iter().map(|e| endpoint_view(e)).collect::<Vec<_>>(),
+                        "endpoints": set.members().endpoints.iter().map(|e| endpoint_view(e)).collect::<Vec<_>>(),
                     })
                 })
                 .collect();

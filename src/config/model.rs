@@ -42,6 +42,40 @@ pub struct Config {
     pub max_region_hops: u32,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// DNS discovery for endpoints written as `name:port`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DnsConfig {
+    /// `ip:port` (or `ip`, port 53) of the nameservers; empty: the system's (/etc/resolv.conf).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// Names are re-resolved at their record's TTL, clamped to [min_ttl, max_ttl].
+    #[serde(default = "DnsConfig::default_min_ttl")]
+    pub min_ttl: String,
+    #[serde(default = "DnsConfig::default_max_ttl")]
+    pub max_ttl: String,
+}
+
+impl DnsConfig {
+    fn default_min_ttl() -> String {
+        "5s".to_owned()
+    }
+    fn default_max_ttl() -> String {
+        "300s".to_owned()
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            min_ttl: Self::default_min_ttl(),
+            max_ttl: Self::default_max_ttl(),
+        }
+    }
 }
 
 /// One line per request on standard output.

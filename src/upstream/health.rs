@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterStats;
-use crate::table::Endpoint;
+use crate::table::{Endpoint, EndpointSet};
 
 /// The checks of one cluster, compiled.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,16 +94,18 @@ pub async fn check_once(endpoint: &Endpoint, policy: &HealthPolicy) -> Result<u1
     }
 }
 
-/// Check one endpoint until `shutdown`; the first check runs at once.
+/// Check one endpoint of `set` until `shutdown` or until it leaves the set (DNS discovery);
+/// the first check runs at once.
 pub async fn run(
     endpoint: Arc<Endpoint>,
+    set: Arc<EndpointSet>,
     policy: Arc<HealthPolicy>,
     cluster: String,
     stats: Arc<ClusterStats>,
     shutdown: CancellationToken,
 ) {
     let mut streak = Streak::default();
-    loop {
+    while set.contains(&endpoint) {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = check_once(&endpoint, &policy) => result,

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterStats;
-use crate::table::Endpoint;
+use crate::table::{Endpoint, EndpointSet};
 
 /// Reports waiting for the detector before new ones are dropped.
 pub const OUTCOME_CHANNEL_CAPACITY: usize = 4096;
@@ -103,8 +103,9 @@ impl Reporter {
 pub struct Detector {
     policy: OutlierPolicy,
     cluster: String,
-    /// The cluster's endpoints by region, for the per-region ejection limits.
-    regions: Vec<Vec<Arc<Endpoint>>>,
+    /// The cluster's endpoint sets by region (their members may change through DNS), for the
+    /// per-region ejection limits.
+    regions: Vec<Arc<EndpointSet>>,
     region_names: Vec<String>,
     stats: Arc<ClusterStats>,
     next_sweep: Instant,
@@ -114,7 +115,7 @@ impl Detector {
     pub fn new(
         policy: OutlierPolicy,
         cluster: String,
-        regions: Vec<Vec<Arc<Endpoint>>>,
+        regions: Vec<Arc<EndpointSet>>,
         region_names: Vec<String>,
         stats: Arc<ClusterStats>,
         now: Instant,
@@ -169,7 +170,7 @@ impl Detector {
         let members = self
             .regions
             .get(region)
-            .map(Vec::as_slice)
+            .map(|set| set.members().endpoints.clone())
             .unwrap_or_default();
         let total = members.len().max(1);
         let ejected = members
@@ -213,7 +214,7 @@ impl Detector {
     /// Return endpoints whose ejection ended; once per interval, lower the multiplier of
     /// endpoints that stayed quiet.
     pub fn sweep(&mut self, now: Instant) {
-        for endpoint in self.regions.iter().flatten() {
+        for endpoint in self.endpoints() {
             let state = &endpoint.state;
             if state.ejected.load(Ordering::Relaxed)
                 && state.ejected_until().is_some_and(|t| t <= now)
@@ -224,7 +225,7 @@ impl Detector {
             }
         }
         if now >= self.next_sweep {
-            for endpoint in self.regions.iter().flatten() {
+            for endpoint in self.endpoints() {
                 let state = &endpoint.state;
                 let failed = state.failed_since_sweep.swap(false, Ordering::Relaxed);
                 if !failed && !state.ejected.load(Ordering::Relaxed) {
@@ -240,11 +241,18 @@ impl Detector {
         }
     }
 
-    /// When the detector next has something to do.
-    pub fn next_deadline(&self) -> Instant {
+    /// Every endpoint now in the cluster.
+    fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         self.regions
             .iter()
-            .flatten()
+            .flat_map(|set| set.members().endpoints.clone())
+            .collect()
+    }
+
+    /// When the detector next has something to do.
+    pub fn next_deadline(&self) -> Instant {
+        self.endpoints()
+            .iter()
             .filter(|e| e.state.ejected.load(Ordering::Relaxed))
             .filter_map(|e| e.state.ejected_until())
             .fold(self.next_sweep, Instant::min)
@@ -275,13 +283,12 @@ mod tests {
 
     fn endpoint(port: u16, region: u8) -> Arc<Endpoint> {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        Arc::new(Endpoint {
+        Arc::new(Endpoint::new(
             address,
-            authority: address.to_string().parse().unwrap(),
-            weight: 1,
+            1,
             region,
-            state: Arc::new(EndpointState::default()),
-        })
+            Arc::new(EndpointState::default()),
+        ))
     }
 
     fn policy() -> OutlierPolicy {
@@ -298,10 +305,15 @@ mod tests {
 
     fn detector(policy: OutlierPolicy, regions: Vec<Vec<Arc<Endpoint>>>) -> Detector {
         let names = (0..regions.len()).map(|i| format!("r{i}")).collect();
+        let sets = regions
+            .into_iter()
+            .enumerate()
+            .map(|(i, eps)| Arc::new(EndpointSet::fixed(i as u8, eps)))
+            .collect();
         Detector::new(
             policy,
             "api".into(),
-            regions,
+            sets,
             names,
             Arc::default(),
             Instant::now(),

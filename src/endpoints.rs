@@ -1,0 +1,313 @@
+//! The endpoints of one cluster in one region: fixed addresses and DNS names, and the member
+//! list the request path picks from.
+//!
+//! Members live behind an `ArcSwap`: DNS discovery replaces the list when a name's addresses
+//! change, requests load whichever list is current. An address that stays keeps its
+//! `Endpoint` (and so its health, ejection and load state).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::LoadBalancer;
+use crate::steer::{self, RegionHealth, RegionId};
+use crate::table::{Endpoint, EndpointState};
+
+/// Where a region's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointSource {
+    Fixed {
+        address: SocketAddr,
+        weight: u32,
+    },
+    /// `name:port`, resolved by DNS discovery; every address of the name gets `weight`.
+    Dns {
+        name: String,
+        port: u16,
+        weight: u32,
+    },
+}
+
+/// The endpoints in service and their round-robin schedule.
+#[derive(Debug, Default)]
+pub struct Members {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub rr_schedule: Vec<u32>,
+}
+
+impl Members {
+    fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        Self {
+            rr_schedule: steer::round_robin_schedule(&weights),
+            endpoints,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EndpointSet {
+    pub region: RegionId,
+    pub sources: Vec<EndpointSource>,
+    members: ArcSwap<Members>,
+    /// The addresses each DNS source last resolved to (`None`: never resolved).
+    resolved: Mutex<Vec<Option<Vec<IpAddr>>>>,
+    pub rr_cursor: AtomicUsize,
+}
+
+impl Default for EndpointSet {
+    fn default() -> Self {
+        Self::fixed(0, Vec::new())
+    }
+}
+
+impl EndpointSet {
+    /// A set of fixed endpoints.
+    pub fn fixed(region: RegionId, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        let sources = endpoints
+            .iter()
+            .map(|e| EndpointSource::Fixed {
+                address: e.address,
+                weight: e.weight,
+            })
+            .collect();
+        Self {
+            region,
+            sources,
+            members: ArcSwap::from_pointee(Members::new(endpoints)),
+            resolved: Mutex::new(Vec::new()),
+            rr_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// A set built from config sources. DNS names start with what `previous` (the same region
+    /// of the same cluster in the table being replaced) last resolved them to, so a reload does
+    /// not empty a region; `state_of` gives an address its existing state.
+    pub fn new(
+        region: RegionId,
+        sources: Vec<EndpointSource>,
+        previous: Option<&EndpointSet>,
+        state_of: &dyn Fn(SocketAddr) -> Option<Arc<EndpointState>>,
+    ) -> Self {
+        let resolved: Vec<Option<Vec<IpAddr>>> = sources
+            .iter()
+            .map(|s| previous.and_then(|p| p.resolved_for(s)))
+            .collect();
+        let set = Self {
+            region,
+            members: ArcSwap::from_pointee(Members::default()),
+            resolved: Mutex::new(resolved),
+            sources,
+            rr_cursor: AtomicUsize::new(0),
+        };
+        let resolved = set
+            .resolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        set.members.store(Arc::new(set.build(&resolved, state_of)));
+        set
+    }
+
+    fn resolved_for(&self, source: &EndpointSource) -> Option<Vec<IpAddr>> {
+        let i = self.sources.iter().position(|s| s == source)?;
+        self.resolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(i)
+            .cloned()
+            .flatten()
+    }
+
+    /// The member list in service now.
+    pub fn members(&self) -> arc_swap::Guard<Arc<Members>> {
+        self.members.load()
+    }
+
+    pub fn contains(&self, endpoint: &Arc<Endpoint>) -> bool {
+        self.members()
+            .endpoints
+            .iter()
+            .any(|e| Arc::ptr_eq(e, endpoint))
+    }
+
+    /// Whether any source is a DNS name.
+    pub fn has_dns(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s, EndpointSource::Dns { .. }))
+    }
+
+    fn build(
+        &self,
+        resolved: &[Option<Vec<IpAddr>>],
+        state_of: &dyn Fn(SocketAddr) -> Option<Arc<EndpointState>>,
+    ) -> Members {
+        let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+        let mut add = |address: SocketAddr, weight: u32| {
+            if endpoints.iter().any(|e| e.address == address) {
+                return;
+            }
+            let state = state_of(address).unwrap_or_default();
+            endpoints.push(Arc::new(Endpoint::new(address, weight, self.region, state)));
+        };
+        for (i, source) in self.sources.iter().enumerate() {
+            match source {
+                EndpointSource::Fixed { address, weight } => add(*address, *weight),
+                EndpointSource::Dns { port, weight, .. } => {
+                    for ip in resolved.get(i).cloned().flatten().unwrap_or_default() {
+                        add(SocketAddr::new(ip, *port), *weight);
+                    }
+                }
+            }
+        }
+        Members::new(endpoints)
+    }
+
+    /// Record what DNS source `index` resolved to and replace the members if that changes
+    /// them. Returns the endpoints that joined.
+    pub fn set_resolved(&self, index: usize, mut addresses: Vec<IpAddr>) -> Vec<Arc<Endpoint>> {
+        addresses.sort();
+        addresses.dedup();
+        let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        if resolved.get(index).and_then(|r| r.as_ref()) == Some(&addresses) {
+            return Vec::new();
+        }
+        if let Some(slot) = resolved.get_mut(index) {
+            *slot = Some(addresses);
+        }
+        let current = self.members.load_full();
+        // Addresses that stay keep their endpoint (and its state); removed ones simply leave
+        // the list: requests already holding them finish normally.
+        let reuse = |address: SocketAddr| {
+            current
+                .endpoints
+                .iter()
+                .find(|e| e.address == address)
+                .map(|e| e.state.clone())
+        };
+        let members = self.build(&resolved, &reuse);
+        let joined = members
+            .endpoints
+            .iter()
+            .filter(|e| !current.endpoints.iter().any(|c| c.address == e.address))
+            .cloned()
+            .collect();
+        self.members.store(Arc::new(members));
+        joined
+    }
+
+    pub fn health(&self) -> RegionHealth {
+        let members = self.members();
+        let mut h = RegionHealth {
+            endpoints: members.endpoints.len(),
+            ..RegionHealth::default()
+        };
+        for e in &members.endpoints {
+            h.total_weight += u64::from(e.weight);
+            if e.is_usable() {
+                h.healthy_weight += u64::from(e.weight);
+            }
+        }
+        h
+    }
+
+    /// Pick an endpoint, skipping those `skip` names (already tried by this request).
+    pub fn pick(
+        &self,
+        lb: LoadBalancer,
+        panic: bool,
+        rng: &mut fastrand::Rng,
+        skip: &dyn Fn(&Arc<Endpoint>) -> bool,
+    ) -> Option<Arc<Endpoint>> {
+        let members = self.members();
+        let cursor = if lb == LoadBalancer::RoundRobin {
+            self.rr_cursor.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        let skip_index = |i: usize| members.endpoints.get(i).is_some_and(skip);
+        steer::pick_endpoint(
+            &members.endpoints,
+            lb,
+            panic,
+            rng,
+            &members.rr_schedule,
+            cursor,
+            &skip_index,
+        )
+        .and_then(|i| members.endpoints.get(i).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dns_members_change_and_kept_addresses_keep_their_state() {
+        let sources = vec![
+            EndpointSource::Fixed {
+                address: "127.0.0.9:80".parse().unwrap(),
+                weight: 1,
+            },
+            EndpointSource::Dns {
+                name: "api.test".into(),
+                port: 8000,
+                weight: 2,
+            },
+        ];
+        let set = EndpointSet::new(1, sources.clone(), None, &|_| None);
+        assert_eq!(
+            set.members().endpoints.len(),
+            1,
+            "an unresolved name adds nothing"
+        );
+
+        let joined = set.set_resolved(1, vec![ip("10.0.0.2"), ip("10.0.0.1")]);
+        assert_eq!(joined.len(), 2);
+        let kept = set
+            .members()
+            .endpoints
+            .iter()
+            .find(|e| e.address.ip() == ip("10.0.0.1"))
+            .cloned()
+            .unwrap();
+        kept.state.healthy.store(false, Ordering::SeqCst);
+        assert_eq!(kept.weight, 2);
+
+        assert!(
+            set.set_resolved(1, vec![ip("10.0.0.1"), ip("10.0.0.2")])
+                .is_empty(),
+            "same answer: no change"
+        );
+        let joined = set.set_resolved(1, vec![ip("10.0.0.1"), ip("10.0.0.3")]);
+        assert_eq!(joined.len(), 1);
+        let members = set.members();
+        let addresses: Vec<String> = members
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(
+            addresses,
+            ["127.0.0.9:80", "10.0.0.1:8000", "10.0.0.3:8000"]
+        );
+        let same = members
+            .endpoints
+            .iter()
+            .find(|e| e.address.ip() == ip("10.0.0.1"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&same.state, &kept.state), "state survives");
+
+        // A new set for the same sources (a reload) starts from what was resolved.
+        let reloaded = EndpointSet::new(1, sources, Some(&set), &|_| None);
+        assert_eq!(reloaded.members().endpoints.len(), 3);
+    }
+}
