@@ -224,8 +224,8 @@ fn no_endpoint(
 /// Where a retry goes: an untried endpoint of the same region if it has one (Envoy's
 /// previous-hosts rule), else the first later region in the order that has one (Istio's
 /// retryRemoteLocalities).
-pub fn retry_target<'t>(
-    cluster: &'t Cluster,
+pub fn retry_target(
+    cluster: &Cluster,
     order: &RegionOrder,
     region: RegionId,
     panic: bool,
