@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod endpoints;
 pub mod geo;
 pub mod headers;
+pub mod import;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

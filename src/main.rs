@@ -37,10 +37,25 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// Convert other proxies' configuration to Meridian's.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// GeoIP database tools.
     Geo {
         #[command(subcommand)]
         command: GeoCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Istio VirtualService, DestinationRule and Gateway YAML (multi-document) → Meridian
+    /// config on stdout, with a compatibility report as comments.
+    Istio {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -89,6 +104,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 demo.shutdown().await;
                 anyhow::Ok(())
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import {
+            command: ImportCommand::Istio { files },
+        } => {
+            let mut text = String::new();
+            for file in &files {
+                let part = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                text.push_str(&part);
+                text.push_str("\n---\n");
+            }
+            let imported = meridian::import::istio(&text)?;
+            print!("{}", imported.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Geo {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 pub use model::*;
 pub use problems::{ConfigError, Problem, Problems};
-pub use yaml::{LineIndex, Parsed, YamlPath, parse_document};
+pub use yaml::{LineIndex, Parsed, YamlPath, parse_document, parse_values, to_yaml};
 
 /// A parsed config with the line index of its source, ready to compile.
 #[derive(Debug, Clone)]

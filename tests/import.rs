@@ -1,0 +1,118 @@
+//! `meridian import istio` on the reference deployment: the output passes `meridian check`,
+//! the report names every field, and a golden file pins the output.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/istio")
+        .join(name)
+}
+
+#[test]
+fn reference_deployment_imports_into_a_valid_config() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["import", "istio"])
+        .arg(fixture("reference.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+
+    // Golden file (regenerate with UPDATE_GOLDEN=1 after an intended change).
+    let golden = fixture("reference.meridian.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(text, expected, "output differs from {}", golden.display());
+
+    // It passes meridian check.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imported.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The report names each field of the input, with its status.
+    let istio = std::fs::read_to_string(fixture("reference.yaml")).unwrap();
+    let report: Vec<&str> = text.lines().filter(|l| l.starts_with("#   ")).collect();
+    for field in [
+        "spec.http[1].route[0].weight",
+        "spec.http[1].timeout",
+        "spec.http[1].retries.attempts",
+        "spec.http[1].retries.perTryTimeout",
+        "spec.http[1].retries.retryOn",
+        "spec.http[0].match[0].uri.prefix",
+        "spec.http[0].match[1].uri.regex",
+        "spec.http[0].match[0].headers.x-tenant-region.exact",
+        "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+        "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests",
+        "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
+        "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
+        "spec.trafficPolicy.outlierDetection.consecutive5xxErrors",
+        "spec.trafficPolicy.outlierDetection.interval",
+        "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+        "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting",
+        "spec.subsets[0]",
+        "spec.servers[0]",
+        "spec.servers[1].port",
+        "spec.http[1].corsPolicy",
+    ] {
+        assert!(
+            report.iter().any(|l| l.contains(&format!(" {field}"))),
+            "report misses {field}"
+        );
+    }
+    assert!(
+        report
+            .iter()
+            .any(|l| l.contains("unsupported") && l.contains("TLS termination"))
+    );
+    assert!(
+        report
+            .iter()
+            .any(|l| l.contains("approximated") && l.contains("cancelled"))
+    );
+    assert!(istio.contains("weight: 50"));
+    assert!(
+        text.contains("us-east-1: 50")
+            && text.contains("eu-west-1: 30")
+            && text.contains("ap-southeast-1: 20")
+    );
+    assert!(text.contains("us-east-1: 95") && text.contains("eu-west-1: 5"));
+    assert!(text.contains("api-eu-west-1.api.svc.cluster.local:8000"));
+}
+
+#[test]
+fn input_without_a_virtual_service_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dr.yaml");
+    std::fs::write(
+        &file,
+        "kind: DestinationRule\nmetadata: { name: x }\nspec: { host: x }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["import", "istio"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no VirtualService"));
+}
