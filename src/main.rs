@@ -37,6 +37,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// A demo regional backend that answers with its region name (for compose and tests).
+    Backend {
+        #[arg(long)]
+        region: String,
+        #[arg(long, default_value = "0.0.0.0:8000")]
+        listen: SocketAddr,
+    },
     /// Convert other proxies' configuration to Meridian's.
     Import {
         #[command(subcommand)]
@@ -102,6 +109,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", demo.instructions());
                 shutdown_signal().await;
                 demo.shutdown().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backend { region, listen } => {
+            runtime()?.block_on(async {
+                let backend = demo::RegionBackend::start(&region, listen).await?;
+                println!("backend {region} listening on {}", backend.addr);
+                shutdown_signal().await;
+                backend.stop().await;
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

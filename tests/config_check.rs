@@ -141,3 +141,53 @@ fn run_validates_before_binding_anything() {
         "nothing may be bound: {stderr}"
     );
 }
+
+#[test]
+fn local_region_can_come_from_the_environment() {
+    let run = |region: &str| {
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["check", "-c", "config/meridian.yaml"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("MERIDIAN_LOCAL_REGION", region)
+            .output()
+            .unwrap()
+    };
+    assert!(run("eu-west-1").status.success());
+    let out = run("mars-north-1");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown region `mars-north-1`"));
+}
+
+#[test]
+fn backend_command_answers_with_its_region() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "backend",
+            "--region",
+            "eu-west-1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("MERIDIAN_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reply.contains("Hello from eu-west-1"), "{reply}");
+}

@@ -530,6 +530,9 @@ async fn admin_off_loopback_requires_the_token() {
     let proxy = start_from(&path).await;
     // Reach it over loopback only.
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.admin.unwrap().port()));
+    // Probes stay open for kubelet.
+    assert_eq!(get(admin, "admin", "/readyz", &[]).await.status, 200);
+    assert_eq!(get(admin, "admin", "/healthz", &[]).await.status, 200);
     for path in ["/metrics", "/config", "/clusters", "/"] {
         let answer = get(admin, "admin", path, &[]).await;
         assert_eq!(answer.status, 401, "{path}");

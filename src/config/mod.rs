@@ -33,9 +33,18 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
     load_str(&text, path)
 }
 
+/// Environment variable that overrides `local_region`, so one ConfigMap serves every region
+/// (each region's Deployment sets it).
+pub const LOCAL_REGION_ENV: &str = "MERIDIAN_LOCAL_REGION";
+
 /// Parse config text; `source` names it in messages.
 pub fn load_str(text: &str, source: &Path) -> Result<LoadedConfig, ConfigError> {
-    let parsed = parse_document::<Config>(text).map_err(|p| ConfigError::invalid(source, p))?;
+    let mut parsed = parse_document::<Config>(text).map_err(|p| ConfigError::invalid(source, p))?;
+    if let Ok(region) = std::env::var(LOCAL_REGION_ENV)
+        && !region.trim().is_empty()
+    {
+        parsed.value.local_region = Some(region.trim().to_owned());
+    }
     Ok(LoadedConfig {
         config: parsed.value,
         lines: parsed.lines,
