@@ -22,6 +22,10 @@ enum Command {
     Run {
         #[arg(short, long, default_value = "config/meridian.yaml")]
         config: PathBuf,
+        /// Runtime threads: 0 runs everything on the main thread (tokio current_thread);
+        /// default: one per core.
+        #[arg(long)]
+        worker_threads: Option<usize>,
     },
     /// Validate a config file: prints every problem with its line; exits 1 if there are any.
     Check {
@@ -98,9 +102,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            worker_threads,
+        } => {
             let table = table::load(&config, table::CompileContext::default())?;
-            runtime()?.block_on(serve(table, config))?;
+            runtime_with(worker_threads)?.block_on(serve(table, config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen, admin } => {
@@ -193,10 +200,20 @@ fn check(config: &Path) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    runtime_with(None)
+}
+
+fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build().context("cannot start the async runtime")
 }
 
 async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()> {

@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness: the same nginx backend direct, through Meridian, nginx and HAProxy.
+
+    python3 benches/load/run.py            # full run (about 8 minutes), writes benches/load/results.md
+    python3 benches/load/run.py --quick    # 1 repetition of 3 s, for trying it out
+
+Pinning: the load generator alone on CPU 0; proxy and backend on CPU 1. Each proxy runs one
+worker (Meridian: --worker-threads 0, a tokio current_thread runtime). Proxy CPU per request is
+(utime + stime) from /proc/PID/stat divided by the requests served. Not part of `cargo test`.
+"""
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+BODY = "x" * 99 + "\n"  # 100 bytes
+PORTS = {"backend": 18000, "meridian": 18080, "nginx": 18081, "haproxy": 18082}
+LOADGEN_CPU, SERVER_CPU = "0", "1"
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def ensure_tools():
+    missing = [pkg for tool, pkg in [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk")]
+               if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    if missing:
+        print(f"installing {missing} with apt-get", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if shutil.which("oha") is None and not (Path.home() / ".cargo/bin/oha").exists():
+        print("installing oha with cargo", flush=True)
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+
+
+def oha_bin():
+    return shutil.which("oha") or str(Path.home() / ".cargo/bin/oha")
+
+
+def nginx_bin():
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def haproxy_bin():
+    return shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_ticks(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def rss_kb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def busy_fraction(interval=0.5):
+    """CPU used by everything on the machine, in cores, over `interval`."""
+    def read():
+        parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        values = list(map(int, parts))
+        idle = values[3] + values[4]
+        return sum(values), idle
+    t1, i1 = read()
+    time.sleep(interval)
+    t2, i2 = read()
+    total, idle = t2 - t1, i2 - i1
+    cores = os.cpu_count() or 1
+    return cores * (total - idle) / max(total, 1)
+
+
+def wait_quiet(limit=0.15, tries=40):
+    for _ in range(tries):
+        if busy_fraction() < limit:
+            return True
+    return False
+
+
+class Processes:
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self.procs = {}
+
+    def start(self, name, cmd, port, env=None):
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], stdout=log, stderr=log,
+                                env={**os.environ, **(env or {})})
+        self.procs[name] = proc
+        wait_port(port)
+        return proc
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def nginx_conf(tmp, role):
+    port = PORTS["backend" if role == "backend" else "nginx"]
+    if role == "backend":
+        location = f'return 200 "{BODY.strip()}\\n";'
+        upstream = ""
+    else:
+        upstream = f"upstream backend {{ server 127.0.0.1:{PORTS['backend']}; keepalive 64; }}"
+        location = ("proxy_pass http://backend; proxy_http_version 1.1; "
+                    "proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;")
+    conf = Path(tmp) / f"nginx-{role}.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+master_process off;
+error_log {tmp}/nginx-{role}-error.log;
+pid {tmp}/nginx-{role}.pid;
+events {{ worker_connections 9000; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body-{role};
+  proxy_temp_path {tmp}/proxy-{role};
+  fastcgi_temp_path {tmp}/fcgi-{role};
+  uwsgi_temp_path {tmp}/uwsgi-{role};
+  scgi_temp_path {tmp}/scgi-{role};
+  keepalive_requests 1000000;
+  {upstream}
+  server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }}
+}}
+""")
+    return conf
+
+
+def haproxy_conf(tmp):
+    conf = Path(tmp) / "haproxy.cfg"
+    conf.write_text(f"""
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy']}
+  option forwardfor
+  default_backend be
+backend be
+  server s1 127.0.0.1:{PORTS['backend']}
+""")
+    return conf
+
+
+def meridian_conf(tmp):
+    conf = Path(tmp) / "meridian.yaml"
+    conf.write_text(f"""
+local_region: eu-west-1
+listeners: [{{ name: http, bind: "127.0.0.1:{PORTS['meridian']}" }}]
+admin: {{ bind: null }}
+access_log: {{ enabled: false }}
+geo:
+  database: {ROOT}/config/geoip/demo-city.mmdb
+  trusted_proxies: ["127.0.0.1/32"]
+regions:
+  us-east-1:      {{ lat: 38.9, lon: -77.4 }}
+  eu-west-1:      {{ lat: 53.3, lon: -6.3 }}
+  ap-southeast-1: {{ lat: 1.35, lon: 103.8 }}
+clusters:
+  bench:
+    endpoints: {{ eu-west-1: ["127.0.0.1:{PORTS['backend']}"] }}
+    outlier_detection: {{ enabled: false }}
+routes:
+  - {{ name: bench, hosts: ["*"], cluster: bench }}
+""")
+    return conf
+
+
+def wrk(port, seconds, connections=50):
+    """Closed loop: wrk on CPU 0. The client address (X-Forwarded-For) makes Meridian do the
+    whole geo path: trusted peer, XFF parse, GeoIP lookup, region ranking."""
+    out = sh("taskset", "-c", LOADGEN_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+             "-H", "X-Forwarded-For: 198.51.100.7", f"http://127.0.0.1:{port}/").stdout
+    requests = 0
+    for line in out.splitlines():
+        if "requests in" in line:
+            requests = int(line.strip().split()[0])
+        if line.strip().startswith("Non-2xx"):
+            raise RuntimeError(f"non-2xx answers:\n{out}")
+    return requests
+
+
+def oha(port, rate, seconds):
+    out = sh("taskset", "-c", LOADGEN_CPU, oha_bin(), "--no-tui", "--output-format", "json", "-z", f"{seconds}s",
+             "-q", str(rate), "--latency-correction", "-c", "50", "-H", "X-Forwarded-For: 198.51.100.7",
+             f"http://127.0.0.1:{port}/").stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    return {k: pct[k] * 1e6 for k in ("p50", "p90", "p99")}  # µs
+
+
+async def idle_connections(port, count):
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
+    conns = []
+    sem = asyncio.Semaphore(500)
+
+    async def one():
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            conns.append(writer)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return conns
+
+
+async def idle_phase(port, pid, count):
+    """RSS before, while `count` keep-alive connections sit idle, and after they closed."""
+    before = rss_kb(pid)
+    conns = await idle_connections(port, count)
+    await asyncio.sleep(1)
+    during = rss_kb(pid)
+    for w in conns:
+        w.close()
+    await asyncio.sleep(2)
+    return before, during, rss_kb(pid)
+
+
+def median_range(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(values, unit="", digits=1):
+    m, lo, hi = median_range(values)
+    return f"{m:.{digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benches/load/results.md"))
+    args = ap.parse_args()
+    reps, seconds, warm = (1, 3, 1) if args.quick else (3, 10, 2)
+    idle_count = 2000 if args.quick else 10000
+    ensure_tools()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Each idle connection costs two descriptors here (client + proxy side in one process tree).
+    # Both ends of every idle connection live on this machine: stay within the descriptor limit.
+    idle_count = min(idle_count, 8000)
+    print("building meridian (release)", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--bin", "meridian"], cwd=ROOT, check=True)
+    meridian = ROOT / "target/release/meridian"
+    tmp = tempfile.mkdtemp(prefix="meridian-load-")
+    procs = Processes(tmp)
+    results = {name: {"cpu_us": [], "rps": []} for name in ("direct", "meridian", "nginx", "haproxy")}
+    try:
+        procs.start("backend", [nginx_bin(), "-c", str(nginx_conf(tmp, "backend"))], PORTS["backend"])
+        procs.start("meridian", [str(meridian), "run", "-c", str(meridian_conf(tmp)), "--worker-threads", "0"],
+                    PORTS["meridian"], env={"MERIDIAN_LOG": "error"})
+        procs.start("nginx", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy"))], PORTS["nginx"])
+        procs.start("haproxy", [haproxy_bin(), "-f", str(haproxy_conf(tmp))], PORTS["haproxy"])
+        pids = {"direct": procs.procs["backend"].pid, "meridian": procs.procs["meridian"].pid,
+                "nginx": procs.procs["nginx"].pid, "haproxy": procs.procs["haproxy"].pid}
+        ports = {"direct": PORTS["backend"], "meridian": PORTS["meridian"], "nginx": PORTS["nginx"],
+                 "haproxy": PORTS["haproxy"]}
+        idle_rss = {name: rss_kb(pids[name]) for name in ("meridian", "nginx", "haproxy")}
+        order = ["direct", "meridian", "nginx", "haproxy"]
+        for rep in range(reps):
+            for name in order[rep % 4:] + order[:rep % 4]:
+                for attempt in range(3):
+                    if not wait_quiet():
+                        print("  machine not quiet; measuring anyway", flush=True)
+                    wrk(ports[name], warm)
+                    before = cpu_ticks(pids[name])
+                    busy_before = busy_fraction(0.1)
+                    requests = wrk(ports[name], seconds)
+                    used = (cpu_ticks(pids[name]) - before) / CLK_TCK
+                    if requests > 0 and busy_before < 1.5:
+                        break
+                    print(f"  {name}: disturbed run, again", flush=True)
+                results[name]["cpu_us"].append(used / requests * 1e6)
+                results[name]["rps"].append(requests / seconds)
+                print(f"rep {rep + 1} {name}: {requests / seconds:.0f} req/s, {used / requests * 1e6:.1f} µs CPU/req",
+                      flush=True)
+        latency = {}
+        for rate in (5000, 15000):
+            for name in order:
+                wait_quiet()
+                latency[(name, rate)] = oha(ports[name], rate, seconds)
+                print(f"{name} @ {rate}/s: {latency[(name, rate)]}", flush=True)
+        idle = {}
+        for name in ("meridian", "nginx", "haproxy"):
+            idle[name] = asyncio.run(idle_phase(ports[name], pids[name], idle_count))
+            print(f"{name}: RSS (idle, with {idle_count} connections, after): {idle[name]} KB", flush=True)
+    finally:
+        procs.stop_all()
+
+    versions = {
+        "nginx": subprocess.run([nginx_bin(), "-v"], capture_output=True, text=True).stderr.strip(),
+        "haproxy": subprocess.run([haproxy_bin(), "-v"], capture_output=True, text=True).stdout.splitlines()[0],
+        "meridian": subprocess.run([str(meridian), "--version"], capture_output=True, text=True).stdout.strip(),
+    }
+    nginx_cpu = statistics.median(results["nginx"]["cpu_us"])
+    haproxy_cpu = statistics.median(results["haproxy"]["cpu_us"])
+    nginx_rps = statistics.median(results["nginx"]["rps"])
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({os.uname().machine}, Linux "
+        f"{os.uname().release}); {versions['meridian']} (current_thread runtime), {versions['nginx']}, "
+        f"{versions['haproxy']}. Load generator on CPU 0, proxy and backend (nginx, one worker, 100-byte body) "
+        f"on CPU 1; wrk -t1 -c50, {reps} × {seconds} s after {warm} s warm-up, order rotated; medians (min–max). "
+        "Every request carries X-Forwarded-For from a trusted peer, so Meridian does the full geo path.",
+        "",
+        "| target | req/s | × nginx | proxy CPU µs/request | × nginx | × HAProxy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("direct", "meridian", "nginx", "haproxy"):
+        rps = statistics.median(results[name]["rps"])
+        cpu = statistics.median(results[name]["cpu_us"])
+        label = "backend direct (backend CPU)" if name == "direct" else name
+        lines.append(f"| {label} | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | "
+                     f"{fmt(results[name]['cpu_us'])} | {cpu / nginx_cpu:.2f} | {cpu / haproxy_cpu:.2f} |")
+    lines += ["", "Open-loop latency added over direct (oha, latency-corrected), µs:", "",
+              "| target | rate | p50 | p90 | p99 |", "|---|---|---|---|---|"]
+    for rate in (5000, 15000):
+        base = latency[("direct", rate)]
+        for name in ("meridian", "nginx", "haproxy"):
+            l = latency[(name, rate)]
+            lines.append(f"| {name} | {rate}/s | {l['p50'] - base['p50']:+.0f} | {l['p90'] - base['p90']:+.0f} | "
+                         f"{l['p99'] - base['p99']:+.0f} |")
+    lines += ["", f"Memory: RSS idle, per idle keep-alive connection ({idle_count} connections, one request each), "
+              "and after they closed:", "", "| target | idle RSS | per connection | after close |", "|---|---|---|---|"]
+    for name in ("meridian", "nginx", "haproxy"):
+        before, during, after = idle[name]
+        lines.append(f"| {name} | {idle_rss[name] / 1024:.1f} MB | {(during - before) / idle_count:.2f} KB | "
+                     f"{after / 1024:.1f} MB |")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).write_text(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
