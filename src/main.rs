@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 
 use meridian::{demo, geo, reload, server, table};
 
+/// mimalloc measured cheaper per request than the system allocator (see the commit message
+/// and the README's performance section).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "A geo-aware edge reverse proxy")]
 struct Cli {
@@ -213,7 +218,10 @@ fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime:
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    builder.enable_all().build().context("cannot start the async runtime")
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()> {

@@ -248,19 +248,20 @@ pub async fn handle(
     Ok(response)
 }
 
-fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+/// The request's host as a header value (cheap to clone: it shares the request's bytes).
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
     // HTTP/2 and absolute-form requests carry the authority in the URI; it wins.
     if let Some(authority) = req.uri().authority() {
-        return Ok(authority.as_str().to_owned());
+        return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
     }
     let value = req
         .headers()
         .get(header::HOST)
         .ok_or(ProxyError::MissingHost)?;
-    value
-        .to_str()
-        .map(str::to_owned)
-        .map_err(|_| ProxyError::BadHost(value.clone()))
+    if value.to_str().is_err() {
+        return Err(ProxyError::BadHost(value.clone()));
+    }
+    Ok(value.clone())
 }
 
 async fn forward(
@@ -271,7 +272,7 @@ async fn forward(
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let raw_host = request_host(&req)?;
-    let host = normalize_host(&raw_host);
+    let host = normalize_host(raw_host.to_str().unwrap_or_default());
     let mut rng = fastrand::Rng::new();
     let facts = RequestFacts {
         peer: peer.ip(),
@@ -320,13 +321,11 @@ async fn forward(
     set_visited(
         &mut parts.headers,
         peer_trusted,
-        table.region_name(table.local_region),
+        &table.regions[table.local_region as usize].header,
     );
     if !parts.headers.contains_key(header::HOST) {
         // An HTTP/2 request goes upstream as HTTP/1.1, which needs a Host header.
-        if let Ok(value) = HeaderValue::from_str(&raw_host) {
-            parts.headers.insert(header::HOST, value);
-        }
+        parts.headers.insert(header::HOST, raw_host.clone());
     }
     trace.request_id = Some(request_id.clone());
     let route = decision.route;
@@ -499,7 +498,6 @@ async fn attempts(
         trace.endpoint = Some(endpoint.address);
         trace.region = Some(region);
         let tried_now = try_once(cluster, &endpoint, request, policy.per_try_timeout).await;
-        tried.push(endpoint.clone());
         if let Some(lines) = &mut trace.explain {
             lines.push(format!(
                 "try {}: {} in {} -> {}",
@@ -572,6 +570,8 @@ async fn attempts(
         let next = if give_up || !budget_ok {
             None
         } else {
+            // Only a request that retries pays for remembering what it tried.
+            tried.push(endpoint.clone());
             retry_target(
                 cluster,
                 &decision.order,
@@ -767,21 +767,42 @@ async fn try_once(
 }
 
 /// Append our region to the loop guard header; a header from an untrusted peer is dropped.
-fn set_visited(headers: &mut http::HeaderMap, peer_trusted: bool, local_region: &str) {
-    let mut entries: Vec<String> = if peer_trusted {
-        headers
-            .get_all(X_MERIDIAN_VISITED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect()
+fn set_visited(headers: &mut http::HeaderMap, peer_trusted: bool, local_region: &HeaderValue) {
+    let earlier = if peer_trusted {
+        joined(headers.get_all(X_MERIDIAN_VISITED).iter())
     } else {
-        Vec::new()
+        None
     };
-    entries.push(local_region.to_owned());
-    if let Ok(value) = HeaderValue::from_str(&entries.join(", ")) {
-        headers.insert(X_MERIDIAN_VISITED, value);
+    let value = match earlier {
+        // Nothing before us (the common case): the region's prebuilt value, no allocation.
+        None => local_region.clone(),
+        Some(mut list) => {
+            list.push_str(", ");
+            list.push_str(local_region.to_str().unwrap_or_default());
+            HeaderValue::from_str(&list).unwrap_or_else(|_| local_region.clone())
+        }
+    };
+    headers.insert(X_MERIDIAN_VISITED, value);
+}
+
+/// Header values joined with ", ", or `None` when there are none (or none is text).
+fn joined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in values {
+        let Ok(text) = v.to_str() else { continue };
+        match &mut out {
+            Some(list) => {
+                list.push_str(", ");
+                list.push_str(text);
+            }
+            None => {
+                let mut list = String::with_capacity(text.len() + 32);
+                list.push_str(text);
+                out = Some(list);
+            }
+        }
     }
+    out
 }
 
 /// Set X-Forwarded-For/-Proto/-Host and x-request-id; returns the request id.
@@ -794,23 +815,20 @@ fn set_forwarding_headers(
     peer: IpAddr,
     peer_trusted: bool,
     scheme: &Scheme,
-    raw_host: &str,
+    raw_host: &HeaderValue,
 ) -> HeaderValue {
-    let peer_text = peer.to_canonical().to_string();
-    let forwarded_for = if peer_trusted {
-        let earlier: Vec<&str> = headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if earlier.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", earlier.join(", "))
-        }
+    use std::fmt::Write as _;
+    let peer = peer.to_canonical();
+    let mut forwarded_for = if peer_trusted {
+        joined(headers.get_all(X_FORWARDED_FOR).iter()).map(|mut list| {
+            list.push_str(", ");
+            list
+        })
     } else {
-        peer_text
-    };
+        None
+    }
+    .unwrap_or_default();
+    let _ = write!(forwarded_for, "{peer}");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -822,10 +840,8 @@ fn set_forwarding_headers(
         };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !(peer_trusted && headers.contains_key(X_FORWARDED_HOST))
-        && let Ok(value) = HeaderValue::from_str(raw_host)
-    {
-        headers.insert(X_FORWARDED_HOST, value);
+    if !(peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
+        headers.insert(X_FORWARDED_HOST, raw_host.clone());
     }
     let kept_id = headers
         .get(X_REQUEST_ID)
@@ -838,8 +854,13 @@ fn set_forwarding_headers(
 
 /// 128 random bits as 32 hex digits.
 fn new_request_id() -> HeaderValue {
-    let text = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -854,20 +875,15 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         h.insert(X_REQUEST_ID, "abc".parse().unwrap());
         let mut trusted = h.clone();
-        let id = set_forwarding_headers(&mut trusted, peer, true, &Scheme::HTTP, "api.example.com");
+        let host = HeaderValue::from_static("api.example.com");
+        let id = set_forwarding_headers(&mut trusted, peer, true, &Scheme::HTTP, &host);
         assert_eq!(trusted[X_FORWARDED_FOR], "198.51.100.7, 10.0.0.1");
         assert_eq!(trusted[X_FORWARDED_PROTO], "https");
         assert_eq!(trusted[X_FORWARDED_HOST], "api.example.com");
         assert_eq!(id, "abc");
 
         let mut untrusted = h;
-        let id = set_forwarding_headers(
-            &mut untrusted,
-            peer,
-            false,
-            &Scheme::HTTP,
-            "api.example.com",
-        );
+        let id = set_forwarding_headers(&mut untrusted, peer, false, &Scheme::HTTP, &host);
         assert_eq!(untrusted[X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(untrusted[X_FORWARDED_PROTO], "http");
         assert_ne!(id, "abc");

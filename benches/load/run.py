@@ -354,8 +354,10 @@ def main():
     for name in ("direct", "meridian", "nginx", "haproxy"):
         rps = statistics.median(results[name]["rps"])
         cpu = statistics.median(results[name]["cpu_us"])
-        label = "backend direct (backend CPU)" if name == "direct" else name
-        lines.append(f"| {label} | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | "
+        if name == "direct":
+            lines.append(f"| backend direct | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | – | – | – |")
+            continue
+        lines.append(f"| {name} | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | "
                      f"{fmt(results[name]['cpu_us'])} | {cpu / nginx_cpu:.2f} | {cpu / haproxy_cpu:.2f} |")
     lines += ["", "Open-loop latency added over direct (oha, latency-corrected), µs:", "",
               "| target | rate | p50 | p90 | p99 |", "|---|---|---|---|---|"]

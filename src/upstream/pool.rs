@@ -184,8 +184,23 @@ impl ClusterPool {
 
     /// A connection to `addr` for one request.
     pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<PooledConn, CheckoutError> {
+        // Fast path, the common case under load: an idle connection is there.
+        while let Some(conn) = self.take_idle(addr) {
+            let mut sender = conn.sender;
+            if sender.ready().await.is_ok() {
+                return Ok(PooledConn {
+                    sender,
+                    reused: true,
+                    permit: conn.permit,
+                    uses: conn.uses,
+                    addr,
+                    pool: self.clone(),
+                });
+            }
+        }
         let mut pending: Option<PendingGuard<'_>> = None;
         loop {
+            // Registered before looking again, so a release in between is not missed.
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
