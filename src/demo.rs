@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -165,11 +165,20 @@ async fn answer(
                 )
             })
             .collect();
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let received = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         serde_json::json!({
             "region": region,
-            "method": req.method().as_str(),
-            "path": req.uri().path(),
+            "method": method,
+            "path": path,
             "headers": headers,
+            "body": String::from_utf8_lossy(&received),
         })
         .to_string()
     } else {

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod decision;
 pub mod demo;
@@ -20,5 +21,6 @@ pub mod retry;
 pub mod routes;
 pub mod server;
 pub mod steer;
+pub mod strict;
 pub mod table;
 pub mod upstream;

@@ -228,8 +228,25 @@ async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()
     let running = server::start_with(table, Some(config)).await?;
     reload::spawn_watchers(running.server.clone(), reload::DEFAULT_POLL_INTERVAL);
     shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    running.shutdown(server::DEFAULT_DRAIN_TIMEOUT).await;
+    // /readyz turns 503 at once; listeners keep accepting for drain_delay so load balancers
+    // notice first; then in-flight requests get up to drain_timeout. A second signal ends it.
+    let (delay, timeout) = {
+        let table = running.table.load();
+        (table.drain_delay, table.drain_timeout)
+    };
+    running
+        .lifecycle
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(?delay, ?timeout, "shutting down: draining");
+    let drain = async {
+        tokio::time::sleep(delay).await;
+        running.shutdown(timeout).await;
+    };
+    tokio::select! {
+        _ = drain => tracing::info!("drained"),
+        _ = shutdown_signal() => tracing::warn!("second signal: exiting without waiting"),
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use crate::access_log::{self, AccessRecord};
+use crate::body::StreamedBody;
 use crate::config::AccessLogFormat;
 use crate::decision::{
     DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
@@ -32,6 +33,7 @@ use crate::retry::{AttemptFailure, parse_retry_after};
 use crate::routes::ClusterId;
 use crate::routes::normalize_host;
 use crate::steer::RegionId;
+use crate::strict::Malformed;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 use crate::table::{EndpointState, TableHandle};
 use crate::upstream::ClusterStats;
@@ -55,6 +57,8 @@ pub enum ProxyError {
     BadHost(HeaderValue),
     #[error("the request body could not be read: {0}")]
     BadBody(#[source] hyper::Error),
+    #[error("{0}")]
+    Malformed(#[from] Malformed),
     #[error(transparent)]
     Decision(#[from] DecisionError),
     #[error("cluster `{cluster}` is at its {} limit", .overflow.as_str())]
@@ -83,6 +87,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingHost | Self::BadHost(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Malformed(m) => m.status(),
             Self::Decision(DecisionError::NoRoute { .. }) => StatusCode::NOT_FOUND,
             Self::Decision(DecisionError::NoEndpoint { .. } | DecisionError::RegionLoop { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -99,6 +104,7 @@ impl ProxyError {
             Self::MissingHost => "missing-host",
             Self::BadHost(_) => "bad-host",
             Self::BadBody(_) => "bad-body",
+            Self::Malformed(m) => m.code(),
             Self::Decision(DecisionError::NoRoute { .. }) => "no-route",
             Self::Decision(DecisionError::NoEndpoint { .. }) => "no-healthy-endpoint",
             Self::Decision(DecisionError::RegionLoop { .. }) => "region-loop",
@@ -138,6 +144,13 @@ impl ProxyError {
                 X_MERIDIAN_OVERFLOW,
                 HeaderValue::from_static(overflow.as_str()),
             );
+        }
+        // After a framing error nothing more on this connection can be trusted.
+        if matches!(
+            self,
+            Self::Malformed(_) | Self::BadBody(_) | Self::MissingHost | Self::BadHost(_)
+        ) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -258,7 +271,7 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
         .headers()
         .get(header::HOST)
         .ok_or(ProxyError::MissingHost)?;
-    if value.to_str().is_err() {
+    if value.is_empty() || value.to_str().is_err() {
         return Err(ProxyError::BadHost(value.clone()));
     }
     Ok(value.clone())
@@ -271,6 +284,7 @@ async fn forward(
     req: Request<Incoming>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    crate::strict::check_request(req.method(), req.version(), req.uri(), req.headers())?;
     let raw_host = request_host(&req)?;
     let host = normalize_host(raw_host.to_str().unwrap_or_default());
     let mut rng = fastrand::Rng::new();
@@ -323,15 +337,17 @@ async fn forward(
         peer_trusted,
         &table.regions[table.local_region as usize].header,
     );
-    if !parts.headers.contains_key(header::HOST) {
-        // An HTTP/2 request goes upstream as HTTP/1.1, which needs a Host header.
+    if parts.version == Version::HTTP_2 || !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 goes upstream as HTTP/1.1: Host is the :authority we routed by, whatever a
+        // `host` header said.
         parts.headers.insert(header::HOST, raw_host.clone());
     }
     trace.request_id = Some(request_id.clone());
     let route = decision.route;
     let deadline = Instant::now() + route.timeout;
     let exchange = async {
-        let body = ReplayBody::new(body, &parts.headers, route.max_replay_body).await?;
+        let body =
+            ReplayBody::new(body, &parts.headers, route.max_replay_body, route.max_body).await?;
         attempts(table, &decision, &parts, body, &mut rng, trace).await
     };
     let (response, region) = match tokio::time::timeout_at(deadline, exchange).await {
@@ -358,48 +374,83 @@ async fn forward(
 enum ReplayBody {
     Buffered(Bytes),
     /// Streamed from the client; `None` once sent.
-    Streaming(Option<Incoming>),
+    Streaming(Option<StreamedBody>, Arc<AtomicBool>),
 }
 
 impl ReplayBody {
-    /// Buffer the body when its length is known and at most `limit`; otherwise stream it.
+    /// Buffer the body when it fits in `replay_limit` — read whole before anything is sent, so
+    /// a broken chunked framing never reaches a backend — otherwise stream it, refusing
+    /// anything past `max_body` (at once when Content-Length says so).
     async fn new(
-        body: Incoming,
+        mut body: Incoming,
         headers: &http::HeaderMap,
-        limit: u64,
+        replay_limit: u64,
+        max_body: u64,
     ) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(Self::Buffered(Bytes::new()));
         }
-        let length = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match length {
-            Some(n) if n <= limit => {
-                let collected = body.collect().await.map_err(ProxyError::BadBody)?;
-                Ok(Self::Buffered(collected.to_bytes()))
+        if let Some(n) = crate::strict::content_length(headers) {
+            if n > max_body {
+                return Err(ProxyError::Malformed(Malformed::BodyTooLarge {
+                    limit: max_body,
+                }));
             }
-            _ => Ok(Self::Streaming(Some(body))),
+            if n <= replay_limit {
+                let collected = body.collect().await.map_err(ProxyError::BadBody)?;
+                return Ok(Self::Buffered(collected.to_bytes()));
+            }
+            return Ok(Self::streaming(StreamedBody::new(None, body, max_body)));
         }
+        // Chunked: read up to the replay limit first.
+        let mut read = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(ProxyError::BadBody)?;
+            if let Ok(data) = frame.into_data() {
+                read.extend_from_slice(&data);
+            }
+            if read.len() as u64 > max_body {
+                return Err(ProxyError::Malformed(Malformed::BodyTooLarge {
+                    limit: max_body,
+                }));
+            }
+            if read.len() as u64 > replay_limit {
+                return Ok(Self::streaming(StreamedBody::new(
+                    Some(read.freeze()),
+                    body,
+                    max_body,
+                )));
+            }
+        }
+        Ok(Self::Buffered(read.freeze()))
+    }
+
+    fn streaming(body: StreamedBody) -> Self {
+        let exceeded = body.exceeded.clone();
+        Self::Streaming(Some(body), exceeded)
     }
 
     /// The body for the next attempt, if there still is one to send.
     fn next(&mut self) -> Option<UpstreamBody> {
         match self {
             Self::Buffered(bytes) => Some(Either::Left(Full::new(bytes.clone()))),
-            Self::Streaming(body) => body.take().map(Either::Right),
+            Self::Streaming(body, _) => body.take().map(Either::Right),
         }
     }
 
     fn replayable(&self) -> bool {
-        matches!(self, Self::Buffered(_) | Self::Streaming(Some(_)))
+        matches!(self, Self::Buffered(_) | Self::Streaming(Some(_), _))
+    }
+
+    /// Whether the streamed body was cut off at the route's limit.
+    fn exceeded(&self) -> bool {
+        matches!(self, Self::Streaming(_, flag) if flag.load(Ordering::Relaxed))
     }
 
     /// Give an unsent streaming body back (nothing reached the upstream).
     fn restore(&mut self, body: UpstreamBody) {
-        if let (Self::Streaming(slot), Either::Right(incoming)) = (self, body) {
-            *slot = Some(incoming);
+        if let (Self::Streaming(slot, _), Either::Right(streamed)) = (self, body) {
+            *slot = Some(streamed);
         }
     }
 }
@@ -536,6 +587,11 @@ async fn attempts(
                 detail,
                 unsent,
             } => {
+                if body.exceeded() {
+                    return Err(ProxyError::Malformed(Malformed::BodyTooLarge {
+                        limit: route.max_body,
+                    }));
+                }
                 cluster.reporter.report(&endpoint, Outcome::LocalFailure);
                 endpoint.state.record_outcome(false);
                 match failure {
@@ -718,6 +774,12 @@ async fn try_once(
             };
             conn.start_request();
             match conn.sender.try_send_request(request).await {
+                Ok(response) if crate::strict::bad_response_framing(response.headers()) => {
+                    // Never reuse a connection whose framing is in doubt.
+                    conn.discard();
+                    let detail = "the response has both Content-Length and Transfer-Encoding, or Content-Length twice";
+                    return Err(Ok((AttemptFailure::Reset, detail.to_owned(), None)));
+                }
                 Ok(response) => return Ok((response, conn)),
                 Err(mut e) => {
                     let reused = conn.reused;

@@ -111,6 +111,8 @@ pub struct Route {
     pub retries: RetryPolicy,
     /// Request bodies up to this many bytes are buffered for replay.
     pub max_replay_body: u64,
+    /// Larger request bodies are refused with 413.
+    pub max_body: u64,
     /// Requests decided so far: the index into the region-split sequence.
     pub requests: AtomicU64,
     pub metrics: RouteMetrics,
@@ -287,6 +289,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             retries: RetryPolicy::default(),
             max_replay_body: 0,
+            max_body: u64::MAX,
             requests: AtomicU64::new(0),
             metrics: RouteMetrics {
                 per_cluster: Vec::new(),

@@ -257,6 +257,8 @@ pub struct RoutingTable {
     /// Meridian tiers a request may already have passed.
     pub max_region_hops: u32,
     pub dns: DnsSettings,
+    pub drain_delay: Duration,
+    pub drain_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// Requests Meridian answered before a route matched (label route="").
     pub unrouted_metrics: RequestMetrics,
@@ -369,6 +371,9 @@ impl<'a> Compiler<'a> {
         let (clusters, cluster_ids) = self.clusters(regions.len());
         let routes = self.routes(&cluster_ids);
         let dns = self.dns();
+        let drain_delay = self.drain_duration("drain_delay", &self.config.drain_delay.clone());
+        let drain_timeout =
+            self.drain_duration("drain_timeout", &self.config.drain_timeout.clone());
         if !self.problems.is_empty() {
             return None;
         }
@@ -394,6 +399,8 @@ impl<'a> Compiler<'a> {
             admin_token,
             max_region_hops: self.config.max_region_hops,
             dns,
+            drain_delay,
+            drain_timeout,
             unrouted_metrics: RequestMetrics::new(&self.metrics, "", "", ""),
             metrics: self.metrics.clone(),
             access_log: self.config.access_log.format(),
@@ -453,6 +460,18 @@ impl<'a> Compiler<'a> {
                     ),
                 );
                 None
+            }
+        }
+    }
+
+    /// A drain duration; zero is allowed (no delay).
+    fn drain_duration(&mut self, key: &str, text: &str) -> Duration {
+        match humantime::parse_duration(text) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problems
+                    .at(root().key(key), format!("`{text}` is not a duration ({e})"));
+                Duration::ZERO
             }
         }
     }
@@ -1053,6 +1072,7 @@ impl<'a> Compiler<'a> {
                     timeout,
                     retries,
                     max_replay_body: r.max_replay_body,
+                    max_body: r.max_body,
                     requests: Default::default(),
                 });
                 hosts.push(host_patterns);

@@ -28,7 +28,8 @@ async fn eventually(what: &str, limit: Duration, mut condition: impl AsyncFnMut(
 
 /// Start Meridian from a config file, as `meridian run` does.
 async fn start_from(path: &Path) -> RunningServer {
-    let loaded = config::load_file(path).unwrap();
+    let mut loaded = config::load_file(path).unwrap();
+    common::quiet(&mut loaded);
     let table = table::compile(&loaded, table::CompileContext::default()).unwrap();
     server::start_with(table, Some(path.to_path_buf()))
         .await

@@ -19,6 +19,7 @@ pub const DEFAULT_ENDPOINT_WEIGHT: u32 = 1;
 pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 pub const DEFAULT_MAX_REGION_HOPS: u32 = 1;
 pub const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
+pub const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Config {
@@ -44,6 +45,13 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// After SIGTERM: how long listeners keep accepting while /readyz already says 503 (set it
+    /// to the load balancer's health-check period).
+    #[serde(default = "default_drain_delay")]
+    pub drain_delay: String,
+    /// Then: how long in-flight requests may take to finish.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: String,
 }
 
 /// DNS discovery for endpoints written as `name:port`.
@@ -534,6 +542,10 @@ pub struct RouteConfig {
     /// stream and are not retried once sent.
     #[serde(default = "default_max_replay_body")]
     pub max_replay_body: u64,
+    /// Request bodies above this many bytes are refused with 413 (by Content-Length before
+    /// anything is sent; a chunked body is cut off when it passes the limit).
+    #[serde(default = "default_max_body")]
+    pub max_body: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -650,4 +662,13 @@ fn default_max_region_hops() -> u32 {
 }
 fn default_max_replay_body() -> u64 {
     DEFAULT_MAX_REPLAY_BODY
+}
+fn default_drain_delay() -> String {
+    "0s".to_owned()
+}
+fn default_drain_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY
 }

@@ -74,6 +74,11 @@ pub struct LineIndex {
 }
 
 impl LineIndex {
+    /// Whether the document sets this top-level key.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.lines.contains_key(&YamlPath::root().key(key))
+    }
+
     /// The line of `path`, or of its nearest ancestor that has one (a missing field is reported
     /// at the mapping that lacks it).
     pub fn line_of(&self, path: &YamlPath) -> Option<usize> {

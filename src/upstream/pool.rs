@@ -25,7 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// A request body: buffered (replayable) or streamed from the client.
-pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+pub type UpstreamBody = Either<Full<Bytes>, crate::body::StreamedBody>;
 
 /// The limits of one cluster's pool.
 #[derive(Debug, Clone, PartialEq)]

@@ -59,12 +59,21 @@ impl Backends {
 
 /// Compile `yaml` and start Meridian (listener and admin on 127.0.0.1:0).
 pub async fn start_proxy(yaml: &str) -> RunningServer {
-    let loaded = config::load_str(yaml, Path::new("test.yaml")).unwrap();
+    let mut loaded = config::load_str(yaml, Path::new("test.yaml")).unwrap();
+    quiet(&mut loaded);
     let table = match table::compile(&loaded, table::CompileContext::default()) {
         Ok(t) => t,
         Err(e) => panic!("{e}"),
     };
     server::start(table).await.unwrap()
+}
+
+/// The access log writes to the process's stdout from its own thread, past the test
+/// harness's capture: keep it off unless a test asks for it.
+pub fn quiet(loaded: &mut config::LoadedConfig) {
+    if !loaded.lines.contains_key("access_log") {
+        loaded.config.access_log.enabled = false;
+    }
 }
 
 /// A response as the tests look at it.

@@ -1,0 +1,83 @@
+//! Request bodies on their way upstream: buffered when small enough to replay, otherwise
+//! streamed with the route's size limit enforced as bytes pass.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// Raised when a streamed body passes its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body passed the route's limit of {0} bytes")]
+pub struct TooLarge(pub u64);
+
+/// A client body streamed upstream: an optional prefix already read, then the rest, cut off
+/// with an error once more than `limit` bytes went by (`exceeded` tells the proxy why).
+pub struct StreamedBody {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+    seen: u64,
+    limit: u64,
+    pub exceeded: Arc<AtomicBool>,
+}
+
+impl StreamedBody {
+    pub fn new(prefix: Option<Bytes>, rest: Incoming, limit: u64) -> Self {
+        let seen = prefix.as_ref().map(|p| p.len() as u64).unwrap_or(0);
+        Self {
+            prefix,
+            rest,
+            seen,
+            limit,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Body for StreamedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match Pin::new(&mut self.rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if self.seen > self.limit {
+                        self.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        if let Some(p) = &self.prefix {
+            let n = p.len() as u64;
+            hint.set_lower(hint.lower() + n);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+        }
+        hint
+    }
+}

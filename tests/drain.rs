@@ -1,0 +1,187 @@
+//! Graceful drain of the real binary: SIGTERM while slow requests run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Backends, Client, get};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The process and the directory holding its config, both cleaned up when dropped.
+struct Running(Child, #[allow(dead_code)] tempfile::TempDir);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    assert!(
+        Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Start `meridian run` on free ports; returns (process, proxy, admin).
+async fn start(
+    backends: &Backends,
+    drain: &str,
+) -> (Running, std::net::SocketAddr, std::net::SocketAddr) {
+    let (proxy, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    std::fs::write(
+        &path,
+        backends.fill(&format!(
+            "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:{proxy}\" }}]
+admin: {{ bind: \"127.0.0.1:{admin}\" }}
+access_log: {{ enabled: false }}
+{drain}
+{{REGIONS}}
+clusters:
+  api: {{ endpoints: {{ us-east-1: [\"{{US}}\"] }} }}
+routes:
+  - {{ name: api, hosts: [\"*\"], cluster: api }}
+"
+        )),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("MERIDIAN_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (proxy, admin) = (
+        std::net::SocketAddr::from(([127, 0, 0, 1], proxy)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+    );
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "meridian did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (Running(child, dir), proxy, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_every_started_request_finish() {
+    let backends = Backends::start().await;
+    let (mut running, proxy, admin) =
+        start(&backends, "drain_delay: 300ms\ndrain_timeout: 3s").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        loops.push(tokio::spawn(async move {
+            let mut client = Client::connect(proxy, None).await;
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                statuses.push(
+                    client
+                        .get("a.test", "/delay/400", &[])
+                        .await
+                        .status
+                        .as_u16(),
+                );
+            }
+            statuses
+        }));
+    }
+    // Let every loop get a slow request in flight.
+    let started = Instant::now();
+    while backends.us.hits() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&running.0, "-TERM");
+    let signalled = Instant::now();
+    stop.store(true, Ordering::SeqCst);
+
+    // Ready turns 503 at once; listeners still accept during drain_delay.
+    let readyz = get(admin, "admin", "/readyz", &[]).await;
+    assert_eq!(readyz.status, 503);
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_ok(),
+        "still accepting during drain_delay"
+    );
+
+    for l in loops {
+        let statuses = l.await.unwrap();
+        assert!(!statuses.is_empty());
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = running.0.wait();
+        drop(running);
+        status
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "exit within drain_timeout + 1 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let backends = Backends::start().await;
+    let (mut running, proxy, _) = start(&backends, "drain_timeout: 30s").await;
+    let slow = tokio::spawn(async move {
+        let mut client = Client::connect(proxy, None).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get("a.test", "/delay/20000", &[]),
+        )
+        .await;
+    });
+    let started = Instant::now();
+    while backends.us.hits() < 1 {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&running.0, "-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = Instant::now();
+    signal(&running.0, "-TERM");
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = running.0.wait();
+        drop(running);
+        status
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(exit.success());
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+    slow.abort();
+}

@@ -1,0 +1,352 @@
+//! Malformed and smuggling HTTP/1.1 requests over raw sockets: each refused one gets the right
+//! status, the connection closes, and the backend never sees it; each accepted one reaches the
+//! backend exactly once with clean framing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backends, start_proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CONFIG: &str = "
+local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\", header_read_timeout: 2s }]
+admin: { bind: null }
+access_log: { enabled: false }
+{REGIONS}
+clusters:
+  api: { endpoints: { us-east-1: [\"{US}\"] }, outlier_detection: { enabled: false } }
+routes:
+  - { name: api, hosts: [\"a.test\"], cluster: api, max_body: 1000, retries: { attempts: 0 } }
+";
+
+/// Send raw bytes, read until the server closes (bounded), return what came back.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
+    exchange_then(addr, bytes, false).await
+}
+
+/// As `exchange`; with `finish`, the client also ends its side after sending.
+async fn exchange_then(addr: std::net::SocketAddr, bytes: &[u8], finish: bool) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    if finish {
+        stream.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    // Well under the listener's 2 s header timeout: the close must come from the refusal.
+    let closed = tokio::time::timeout(Duration::from_millis(1500), stream.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+fn req(head: &str) -> Vec<u8> {
+    head.replace('\n', "\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn refused_requests_never_reach_the_backend() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(CONFIG)).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let long_uri = format!("GET /{} HTTP/1.1\nHost: a.test\n\n", "a".repeat(9000));
+    let big_head = format!(
+        "GET / HTTP/1.1\nHost: a.test\nX-Big: {}\n\n",
+        "b".repeat(70 * 1024)
+    );
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\n")).collect();
+    let many_headers = format!("GET / HTTP/1.1\nHost: a.test\n{many}\n");
+    let big_body = format!(
+        "POST / HTTP/1.1\nHost: a.test\nContent-Length: 2000\n\n{}",
+        "x".repeat(2000)
+    );
+    let big_chunked = format!(
+        "POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\n\n7d0\n{}\n0\n\n",
+        "x".repeat(2000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "TE identity, chunked",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: identity, chunked\n\n0\n\n"),
+            "400",
+        ),
+        (
+            "TE gzip, chunked",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: gzip, chunked\n\n0\n\n"),
+            "400",
+        ),
+        (
+            "TE chunked, chunked",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked, chunked\n\n0\n\n"),
+            "400",
+        ),
+        (
+            "two TE lines",
+            req(
+                "POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\nTransfer-Encoding: chunked\n\n0\n\n",
+            ),
+            "400",
+        ),
+        (
+            "TE xchunked",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: xchunked\n\n0\n\n"),
+            "400",
+        ),
+        (
+            "TE gzip only",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: gzip\n\nabc"),
+            "400",
+        ),
+        (
+            "TE in HTTP/1.0",
+            req("POST / HTTP/1.0\nHost: a.test\nTransfer-Encoding: chunked\n\n0\n\n"),
+            "400",
+        ),
+        (
+            "Content_Length",
+            req("POST / HTTP/1.1\nHost: a.test\nContent_Length: 4\n\nabcd"),
+            "400",
+        ),
+        (
+            "Transfer_Encoding",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer_Encoding: chunked\n\n"),
+            "400",
+        ),
+        (
+            "two different CL",
+            req("POST / HTTP/1.1\nHost: a.test\nContent-Length: 4\nContent-Length: 5\n\nabcd"),
+            "400",
+        ),
+        (
+            "CL list",
+            req("POST / HTTP/1.1\nHost: a.test\nContent-Length: 4, 4\n\nabcd"),
+            "400",
+        ),
+        (
+            "CL not a number",
+            req("POST / HTTP/1.1\nHost: a.test\nContent-Length: abc\n\n"),
+            "400",
+        ),
+        (
+            "CL negative",
+            req("POST / HTTP/1.1\nHost: a.test\nContent-Length: -1\n\n"),
+            "400",
+        ),
+        (
+            "CL plus sign",
+            req("POST / HTTP/1.1\nHost: a.test\nContent-Length: +4\n\nabcd"),
+            "400",
+        ),
+        (
+            "CL overflow",
+            req("POST / HTTP/1.1\nHost: a.test\nContent-Length: 99999999999999999999999\n\n"),
+            "400",
+        ),
+        ("no Host", req("GET / HTTP/1.1\nX-A: 1\n\n"), "400"),
+        (
+            "two Hosts",
+            req("GET / HTTP/1.1\nHost: a.test\nHost: b.test\n\n"),
+            "400",
+        ),
+        ("empty Host", req("GET / HTTP/1.1\nHost:\n\n"), "400"),
+        (
+            "absolute URI vs Host",
+            req("GET http://a.test/ HTTP/1.1\nHost: evil.test\n\n"),
+            "400",
+        ),
+        ("URI over 8 KiB", req(&long_uri), "414"),
+        ("header block over 64 KiB", req(&big_head), "431"),
+        ("over 100 headers", req(&many_headers), "431"),
+        (
+            "obs-fold",
+            req("GET / HTTP/1.1\nHost: a.test\nX-A: 1\n  folded\n\n"),
+            "400",
+        ),
+        (
+            "bare CR in a value",
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: a\rb\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "NUL in a value",
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: a\0b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "space before colon",
+            req("GET / HTTP/1.1\nHost : a.test\n\n"),
+            "400",
+        ),
+        (
+            "space in a name",
+            req("GET / HTTP/1.1\nHost: a.test\nX A: 1\n\n"),
+            "400",
+        ),
+        ("bad method", req("G(T / HTTP/1.1\nHost: a.test\n\n"), "400"),
+        ("bad version", req("GET / HTTP/9.9\nHost: a.test\n\n"), "40"),
+        (
+            "bad chunk size",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\n\nzz\nabc\n0\n\n"),
+            "400",
+        ),
+        (
+            "chunk longer than said",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\n\n2\nabcdef\n0\n\n"),
+            "400",
+        ),
+        ("body over max_body (CL)", req(&big_body), "413"),
+        ("body over max_body (chunked)", req(&big_chunked), "413"),
+        (
+            "CONNECT",
+            req("CONNECT a.test:443 HTTP/1.1\nHost: a.test:443\n\n"),
+            "405",
+        ),
+        (
+            "unknown host",
+            req("GET / HTTP/1.1\nHost: other.test\nConnection: close\n\n"),
+            "404",
+        ),
+        (
+            "request line only LF garbage",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(),
+            "400",
+        ),
+    ];
+    assert!(cases.len() >= 36, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for (name, bytes, want) in &cases {
+        let before = backends.us.hits();
+        let (reply, closed) = exchange(addr, bytes).await;
+        let status = reply.split(' ').nth(1).unwrap_or("");
+        if !status.starts_with(want) || !closed || backends.us.hits() != before {
+            failures.push(format!(
+                "{name}: want {want}, got {:?} closed={closed} reached={}",
+                reply.lines().next(),
+                backends.us.hits() != before
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn truncated_bodies_are_refused_before_the_backend() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(CONFIG)).await;
+    let addr = proxy.proxy_addr().unwrap();
+    for (name, bytes) in [
+        (
+            "truncated body",
+            req("POST / HTTP/1.1\nHost: a.test\nContent-Length: 10\n\nabc"),
+        ),
+        (
+            "truncated chunked body",
+            req("POST / HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\n\n5\nab"),
+        ),
+    ] {
+        let (reply, closed) = exchange_then(addr, &bytes, true).await;
+        assert!(closed, "{name}");
+        // The client is gone: whether a 400 still reaches it or not, the backend saw nothing.
+        assert!(
+            reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+            "{name}: {reply}"
+        );
+        assert_eq!(backends.us.hits(), 0, "{name}: reached the backend");
+    }
+}
+
+#[tokio::test]
+async fn accepted_requests_reach_the_backend_once_with_clean_framing() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(CONFIG)).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "plain GET",
+            req("GET /echo HTTP/1.1\nHost: a.test\nConnection: close\n\n"),
+            "",
+        ),
+        (
+            "POST with Content-Length",
+            req("POST /echo HTTP/1.1\nHost: a.test\nContent-Length: 5\nConnection: close\n\nhello"),
+            "hello",
+        ),
+        (
+            "chunked POST",
+            req(
+                "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\nConnection: close\n\n5\nhello\n6\n world\n0\n\n",
+            ),
+            "hello world",
+        ),
+        // hyper drops the Content-Length, reads the body as chunked, and closes the
+        // connection after the response: the upstream sees one unambiguous framing.
+        (
+            "CL and TE",
+            req(
+                "POST /echo HTTP/1.1\nHost: a.test\nContent-Length: 4\nTransfer-Encoding: chunked\n\n2\nok\n0\n\n",
+            ),
+            "ok",
+        ),
+        // RFC 9110 §8.6: identical Content-Length values may be folded into one.
+        (
+            "two equal CL",
+            req(
+                "POST /echo HTTP/1.1\nHost: a.test\nContent-Length: 2\nContent-Length: 2\nConnection: close\n\nok",
+            ),
+            "ok",
+        ),
+        (
+            "TE upper case",
+            req(
+                "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding: CHUNKED\nConnection: close\n\n2\nok\n0\n\n",
+            ),
+            "ok",
+        ),
+        (
+            "absolute URI matching Host",
+            req("GET http://a.test/echo HTTP/1.1\nHost: a.test\nConnection: close\n\n"),
+            "",
+        ),
+        (
+            "Upgrade: h2c is not forwarded",
+            req(
+                "GET /echo HTTP/1.1\nHost: a.test\nConnection: Upgrade, HTTP2-Settings, close\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\n\n",
+            ),
+            "",
+        ),
+    ];
+    for (name, bytes, body) in &cases {
+        let before = backends.us.hits();
+        let (reply, _) = exchange(addr, bytes).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{name}: {reply}");
+        assert_eq!(
+            backends.us.hits(),
+            before + 1,
+            "{name}: forwarded exactly once"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let headers = json["headers"].as_object().unwrap();
+        assert!(
+            !(headers.contains_key("content-length") && headers.contains_key("transfer-encoding")),
+            "{name}: ambiguous framing upstream: {headers:?}"
+        );
+        for hop in ["upgrade", "http2-settings", "connection"] {
+            assert!(!headers.contains_key(hop), "{name}: {hop} forwarded");
+        }
+        assert_eq!(json["body"], *body, "{name}");
+    }
+
+    // Pipelined: an empty POST then a GET on one connection, each forwarded once.
+    let before = backends.us.hits();
+    let (reply, _) = exchange(
+        addr,
+        &req("POST /echo HTTP/1.1\nHost: a.test\nContent-Length: 0\n\nGET /echo HTTP/1.1\nHost: a.test\nConnection: close\n\n"),
+    )
+    .await;
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply}");
+    assert_eq!(backends.us.hits(), before + 2);
+}
