@@ -24,3 +24,4 @@ pub mod steer;
 pub mod strict;
 pub mod table;
 pub mod upstream;
+pub mod websocket;

@@ -261,6 +261,21 @@ pub async fn handle(
     Ok(response)
 }
 
+/// An HTTP/1.1 WebSocket handshake: GET with `Connection: upgrade` and `Upgrade: websocket`.
+/// Every other upgrade (h2c included) is stripped as a hop-by-hop header, never forwarded.
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.method() == http::Method::GET
+        && req.version() == Version::HTTP_11
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+}
+
 /// The request's host as a header value (cheap to clone: it shares the request's bytes).
 fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
     // HTTP/2 and absolute-form requests carry the authority in the URI; it wins.
@@ -322,6 +337,9 @@ async fn forward(
         "routing"
     );
 
+    let websocket = is_websocket(&req);
+    let mut req = req;
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(X_MERIDIAN_DEBUG);
@@ -343,6 +361,23 @@ async fn forward(
         parts.headers.insert(header::HOST, raw_host.clone());
     }
     trace.request_id = Some(request_id.clone());
+    if let Some(client_upgrade) = client_upgrade {
+        trace.tries = 1;
+        trace.endpoint = Some(decision.endpoint.address);
+        let mut response = crate::websocket::forward(
+            &table.regions[decision.region as usize].name,
+            &decision,
+            parts,
+            client_upgrade,
+        )
+        .await?;
+        response.headers_mut().insert(
+            X_MERIDIAN_REGION,
+            table.regions[decision.region as usize].header.clone(),
+        );
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        return Ok(response);
+    }
     let route = decision.route;
     let deadline = Instant::now() + route.timeout;
     let exchange = async {

@@ -433,7 +433,8 @@ async fn accept_loop<F, S, B>(
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            // With upgrades, so WebSocket connections can be handed over after the 101.
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
