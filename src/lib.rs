@@ -16,6 +16,7 @@ pub mod headers;
 pub mod import;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod retry;
 pub mod routes;

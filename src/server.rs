@@ -151,12 +151,19 @@ impl Server {
             let table = table.clone();
             service_fn(move |req| crate::proxy::handle(table.clone(), peer, Scheme::HTTP, req))
         };
+        let proxy_protocol = spec.proxy_protocol.then(|| {
+            Arc::new(ProxyProtocol {
+                table: self.table.clone(),
+                timeout: spec.header_read_timeout,
+            })
+        });
         self.tracker.spawn(accept_loop(
             listener,
             builder,
             make_service,
             stop.clone(),
             self.tracker.clone(),
+            proxy_protocol,
         ));
         ActiveListener { spec, addr, stop }
     }
@@ -259,6 +266,7 @@ pub async fn start_with(
                 make_service,
                 server.shutdown.clone(),
                 server.tracker.clone(),
+                None,
             ));
             addr
         }
@@ -398,14 +406,22 @@ fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Where a listener expects a PROXY protocol header: the table (for the trusted peers) and how
+/// long the header may take.
+pub(crate) struct ProxyProtocol {
+    pub table: TableHandle,
+    pub timeout: Duration,
+}
+
 async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     make_service: F,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    proxy_protocol: Option<Arc<ProxyProtocol>>,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
@@ -414,6 +430,7 @@ async fn accept_loop<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let make_service = Arc::new(make_service);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -429,10 +446,28 @@ async fn accept_loop<F, S, B>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
         let builder = builder.clone();
         let shutdown = shutdown.clone();
+        let make_service = make_service.clone();
+        let proxy_protocol = proxy_protocol.clone();
         tracker.spawn(async move {
+            let mut stream = stream;
+            let mut peer = peer;
+            if let Some(pp) = proxy_protocol {
+                if !pp.table.load().geo.is_trusted(peer.ip()) {
+                    tracing::debug!(client = %peer, "PROXY protocol listener: peer not trusted, closed");
+                    return;
+                }
+                match crate::proxy_protocol::read_header(&mut stream, pp.timeout).await {
+                    Ok(Some(client)) => peer = client,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(client = %peer, error = %e, "PROXY protocol header refused, closed");
+                        return;
+                    }
+                }
+            }
+            let service = make_service(peer);
             // With upgrades, so WebSocket connections can be handed over after the 101.
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);

@@ -234,6 +234,7 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub header_read_timeout: Duration,
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug)]
@@ -636,6 +637,7 @@ impl<'a> Compiler<'a> {
                     name: l.name.clone(),
                     bind,
                     header_read_timeout,
+                    proxy_protocol: l.proxy_protocol,
                 });
             }
         }

@@ -132,6 +132,9 @@ pub struct ListenerConfig {
     /// How long a client may take to send the request head.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: String,
+    /// Expect a PROXY protocol v1/v2 header first (from a trusted peer) on every connection.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
