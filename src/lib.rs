@@ -11,6 +11,7 @@ pub mod decision;
 pub mod demo;
 pub mod discovery;
 pub mod endpoints;
+pub mod fuzzing;
 pub mod geo;
 pub mod headers;
 pub mod import;

@@ -36,6 +36,9 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// HTTP/2 streams per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// How often idle HTTP/2 connections are pinged, and how long the answer may take.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long in-flight requests may take to finish after shutdown starts.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -402,6 +405,9 @@ fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Ping idle HTTP/2 clients; one that does not answer is closed.
+        .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
