@@ -1,10 +1,12 @@
 //! Request bodies on their way upstream: buffered when small enough to replay, otherwise
 //! streamed with the route's size limit enforced as bytes pass.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -22,10 +24,18 @@ pub struct StreamedBody {
     seen: u64,
     limit: u64,
     pub exceeded: Arc<AtomicBool>,
+    idle_timeout: Duration,
+    /// Armed only while the client keeps us waiting.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// The client sent nothing for longer than the route's body idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no body bytes for {0:?}")]
+pub struct BodyIdle(pub Duration);
+
 impl StreamedBody {
-    pub fn new(prefix: Option<Bytes>, rest: Incoming, limit: u64) -> Self {
+    pub fn new(prefix: Option<Bytes>, rest: Incoming, limit: u64, idle_timeout: Duration) -> Self {
         let seen = prefix.as_ref().map(|p| p.len() as u64).unwrap_or(0);
         Self {
             prefix,
@@ -33,6 +43,8 @@ impl StreamedBody {
             seen,
             limit,
             exceeded: Arc::new(AtomicBool::new(false)),
+            idle_timeout,
+            idle: None,
         }
     }
 }
@@ -57,11 +69,24 @@ impl Body for StreamedBody {
                         return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
                     }
                 }
+                let timeout = self.idle_timeout;
+                if let Some(idle) = self.idle.as_mut() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let timeout = self.idle_timeout;
+                let idle = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle(timeout)))));
+                }
+                Poll::Pending
+            }
         }
     }
 

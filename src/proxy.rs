@@ -381,8 +381,14 @@ async fn forward(
     let route = decision.route;
     let deadline = Instant::now() + route.timeout;
     let exchange = async {
-        let body =
-            ReplayBody::new(body, &parts.headers, route.max_replay_body, route.max_body).await?;
+        let body = ReplayBody::new(
+            body,
+            &parts.headers,
+            route.max_replay_body,
+            route.max_body,
+            route.body_idle_timeout,
+        )
+        .await?;
         attempts(table, &decision, &parts, body, &mut rng, trace).await
     };
     let (response, region) = match tokio::time::timeout_at(deadline, exchange).await {
@@ -421,6 +427,7 @@ impl ReplayBody {
         headers: &http::HeaderMap,
         replay_limit: u64,
         max_body: u64,
+        body_idle: Duration,
     ) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(Self::Buffered(Bytes::new()));
@@ -435,7 +442,9 @@ impl ReplayBody {
                 let collected = body.collect().await.map_err(ProxyError::BadBody)?;
                 return Ok(Self::Buffered(collected.to_bytes()));
             }
-            return Ok(Self::streaming(StreamedBody::new(None, body, max_body)));
+            return Ok(Self::streaming(StreamedBody::new(
+                None, body, max_body, body_idle,
+            )));
         }
         // Chunked: read up to the replay limit first.
         let mut read = bytes::BytesMut::new();
@@ -454,6 +463,7 @@ impl ReplayBody {
                     Some(read.freeze()),
                     body,
                     max_body,
+                    body_idle,
                 )));
             }
         }
@@ -612,7 +622,10 @@ async fn attempts(
                 cluster.reporter.report(&endpoint, Outcome::Status(status));
                 let failure = AttemptFailure::Status(status);
                 if !policy.covers(failure) {
-                    return Ok((stream_response(response, conn, guards), region));
+                    return Ok((
+                        stream_response(response, conn, guards, route.response_idle_timeout),
+                        region,
+                    ));
                 }
                 let retry_after = parse_retry_after(response.headers().get(header::RETRY_AFTER));
                 (failure, retry_after, Last::Response(response, conn, guards))
@@ -673,7 +686,7 @@ async fn attempts(
             )
         };
         let Some((next_region, next_endpoint)) = next else {
-            return last.finish(table, region, &endpoint, policy.per_try_timeout);
+            return last.finish(table, region, &endpoint, route);
         };
         drop(last);
         if retry_slot.is_none() {
@@ -706,13 +719,16 @@ impl Last {
         table: &RoutingTable,
         region: RegionId,
         endpoint: &Endpoint,
-        per_try_timeout: Option<Duration>,
+        route: &crate::routes::Route,
     ) -> Result<(Response<ProxyBody>, RegionId), ProxyError> {
+        let (per_try_timeout, response_idle) =
+            (route.retries.per_try_timeout, route.response_idle_timeout);
         let region_name = table.region_name(region).to_owned();
         match self {
-            Self::Response(response, conn, guards) => {
-                Ok((stream_response(response, conn, guards), region))
-            }
+            Self::Response(response, conn, guards) => Ok((
+                stream_response(response, conn, guards, response_idle),
+                region,
+            )),
             Self::Error(AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream, detail) => {
                 Err(ProxyError::Connect {
                     endpoint: endpoint.address,
@@ -740,11 +756,12 @@ fn stream_response(
     response: Response<Incoming>,
     conn: PooledConn,
     guards: AttemptGuards,
+    response_idle: Duration,
 ) -> Response<ProxyBody> {
     let (head, body) = response.into_parts();
     Response::from_parts(
         head,
-        Either::Left(UpstreamResponseBody::new(body, conn, guards)),
+        Either::Left(UpstreamResponseBody::new(body, conn, guards, response_idle)),
     )
 }
 

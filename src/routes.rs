@@ -113,6 +113,10 @@ pub struct Route {
     pub max_replay_body: u64,
     /// Larger request bodies are refused with 413.
     pub max_body: u64,
+    /// A streamed request body may pause this long between bytes.
+    pub body_idle_timeout: Duration,
+    /// A response body may pause this long between bytes.
+    pub response_idle_timeout: Duration,
     /// Requests decided so far: the index into the region-split sequence.
     pub requests: AtomicU64,
     pub metrics: RouteMetrics,
@@ -290,6 +294,8 @@ mod tests {
             retries: RetryPolicy::default(),
             max_replay_body: 0,
             max_body: u64::MAX,
+            body_idle_timeout: Duration::from_secs(30),
+            response_idle_timeout: Duration::from_secs(60),
             requests: AtomicU64::new(0),
             metrics: RouteMetrics {
                 per_cluster: Vec::new(),

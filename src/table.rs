@@ -1061,6 +1061,12 @@ impl<'a> Compiler<'a> {
             let steering = self.steering(here.key("steering"), &r.steering);
             let timeout = self.duration(here.key("timeout"), &r.timeout);
             let retries = self.retries(here.key("retries"), &r.retries);
+            let body_idle_timeout = self
+                .duration(here.key("body_idle_timeout"), &r.body_idle_timeout)
+                .unwrap_or(Duration::from_secs(30));
+            let response_idle_timeout = self
+                .duration(here.key("response_idle_timeout"), &r.response_idle_timeout)
+                .unwrap_or(Duration::from_secs(60));
             if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
                 let metrics = self.route_metrics(&r.name, &target, clusters);
                 routes.push(Route {
@@ -1075,6 +1081,8 @@ impl<'a> Compiler<'a> {
                     retries,
                     max_replay_body: r.max_replay_body,
                     max_body: r.max_body,
+                    body_idle_timeout,
+                    response_idle_timeout,
                     requests: Default::default(),
                 });
                 hosts.push(host_patterns);

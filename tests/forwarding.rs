@@ -258,3 +258,73 @@ async fn h2c_clients_are_proxied_to_http1_upstreams() {
         .unwrap();
     assert_eq!(sender.send_request(req).await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn stalled_bodies_time_out_both_ways() {
+    use http_body_util::BodyExt;
+    // An upstream that sends a head and five of a hundred body bytes, then stalls.
+    let stalling = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = stalling.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = stalling.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+                .await;
+            held.push(stream);
+        }
+    });
+    let proxy = start_proxy(&format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+regions: {{ us-east-1: {{ lat: 38.9, lon: -77.4 }} }}
+clusters:
+  api: {{ endpoints: {{ us-east-1: [\"{upstream}\"] }} }}
+routes:
+  - {{ name: api, hosts: [\"*\"], cluster: api, response_idle_timeout: 300ms, body_idle_timeout: 300ms }}
+"
+    ))
+    .await;
+    let addr = proxy.proxy_addr().unwrap();
+
+    // Response side: the head arrives, then the body is cut off after the idle timeout.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let started = std::time::Instant::now();
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await;
+    assert!(body.is_err(), "the stalled body must not look complete");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    // Request side: a streamed body (larger than the replay buffer) that stalls is given up on.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 200000\r\n\r\nsome bytes")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the stalled request body was waited on for {waited:?}"
+    );
+}

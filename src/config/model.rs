@@ -549,6 +549,13 @@ pub struct RouteConfig {
     /// anything is sent; a chunked body is cut off when it passes the limit).
     #[serde(default = "default_max_body")]
     pub max_body: u64,
+    /// A streamed request body may pause this long between bytes.
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: String,
+    /// A response body may pause this long between bytes; then the client's connection is
+    /// aborted and the upstream connection discarded.
+    #[serde(default = "default_response_idle_timeout")]
+    pub response_idle_timeout: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -671,6 +678,12 @@ fn default_drain_delay() -> String {
 }
 fn default_drain_timeout() -> String {
     "30s".to_owned()
+}
+fn default_body_idle_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_response_idle_timeout() -> String {
+    "60s".to_owned()
 }
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY

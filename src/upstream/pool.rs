@@ -7,6 +7,7 @@
 //! back to the pool when its response body has been read to the end.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -312,14 +313,25 @@ pub struct UpstreamResponseBody<G> {
     inner: Incoming,
     conn: Option<PooledConn>,
     guards: Option<G>,
+    idle_timeout: Duration,
+    /// Armed only while the upstream keeps us waiting, so a body read in one go never
+    /// touches the timer wheel.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// The upstream sent nothing for longer than the route's response idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?} in the middle of a response")]
+pub struct ResponseIdle(pub Duration);
+
 impl<G> UpstreamResponseBody<G> {
-    pub fn new(inner: Incoming, conn: PooledConn, guards: G) -> Self {
+    pub fn new(inner: Incoming, conn: PooledConn, guards: G, idle_timeout: Duration) -> Self {
         let mut body = Self {
             inner,
             conn: Some(conn),
             guards: Some(guards),
+            idle_timeout,
+            idle: None,
         };
         if body.inner.is_end_stream() {
             body.finish();
@@ -332,30 +344,59 @@ impl<G> UpstreamResponseBody<G> {
             conn.release();
         }
         self.guards = None;
+        self.idle = None;
+    }
+
+    fn abandon(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.discard();
+        }
+        self.guards = None;
+        self.idle = None;
     }
 }
 
 impl<G: Unpin> Body for UpstreamResponseBody<G> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(conn) = self.conn.take() {
-                    conn.discard();
-                }
-                self.guards = None;
+        match polled {
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
             }
-            _ => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                if self.inner.is_end_stream() {
+                    self.finish();
+                } else {
+                    let deadline = tokio::time::Instant::now() + self.idle_timeout;
+                    if let Some(idle) = self.idle.as_mut() {
+                        idle.as_mut().reset(deadline);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.abandon();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => {
+                let timeout = self.idle_timeout;
+                let idle = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    self.abandon();
+                    return Poll::Ready(Some(Err(Box::new(ResponseIdle(timeout)))));
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
