@@ -25,5 +25,6 @@ pub mod server;
 pub mod steer;
 pub mod strict;
 pub mod table;
+pub mod tls;
 pub mod upstream;
 pub mod websocket;

@@ -261,6 +261,40 @@ pub async fn handle(
     Ok(response)
 }
 
+/// A plain listener with `redirect_https`: 308 to the same URL over https.
+pub fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| normalize_host(h).into_owned())
+        })
+        .unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    match HeaderValue::from_str(&location) {
+        Ok(value) if !host.is_empty() => {
+            *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        _ => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
+
 /// An HTTP/1.1 WebSocket handshake: GET with `Connection: upgrade` and `Upgrade: websocket`.
 /// Every other upgrade (h2c included) is stripped as a hop-by-hop header, never forwarded.
 fn is_websocket(req: &Request<Incoming>) -> bool {

@@ -135,10 +135,21 @@ pub enum ReloadError {
 pub fn content_hash(text: &str, table: &RoutingTable) -> String {
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
-    if let Some(db) = &table.geo.database
-        && let Some(identity) = FileIdentity::of(db.path())
-    {
-        hasher.update(format!("\0{}\0{:?}", identity.len, identity.modified).as_bytes());
+    let mut files: Vec<&Path> = Vec::new();
+    if let Some(db) = &table.geo.database {
+        files.push(db.path());
+    }
+    // Certificates and keys count too: replacing them is a reload.
+    for tls in table.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for (cert, key) in &tls.certificates {
+            files.push(cert);
+            files.push(key);
+        }
+    }
+    for file in files {
+        if let Some(identity) = FileIdentity::of(file) {
+            hasher.update(format!("\0{}\0{:?}", identity.len, identity.modified).as_bytes());
+        }
     }
     hasher
         .finalize()
@@ -260,6 +271,12 @@ impl Server {
         let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut serving.listeners)
             .into_iter()
             .partition(|l| table.listeners.contains(&l.spec));
+        // Kept TLS listeners serve the freshly loaded certificates to new connections.
+        for l in &kept {
+            if let (Some(resolver), Some(keys)) = (&l.tls, table.tls_keys.get(&l.spec.name)) {
+                resolver.replace(keys.clone());
+            }
+        }
         for l in removed {
             tracing::info!(listener = %l.spec.name, addr = %l.addr, "listener removed by reload");
             l.stop.cancel();
@@ -290,10 +307,25 @@ pub fn spawn_watchers(server: Arc<Server>, poll_interval: Duration) {
     };
     let (tx, mut rx) = mpsc::channel::<()>(64);
     let mut dirs: Vec<PathBuf> = vec![parent_dir(&config_path)];
-    if let Some(db) = &server.table.load().geo.database {
-        let dir = parent_dir(db.path());
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
+    {
+        let table = server.table.load();
+        let mut files: Vec<PathBuf> = table
+            .geo
+            .database
+            .iter()
+            .map(|db| db.path().to_path_buf())
+            .collect();
+        for tls in table.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            for (cert, key) in &tls.certificates {
+                files.push(cert.clone());
+                files.push(key.clone());
+            }
+        }
+        for file in files {
+            let dir = parent_dir(&file);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
         }
     }
     let watcher = {

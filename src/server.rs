@@ -66,6 +66,8 @@ pub(crate) struct ActiveListener {
     pub addr: SocketAddr,
     /// Cancelled when a reload removes the listener.
     pub stop: CancellationToken,
+    /// The certificates a TLS listener serves; reloads replace them in place.
+    pub tls: Option<Arc<crate::tls::SniResolver>>,
 }
 
 /// What reloads change, behind one lock so reloads never interleave.
@@ -150,9 +152,52 @@ impl Server {
         let stop = self.shutdown.child_token();
         let builder = Arc::new(proxy_builder(&spec));
         let table = self.table.clone();
+        let resolver = spec.tls.as_ref().map(|_| {
+            let keys = self
+                .table
+                .load()
+                .tls_keys
+                .get(&spec.name)
+                .cloned()
+                .unwrap_or_default();
+            crate::tls::SniResolver::new(keys)
+        });
+        let acceptor = match (&spec.tls, &resolver) {
+            (Some(tls), Some(resolver)) => {
+                match crate::tls::server_config(resolver.clone(), tls.min_version) {
+                    Ok(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
+                    Err(e) => {
+                        tracing::error!(listener = %spec.name, error = %e, "TLS setup failed; the listener is not served");
+                        let tls = Some(resolver.clone());
+                        return ActiveListener {
+                            spec,
+                            addr,
+                            stop,
+                            tls,
+                        };
+                    }
+                }
+            }
+            _ => None,
+        };
+        let scheme = if acceptor.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let redirect = spec.redirect_https;
         let make_service = move |peer: SocketAddr| {
             let table = table.clone();
-            service_fn(move |req| crate::proxy::handle(table.clone(), peer, Scheme::HTTP, req))
+            let scheme = scheme.clone();
+            service_fn(move |req| {
+                let (table, scheme) = (table.clone(), scheme.clone());
+                async move {
+                    match redirect {
+                        Some(port) => Ok(crate::proxy::redirect_to_https(&req, port)),
+                        None => crate::proxy::handle(table, peer, scheme, req).await,
+                    }
+                }
+            })
         };
         let proxy_protocol = spec.proxy_protocol.then(|| {
             Arc::new(ProxyProtocol {
@@ -167,8 +212,14 @@ impl Server {
             stop.clone(),
             self.tracker.clone(),
             proxy_protocol,
+            acceptor.map(|a| (a, spec.header_read_timeout)),
         ));
-        ActiveListener { spec, addr, stop }
+        ActiveListener {
+            spec,
+            addr,
+            stop,
+            tls: resolver,
+        }
     }
 
     /// Start the outlier detectors and health checks of `table`; they stop when `token` does.
@@ -270,6 +321,7 @@ pub async fn start_with(
                 server.shutdown.clone(),
                 server.tracker.clone(),
                 None,
+                None,
             ));
             addr
         }
@@ -282,6 +334,38 @@ pub async fn start_with(
         listeners,
         admin,
     })
+}
+
+/// Serve one connection until it ends or shutdown asks it to finish.
+async fn serve_io<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    // With upgrades, so WebSocket connections can be handed over after the 101.
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// Listen backlog of proxy listeners.
@@ -426,6 +510,7 @@ async fn accept_loop<F, S, B>(
     shutdown: CancellationToken,
     tracker: TaskTracker,
     proxy_protocol: Option<Arc<ProxyProtocol>>,
+    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
 ) where
     F: Fn(SocketAddr) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -456,6 +541,7 @@ async fn accept_loop<F, S, B>(
         let shutdown = shutdown.clone();
         let make_service = make_service.clone();
         let proxy_protocol = proxy_protocol.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             let mut stream = stream;
             let mut peer = peer;
@@ -474,18 +560,17 @@ async fn accept_loop<F, S, B>(
                 }
             }
             let service = make_service(peer);
-            // With upgrades, so WebSocket connections can be handed over after the 101.
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                Some((acceptor, timeout)) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_io(&builder, TokioIo::new(tls_stream), service, shutdown, peer).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                None => serve_io(&builder, TokioIo::new(stream), service, shutdown, peer).await,
             }
         });
     }

@@ -18,9 +18,9 @@ use regex::Regex;
 use tokio::sync::mpsc;
 
 use crate::config::{
-    AccessLogFormat, ClusterConfig, Config, ConfigError, HealthCheckConfig, LoadBalancer,
-    LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig, RouteConfig,
-    StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
+    AccessLogFormat, ClusterConfig, Config, ConfigError, HealthCheckConfig, ListenerTlsConfig,
+    LoadBalancer, LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig,
+    RouteConfig, StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoResolver, Location, LocationSource,
@@ -32,6 +32,7 @@ use crate::routes::{
     RouteSet, RouteTarget,
 };
 use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
+use crate::tls::{MinVersion, TlsSpec};
 use crate::upstream::ClusterStats;
 use crate::upstream::health::HealthPolicy;
 use crate::upstream::outlier::{OutlierPolicy, Report, Reporter};
@@ -235,6 +236,9 @@ pub struct ListenerSpec {
     pub bind: SocketAddr,
     pub header_read_timeout: Duration,
     pub proxy_protocol: bool,
+    pub tls: Option<TlsSpec>,
+    /// Redirect everything to https on this port.
+    pub redirect_https: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -258,6 +262,8 @@ pub struct RoutingTable {
     /// Meridian tiers a request may already have passed.
     pub max_region_hops: u32,
     pub dns: DnsSettings,
+    /// Certificates of each TLS listener, by listener name.
+    pub tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
     pub drain_delay: Duration,
     pub drain_timeout: Duration,
     pub metrics: Arc<Metrics>,
@@ -318,6 +324,7 @@ pub fn compile(
     context: CompileContext<'_>,
 ) -> Result<RoutingTable, ConfigError> {
     let mut c = Compiler {
+        tls_keys: HashMap::new(),
         problems: loaded.problems.clone(),
         config: &loaded.config,
         regions: HashMap::new(),
@@ -343,6 +350,8 @@ pub fn load(path: &Path, context: CompileContext<'_>) -> Result<RoutingTable, Co
 }
 
 struct Compiler<'a> {
+    /// Certificates loaded per TLS listener.
+    tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
     problems: Problems,
     config: &'a Config,
     regions: HashMap<&'a str, RegionId>,
@@ -400,6 +409,7 @@ impl<'a> Compiler<'a> {
             admin_token,
             max_region_hops: self.config.max_region_hops,
             dns,
+            tls_keys: std::mem::take(&mut self.tls_keys),
             drain_delay,
             drain_timeout,
             unrouted_metrics: RequestMetrics::new(&self.metrics, "", "", ""),
@@ -633,15 +643,70 @@ impl<'a> Compiler<'a> {
             }
             let timeout = self.duration(here.key("header_read_timeout"), &l.header_read_timeout);
             if let (Some(bind), Some(header_read_timeout)) = (bind, timeout) {
+                let tls = l
+                    .tls
+                    .as_ref()
+                    .and_then(|t| self.listener_tls(here.key("tls"), &l.name, t));
+                if l.redirect_https && l.tls.is_some() {
+                    self.problems.at(
+                        here.key("redirect_https"),
+                        "a TLS listener cannot redirect to https: it is https",
+                    );
+                }
                 out.push(ListenerSpec {
                     name: l.name.clone(),
                     bind,
                     header_read_timeout,
                     proxy_protocol: l.proxy_protocol,
+                    tls,
+                    redirect_https: l.redirect_https.then(|| l.https_port.unwrap_or(443)),
                 });
             }
         }
         out
+    }
+
+    /// Load a listener's certificates now, so a broken file fails the config (or the reload).
+    fn listener_tls(
+        &mut self,
+        at: YamlPath,
+        listener: &str,
+        t: &ListenerTlsConfig,
+    ) -> Option<TlsSpec> {
+        if t.certificates.is_empty() {
+            self.problems.at(
+                at.key("certificates"),
+                "list at least one { cert, key } pair",
+            );
+            return None;
+        }
+        let min_version = match t.min_version.as_deref() {
+            None | Some("1.2") => MinVersion::Tls12,
+            Some("1.3") => MinVersion::Tls13,
+            Some(other) => {
+                self.problems.at(
+                    at.key("min_version"),
+                    format!("`{other}` is not \"1.2\" or \"1.3\""),
+                );
+                MinVersion::Tls12
+            }
+        };
+        let mut keys = Vec::new();
+        for (i, c) in t.certificates.iter().enumerate() {
+            match crate::tls::load_pair(&c.cert, &c.key) {
+                Ok(key) => keys.push(key),
+                Err(e) => self.problems.at(at.key("certificates").index(i), e),
+            }
+        }
+        self.tls_keys.insert(listener.to_owned(), keys);
+        Some(TlsSpec {
+            certificates: t
+                .certificates
+                .iter()
+                .map(|c| (c.cert.clone(), c.key.clone()))
+                .collect(),
+            min_version,
+        })
     }
 
     fn admin(&mut self) -> (Option<SocketAddr>, Option<String>) {

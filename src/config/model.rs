@@ -135,6 +135,30 @@ pub struct ListenerConfig {
     /// Expect a PROXY protocol v1/v2 header first (from a trusted peer) on every connection.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// Answer every request with a 308 to the same URL over https (a plain listener only).
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The port the redirect points to (default 443: left out of the URL).
+    #[serde(default)]
+    pub https_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ListenerTlsConfig {
+    /// Certificate chain and key PEM files; SNI picks among them, the first is the default.
+    pub certificates: Vec<CertificateConfig>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,0 +1,113 @@
+//! TLS termination with rustls (the `ring` provider: it builds with nothing but a C compiler).
+//!
+//! Each TLS listener has an SNI resolver: the certificate whose names match the client's
+//! server name (wildcards included, checked the way clients check them), else the first one.
+//! Reloads swap the certificates inside the resolver, so listeners are never rebound and open
+//! connections keep the certificate they started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Oldest TLS version a listener accepts (rustls has nothing older than 1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// A listener's TLS settings, compiled (compared to decide whether a reload keeps it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSpec {
+    /// (certificate chain, private key) PEM files; the first pair is the default.
+    pub certificates: Vec<(PathBuf, PathBuf)>,
+    pub min_version: MinVersion,
+}
+
+/// Load a certificate chain and its private key from PEM files.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "{} does not belong to {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// Picks the certificate for a client's server name.
+#[derive(Debug)]
+pub struct SniResolver {
+    certificates: ArcSwap<Vec<Arc<CertifiedKey>>>,
+}
+
+impl SniResolver {
+    pub fn new(certificates: Vec<Arc<CertifiedKey>>) -> Arc<Self> {
+        Arc::new(Self {
+            certificates: ArcSwap::from_pointee(certificates),
+        })
+    }
+
+    /// New handshakes use these from now on.
+    pub fn replace(&self, certificates: Vec<Arc<CertifiedKey>>) {
+        self.certificates.store(Arc::new(certificates));
+    }
+}
+
+fn valid_for(certified: &CertifiedKey, name: &ServerName<'_>) -> bool {
+    certified
+        .cert
+        .first()
+        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+        .is_some_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certificates = self.certificates.load();
+        let wanted = client_hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n.to_owned()).ok());
+        wanted
+            .and_then(|name| certificates.iter().find(|c| valid_for(c, &name)).cloned())
+            .or_else(|| certificates.first().cloned())
+    }
+}
+
+/// A rustls server config offering h2 and http/1.1.
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    min: MinVersion,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match min {
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
