@@ -429,6 +429,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
                 cluster.stats.clone(),
             );
             let (tracker, shutdown) = (tracker.clone(), shutdown.clone());
+            let tls = cluster.pool.tls.clone();
             move |set: &Arc<EndpointSet>, endpoints: Vec<Arc<Endpoint>>| {
                 let Some(policy) = &policy else { return };
                 for endpoint in endpoints {
@@ -438,6 +439,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
                         policy.clone(),
                         name.clone(),
                         stats.clone(),
+                        tls.clone(),
                         shutdown.clone(),
                     ));
                 }

@@ -970,11 +970,26 @@ impl<'a> Compiler<'a> {
             idle_timeout,
             connect_timeout,
         };
-        // Unchanged limits keep the pool, and with it its open connections and counts.
-        match previous {
-            Some(p) if *p.pool.limits() == limits => p.pool.clone(),
-            _ => ClusterPool::new(limits),
+        let tls_spec = cluster.tls.as_ref().map(|t| crate::tls::UpstreamTlsSpec {
+            sni: t.sni.clone(),
+            ca_file: t.ca_file.clone(),
+        });
+        // Unchanged limits and TLS keep the pool, and with it its open connections and counts.
+        if let Some(p) = previous
+            && *p.pool.limits() == limits
+            && p.pool.tls.as_ref().map(|t| &t.spec) == tls_spec.as_ref()
+        {
+            return p.pool.clone();
         }
+        let tls = match tls_spec.map(crate::tls::UpstreamTls::new) {
+            Some(Ok(tls)) => Some(Arc::new(tls)),
+            Some(Err(e)) => {
+                self.problems.at(here.key("tls"), e);
+                None
+            }
+            None => None,
+        };
+        ClusterPool::with_tls(limits, tls)
     }
 
     fn outlier(&mut self, at: YamlPath, o: &OutlierDetectionConfig) -> Option<OutlierPolicy> {

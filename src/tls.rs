@@ -111,3 +111,78 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// TLS to the upstreams of a cluster, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsSpec {
+    /// Server name sent and verified; default: the endpoint's name, else its address.
+    pub sni: Option<String>,
+    /// PEM file of the CAs to trust; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A connector for one cluster's upstream TLS.
+pub struct UpstreamTls {
+    pub spec: UpstreamTlsSpec,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+impl UpstreamTls {
+    pub fn new(spec: UpstreamTlsSpec) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &spec.ca_file {
+            Some(path) => {
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| {
+                    format!("cannot read CA certificates from {}: {e}", path.display())
+                })? {
+                    let cert =
+                        cert.map_err(|e| format!("{} is not a PEM file: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                for cert in native.certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err("no CA certificate to verify upstreams with (set tls.ca_file)".into());
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            spec,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// The name to send and verify for an endpoint at `address`.
+    pub fn server_name(
+        &self,
+        address: std::net::SocketAddr,
+    ) -> Result<ServerName<'static>, String> {
+        match &self.spec.sni {
+            Some(name) => {
+                ServerName::try_from(name.clone()).map_err(|e| format!("tls.sni `{name}`: {e}"))
+            }
+            None => Ok(ServerName::IpAddress(address.ip().into())),
+        }
+    }
+}

@@ -254,3 +254,106 @@ fn a_broken_certificate_is_a_config_error() {
     assert!(text.contains("listeners[0].tls.certificates[0]"), "{text}");
     assert!(text.contains("listeners[0].tls.min_version"), "{text}");
 }
+
+/// An HTTPS backend answering "secure hello" with a certificate for `name` signed by `ca`.
+async fn tls_backend(ca: &Ca, name: &str, dir: &Path) -> SocketAddr {
+    let (cert, key) = (dir.join("backend.pem"), dir.join("backend.key"));
+    leaf(ca, &[name], &cert, &key);
+    let certified = meridian::tls::load_pair(&cert, &key).unwrap();
+    let resolver = meridian::tls::SniResolver::new(vec![certified]);
+    let config = meridian::tls::server_config(resolver, meridian::tls::MinVersion::Tls12).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from("secure hello")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca();
+    let backend = tls_backend(&ca, "backend.test", dir.path()).await;
+    let ca_file = dir.path().join("ca.pem");
+    let ca_pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca.der.as_ref())
+    );
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let other = self::ca();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(
+        &other_file,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                other.der.as_ref()
+            )
+        ),
+    )
+    .unwrap();
+    let proxy = common::start_proxy(&format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+regions: {{ us-east-1: {{ lat: 38.9, lon: -77.4 }} }}
+clusters:
+  secure:
+    endpoints: {{ us-east-1: [\"{backend}\"] }}
+    tls: {{ sni: backend.test, ca_file: \"{}\" }}
+    health_check: {{ path: /, interval: 100ms, timeout: 500ms }}
+  untrusted:
+    endpoints: {{ us-east-1: [\"{backend}\"] }}
+    tls: {{ sni: backend.test, ca_file: \"{}\" }}
+    outlier_detection: {{ enabled: false }}
+routes:
+  - {{ name: secure, hosts: [\"secure.test\"], cluster: secure }}
+  - {{ name: untrusted, hosts: [\"untrusted.test\"], cluster: untrusted, retries: {{ attempts: 0 }} }}
+",
+        ca_file.display(),
+        other_file.display()
+    ))
+    .await;
+    let addr = proxy.proxy_addr().unwrap();
+    let answer = get(addr, "secure.test", "/", &[]).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.body.as_str()),
+        (200, "secure hello")
+    );
+    // A backend whose certificate the cluster does not trust is never talked to.
+    let answer = get(addr, "untrusted.test", "/", &[]).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(
+        answer.headers["x-meridian-error"],
+        "upstream-connect-failure"
+    );
+    // Health checks speak TLS too: after three check intervals (plain HTTP would have failed
+    // all three) the endpoint is still healthy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let table = proxy.table.load();
+    assert!(
+        table.clusters[0].regions[0].members().endpoints[0]
+            .state
+            .healthy
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+}

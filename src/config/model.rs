@@ -248,6 +248,19 @@ pub struct ClusterConfig {
     /// Active health checks; none when absent.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// Speak TLS to the endpoints (health checks too).
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct UpstreamTlsConfig {
+    /// Server name to send and verify (default: the endpoint's address).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM file of the CAs to trust (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Circuit breakers and pooling, as Istio's DestinationRule connectionPool. Per cluster.

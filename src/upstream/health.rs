@@ -63,15 +63,27 @@ impl Streak {
 }
 
 /// One check: connect, GET, compare the status. Everything within `policy.timeout`.
-pub async fn check_once(endpoint: &Endpoint, policy: &HealthPolicy) -> Result<u16, String> {
+pub async fn check_once(
+    endpoint: &Endpoint,
+    policy: &HealthPolicy,
+    tls: Option<&crate::tls::UpstreamTls>,
+) -> Result<u16, String> {
     let attempt = async {
         let stream = TcpStream::connect(endpoint.address)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
+        let mut sender = match tls {
+            None => http1(stream).await?,
+            Some(tls) => {
+                let name = tls.server_name(endpoint.address)?;
+                let stream = tls
+                    .connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                http1(stream).await?
+            }
+        };
         let host = policy
             .host
             .clone()
@@ -94,6 +106,17 @@ pub async fn check_once(endpoint: &Endpoint, policy: &HealthPolicy) -> Result<u1
     }
 }
 
+async fn http1<I>(io: I) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// Check one endpoint of `set` until `shutdown` or until it leaves the set (DNS discovery);
 /// the first check runs at once.
 pub async fn run(
@@ -102,13 +125,14 @@ pub async fn run(
     policy: Arc<HealthPolicy>,
     cluster: String,
     stats: Arc<ClusterStats>,
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
     shutdown: CancellationToken,
 ) {
     let mut streak = Streak::default();
     while set.contains(&endpoint) {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = check_once(&endpoint, &policy) => result,
+            result = check_once(&endpoint, &policy, tls.as_deref()) => result,
         };
         let passed = matches!(result, Ok(status) if policy.passes(status));
         let state = &endpoint.state;

@@ -69,6 +69,8 @@ pub enum CheckoutError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS with {addr} failed: {detail}")]
+    Tls { addr: SocketAddr, detail: String },
     #[error("HTTP/1.1 handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -87,6 +89,8 @@ struct IdleConn {
 /// One cluster's connections and limits.
 pub struct ClusterPool {
     limits: PoolLimits,
+    /// TLS to the upstreams, when the cluster asks for it.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     connections: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     pending: AtomicUsize,
@@ -128,7 +132,12 @@ impl Drop for PendingGuard<'_> {
 
 impl ClusterPool {
     pub fn new(limits: PoolLimits) -> Arc<Self> {
+        Self::with_tls(limits, None)
+    }
+
+    pub fn with_tls(limits: PoolLimits, tls: Option<Arc<crate::tls::UpstreamTls>>) -> Arc<Self> {
         Arc::new(Self {
+            tls,
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             requests: Arc::new(Semaphore::new(limits.max_requests.max(1))),
             pending: AtomicUsize::new(0),
@@ -252,8 +261,49 @@ impl ClusterPool {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
+        let sender = match &self.tls {
+            None => self.start_http1(addr, stream).await?,
+            Some(tls) => {
+                let name = tls
+                    .server_name(addr)
+                    .map_err(|detail| CheckoutError::Tls { addr, detail })?;
+                let handshake = tls.connector.connect(name, stream);
+                let stream = match tokio::time::timeout(after, handshake).await {
+                    Err(_) => return Err(CheckoutError::ConnectTimeout { addr, after }),
+                    Ok(Err(e)) => {
+                        return Err(CheckoutError::Tls {
+                            addr,
+                            detail: e.to_string(),
+                        });
+                    }
+                    Ok(Ok(stream)) => stream,
+                };
+                self.start_http1(addr, stream).await?
+            }
+        };
+        Ok(PooledConn {
+            sender,
+            reused: false,
+            permit,
+            uses: 0,
+            addr,
+            pool: self.clone(),
+        })
+    }
+}
+
+impl ClusterPool {
+    /// HTTP/1.1 over an open connection; the connection task is spawned here.
+    async fn start_http1<I>(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        io: I,
+    ) -> Result<SendRequest<UpstreamBody>, CheckoutError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|source| CheckoutError::Handshake { addr, source })?;
         let pool = self.clone();
@@ -264,14 +314,7 @@ impl ClusterPool {
             // A waiting checkout may now open a connection.
             pool.released.notify_waiters();
         });
-        Ok(PooledConn {
-            sender,
-            reused: false,
-            permit,
-            uses: 0,
-            addr,
-            pool: self.clone(),
-        })
+        Ok(sender)
     }
 }
 
