@@ -230,6 +230,20 @@ routes:
         "the open connection keeps working"
     );
 
+    // A broken new certificate keeps the one in service and reports the error.
+    std::fs::write(&a_cert, "garbage").unwrap();
+    let err = proxy
+        .server
+        .reload(meridian::reload::Trigger::Admin)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("listeners[0].tls.certificates[0]"),
+        "{err}"
+    );
+    let stream = handshake(&tls, https, "a.test").await;
+    assert_eq!(peer_cert(&stream), new_der);
+
     // Plain http redirects to https.
     let answer = get(http, "a.test", "/x?y=1", &[]).await;
     assert_eq!(answer.status, 308);
