@@ -103,13 +103,9 @@ pub struct Parsed<T> {
     pub unknown_fields: Problems,
 }
 
-/// Parse one YAML document into `T`.
-///
-/// Unknown fields are errors (a typo must never be silently ignored), but they are collected
-/// rather than stopping at the first one, so a user sees every mistake at once. Syntax and type
-/// errors stop parsing and are returned with any unknown fields seen before them.
-pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Problems> {
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| {
+/// The documents of a YAML text, or its syntax error with the line.
+fn load_documents(text: &str) -> Result<Vec<MarkedYaml<'_>>, Problems> {
+    MarkedYaml::load_from_str(text).map_err(|e| {
         let mut problems = Problems::default();
         problems.push(Problem {
             line: Some(e.marker().line()),
@@ -117,7 +113,16 @@ pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Prob
             message: format!("YAML syntax error: {}", e.info()),
         });
         problems
-    })?;
+    })
+}
+
+/// Parse one YAML document into `T`.
+///
+/// Unknown fields are errors (a typo must never be silently ignored), but they are collected
+/// rather than stopping at the first one, so a user sees every mistake at once. Syntax and type
+/// errors stop parsing and are returned with any unknown fields seen before them.
+pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Problems> {
+    let docs = load_documents(text)?;
     let mut problems = Problems::default();
     let mut index = LineIndex::default();
     let value = match docs.as_slice() {
@@ -177,15 +182,7 @@ pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Prob
 
 /// Every document of a multi-document YAML text, as plain values (for `meridian import`).
 pub fn parse_values(text: &str) -> Result<Vec<Value>, Problems> {
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| {
-        let mut problems = Problems::default();
-        problems.push(Problem {
-            line: Some(e.marker().line()),
-            path: None,
-            message: format!("YAML syntax error: {}", e.info()),
-        });
-        problems
-    })?;
+    let docs = load_documents(text)?;
     let mut problems = Problems::default();
     let mut index = LineIndex::default();
     let values = docs

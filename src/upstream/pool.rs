@@ -192,13 +192,12 @@ impl ClusterPool {
         false
     }
 
-    /// A connection to `addr` for one request.
-    pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<PooledConn, CheckoutError> {
-        // Fast path, the common case under load: an idle connection is there.
+    /// An idle connection to `addr` that is ready for a request, if there is one.
+    async fn reuse_idle(self: &Arc<Self>, addr: SocketAddr) -> Option<PooledConn> {
         while let Some(conn) = self.take_idle(addr) {
             let mut sender = conn.sender;
             if sender.ready().await.is_ok() {
-                return Ok(PooledConn {
+                return Some(PooledConn {
                     sender,
                     reused: true,
                     permit: conn.permit,
@@ -208,25 +207,23 @@ impl ClusterPool {
                 });
             }
         }
+        None
+    }
+
+    /// A connection to `addr` for one request.
+    pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<PooledConn, CheckoutError> {
+        // Fast path, the common case under load: an idle connection is there.
+        if let Some(conn) = self.reuse_idle(addr).await {
+            return Ok(conn);
+        }
         let mut pending: Option<PendingGuard<'_>> = None;
         loop {
             // Registered before looking again, so a release in between is not missed.
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(conn) = self.take_idle(addr) {
-                let mut sender = conn.sender;
-                if sender.ready().await.is_ok() {
-                    return Ok(PooledConn {
-                        sender,
-                        reused: true,
-                        permit: conn.permit,
-                        uses: conn.uses,
-                        addr,
-                        pool: self.clone(),
-                    });
-                }
-                continue;
+            if let Some(conn) = self.reuse_idle(addr).await {
+                return Ok(conn);
             }
             let permit = match self.connections.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
