@@ -192,8 +192,12 @@ pub async fn handle(
     table: TableHandle,
     peer: SocketAddr,
     scheme: Scheme,
+    redirect_https: Option<u16>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(port) = redirect_https {
+        return Ok(redirect_to_https(&req, port));
+    }
     let started = Instant::now();
     // Every request finishes on the table it started with, whatever reloads happen meanwhile.
     let table = table.load_full();
@@ -398,12 +402,12 @@ async fn forward(
     if let Some(client_upgrade) = client_upgrade {
         trace.tries = 1;
         trace.endpoint = Some(decision.endpoint.address);
-        let mut response = crate::websocket::forward(
+        let mut response = Box::pin(crate::websocket::forward(
             &table.regions[decision.region as usize].name,
             &decision,
             parts,
             client_upgrade,
-        )
+        ))
         .await?;
         response.headers_mut().insert(
             X_MERIDIAN_REGION,

@@ -190,13 +190,7 @@ impl Server {
             let table = table.clone();
             let scheme = scheme.clone();
             service_fn(move |req| {
-                let (table, scheme) = (table.clone(), scheme.clone());
-                async move {
-                    match redirect {
-                        Some(port) => Ok(crate::proxy::redirect_to_https(&req, port)),
-                        None => crate::proxy::handle(table, peer, scheme, req).await,
-                    }
-                }
+                crate::proxy::handle(table.clone(), peer, scheme.clone(), redirect, req)
             })
         };
         let proxy_protocol = spec.proxy_protocol.then(|| {

@@ -95,11 +95,12 @@ pub fn check_request(
             }
         }
     }
-    let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if te.len() > 1 {
-        return Err(Malformed::RepeatedTransferEncoding);
-    }
-    if let Some(value) = te.first() {
+    // Iterators, not collected lists: this runs on every request.
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(value) = te.next() {
+        if te.next().is_some() {
+            return Err(Malformed::RepeatedTransferEncoding);
+        }
         if headers.contains_key(header::CONTENT_LENGTH) {
             return Err(Malformed::LengthAndChunked);
         }
@@ -110,21 +111,22 @@ pub fn check_request(
             return Err(Malformed::BadTransferEncoding);
         }
     }
-    let lengths: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let digits = |v: &&http::HeaderValue| {
-        let b = v.as_bytes();
-        !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit)
-    };
-    if lengths.len() > 1 || lengths.first().is_some_and(|v| !digits(v)) {
-        return Err(Malformed::BadContentLength);
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(value) = lengths.next() {
+        let b = value.as_bytes();
+        let digits = !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit);
+        if !digits || lengths.next().is_some() {
+            return Err(Malformed::BadContentLength);
+        }
     }
-    let hosts: Vec<_> = headers.get_all(header::HOST).iter().collect();
-    if hosts.len() > 1 {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(Malformed::RepeatedHost);
     }
     // HTTP/1.1 absolute-form: route by the URI authority only if Host says the same.
     if version <= Version::HTTP_11
-        && let (Some(authority), Some(host)) = (uri.authority(), hosts.first())
+        && let (Some(authority), Some(host)) = (uri.authority(), host)
         && !host
             .as_bytes()
             .eq_ignore_ascii_case(authority.as_str().as_bytes())
