@@ -22,6 +22,7 @@ pub mod reload;
 pub mod retry;
 pub mod routes;
 pub mod server;
+pub mod sniff;
 pub mod steer;
 pub mod strict;
 pub mod table;

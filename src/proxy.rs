@@ -193,10 +193,17 @@ pub async fn handle(
     peer: SocketAddr,
     scheme: Scheme,
     redirect_https: Option<u16>,
+    framing: Option<Arc<crate::sniff::FramingLog>>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // Taken for every request, in order, before anything else can return.
+    let had_both = framing.is_some_and(|log| log.next_had_both());
     if let Some(port) = redirect_https {
         return Ok(redirect_to_https(&req, port));
+    }
+    if had_both {
+        tracing::debug!(client = %peer, "Content-Length with Transfer-Encoding: refused");
+        return Ok(ProxyError::Malformed(Malformed::LengthAndChunked).into_response());
     }
     let started = Instant::now();
     // Every request finishes on the table it started with, whatever reloads happen meanwhile.

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
+use crate::sniff::{FramingLog, Sniffer};
 use crate::table::{
     Endpoint, EndpointSet, EndpointSource, ListenerSpec, RoutingTable, TableHandle,
 };
@@ -186,11 +187,12 @@ impl Server {
             Scheme::HTTP
         };
         let redirect = spec.redirect_https;
-        let make_service = move |peer: SocketAddr| {
+        let make_service = move |peer: SocketAddr, framing: Option<Arc<FramingLog>>| {
             let table = table.clone();
             let scheme = scheme.clone();
             service_fn(move |req| {
-                crate::proxy::handle(table.clone(), peer, scheme.clone(), redirect, req)
+                let framing = framing.clone();
+                crate::proxy::handle(table.clone(), peer, scheme.clone(), redirect, framing, req)
             })
         };
         let proxy_protocol = spec.proxy_protocol.then(|| {
@@ -205,8 +207,11 @@ impl Server {
             make_service,
             stop.clone(),
             self.tracker.clone(),
-            proxy_protocol,
-            acceptor.map(|a| (a, spec.header_read_timeout)),
+            ConnectionSetup {
+                proxy_protocol,
+                tls: acceptor.map(|a| (a, spec.header_read_timeout)),
+                sniff: true,
+            },
         ));
         ActiveListener {
             spec,
@@ -304,7 +309,7 @@ pub async fn start_with(
             tracing::info!(addr = ?addr, "admin listening");
             let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
             let for_admin = server.clone();
-            let make_service = move |peer: SocketAddr| {
+            let make_service = move |peer: SocketAddr, _: Option<Arc<FramingLog>>| {
                 let server = for_admin.clone();
                 service_fn(move |req| crate::admin::handle(server.clone(), peer, req))
             };
@@ -314,8 +319,7 @@ pub async fn start_with(
                 make_service,
                 server.shutdown.clone(),
                 server.tracker.clone(),
-                None,
-                None,
+                ConnectionSetup::default(),
             ));
             addr
         }
@@ -499,16 +503,24 @@ pub(crate) struct ProxyProtocol {
     pub timeout: Duration,
 }
 
+/// What happens on a new connection before HTTP: PROXY header, TLS, framing watch.
+#[derive(Default)]
+pub(crate) struct ConnectionSetup {
+    pub proxy_protocol: Option<Arc<ProxyProtocol>>,
+    pub tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    /// Watch request heads for Content-Length with Transfer-Encoding (see `sniff`).
+    pub sniff: bool,
+}
+
 async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
     make_service: F,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    proxy_protocol: Option<Arc<ProxyProtocol>>,
-    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    setup: ConnectionSetup,
 ) where
-    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    F: Fn(SocketAddr, Option<Arc<FramingLog>>) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
@@ -536,8 +548,9 @@ async fn accept_loop<F, S, B>(
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let make_service = make_service.clone();
-        let proxy_protocol = proxy_protocol.clone();
-        let tls = tls.clone();
+        let proxy_protocol = setup.proxy_protocol.clone();
+        let tls = setup.tls.clone();
+        let sniff = setup.sniff;
         tracker.spawn(async move {
             let mut stream = stream;
             let mut peer = peer;
@@ -555,18 +568,26 @@ async fn accept_loop<F, S, B>(
                     }
                 }
             }
-            let service = make_service(peer);
-            match tls {
-                Some((acceptor, timeout)) => {
+            let framing = sniff.then(|| Arc::new(FramingLog::default()));
+            let service = make_service(peer, framing.clone());
+            match (tls, framing) {
+                (Some((acceptor, timeout)), framing) => {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_io(&builder, TokioIo::new(tls_stream), service, shutdown, peer).await
-                        }
+                        Ok(Ok(tls_stream)) => match framing {
+                            Some(log) => {
+                                let io = TokioIo::new(Sniffer::new(tls_stream, log));
+                                serve_io(&builder, io, service, shutdown, peer).await
+                            }
+                            None => serve_io(&builder, TokioIo::new(tls_stream), service, shutdown, peer).await,
+                        },
                         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_io(&builder, TokioIo::new(stream), service, shutdown, peer).await,
+                (None, Some(log)) => {
+                    serve_io(&builder, TokioIo::new(Sniffer::new(stream, log)), service, shutdown, peer).await
+                }
+                (None, None) => serve_io(&builder, TokioIo::new(stream), service, shutdown, peer).await,
             }
         });
     }

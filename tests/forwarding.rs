@@ -328,3 +328,30 @@ routes:
         "the stalled request body was waited on for {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn ambiguous_or_oversized_upstream_responses_become_502() {
+    // Backends that answer with both framings, with Content-Length twice, or with 150 headers.
+    let mut upstreams = Vec::new();
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for reply in [
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_owned(),
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".to_owned(),
+        format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 2\r\n\r\nok"),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        upstreams.push(listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+    }
+    for upstream in upstreams {
+        let proxy = proxy_to(&upstream.to_string(), "2s").await;
+        let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+        assert_eq!(answer.status, 502, "{upstream}: {}", answer.body);
+    }
+}

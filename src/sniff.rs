@@ -1,0 +1,233 @@
+//! Request framing seen before hyper parses it.
+//!
+//! hyper quietly drops a Content-Length that comes with `Transfer-Encoding: chunked`, so the
+//! handler cannot see that a request carried both — a request-smuggling signature an edge
+//! proxy must refuse. This reader watches the bytes of each HTTP/1.1 request head on their way
+//! to hyper and records, per request and in order, whether it had both; the handler takes one
+//! record per request. It follows bodies with a Content-Length to find the next head; after a
+//! chunked body (or anything it cannot read) it stops watching, which only means later
+//! requests on that connection are judged by hyper's own rules.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest head followed (past it, hyper answers 431 anyway).
+const MAX_HEAD: usize = 80 * 1024;
+
+/// Per request, in order: whether its head had both Content-Length and Transfer-Encoding.
+#[derive(Debug, Default)]
+pub struct FramingLog(Mutex<VecDeque<bool>>);
+
+impl FramingLog {
+    /// The record of the next request (false when nothing was recorded).
+    pub fn next_had_both(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+            .unwrap_or(false)
+    }
+
+    fn push(&self, both: bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(both);
+    }
+}
+
+enum State {
+    Head(Vec<u8>),
+    Body(u64),
+    Stopped,
+}
+
+/// Wraps a connection's byte stream; see the module doc.
+pub struct Sniffer<T> {
+    inner: T,
+    state: State,
+    log: Arc<FramingLog>,
+}
+
+impl<T> Sniffer<T> {
+    pub fn new(inner: T, log: Arc<FramingLog>) -> Self {
+        Self {
+            inner,
+            state: State::Head(Vec::new()),
+            log,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Stopped => return,
+                State::Body(remaining) => {
+                    let n = (*remaining).min(bytes.len() as u64) as usize;
+                    *remaining -= n as u64;
+                    bytes = &bytes[n..];
+                    if *remaining == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::Head(buf) if buf.is_empty() => {
+                    // The common case: the whole head arrived in one read; judge it in place.
+                    match find_end(bytes) {
+                        Some(end) => {
+                            self.state = self.judge(&bytes[..end]);
+                            bytes = &bytes[end..];
+                        }
+                        None => {
+                            buf.extend_from_slice(bytes);
+                            return;
+                        }
+                    }
+                }
+                State::Head(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(bytes);
+                    let Some(end) = find_end(buf) else {
+                        if buf.len() > MAX_HEAD {
+                            self.state = State::Stopped;
+                        }
+                        return;
+                    };
+                    let used = end - before;
+                    let head = std::mem::take(buf);
+                    bytes = &bytes[used..];
+                    self.state = self.judge(&head[..end]);
+                }
+            }
+        }
+    }
+
+    fn judge(&self, head: &[u8]) -> State {
+        // Most heads name neither framing header: no second parse for them.
+        let has_cl = contains_ignore_case(head, b"content-length");
+        let has_te = contains_ignore_case(head, b"transfer-encoding");
+        if !has_cl && !has_te {
+            self.log.push(false);
+            return State::Head(Vec::new());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut headers);
+        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+            return State::Stopped;
+        }
+        let mut length = None;
+        let mut chunked = false;
+        for h in request.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .or(Some(u64::MAX));
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = true;
+            }
+        }
+        self.log.push(length.is_some() && chunked);
+        match (chunked, length) {
+            (false, Some(n)) if n != u64::MAX && n > 0 => State::Body(n),
+            (false, Some(0)) | (false, None) => State::Head(Vec::new()),
+            _ => State::Stopped,
+        }
+    }
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+fn find_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Sniffer<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && !matches!(self.state, State::Stopped)
+        {
+            self.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffer<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sniff(chunks: &[&[u8]]) -> Vec<bool> {
+        let log = Arc::new(FramingLog::default());
+        let mut s = Sniffer::new((), log.clone());
+        for c in chunks {
+            s.feed(c);
+        }
+        let mut out = Vec::new();
+        while let Some(b) = log.0.lock().unwrap().pop_front() {
+            out.push(b);
+        }
+        out
+    }
+
+    #[test]
+    fn records_each_head_in_order() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(sniff(&[both]), [true]);
+        // split across reads, pipelined after a body with Content-Length
+        let first =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHo";
+        let second = b"st: a\r\n\r\n";
+        assert_eq!(sniff(&[first, second]), [false, false]);
+        assert_eq!(
+            sniff(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", both]),
+            [false, true]
+        );
+        // after a chunked body nothing more is followed
+        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(sniff(&[chunked, both]), [false]);
+    }
+}
