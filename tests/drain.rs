@@ -28,6 +28,21 @@ impl Drop for Running {
     }
 }
 
+/// Wait until readiness reports the drain (the signal has been handled), bounded.
+async fn wait_until_draining(admin: std::net::SocketAddr) -> Duration {
+    let started = Instant::now();
+    loop {
+        if get(admin, "admin", "/readyz", &[]).await.status == 503 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "readyz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn signal(child: &Child, name: &str) {
     assert!(
         Command::new("kill")
@@ -89,8 +104,7 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_every_started_request_finish() {
     let backends = Backends::start().await;
-    let (mut running, proxy, admin) =
-        start(&backends, "drain_delay: 300ms\ndrain_timeout: 3s").await;
+    let (mut running, proxy, admin) = start(&backends, "drain_delay: 1s\ndrain_timeout: 3s").await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::new();
     for _ in 0..4 {
@@ -120,9 +134,9 @@ async fn sigterm_lets_every_started_request_finish() {
     let signalled = Instant::now();
     stop.store(true, Ordering::SeqCst);
 
-    // Ready turns 503 at once; listeners still accept during drain_delay.
-    let readyz = get(admin, "admin", "/readyz", &[]).await;
-    assert_eq!(readyz.status, 503);
+    // Ready turns 503 as soon as the signal is handled; listeners still accept during
+    // drain_delay.
+    wait_until_draining(admin).await;
     assert!(
         tokio::net::TcpStream::connect(proxy).await.is_ok(),
         "still accepting during drain_delay"
@@ -151,7 +165,7 @@ async fn sigterm_lets_every_started_request_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let backends = Backends::start().await;
-    let (mut running, proxy, _) = start(&backends, "drain_timeout: 30s").await;
+    let (mut running, proxy, admin) = start(&backends, "drain_delay: 5s\ndrain_timeout: 30s").await;
     let slow = tokio::spawn(async move {
         let mut client = Client::connect(proxy, None).await;
         let _ = tokio::time::timeout(
@@ -166,7 +180,7 @@ async fn a_second_signal_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     signal(&running.0, "-TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_draining(admin).await;
     let second = Instant::now();
     signal(&running.0, "-TERM");
     let exit = tokio::task::spawn_blocking(move || {
