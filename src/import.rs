@@ -362,19 +362,15 @@ pub fn istio(text: &str) -> Result<Imported, ImportError> {
                 "Meridian fails over by region order (nearest first, spilling by health); failover from/to pairs become the natural distance order — use steering.countries/continents to pin a different one".into(),
             ));
         }
-        if tp.get("tls").is_some() {
-            notes.push((
-                "spec.trafficPolicy.tls".into(),
-                FieldStatus::Unsupported,
-                "upstream TLS is not available in this version of Meridian".into(),
-            ));
+        if let Some(tls) = tp.get("tls") {
+            notes.push(upstream_tls(tls, settings));
         }
         for (field, status, note) in notes {
             b.note(r, field, status, note);
         }
     }
 
-    // Gateways: HTTP servers become listeners; TLS termination is not available yet.
+    // Gateways: HTTP servers become listeners; HTTPS servers need certificate files by hand.
     for r in resources.iter().filter(|r| r.kind == "Gateway") {
         b.note(
             r,
@@ -403,8 +399,22 @@ pub fn istio(text: &str) -> Result<Imported, ImportError> {
                 let name = str_at(server, &["port", "name"])
                     .unwrap_or("http")
                     .to_owned();
-                b.listeners
-                    .push(json!({ "name": name, "bind": format!("0.0.0.0:{port}") }));
+                let mut listener = json!({ "name": name, "bind": format!("0.0.0.0:{port}") });
+                if server
+                    .get("tls")
+                    .and_then(|t| t.get("httpsRedirect"))
+                    .and_then(Value::as_bool)
+                    == Some(true)
+                {
+                    listener["redirect_https"] = json!(true);
+                    b.note(
+                        r,
+                        format!("{at}.tls.httpsRedirect"),
+                        FieldStatus::Mapped,
+                        format!("listener `{name}` redirect_https: true"),
+                    );
+                }
+                b.listeners.push(listener);
                 b.note(
                     r,
                     format!("{at}.port"),
@@ -419,7 +429,7 @@ pub fn istio(text: &str) -> Result<Imported, ImportError> {
                 );
             } else {
                 b.note(r, at, FieldStatus::Unsupported, format!(
-                    "{protocol} on {port}{}: TLS termination is not available in this version of Meridian; terminate TLS in front of it for now",
+                    "{protocol} on {port}{}: Meridian terminates TLS from PEM files, not Kubernetes Secrets; mount the Secret and add a listener on {port} with tls.certificates: [{{cert: <dir>/tls.crt, key: <dir>/tls.key}}]",
                     str_at(server, &["tls", "credentialName"]).map(|c| format!(" (credential `{c}`)")).unwrap_or_default()
                 ));
             }
@@ -819,6 +829,42 @@ impl Imported {
         out.push('\n');
         out.push_str(&to_yaml(&self.config));
         out
+    }
+}
+
+/// A DestinationRule's `trafficPolicy.tls` as the cluster's upstream `tls`, with its note.
+fn upstream_tls(tls: &Value, settings: &mut Map<String, Value>) -> (String, FieldStatus, String) {
+    let field = "spec.trafficPolicy.tls".to_owned();
+    let mode = str_at(tls, &["mode"])
+        .unwrap_or("DISABLE")
+        .to_ascii_uppercase();
+    match mode.as_str() {
+        "DISABLE" => (field, FieldStatus::Mapped, "plain HTTP upstream (the default)".into()),
+        "SIMPLE" if tls.get("insecureSkipVerify").and_then(Value::as_bool) == Some(true) => (
+            field,
+            FieldStatus::Unsupported,
+            "insecureSkipVerify: Meridian always verifies upstream certificates; give it the CA with tls.ca_file".into(),
+        ),
+        "SIMPLE" => {
+            let mut out = Map::new();
+            if let Some(sni) = str_at(tls, &["sni"]) {
+                out.insert("sni".into(), json!(sni));
+            }
+            if let Some(ca) = str_at(tls, &["caCertificates"]) {
+                out.insert("ca_file".into(), json!(ca));
+            }
+            settings.insert("tls".into(), Value::Object(out));
+            (
+                field,
+                FieldStatus::Mapped,
+                "tls (sni, ca_file; the system roots when no CA is given)".into(),
+            )
+        }
+        other => (
+            field,
+            FieldStatus::Unsupported,
+            format!("mode {other}: Meridian's upstream TLS verifies the server but sends no client certificate"),
+        ),
     }
 }
 

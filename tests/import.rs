@@ -82,7 +82,7 @@ fn reference_deployment_imports_into_a_valid_config() {
     assert!(
         report
             .iter()
-            .any(|l| l.contains("unsupported") && l.contains("TLS termination"))
+            .any(|l| l.contains("unsupported") && l.contains("tls.certificates"))
     );
     assert!(
         report
@@ -115,4 +115,96 @@ fn input_without_a_virtual_service_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no VirtualService"));
+}
+
+#[test]
+fn tls_settings_map_to_upstream_tls_and_redirect_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("istio.yaml");
+    std::fs::write(
+        &file,
+        r#"kind: Gateway
+metadata: { name: gw }
+spec:
+  servers:
+    - port: { number: 80, name: http, protocol: HTTP }
+      tls: { httpsRedirect: true }
+      hosts: ["api.example.com"]
+    - port: { number: 443, name: https, protocol: HTTPS }
+      tls: { mode: SIMPLE, credentialName: api-cert }
+      hosts: ["api.example.com"]
+---
+kind: VirtualService
+metadata: { name: api, namespace: api }
+spec:
+  hosts: ["api.example.com"]
+  http:
+    - route:
+        - destination: { host: api-us-east-1, port: { number: 8443 } }
+          weight: 60
+        - destination: { host: api-eu-west-1, port: { number: 8443 } }
+          weight: 40
+---
+kind: DestinationRule
+metadata: { name: us, namespace: api }
+spec:
+  host: api-us-east-1
+  trafficPolicy:
+    tls: { mode: SIMPLE, sni: api.internal.example.com }
+---
+kind: DestinationRule
+metadata: { name: eu, namespace: api }
+spec:
+  host: api-eu-west-1
+  trafficPolicy:
+    tls: { mode: ISTIO_MUTUAL }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["import", "istio"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let config: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let config = config.join("\n");
+    assert!(config.contains("redirect_https: true"), "{config}");
+    assert!(config.contains("sni: api.internal.example.com"), "{config}");
+    assert_eq!(config.matches("tls:").count(), 1, "{config}");
+    let report: Vec<&str> = text.lines().filter(|l| l.starts_with("#   ")).collect();
+    let line = |field: &str| {
+        report
+            .iter()
+            .find(|l| l.contains(field))
+            .copied()
+            .unwrap_or_else(|| panic!("{field} missing from report:\n{}", report.join("\n")))
+    };
+    assert!(line("spec.servers[0].tls.httpsRedirect").contains("mapped"));
+    assert!(line("spec.servers[1]").contains("unsupported"));
+    assert!(line("spec.servers[1]").contains("api-cert"));
+    let mutual = report
+        .iter()
+        .find(|l| l.contains("ISTIO_MUTUAL"))
+        .expect("ISTIO_MUTUAL reported");
+    assert!(mutual.contains("unsupported"));
+
+    // It passes meridian check.
+    let imported = dir.path().join("imported.yaml");
+    std::fs::write(&imported, &text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["check", "-c"])
+        .arg(&imported)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
