@@ -4,9 +4,9 @@
 //! handler cannot see that a request carried both — a request-smuggling signature an edge
 //! proxy must refuse. This reader watches the bytes of each HTTP/1.1 request head on their way
 //! to hyper and records, per request and in order, whether it had both; the handler takes one
-//! record per request. It follows bodies with a Content-Length to find the next head; after a
-//! chunked body (or anything it cannot read) it stops watching, which only means later
-//! requests on that connection are judged by hyper's own rules.
+//! record per request. It follows Content-Length and chunked bodies to find the next head; on
+//! anything it cannot read it stops watching, which only means later requests on that
+//! connection are judged by hyper's own rules (and hyper refuses what it cannot read).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -40,10 +40,47 @@ impl FramingLog {
     }
 }
 
+/// Longest chunk-size or trailer line followed.
+const MAX_LINE: usize = 4 * 1024;
+
 enum State {
     Head(Vec<u8>),
     Body(u64),
+    /// A chunk-size line (`1a;ext=x\r\n`), collected so far.
+    ChunkSize(Vec<u8>),
+    /// Chunk data still to come, then its CRLF (the `u8`: CRLF bytes still to come).
+    ChunkData(u64, u8),
+    /// Trailer lines after the last chunk, up to the empty line; the current line so far.
+    Trailers(Vec<u8>),
     Stopped,
+}
+
+/// Collects bytes up to and including `\n` into `line`; returns how many were used and
+/// whether the line is complete.
+fn take_line(line: &mut Vec<u8>, bytes: &[u8]) -> (usize, bool) {
+    match bytes.iter().position(|b| *b == b'\n') {
+        Some(p) => {
+            line.extend_from_slice(&bytes[..=p]);
+            (p + 1, true)
+        }
+        None => {
+            line.extend_from_slice(bytes);
+            (bytes.len(), false)
+        }
+    }
+}
+
+/// The size of a complete chunk-size line, without extensions.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r\n")?;
+    let digits = line.split(|b| *b == b';').next()?;
+    let digits = std::str::from_utf8(digits)
+        .ok()?
+        .trim_end_matches([' ', '\t']);
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
 }
 
 /// Wraps a connection's byte stream; see the module doc.
@@ -72,6 +109,50 @@ impl<T> Sniffer<T> {
                     bytes = &bytes[n..];
                     if *remaining == 0 {
                         self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => {
+                    let (used, complete) = take_line(line, bytes);
+                    bytes = &bytes[used..];
+                    if complete {
+                        self.state = match chunk_size(line) {
+                            Some(0) => State::Trailers(Vec::new()),
+                            Some(n) => State::ChunkData(n, 2),
+                            None => State::Stopped,
+                        };
+                    } else if line.len() > MAX_LINE {
+                        self.state = State::Stopped;
+                    }
+                }
+                State::ChunkData(remaining, crlf) => {
+                    if *remaining > 0 {
+                        let n = (*remaining).min(bytes.len() as u64) as usize;
+                        *remaining -= n as u64;
+                        bytes = &bytes[n..];
+                    } else {
+                        let expected = if *crlf == 2 { b'\r' } else { b'\n' };
+                        if bytes[0] != expected {
+                            self.state = State::Stopped;
+                            return;
+                        }
+                        bytes = &bytes[1..];
+                        *crlf -= 1;
+                        if *crlf == 0 {
+                            self.state = State::ChunkSize(Vec::new());
+                        }
+                    }
+                }
+                State::Trailers(line) => {
+                    let (used, complete) = take_line(line, bytes);
+                    bytes = &bytes[used..];
+                    if complete {
+                        if line.as_slice() == b"\r\n" {
+                            self.state = State::Head(Vec::new());
+                        } else {
+                            line.clear();
+                        }
+                    } else if line.len() > MAX_LINE {
+                        self.state = State::Stopped;
                     }
                 }
                 State::Head(buf) if buf.is_empty() => {
@@ -134,9 +215,24 @@ impl<T> Sniffer<T> {
         match (chunked, length) {
             (false, Some(n)) if n != u64::MAX && n > 0 => State::Body(n),
             (false, Some(0)) | (false, None) => State::Head(Vec::new()),
+            (true, None) if te_is_chunked(&request) => State::ChunkSize(Vec::new()),
+            // Refused or ambiguous: the connection closes after this request.
             _ => State::Stopped,
         }
     }
+}
+
+/// Exactly one Transfer-Encoding, exactly `chunked` (anything else is refused upstream of the
+/// body, so there is nothing more to follow).
+fn te_is_chunked(request: &httparse::Request<'_, '_>) -> bool {
+    let mut te = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    matches!(
+        (te.next(), te.next()),
+        (Some(h), None) if h.value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+    )
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
@@ -226,8 +322,22 @@ mod tests {
             sniff(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", both]),
             [false, true]
         );
-        // after a chunked body nothing more is followed
-        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        assert_eq!(sniff(&[chunked, both]), [false]);
+        // chunked bodies are followed to the next head, one byte at a time too
+        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n";
+        assert_eq!(sniff(&[chunked, both]), [false, true]);
+        let bytes: Vec<u8> = chunked.iter().chain(both.iter()).copied().collect();
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(sniff(&singles), [false, true]);
+        // a chunk body that is not framed as it says stops the watching
+        let broken = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            3\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(sniff(&[broken, both]), [false]);
+        let bad_size = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert_eq!(sniff(&[bad_size, both]), [false]);
+        // after a Transfer-Encoding other than `chunked` nothing more is followed
+        let gzip =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(sniff(&[gzip, both]), [false]);
     }
 }

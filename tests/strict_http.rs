@@ -367,4 +367,17 @@ async fn accepted_requests_reach_the_backend_once_with_clean_framing() {
     assert!(reply.contains("HTTP/1.1 400"), "{reply}");
     assert!(closed);
     assert_eq!(backends.us.hits(), before + 1);
+
+    // The same after a chunked request (extensions and trailers included) on one connection.
+    let before = backends.us.hits();
+    let (reply, closed) = exchange(
+        addr,
+        &req("POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\n\n5;x=1\nhello\n0\nX-T: 1\n\nPOST /echo HTTP/1.1\nHost: a.test\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\n\n"),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("hello"), "{reply}");
+    assert!(reply.contains("HTTP/1.1 400"), "{reply}");
+    assert!(closed);
+    assert_eq!(backends.us.hits(), before + 1);
 }
