@@ -197,7 +197,8 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Taken for every request, in order, before anything else can return.
-    let had_both = framing.is_some_and(|log| log.next_had_both());
+    let had_both =
+        req.version() <= http::Version::HTTP_11 && framing.is_some_and(|log| log.next_had_both());
     if let Some(port) = redirect_https {
         return Ok(redirect_to_https(&req, port));
     }

@@ -32,13 +32,17 @@ impl FramingLog {
             .unwrap_or(false)
     }
 
-    fn push(&self, both: bool) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(both);
+    /// Records one head; false once too many are waiting (then watching stops: bytes that
+    /// are not requests, such as a WebSocket session after its upgrade, cannot grow the log).
+    fn push(&self, both: bool) -> bool {
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        log.push_back(both);
+        log.len() < MAX_PENDING
     }
 }
+
+/// Most records waiting for the handler (pipelined requests) before watching stops.
+const MAX_PENDING: usize = 256;
 
 /// Longest chunk-size or trailer line followed.
 const MAX_LINE: usize = 4 * 1024;
@@ -171,7 +175,9 @@ impl<T> Sniffer<T> {
                 State::Head(buf) => {
                     let before = buf.len();
                     buf.extend_from_slice(bytes);
-                    let Some(end) = find_end(buf) else {
+                    // Only the new bytes (and the 3 before them) can complete the terminator.
+                    let from = before.saturating_sub(3);
+                    let Some(end) = find_end(&buf[from..]).map(|e| e + from) else {
                         if buf.len() > MAX_HEAD {
                             self.state = State::Stopped;
                         }
@@ -190,9 +196,15 @@ impl<T> Sniffer<T> {
         // Most heads name neither framing header: no second parse for them.
         let has_cl = contains_ignore_case(head, b"content-length");
         let has_te = contains_ignore_case(head, b"transfer-encoding");
+        if head.starts_with(b"PRI * HTTP/2.0") {
+            // HTTP/2 (prior knowledge): frames, not heads, from here on.
+            return State::Stopped;
+        }
         if !has_cl && !has_te {
-            self.log.push(false);
-            return State::Head(Vec::new());
+            return match self.log.push(false) {
+                true => State::Head(Vec::new()),
+                false => State::Stopped,
+            };
         }
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut request = httparse::Request::new(&mut headers);
@@ -211,7 +223,9 @@ impl<T> Sniffer<T> {
                 chunked = true;
             }
         }
-        self.log.push(length.is_some() && chunked);
+        if !self.log.push(length.is_some() && chunked) {
+            return State::Stopped;
+        }
         match (chunked, length) {
             (false, Some(n)) if n != u64::MAX && n > 0 => State::Body(n),
             (false, Some(0)) | (false, None) => State::Head(Vec::new()),
@@ -329,6 +343,15 @@ mod tests {
         let bytes: Vec<u8> = chunked.iter().chain(both.iter()).copied().collect();
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(sniff(&singles), [false, true]);
+        // HTTP/2 prior knowledge is not watched
+        assert_eq!(
+            sniff(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", both]),
+            Vec::<bool>::new()
+        );
+        // the log stays bounded when nobody takes from it
+        let many: Vec<&[u8]> =
+            std::iter::repeat_n(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], 1000).collect();
+        assert_eq!(sniff(&many).len(), MAX_PENDING);
         // a chunk body that is not framed as it says stops the watching
         let broken = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
             3\r\nhello\r\n0\r\n\r\n";
