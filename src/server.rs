@@ -570,24 +570,20 @@ async fn accept_loop<F, S, B>(
             }
             let framing = sniff.then(|| Arc::new(FramingLog::default()));
             let service = make_service(peer, framing.clone());
-            match (tls, framing) {
-                (Some((acceptor, timeout)), framing) => {
+            match tls {
+                Some((acceptor, timeout)) => {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => match framing {
-                            Some(log) => {
-                                let io = TokioIo::new(Sniffer::new(tls_stream, log));
-                                serve_io(&builder, io, service, shutdown, peer).await
-                            }
-                            None => serve_io(&builder, TokioIo::new(tls_stream), service, shutdown, peer).await,
-                        },
+                        Ok(Ok(tls_stream)) => {
+                            let io = TokioIo::new(Sniffer::new(tls_stream, framing));
+                            serve_io(&builder, io, service, shutdown, peer).await
+                        }
                         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                     }
                 }
-                (None, Some(log)) => {
-                    serve_io(&builder, TokioIo::new(Sniffer::new(stream, log)), service, shutdown, peer).await
+                None => {
+                    serve_io(&builder, TokioIo::new(Sniffer::new(stream, framing)), service, shutdown, peer).await
                 }
-                (None, None) => serve_io(&builder, TokioIo::new(stream), service, shutdown, peer).await,
             }
         });
     }

@@ -87,20 +87,21 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(digits, 16).ok()
 }
 
-/// Wraps a connection's byte stream; see the module doc.
+/// Wraps a connection's byte stream; see the module doc. Without a log it only passes bytes
+/// through, so every listener serves one connection type.
 pub struct Sniffer<T> {
     inner: T,
     state: State,
-    log: Arc<FramingLog>,
+    log: Option<Arc<FramingLog>>,
 }
 
 impl<T> Sniffer<T> {
-    pub fn new(inner: T, log: Arc<FramingLog>) -> Self {
-        Self {
-            inner,
-            state: State::Head(Vec::new()),
-            log,
-        }
+    pub fn new(inner: T, log: Option<Arc<FramingLog>>) -> Self {
+        let state = match log {
+            Some(_) => State::Head(Vec::new()),
+            None => State::Stopped,
+        };
+        Self { inner, state, log }
     }
 
     fn feed(&mut self, mut bytes: &[u8]) {
@@ -193,6 +194,9 @@ impl<T> Sniffer<T> {
     }
 
     fn judge(&self, head: &[u8]) -> State {
+        let Some(log) = &self.log else {
+            return State::Stopped;
+        };
         // Most heads name neither framing header: no second parse for them.
         let has_cl = contains_ignore_case(head, b"content-length");
         let has_te = contains_ignore_case(head, b"transfer-encoding");
@@ -201,7 +205,7 @@ impl<T> Sniffer<T> {
             return State::Stopped;
         }
         if !has_cl && !has_te {
-            return match self.log.push(false) {
+            return match log.push(false) {
                 true => State::Head(Vec::new()),
                 false => State::Stopped,
             };
@@ -223,7 +227,7 @@ impl<T> Sniffer<T> {
                 chunked = true;
             }
         }
-        if !self.log.push(length.is_some() && chunked) {
+        if !log.push(length.is_some() && chunked) {
             return State::Stopped;
         }
         match (chunked, length) {
@@ -312,7 +316,7 @@ mod tests {
 
     fn sniff(chunks: &[&[u8]]) -> Vec<bool> {
         let log = Arc::new(FramingLog::default());
-        let mut s = Sniffer::new((), log.clone());
+        let mut s = Sniffer::new((), Some(log.clone()));
         for c in chunks {
             s.feed(c);
         }

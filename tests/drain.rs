@@ -29,11 +29,11 @@ impl Drop for Running {
 }
 
 /// Wait until readiness reports the drain (the signal has been handled), bounded.
-async fn wait_until_draining(admin: std::net::SocketAddr) -> Duration {
+async fn wait_until_draining(admin: std::net::SocketAddr) {
     let started = Instant::now();
     loop {
         if get(admin, "admin", "/readyz", &[]).await.status == 503 {
-            return started.elapsed();
+            return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -41,6 +41,14 @@ async fn wait_until_draining(admin: std::net::SocketAddr) -> Duration {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The process's exit status, waited for off the runtime.
+async fn wait_for_exit(mut running: Running) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || running.0.wait())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn signal(child: &Child, name: &str) {
@@ -104,7 +112,7 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_every_started_request_finish() {
     let backends = Backends::start().await;
-    let (mut running, proxy, admin) = start(&backends, "drain_delay: 1s\ndrain_timeout: 3s").await;
+    let (running, proxy, admin) = start(&backends, "drain_delay: 1s\ndrain_timeout: 3s").await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::new();
     for _ in 0..4 {
@@ -147,14 +155,7 @@ async fn sigterm_lets_every_started_request_finish() {
         assert!(!statuses.is_empty());
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     }
-    let exit = tokio::task::spawn_blocking(move || {
-        let status = running.0.wait();
-        drop(running);
-        status
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let exit = wait_for_exit(running).await;
     assert!(exit.success(), "{exit:?}");
     assert!(
         signalled.elapsed() < Duration::from_secs(4),
@@ -165,7 +166,7 @@ async fn sigterm_lets_every_started_request_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let backends = Backends::start().await;
-    let (mut running, proxy, admin) = start(&backends, "drain_delay: 5s\ndrain_timeout: 30s").await;
+    let (running, proxy, admin) = start(&backends, "drain_delay: 5s\ndrain_timeout: 30s").await;
     let slow = tokio::spawn(async move {
         let mut client = Client::connect(proxy, None).await;
         let _ = tokio::time::timeout(
@@ -183,14 +184,7 @@ async fn a_second_signal_exits_at_once() {
     wait_until_draining(admin).await;
     let second = Instant::now();
     signal(&running.0, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || {
-        let status = running.0.wait();
-        drop(running);
-        status
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let exit = wait_for_exit(running).await;
     assert!(exit.success());
     assert!(
         second.elapsed() < Duration::from_secs(2),

@@ -11,11 +11,11 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-#[test]
-fn reference_deployment_imports_into_a_valid_config() {
+/// `meridian import istio <file>`'s output; it must succeed.
+fn import(file: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["import", "istio"])
-        .arg(fixture("reference.yaml"))
+        .arg(file)
         .output()
         .unwrap();
     assert!(
@@ -23,20 +23,14 @@ fn reference_deployment_imports_into_a_valid_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
 
-    // Golden file (regenerate with UPDATE_GOLDEN=1 after an intended change).
-    let golden = fixture("reference.meridian.yaml");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&golden, &text).unwrap();
-    }
-    let expected = std::fs::read_to_string(&golden).unwrap();
-    assert_eq!(text, expected, "output differs from {}", golden.display());
-
-    // It passes meridian check.
+/// The imported config passes `meridian check`.
+fn assert_passes_check(text: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("imported.yaml");
-    std::fs::write(&file, &text).unwrap();
+    std::fs::write(&file, text).unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["check", "-c"])
         .arg(&file)
@@ -47,6 +41,21 @@ fn reference_deployment_imports_into_a_valid_config() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+#[test]
+fn reference_deployment_imports_into_a_valid_config() {
+    let text = import(&fixture("reference.yaml"));
+
+    // Golden file (regenerate with UPDATE_GOLDEN=1 after an intended change).
+    let golden = fixture("reference.meridian.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(text, expected, "output differs from {}", golden.display());
+
+    assert_passes_check(&text);
 
     // The report names each field of the input, with its status.
     let istio = std::fs::read_to_string(fixture("reference.yaml")).unwrap();
@@ -161,17 +170,7 @@ spec:
 "#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["import", "istio"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = import(&file);
     let config: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     let config = config.join("\n");
     assert!(config.contains("redirect_https: true"), "{config}");
@@ -194,17 +193,5 @@ spec:
         .expect("ISTIO_MUTUAL reported");
     assert!(mutual.contains("unsupported"));
 
-    // It passes meridian check.
-    let imported = dir.path().join("imported.yaml");
-    std::fs::write(&imported, &text).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["check", "-c"])
-        .arg(&imported)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_passes_check(&text);
 }
