@@ -192,7 +192,17 @@ impl Server {
             let scheme = scheme.clone();
             service_fn(move |req| {
                 let framing = framing.clone();
-                crate::proxy::handle(table.clone(), peer, scheme.clone(), redirect, framing, req)
+                // Boxed: hyper keeps room for the service future for the whole life of a
+                // connection, and the handler's future is several KB; boxed, an idle
+                // keep-alive connection holds a pointer instead.
+                Box::pin(crate::proxy::handle(
+                    table.clone(),
+                    peer,
+                    scheme.clone(),
+                    redirect,
+                    framing,
+                    req,
+                ))
             })
         };
         let proxy_protocol = spec.proxy_protocol.then(|| {
