@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::Scheme;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
@@ -37,6 +37,7 @@ use crate::strict::Malformed;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 use crate::table::{EndpointState, TableHandle};
 use crate::upstream::ClusterStats;
+use crate::upstream::h1::{ExchangeError, Framing};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
     CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
@@ -548,7 +549,7 @@ impl ReplayBody {
 
 /// One attempt's result.
 enum Tried {
-    Answered(Response<Incoming>, PooledConn, AttemptGuards),
+    Answered(Response<Framing>, PooledConn, AttemptGuards),
     Failed {
         failure: AttemptFailure,
         detail: String,
@@ -635,11 +636,17 @@ async fn attempts(
                 detail: "the request body was already sent and cannot be replayed".into(),
             });
         };
-        let request = upstream_request(parts, attempt_body);
         trace.tries += 1;
         trace.endpoint = Some(endpoint.address);
         trace.region = Some(region);
-        let tried_now = try_once(cluster, &endpoint, request, policy.per_try_timeout).await;
+        let tried_now = try_once(
+            cluster,
+            &endpoint,
+            parts,
+            attempt_body,
+            policy.per_try_timeout,
+        )
+        .await;
         if let Some(lines) = &mut trace.explain {
             lines.push(format!(
                 "try {}: {} in {} -> {}",
@@ -755,7 +762,7 @@ async fn attempts(
 // Lives on the stack for one attempt; boxing the common case would cost more than it saves.
 #[allow(clippy::large_enum_variant)]
 enum Last {
-    Response(Response<Incoming>, PooledConn, AttemptGuards),
+    Response(Response<Framing>, PooledConn, AttemptGuards),
     Error(AttemptFailure, String),
 }
 
@@ -799,16 +806,19 @@ impl Last {
 /// The upstream's response, its body streamed through and its connection returned to the
 /// pool once read.
 fn stream_response(
-    response: Response<Incoming>,
+    response: Response<Framing>,
     conn: PooledConn,
     guards: AttemptGuards,
     response_idle: Duration,
 ) -> Response<ProxyBody> {
-    let (head, body) = response.into_parts();
-    Response::from_parts(
-        head,
-        Either::Left(UpstreamResponseBody::new(body, conn, guards, response_idle)),
-    )
+    response.map(|framing| {
+        Either::Left(UpstreamResponseBody::new(
+            framing,
+            conn,
+            guards,
+            response_idle,
+        ))
+    })
 }
 
 /// Holds one unit of a gauge (active requests, retries in flight) while alive.
@@ -827,26 +837,12 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// The request for one attempt (origin-form URI: the connection already names the endpoint).
-fn upstream_request(parts: &http::request::Parts, body: UpstreamBody) -> Request<UpstreamBody> {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = Uri::from(path_and_query);
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = parts.headers.clone();
-    request
-}
-
 /// One attempt: admission, a pooled connection, the request, the response head.
 async fn try_once(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
-    request: Request<UpstreamBody>,
+    parts: &http::request::Parts,
+    body: UpstreamBody,
     per_try_timeout: Option<Duration>,
 ) -> Tried {
     let permit = match cluster.pool.admit() {
@@ -854,10 +850,13 @@ async fn try_once(
         Err(overflow) => return Tried::Refused(overflow),
     };
     let in_flight = InFlight::new(&endpoint.state);
+    // RFC 9110 §9.2.2: a request the upstream closed on without answering may be sent again
+    // automatically only when repeating it is harmless.
+    let idempotent = parts.method.is_idempotent();
     let exchange = async {
-        let mut request = request;
+        let mut body = body;
         // A reused keep-alive connection may have been closed by the upstream meanwhile; if
-        // the request was not sent on it, send it once more on a fresh connection.
+        // the request did not get through on it, send it once more on a fresh connection.
         for _ in 0..2 {
             let mut conn = match cluster.pool.checkout(endpoint.address).await {
                 Ok(conn) => conn,
@@ -866,34 +865,32 @@ async fn try_once(
                     return Err(Ok((
                         AttemptFailure::ConnectFailure,
                         e.to_string(),
-                        Some(request.into_body()),
+                        Some(body),
                     )));
                 }
             };
             conn.start_request();
-            match conn.sender.try_send_request(request).await {
-                Ok(response) if crate::strict::bad_response_framing(response.headers()) => {
-                    // Never reuse a connection whose framing is in doubt.
-                    conn.discard();
-                    let detail = "the response has both Content-Length and Transfer-Encoding, or Content-Length twice";
-                    return Err(Ok((AttemptFailure::Reset, detail.to_owned(), None)));
-                }
+            match conn.conn.exchange(parts, body).await {
                 Ok(response) => return Ok((response, conn)),
-                Err(mut e) => {
+                Err((e, again)) => {
                     let reused = conn.reused;
                     conn.discard();
-                    match e.take_message() {
-                        Some(unsent) if reused => request = unsent,
-                        Some(unsent) => {
+                    let stale = reused
+                        && match e {
+                            ExchangeError::NotSent(_) => true,
+                            ExchangeError::ClosedBeforeAnswer => idempotent,
+                            _ => false,
+                        };
+                    match again {
+                        Some(unsent) if stale => body = unsent,
+                        Some(unsent) if matches!(e, ExchangeError::NotSent(_)) => {
                             return Err(Ok((
                                 AttemptFailure::ConnectFailure,
-                                e.error().to_string(),
-                                Some(unsent.into_body()),
+                                e.to_string(),
+                                Some(unsent),
                             )));
                         }
-                        None => {
-                            return Err(Ok((AttemptFailure::Reset, e.error().to_string(), None)));
-                        }
+                        _ => return Err(Ok((AttemptFailure::Reset, e.to_string(), None))),
                     }
                 }
             }

@@ -969,6 +969,7 @@ impl<'a> Compiler<'a> {
             max_requests_per_connection: c.max_requests_per_connection,
             idle_timeout,
             connect_timeout,
+            max_idle_per_endpoint: c.max_idle_per_endpoint as usize,
         };
         let tls_spec = cluster.tls.as_ref().map(|t| crate::tls::UpstreamTlsSpec {
             sni: t.sni.clone(),

@@ -277,6 +277,10 @@ pub struct ConnectionPoolConfig {
     pub max_requests_per_connection: u32,
     #[serde(default = "ConnectionPoolConfig::default_idle_timeout")]
     pub idle_timeout: String,
+    /// Idle keep-alive connections kept per endpoint (0: none, every connection closes
+    /// after its request).
+    #[serde(default = "ConnectionPoolConfig::default_max_idle")]
+    pub max_idle_per_endpoint: u32,
 }
 
 impl ConnectionPoolConfig {
@@ -286,6 +290,10 @@ impl ConnectionPoolConfig {
     }
     fn default_idle_timeout() -> String {
         "60s".to_owned()
+    }
+    pub const DEFAULT_MAX_IDLE: u32 = 128;
+    fn default_max_idle() -> u32 {
+        Self::DEFAULT_MAX_IDLE
     }
 }
 
@@ -297,6 +305,7 @@ impl Default for ConnectionPoolConfig {
             max_requests: Self::DEFAULT_LIMIT,
             max_requests_per_connection: 0,
             idle_timeout: Self::default_idle_timeout(),
+            max_idle_per_endpoint: Self::DEFAULT_MAX_IDLE,
         }
     }
 }

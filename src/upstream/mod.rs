@@ -4,6 +4,7 @@
 //! The request path checks connections out of the pool and reports outcomes; control tasks
 //! (one detector per cluster, one health loop per endpoint) own every state change.
 
+pub mod h1;
 pub mod health;
 pub mod outlier;
 pub mod pool;

@@ -6,7 +6,7 @@
 //! past that the caller gets an overflow at once, never an unbounded queue. A connection goes
 //! back to the pool when its response body has been read to the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
+
+use super::h1::{self, Connection, Framing};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -38,6 +38,8 @@ pub struct PoolLimits {
     pub max_requests_per_connection: u32,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Idle connections kept per endpoint; more are closed as they come back.
+    pub max_idle_per_endpoint: usize,
 }
 
 /// Which limit refused a request: the value of `x-meridian-overflow`.
@@ -71,16 +73,10 @@ pub enum CheckoutError {
     },
     #[error("TLS with {addr} failed: {detail}")]
     Tls { addr: SocketAddr, detail: String },
-    #[error("HTTP/1.1 handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: hyper::Error,
-    },
 }
 
 struct IdleConn {
-    sender: SendRequest<UpstreamBody>,
+    conn: Connection,
     permit: OwnedSemaphorePermit,
     uses: u32,
     since: Instant,
@@ -94,7 +90,8 @@ pub struct ClusterPool {
     connections: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     pending: AtomicUsize,
-    idle: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+    /// Oldest first: reuse takes the newest, expiry and the cap close the oldest.
+    idle: Mutex<HashMap<SocketAddr, VecDeque<IdleConn>>>,
     /// Signalled when a connection goes idle or closes, for waiting checkouts.
     released: Notify,
 }
@@ -109,7 +106,7 @@ impl std::fmt::Debug for ClusterPool {
 
 /// A connection checked out for one request.
 pub struct PooledConn {
-    pub sender: SendRequest<UpstreamBody>,
+    pub conn: Connection,
     /// Whether this connection served a request before (a failure on it may be a stale
     /// keep-alive connection rather than a sick endpoint).
     pub reused: bool,
@@ -173,8 +170,8 @@ impl ClusterPool {
     fn take_idle(&self, addr: SocketAddr) -> Option<IdleConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < self.limits.idle_timeout {
+        while let Some(mut conn) = list.pop_back() {
+            if conn.since.elapsed() < self.limits.idle_timeout && conn.conn.is_open() {
                 return Some(conn);
             }
         }
@@ -185,7 +182,7 @@ impl ClusterPool {
     fn evict_idle(&self, except: SocketAddr) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         for (addr, list) in idle.iter_mut() {
-            if *addr != except && list.pop().is_some() {
+            if *addr != except && list.pop_front().is_some() {
                 return true;
             }
         }
@@ -193,27 +190,22 @@ impl ClusterPool {
     }
 
     /// An idle connection to `addr` that is ready for a request, if there is one.
-    async fn reuse_idle(self: &Arc<Self>, addr: SocketAddr) -> Option<PooledConn> {
-        while let Some(conn) = self.take_idle(addr) {
-            let mut sender = conn.sender;
-            if sender.ready().await.is_ok() {
-                return Some(PooledConn {
-                    sender,
-                    reused: true,
-                    permit: conn.permit,
-                    uses: conn.uses,
-                    addr,
-                    pool: self.clone(),
-                });
-            }
-        }
-        None
+    fn reuse_idle(self: &Arc<Self>, addr: SocketAddr) -> Option<PooledConn> {
+        let idle = self.take_idle(addr)?;
+        Some(PooledConn {
+            conn: idle.conn,
+            reused: true,
+            permit: idle.permit,
+            uses: idle.uses,
+            addr,
+            pool: self.clone(),
+        })
     }
 
     /// A connection to `addr` for one request.
     pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<PooledConn, CheckoutError> {
         // Fast path, the common case under load: an idle connection is there.
-        if let Some(conn) = self.reuse_idle(addr).await {
+        if let Some(conn) = self.reuse_idle(addr) {
             return Ok(conn);
         }
         let mut pending: Option<PendingGuard<'_>> = None;
@@ -222,7 +214,7 @@ impl ClusterPool {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(conn) = self.reuse_idle(addr).await {
+            if let Some(conn) = self.reuse_idle(addr) {
                 return Ok(conn);
             }
             let permit = match self.connections.clone().try_acquire_owned() {
@@ -258,14 +250,14 @@ impl ClusterPool {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
-        let sender = match &self.tls {
-            None => self.start_http1(addr, stream).await?,
+        let stream = match &self.tls {
+            None => h1::Stream::Plain(stream),
             Some(tls) => {
                 let name = tls
                     .server_name(addr)
                     .map_err(|detail| CheckoutError::Tls { addr, detail })?;
                 let handshake = tls.connector.connect(name, stream);
-                let stream = match tokio::time::timeout(after, handshake).await {
+                match tokio::time::timeout(after, handshake).await {
                     Err(_) => return Err(CheckoutError::ConnectTimeout { addr, after }),
                     Ok(Err(e)) => {
                         return Err(CheckoutError::Tls {
@@ -273,13 +265,12 @@ impl ClusterPool {
                             detail: e.to_string(),
                         });
                     }
-                    Ok(Ok(stream)) => stream,
-                };
-                self.start_http1(addr, stream).await?
+                    Ok(Ok(stream)) => h1::Stream::Tls(Box::new(stream)),
+                }
             }
         };
         Ok(PooledConn {
-            sender,
+            conn: Connection::new(stream),
             reused: false,
             permit,
             uses: 0,
@@ -289,51 +280,41 @@ impl ClusterPool {
     }
 }
 
-impl ClusterPool {
-    /// HTTP/1.1 over an open connection; the connection task is spawned here.
-    async fn start_http1<I>(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        io: I,
-    ) -> Result<SendRequest<UpstreamBody>, CheckoutError>
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| CheckoutError::Handshake { addr, source })?;
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
-            }
-            // A waiting checkout may now open a connection.
-            pool.released.notify_waiters();
-        });
-        Ok(sender)
-    }
-}
-
 impl PooledConn {
     /// Count a request on this connection.
     pub fn start_request(&mut self) {
         self.uses += 1;
     }
 
-    /// Put the connection back for reuse, unless it has served its quota or closed.
+    /// Put the connection back for reuse, unless it has served its quota or its last
+    /// exchange left it unusable. Expired idle connections and those past the per-endpoint
+    /// cap are closed on the way.
     pub fn release(self) {
         let pool = self.pool.clone();
         let limit = pool.limits.max_requests_per_connection;
         let spent = limit > 0 && self.uses >= limit;
-        if !spent && !self.sender.is_closed() {
+        if !spent && self.conn.is_reusable() {
+            let mut conn = self.conn;
+            conn.shrink();
             let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.entry(self.addr).or_default().push(IdleConn {
-                sender: self.sender,
-                permit: self.permit,
-                uses: self.uses,
-                since: Instant::now(),
-            });
+            let list = idle.entry(self.addr).or_default();
+            while list
+                .front()
+                .is_some_and(|c| c.since.elapsed() >= pool.limits.idle_timeout)
+            {
+                list.pop_front();
+            }
+            while !list.is_empty() && list.len() >= pool.limits.max_idle_per_endpoint {
+                list.pop_front();
+            }
+            if pool.limits.max_idle_per_endpoint > 0 {
+                list.push_back(IdleConn {
+                    conn,
+                    permit: self.permit,
+                    uses: self.uses,
+                    since: Instant::now(),
+                });
+            }
         }
         pool.released.notify_waiters();
     }
@@ -350,7 +331,8 @@ impl PooledConn {
 /// to the end; a body dropped early closes the connection. Holds the request's guards until
 /// then, so `max_requests` and least-request counts cover the whole exchange.
 pub struct UpstreamResponseBody<G> {
-    inner: Incoming,
+    framing: Framing,
+    /// `None` once the body has ended (the connection went back or was closed).
     conn: Option<PooledConn>,
     guards: Option<G>,
     idle_timeout: Duration,
@@ -365,15 +347,15 @@ pub struct UpstreamResponseBody<G> {
 pub struct ResponseIdle(pub Duration);
 
 impl<G> UpstreamResponseBody<G> {
-    pub fn new(inner: Incoming, conn: PooledConn, guards: G, idle_timeout: Duration) -> Self {
+    pub fn new(framing: Framing, conn: PooledConn, guards: G, idle_timeout: Duration) -> Self {
         let mut body = Self {
-            inner,
+            framing,
             conn: Some(conn),
             guards: Some(guards),
             idle_timeout,
             idle: None,
         };
-        if body.inner.is_end_stream() {
+        if h1::is_done(&body.framing) {
             body.finish();
         }
         body
@@ -401,37 +383,38 @@ impl<G: Unpin> Body for UpstreamResponseBody<G> {
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match polled {
-            Poll::Ready(None) => {
-                self.finish();
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match conn.conn.poll_body(&mut this.framing, cx) {
+            Poll::Ready(Ok(None)) => {
+                this.finish();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                if self.inner.is_end_stream() {
-                    self.finish();
-                } else {
-                    let deadline = tokio::time::Instant::now() + self.idle_timeout;
-                    if let Some(idle) = self.idle.as_mut() {
-                        idle.as_mut().reset(deadline);
-                    }
+            Poll::Ready(Ok(Some(data))) => {
+                if h1::is_done(&this.framing) {
+                    this.finish();
+                } else if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle_timeout);
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            Poll::Ready(Some(Err(e))) => {
-                self.abandon();
+            Poll::Ready(Err(e)) => {
+                this.abandon();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Pending => {
-                let timeout = self.idle_timeout;
-                let idle = self
+                let timeout = this.idle_timeout;
+                let idle = this
                     .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if idle.as_mut().poll(cx).is_ready() {
-                    self.abandon();
+                    this.abandon();
                     return Poll::Ready(Some(Err(Box::new(ResponseIdle(timeout)))));
                 }
                 Poll::Pending
@@ -440,11 +423,14 @@ impl<G: Unpin> Body for UpstreamResponseBody<G> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.conn.is_none() || h1::is_done(&self.framing)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.conn.is_none() {
+            return SizeHint::with_exact(0);
+        }
+        h1::size_hint(&self.framing)
     }
 }
 
@@ -460,6 +446,7 @@ mod tests {
             max_requests_per_connection: 0,
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(1),
+            max_idle_per_endpoint: 8,
         }
     }
 

@@ -1,0 +1,772 @@
+//! HTTP/1.1 to upstreams, driven by the request's own task.
+//!
+//! The request head is written straight from the client request's parts, the response head is
+//! parsed with httparse, and the response body is decoded as the client reads it. There is no
+//! connection task and no channel between a request and its connection (the cost a general
+//! client pays for sharing connections between tasks), and an idle pooled connection holds its
+//! socket and nothing else.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body_util::{BodyExt, Either};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::pool::UpstreamBody;
+
+/// Most bytes a response head may take.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most headers a response may carry.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// Longest chunk-size line (with extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 8 * 1024;
+/// A buffered body up to this size goes out in the same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// The socket to one upstream, in the clear or over TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One upstream connection: the socket and the bytes read past the last message.
+pub struct Connection {
+    stream: Stream,
+    buf: BytesMut,
+    /// Whether the connection may carry another request after the current exchange.
+    reusable: bool,
+}
+
+/// How an upstream exchange failed, and what the caller may still do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Nothing of the request reached the upstream: it may be sent again elsewhere.
+    #[error("the connection failed before the request was sent: {0}")]
+    NotSent(#[source] io::Error),
+    /// The upstream closed the connection without answering a byte.
+    #[error("the upstream closed the connection without answering")]
+    ClosedBeforeAnswer,
+    #[error("writing the request failed: {0}")]
+    Write(#[source] io::Error),
+    #[error("reading the response failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("the request body failed: {0}")]
+    RequestBody(String),
+    #[error("the response head is not valid HTTP/1.1: {0}")]
+    BadHead(String),
+    #[error("the response head is larger than {MAX_RESPONSE_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the response has both Content-Length and Transfer-Encoding, or Content-Length twice")]
+    AmbiguousFraming,
+}
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// Content-Length: this many bytes left.
+    Length(u64),
+    Chunked(ChunkState),
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+impl Connection {
+    pub fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            reusable: true,
+        }
+    }
+
+    /// Whether the connection may carry another request: the last exchange left it clean.
+    pub fn is_reusable(&self) -> bool {
+        self.reusable
+    }
+
+    /// Check an idle connection without waiting: still open, and the upstream sent nothing
+    /// unasked (a close, a stray byte or a TLS alert all mean it cannot be reused).
+    pub fn is_open(&mut self) -> bool {
+        if !self.reusable || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
+    }
+
+    /// Drop buffers kept from the last exchange, so an idle connection holds only its socket.
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Send one request and read the response head (skipping 1xx interim responses).
+    ///
+    /// A buffered body goes out with the head; a streamed body is sent frame by frame, and if
+    /// the upstream answers before the body is complete, sending stops and the connection is
+    /// not reused.
+    pub async fn exchange(
+        &mut self,
+        parts: &http::request::Parts,
+        body: UpstreamBody,
+    ) -> Result<http::Response<Framing>, (ExchangeError, Option<UpstreamBody>)> {
+        let head_only = parts.method == Method::HEAD;
+        let mut out = Vec::with_capacity(512);
+        // A buffered body is kept (a cheap reference) so a request the upstream closed on
+        // without answering can be handed back for another try.
+        let mut kept = None;
+        match body {
+            Either::Left(full) => {
+                let bytes = full
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+                let length = (!bytes.is_empty() || declared || method_expects_body(&parts.method))
+                    .then_some(bytes.len() as u64);
+                write_head(
+                    &mut out,
+                    parts,
+                    length.map_or(BodyKind::None, BodyKind::Length),
+                );
+                let coalesce = bytes.len() <= COALESCE_BODY;
+                if coalesce {
+                    out.extend_from_slice(&bytes);
+                }
+                if let Err(e) = self.stream.write_all(&out).await {
+                    self.reusable = false;
+                    let body = Either::Left(http_body_util::Full::new(bytes));
+                    return Err((ExchangeError::NotSent(e), Some(body)));
+                }
+                if !coalesce && let Err(e) = self.stream.write_all(&bytes).await {
+                    self.reusable = false;
+                    return Err((ExchangeError::Write(e), None));
+                }
+                kept = Some(bytes);
+            }
+            Either::Right(streamed) => {
+                let length = crate::strict::content_length(&parts.headers);
+                write_head(
+                    &mut out,
+                    parts,
+                    length.map_or(BodyKind::Chunked, BodyKind::Length),
+                );
+                if let Err(e) = self.stream.write_all(&out).await {
+                    self.reusable = false;
+                    return Err((ExchangeError::NotSent(e), Some(Either::Right(streamed))));
+                }
+                if let Err(e) = self.send_streamed(streamed, length.is_none()).await {
+                    self.reusable = false;
+                    return Err((e, None));
+                }
+            }
+        }
+        self.read_head(head_only).await.map_err(|e| {
+            self.reusable = false;
+            let again = match (&e, kept) {
+                (ExchangeError::ClosedBeforeAnswer, Some(bytes)) => {
+                    Some(Either::Left(http_body_util::Full::new(bytes)))
+                }
+                _ => None,
+            };
+            (e, again)
+        })
+    }
+
+    /// Send a streamed body; stops early (and marks the connection spent) if the upstream
+    /// answers first.
+    async fn send_streamed(
+        &mut self,
+        mut body: crate::body::StreamedBody,
+        chunked: bool,
+    ) -> Result<(), ExchangeError> {
+        enum Next {
+            Frame(Option<Result<hyper::body::Frame<Bytes>, String>>),
+            Answer(io::Result<usize>),
+        }
+        loop {
+            let next = {
+                let (stream, buf) = (&mut self.stream, &mut self.buf);
+                // The answer is looked for first: a client sending fast always has a frame
+                // ready, and an upstream that already answered must not be fed the rest.
+                tokio::select! {
+                    biased;
+                    read = read_more(stream, buf) => Next::Answer(read),
+                    frame = body.frame() => Next::Frame(frame.map(|f| f.map_err(|e| e.to_string()))),
+                }
+            };
+            match next {
+                Next::Frame(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        let size = format!("{:x}\r\n", data.len());
+                        self.stream
+                            .write_all(size.as_bytes())
+                            .await
+                            .map_err(ExchangeError::Write)?;
+                    }
+                    self.stream
+                        .write_all(&data)
+                        .await
+                        .map_err(ExchangeError::Write)?;
+                    if chunked {
+                        self.stream
+                            .write_all(b"\r\n")
+                            .await
+                            .map_err(ExchangeError::Write)?;
+                    }
+                }
+                Next::Frame(Some(Err(e))) => return Err(ExchangeError::RequestBody(e)),
+                Next::Frame(None) => {
+                    if chunked {
+                        self.stream
+                            .write_all(b"0\r\n\r\n")
+                            .await
+                            .map_err(ExchangeError::Write)?;
+                    }
+                    return Ok(());
+                }
+                Next::Answer(Ok(0)) => return Err(ExchangeError::ClosedBeforeAnswer),
+                Next::Answer(Ok(_)) => {
+                    // The upstream answered before the whole body was sent (413, say): the
+                    // answer stands, the connection is not reused.
+                    self.reusable = false;
+                    return Ok(());
+                }
+                Next::Answer(Err(e)) => return Err(ExchangeError::Read(e)),
+            }
+        }
+    }
+
+    /// Read the final response head; interim (1xx) responses are skipped.
+    async fn read_head(
+        &mut self,
+        head_only: bool,
+    ) -> Result<http::Response<Framing>, ExchangeError> {
+        let mut answered = false;
+        loop {
+            if !self.buf.is_empty() {
+                answered = true;
+                match self.parse_head(head_only)? {
+                    Parsed::Final(response) => return Ok(response),
+                    Parsed::Interim => continue,
+                    Parsed::Partial if self.buf.len() > MAX_RESPONSE_HEAD => {
+                        return Err(ExchangeError::HeadTooLarge);
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            match read_more(&mut self.stream, &mut self.buf).await {
+                Ok(0) if answered => {
+                    return Err(ExchangeError::BadHead(
+                        "the connection closed in the middle of the head".into(),
+                    ));
+                }
+                Ok(0) => return Err(ExchangeError::ClosedBeforeAnswer),
+                Ok(_) => {}
+                Err(e) => return Err(ExchangeError::Read(e)),
+            }
+        }
+    }
+
+    /// Parse one head from the buffer. An interim (1xx) head is consumed.
+    fn parse_head(&mut self, head_only: bool) -> Result<Parsed, ExchangeError> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let len = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ExchangeError::BadHead(format!(
+                    "more than {MAX_RESPONSE_HEADERS} headers"
+                )));
+            }
+            Err(e) => return Err(ExchangeError::BadHead(e.to_string())),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Where each name and value lies in the head, so the values can point into the head's
+        // bytes once they are split off: no copies.
+        let base = self.buf.as_ptr() as usize;
+        let count = parsed.headers.len();
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
+        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            *span = (
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            );
+        }
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| ExchangeError::BadHead(format!("status {code}")))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ExchangeError::BadHead(
+                    "101 Switching Protocols to a request that asked for no upgrade".into(),
+                ));
+            }
+            self.buf.advance(len);
+            return Ok(Parsed::Interim);
+        }
+        let head = self.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+            let name = &head[name_at..name_at + name_len];
+            let name = HeaderName::from_bytes(name).map_err(|_| {
+                ExchangeError::BadHead(format!("header name {:?}", String::from_utf8_lossy(name)))
+            })?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+                .map_err(|_| ExchangeError::BadHead(format!("value of {name}")))?;
+            headers.append(name, value);
+        }
+        if crate::strict::bad_response_framing(&headers) {
+            return Err(ExchangeError::AmbiguousFraming);
+        }
+        let framing = if head_only
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Empty
+        } else if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+            let last = te
+                .to_str()
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim);
+            if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+                Framing::Chunked(ChunkState::Size)
+            } else {
+                Framing::UntilClose
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            match crate::strict::content_length(&headers) {
+                Some(n) => Framing::Length(n),
+                None => {
+                    return Err(ExchangeError::BadHead(
+                        "Content-Length is not a number".into(),
+                    ));
+                }
+            }
+        } else {
+            Framing::UntilClose
+        };
+        if framing == Framing::UntilClose || !keeps_alive(version, &headers) {
+            self.reusable = false;
+        }
+        let mut response = http::Response::new(framing);
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        Ok(Parsed::Final(response))
+    }
+
+    /// Next piece of the response body: `Ok(None)` at its end.
+    pub fn poll_body(
+        &mut self,
+        framing: &mut Framing,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, ExchangeError>> {
+        loop {
+            match framing {
+                Framing::Empty | Framing::Length(0) => return Poll::Ready(Ok(None)),
+                Framing::Length(left) => {
+                    if !self.buf.is_empty() {
+                        let n = (*left).min(self.buf.len() as u64) as usize;
+                        *left -= n as u64;
+                        return Poll::Ready(Ok(Some(self.buf.split_to(n).freeze())));
+                    }
+                }
+                Framing::UntilClose => {
+                    if !self.buf.is_empty() {
+                        return Poll::Ready(Ok(Some(self.buf.split().freeze())));
+                    }
+                }
+                Framing::Chunked(state) => match decode_chunked(state, &mut self.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Some(data))),
+                    Ok(Decoded::End) => return Poll::Ready(Ok(None)),
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => {
+                        self.reusable = false;
+                        return Poll::Ready(Err(ExchangeError::BadHead(e.into())));
+                    }
+                },
+            }
+            match poll_read_more(&mut self.stream, &mut self.buf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.reusable = false;
+                    if *framing == Framing::UntilClose {
+                        *framing = Framing::Empty;
+                        return Poll::Ready(Ok(None));
+                    }
+                    return Poll::Ready(Err(ExchangeError::Read(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection before the body's end",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(ExchangeError::Read(e)));
+                }
+            }
+        }
+    }
+}
+
+/// Read whatever the socket has into `buf`.
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_more(stream, buf, cx)).await
+}
+
+fn poll_read_more(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 2 {
+        buf.reserve(READ_SIZE);
+    }
+    let spare = buf.spare_capacity_mut();
+    let mut read = ReadBuf::uninit(spare);
+    match Pin::new(stream).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            // SAFETY: poll_read initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// POST, PUT and PATCH say how long their body is even when it is empty.
+fn method_expects_body(method: &Method) -> bool {
+    *method == Method::POST || *method == Method::PUT || *method == Method::PATCH
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+enum Parsed {
+    Final(http::Response<Framing>),
+    Interim,
+    Partial,
+}
+
+enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The request line and headers; the framing header is ours, never the client's.
+fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: BodyKind) {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        BodyKind::None => {}
+        BodyKind::Length(n) => {
+            use std::io::Write as _;
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Where a chunked body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: this many data bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last (zero) chunk: trailer lines up to an empty line.
+    Trailers,
+    Done,
+}
+
+enum Decoded {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+/// Decode as much of a chunked body as `buf` holds; trailers are read and dropped.
+fn decode_chunked(state: &mut ChunkState, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
+    loop {
+        match *state {
+            ChunkState::Done => return Ok(Decoded::End),
+            ChunkState::Size => {
+                let Some(end) = find_crlf(buf) else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err("chunk-size line too long");
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let line = &buf[..end];
+                let digits = line
+                    .iter()
+                    .position(|b| *b == b';' || *b == b' ' || *b == b'\t')
+                    .map_or(line, |i| &line[..i]);
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err("bad chunk size");
+                }
+                let mut size = 0u64;
+                for d in digits {
+                    let v = (*d as char).to_digit(16).ok_or("bad chunk size")?;
+                    size = size * 16 + v as u64;
+                }
+                buf.advance(end + 2);
+                *state = if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                };
+            }
+            ChunkState::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = left.min(buf.len() as u64) as usize;
+                *state = if n as u64 == left {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left - n as u64)
+                };
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            ChunkState::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("chunk data not followed by CRLF");
+                }
+                buf.advance(2);
+                *state = ChunkState::Size;
+            }
+            ChunkState::Trailers => {
+                let Some(end) = find_crlf(buf) else {
+                    if buf.len() > MAX_TRAILERS {
+                        return Err("trailers too large");
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                buf.advance(end + 2);
+                if end == 0 {
+                    *state = ChunkState::Done;
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("buffered", &self.buf.len())
+            .field("reusable", &self.reusable)
+            .finish()
+    }
+}
+
+/// Size hint for the body still to come.
+pub fn size_hint(framing: &Framing) -> hyper::body::SizeHint {
+    match framing {
+        Framing::Empty => hyper::body::SizeHint::with_exact(0),
+        Framing::Length(n) => hyper::body::SizeHint::with_exact(*n),
+        _ => hyper::body::SizeHint::default(),
+    }
+}
+
+/// Whether no body bytes remain.
+pub fn is_done(framing: &Framing) -> bool {
+    matches!(
+        framing,
+        Framing::Empty | Framing::Length(0) | Framing::Chunked(ChunkState::Done)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8], pieces: usize) -> Result<(Vec<u8>, bool), &'static str> {
+        let mut state = ChunkState::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let step = input.len().div_ceil(pieces.max(1)).max(1);
+        for piece in input.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decode_chunked(&mut state, &mut buf)? {
+                    Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::NeedMore => break,
+                    Decoded::End => return Ok((out, true)),
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whole_or_byte_by_byte() {
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for pieces in [1, 3, wire.len()] {
+            let (data, ended) = decode_all(wire, pieces).unwrap();
+            assert_eq!(data, b"hello world", "in {pieces} pieces");
+            assert!(ended);
+        }
+        let (_, ended) = decode_all(b"5\r\nhel", 1).unwrap();
+        assert!(!ended);
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        for wire in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            assert!(
+                decode_all(wire, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let mut h = HeaderMap::new();
+        assert!(keeps_alive(Version::HTTP_11, &h));
+        assert!(!keeps_alive(Version::HTTP_10, &h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        assert!(keeps_alive(Version::HTTP_10, &h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
+        assert!(!keeps_alive(Version::HTTP_11, &h));
+    }
+
+    #[test]
+    fn the_head_carries_our_framing_not_the_clients() {
+        let mut req = http::Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = "/a?b=1".parse().unwrap();
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("api.test"));
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        write_head(&mut out, &parts, BodyKind::Length(3));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: api.test\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+}

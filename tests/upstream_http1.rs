@@ -1,0 +1,432 @@
+//! End to end: Meridian's HTTP/1.1 to upstreams against scripted backends that answer with
+//! exact bytes: chunked and close-delimited bodies, interim responses, stale keep-alive
+//! connections, early answers to a body still being sent, and the idle connection cap.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Client, start_proxy};
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted upstream saw.
+#[derive(Default)]
+struct Seen {
+    /// Connections accepted.
+    accepted: AtomicUsize,
+    /// Connections the proxy closed (EOF read while waiting for a request).
+    closed_by_proxy: AtomicUsize,
+    /// Request heads and bodies, in arrival order.
+    requests: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+/// How a scripted upstream answers the `n`th request (from 0) on a connection.
+struct Reply {
+    bytes: Vec<u8>,
+    /// Close the connection after writing.
+    close: bool,
+    /// Answer after the head, without reading the body.
+    before_body: bool,
+}
+
+fn reply(bytes: impl Into<Vec<u8>>) -> Reply {
+    Reply {
+        bytes: bytes.into(),
+        close: false,
+        before_body: false,
+    }
+}
+
+async fn scripted<F>(answer: F) -> (SocketAddr, Arc<Seen>)
+where
+    F: Fn(usize, &str) -> Reply + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let answer = Arc::new(answer);
+    let for_task = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            for_task.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, for_task.clone(), answer.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+async fn serve<F>(mut stream: TcpStream, seen: Arc<Seen>, answer: Arc<F>)
+where
+    F: Fn(usize, &str) -> Reply + Send + Sync + 'static,
+{
+    let mut buf = Vec::new();
+    for n in 0.. {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    seen.closed_by_proxy.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let r = answer(n, &head);
+        let lower = head.to_ascii_lowercase();
+        let mut body = Vec::new();
+        if !r.before_body {
+            if let Some(len) = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                while buf.len() < len {
+                    let mut chunk = [0u8; 65536];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                body = buf.drain(..len).collect();
+            } else if lower.contains("transfer-encoding: chunked") {
+                loop {
+                    if let Some(i) = buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+                        body = buf.drain(..i + 5).collect();
+                        break;
+                    }
+                    let mut chunk = [0u8; 65536];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            }
+        }
+        seen.requests.lock().unwrap().push((head, body));
+        if stream.write_all(&r.bytes).await.is_err() {
+            return;
+        }
+        if r.close {
+            // Lingering close, as real servers do: unread bytes would turn the close into a
+            // reset that destroys the answer in flight.
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 65536];
+            while let Ok(k) = stream.read(&mut sink).await {
+                if k == 0 {
+                    break;
+                }
+            }
+            return;
+        }
+    }
+}
+
+fn config(endpoint: SocketAddr, pool: &str) -> String {
+    format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+regions: {{ us-east-1: {{ lat: 38.9, lon: -77.4 }} }}
+clusters:
+  api:
+    endpoints: {{ us-east-1: [\"{endpoint}\"] }}
+    outlier_detection: {{ enabled: false }}
+    {pool}
+routes:
+  - {{ name: api, hosts: [\"*\"], cluster: api, timeout: 5s, max_replay_body: 1024 }}
+"
+    )
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_decoded_and_the_connection_is_reused() {
+    let (upstream, seen) = scripted(|_, _| {
+        reply(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5;name=x\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+        )
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    for _ in 0..3 {
+        let answer = client.get("a.test", "/", &[]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "hello world");
+    }
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for all three"
+    );
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_heads_have_no_body() {
+    let (upstream, seen) = scripted(|_, head| {
+        if head.starts_with("HEAD") {
+            reply("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n")
+        } else {
+            reply(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                 HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone",
+            )
+        }
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    let answer = client
+        .request_with_body(
+            Method::POST,
+            "a.test",
+            "/",
+            &[],
+            Bytes::from_static(b"data"),
+        )
+        .await;
+    assert_eq!(answer.status, 201);
+    assert_eq!(answer.body, "done");
+    let answer = client.request(Method::HEAD, "a.test", "/", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.headers["content-length"], "42");
+    assert_eq!(answer.body, "");
+    // The HEAD answer had no body: the same connection carries the next request.
+    let answer = client
+        .request_with_body(Method::POST, "a.test", "/", &[], Bytes::new())
+        .await;
+    assert_eq!(answer.status, 201);
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    let requests = seen.requests.lock().unwrap();
+    assert_eq!(requests[0].1, b"data");
+    assert!(
+        requests[2]
+            .0
+            .to_ascii_lowercase()
+            .contains("content-length: 0\r\n"),
+        "an empty POST says so: {}",
+        requests[2].0
+    );
+}
+
+#[tokio::test]
+async fn close_delimited_bodies_arrive_whole_and_the_connection_is_not_reused() {
+    let (upstream, seen) = scripted(|_, _| Reply {
+        close: true,
+        ..reply("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    for _ in 0..2 {
+        let answer = client.get("a.test", "/", &[]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "until the end");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_the_upstream_closed_is_replaced_without_an_error() {
+    // Every connection answers once, announcing keep-alive, then closes.
+    let (upstream, seen) = scripted(|_, _| Reply {
+        close: true,
+        ..reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    for i in 0..4 {
+        let answer = client
+            .get("a.test", "/", &[("x-meridian-debug", "1")])
+            .await;
+        assert_eq!(answer.status, 200, "request {i}: {}", answer.body);
+        assert_eq!(answer.body, "ok");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
+    // Whether the close was noticed before the pooled connection was taken or only when
+    // the request got no answer, it is not a failed try.
+    let table = proxy.table.load();
+    assert_eq!(table.clusters[0].stats.retries.get(), 0);
+    assert_eq!(table.clusters[0].stats.attempts_reset.get(), 0);
+}
+
+#[tokio::test]
+async fn only_idempotent_requests_are_resent_after_a_close_without_answer() {
+    // The first request on a connection is answered; the second is read and the connection
+    // closed without a word.
+    let (upstream, seen) = scripted(|n, _| match n {
+        0 => reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        _ => Reply {
+            close: true,
+            ..reply("")
+        },
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    assert_eq!(client.get("a.test", "/", &[]).await.status, 200);
+    // GET on the reused connection: closed on, sent again on a fresh one.
+    let answer = client.get("a.test", "/", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "ok");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    // POST on the reused connection: it may have been acted on, so it is not sent again.
+    let answer = client
+        .request_with_body(
+            Method::POST,
+            "a.test",
+            "/",
+            &[],
+            Bytes::from_static(b"once"),
+        )
+        .await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert_eq!(answer.headers["x-meridian-error"], "upstream-reset");
+    let posts = seen
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(head, _)| head.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "the POST reached the upstream exactly once");
+}
+
+#[tokio::test]
+async fn an_early_answer_stops_a_streamed_body_and_reaches_the_client() {
+    let (upstream, seen) = scripted(|_, _| Reply {
+        close: true,
+        before_body: true,
+        ..reply("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo much")
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    // Larger than max_replay_body (1 KiB): streamed, not buffered.
+    let body = Bytes::from(vec![b'x'; 4 * 1024 * 1024]);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request_with_body(Method::PUT, "a.test", "/", &[], body),
+    )
+    .await
+    .expect("the early answer is passed on, not waited past");
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.body, "too much");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn streamed_request_bodies_keep_their_length_or_go_chunked() {
+    let (upstream, seen) =
+        scripted(|_, _| reply("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    let body = Bytes::from(vec![b'y'; 5000]);
+    let answer = client
+        .request_with_body(Method::POST, "a.test", "/", &[], body.clone())
+        .await;
+    assert_eq!(answer.status, 200);
+    // A chunked client body past the replay limit goes upstream chunked.
+    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    let mut req = b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+    req.extend_from_slice(&body);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    raw.write_all(&req).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = raw.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+
+    let requests = seen.requests.lock().unwrap();
+    let (head, sent) = &requests[0];
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-length: 5000\r\n"),
+        "{head}"
+    );
+    assert_eq!(sent.len(), 5000);
+    let (head, sent) = &requests[1];
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\r\n"),
+        "{head}"
+    );
+    assert!(sent.ends_with(b"0\r\n\r\n"));
+    let data: usize = sent.iter().filter(|b| **b == b'y').count();
+    assert_eq!(data, 5000);
+}
+
+#[tokio::test]
+async fn idle_connections_past_the_cap_are_closed() {
+    // Answers wait until six requests are in, so six connections open at once.
+    let arrived = Arc::new(tokio::sync::Barrier::new(6));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (closed, mut closes) = tokio::sync::mpsc::unbounded_channel::<()>();
+    {
+        let arrived = arrived.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (arrived, closed) = (arrived.clone(), closed.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    arrived.wait().await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                    if let Ok(0) = stream.read(&mut buf).await {
+                        let _ = closed.send(());
+                    }
+                });
+            }
+        });
+    }
+    let proxy = start_proxy(&config(
+        upstream,
+        "connection_pool: { max_idle_per_endpoint: 2 }",
+    ))
+    .await;
+    let addr = proxy.proxy_addr().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            common::get(addr, "a.test", "/", &[]).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    for i in 0..4 {
+        tokio::time::timeout(Duration::from_secs(5), closes.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {i} of six connections were closed"));
+    }
+    assert_eq!(
+        proxy.table.load().clusters[0].pool.open_connections(),
+        2,
+        "two kept idle"
+    );
+    assert!(closes.try_recv().is_err(), "no fifth connection was closed");
+}
