@@ -45,9 +45,16 @@ fn bench(c: &mut Criterion) {
     });
 
     let client: IpAddr = "198.51.100.7".parse().unwrap();
+    // A client seen before: answered from the per-thread cache of recent lookups.
     c.bench_function("geo/lookup", |b| {
         b.iter(|| black_box(table.geo.locate(black_box(client))))
     });
+    // A new client every time: the database is read and the record decoded.
+    if let Some(db) = &table.geo.database {
+        c.bench_function("geo/lookup_uncached", |b| {
+            b.iter(|| black_box(db.lookup_uncached(black_box(client))))
+        });
+    }
 }
 
 criterion_group!(benches, bench);

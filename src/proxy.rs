@@ -438,6 +438,8 @@ async fn forward(
         .await?;
         attempts(table, &decision, &parts, body, &mut rng, trace).await
     };
+    // Pinned where it is: handing the (large) future to the timeout by value would copy it.
+    tokio::pin!(exchange);
     let (response, region) = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(result) => result?,
         Err(_) => {
@@ -901,8 +903,9 @@ async fn try_once(
             None,
         )))
     };
+    tokio::pin!(exchange);
     let result = match per_try_timeout {
-        Some(limit) => match tokio::time::timeout(limit, exchange).await {
+        Some(limit) => match tokio::time::timeout(limit, exchange.as_mut()).await {
             Ok(result) => result,
             Err(_) => Err(Ok((
                 AttemptFailure::PerTryTimeout,

@@ -198,8 +198,7 @@ impl<T> Sniffer<T> {
             return State::Stopped;
         };
         // Most heads name neither framing header: no second parse for them.
-        let has_cl = contains_ignore_case(head, b"content-length");
-        let has_te = contains_ignore_case(head, b"transfer-encoding");
+        let (has_cl, has_te) = framing_header_lines(head);
         if head.starts_with(b"PRI * HTTP/2.0") {
             // HTTP/2 (prior knowledge): frames, not heads, from here on.
             return State::Stopped;
@@ -253,14 +252,27 @@ fn te_is_chunked(request: &httparse::Request<'_, '_>) -> bool {
     )
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether a header line of `head` starts with `Content-Length` and whether one starts with
+/// `Transfer-Encoding` (ignoring ASCII case). A header name only ever starts a line (folded
+/// lines are refused), so one pass over the line starts answers both, and the first byte
+/// settles most lines.
+fn framing_header_lines(head: &[u8]) -> (bool, bool) {
+    const CL: &[u8] = b"content-length";
+    const TE: &[u8] = b"transfer-encoding";
+    let (mut cl, mut te) = (false, false);
+    for nl in memchr::memchr_iter(b'\n', head) {
+        let line = &head[nl + 1..];
+        match line.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') => cl |= line.len() >= CL.len() && line[..CL.len()].eq_ignore_ascii_case(CL),
+            Some(b't') => te |= line.len() >= TE.len() && line[..TE.len()].eq_ignore_ascii_case(TE),
+            _ => {}
+        }
+    }
+    (cl, te)
 }
 
 fn find_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|p| p + 4)
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Sniffer<T> {
@@ -313,6 +325,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_headers_are_found_at_line_starts_in_any_case() {
+        let head = b"POST /content-length HTTP/1.1\r\nHost: a\r\nX-Note: transfer-encoding\r\ncOnTeNt-LeNgTh: 3\r\n\r\n";
+        assert_eq!(
+            framing_header_lines(head),
+            (true, false),
+            "a value or the path is not a name"
+        );
+        assert_eq!(
+            framing_header_lines(b"GET / HTTP/1.1\nTransfer-Encoding: chunked\n\n"),
+            (false, true)
+        );
+        assert_eq!(
+            framing_header_lines(b"GET / HTTP/1.1\r\nC\r\nT\r\n\r\n"),
+            (false, false)
+        );
+    }
 
     fn sniff(chunks: &[&[u8]]) -> Vec<bool> {
         let log = Arc::new(FramingLog::default());

@@ -27,7 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BODY = "x" * 99 + "\n"  # 100 bytes
-PORTS = {"backend": 18000, "meridian": 18080, "nginx": 18081, "haproxy": 18082}
+PORTS = {"backend": 18000, "meridian": 18080, "nginx": 18081, "haproxy": 18082,
+         "meridian-h2c": 18090, "nginx-h2c": 18091, "meridian-h2": 18443, "nginx-h2": 18444}
+IDLE_CONNECTIONS = 10000
+# HAProxy refuses to start with a maxconn whose descriptors (2 per connection) pass the
+# process limit, which cannot be raised here (20,000).
+HAPROXY_MAX_IDLE = 9900
 LOADGEN_CPU, SERVER_CPU = "0", "1"
 
 
@@ -36,7 +41,8 @@ def sh(*cmd, **kw):
 
 
 def ensure_tools():
-    missing = [pkg for tool, pkg in [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk")]
+    missing = [pkg for tool, pkg in [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk"),
+                                     ("h2load", "nghttp2-client"), ("openssl", "openssl")]
                if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
         print(f"installing {missing} with apt-get", flush=True)
@@ -130,13 +136,18 @@ class Processes:
 
 def nginx_conf(tmp, role):
     port = PORTS["backend" if role == "backend" else "nginx"]
+    h2_servers = ""
     if role == "backend":
         location = f'return 200 "{BODY.strip()}\\n";'
         upstream = ""
     else:
-        upstream = f"upstream backend {{ server 127.0.0.1:{PORTS['backend']}; keepalive 64; }}"
+        upstream = f"upstream backend {{ server 127.0.0.1:{PORTS['backend']}; keepalive 128; }}"
         location = ("proxy_pass http://backend; proxy_http_version 1.1; "
                     "proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;")
+        cert, key = certificate(tmp)
+        h2_servers = (f"server {{ listen 127.0.0.1:{PORTS['nginx-h2c']} http2; location / {{ {location} }} }}\n"
+                      f"  server {{ listen 127.0.0.1:{PORTS['nginx-h2']} ssl http2; ssl_certificate {cert}; "
+                      f"ssl_certificate_key {key}; ssl_protocols TLSv1.3; location / {{ {location} }} }}")
     conf = Path(tmp) / f"nginx-{role}.conf"
     conf.write_text(f"""
 worker_processes 1;
@@ -144,7 +155,7 @@ daemon off;
 master_process off;
 error_log {tmp}/nginx-{role}-error.log;
 pid {tmp}/nginx-{role}.pid;
-events {{ worker_connections 9000; }}
+events {{ worker_connections 12000; }}
 http {{
   access_log off;
   client_body_temp_path {tmp}/body-{role};
@@ -155,6 +166,7 @@ http {{
   keepalive_requests 1000000;
   {upstream}
   server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }}
+  {h2_servers}
 }}
 """)
     return conf
@@ -165,7 +177,9 @@ def haproxy_conf(tmp):
     conf.write_text(f"""
 global
   nbthread 1
-  maxconn 9000
+  # HAProxy reserves two descriptors per connection (2 x maxconn + 14 must fit the process
+  # limit, 20,000 here), so it takes at most 9,990 connections: see HAPROXY_MAX_IDLE.
+  maxconn 9990
 defaults
   mode http
   timeout connect 1s
@@ -182,11 +196,25 @@ backend be
     return conf
 
 
+def certificate(tmp):
+    """A self-signed P-256 certificate for 127.0.0.1, made once per run."""
+    cert, key = Path(tmp) / "bench.crt", Path(tmp) / "bench.key"
+    if not cert.exists():
+        sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "2",
+           "-keyout", str(key), "-out", str(cert))
+    return cert, key
+
+
 def meridian_conf(tmp):
     conf = Path(tmp) / "meridian.yaml"
+    cert, key = certificate(tmp)
     conf.write_text(f"""
 local_region: eu-west-1
-listeners: [{{ name: http, bind: "127.0.0.1:{PORTS['meridian']}" }}]
+listeners:
+  - {{ name: http, bind: "127.0.0.1:{PORTS['meridian']}" }}
+  - {{ name: h2c, bind: "127.0.0.1:{PORTS['meridian-h2c']}" }}
+  - {{ name: h2, bind: "127.0.0.1:{PORTS['meridian-h2']}", tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }} }}
 admin: {{ bind: null }}
 access_log: {{ enabled: false }}
 geo:
@@ -227,6 +255,36 @@ def oha(port, rate, seconds):
     data = json.loads(out)
     pct = data["latencyPercentiles"]
     return {k: pct[k] * 1e6 for k in ("p50", "p90", "p99")}  # µs
+
+
+def h2load(port, tls, seconds):
+    """HTTP/2 closed loop: h2load on CPU 0, 50 connections with 10 streams each, prior knowledge
+    (h2c) or ALPN over TLS 1.3. Returns (requests, mean request time in µs)."""
+    scheme = "https" if tls else "http"
+    out = sh("taskset", "-c", LOADGEN_CPU, "h2load", "-t1", "-c50", "-m10", "-D", str(seconds),
+             "--warm-up-time=0", "-H", "x-forwarded-for: 198.51.100.7", f"{scheme}://127.0.0.1:{port}/").stdout
+    requests, mean = 0, 0.0
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("requests:"):
+            # requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+            requests = int(words[7])
+            if int(words[9]) or int(words[11]):
+                raise RuntimeError(f"failed requests:\n{out}")
+        if line.startswith("status codes:") and (int(words[6]) or int(words[8])):
+            # status codes: N 2xx, N 3xx, N 4xx, N 5xx
+            raise RuntimeError(f"4xx/5xx answers:\n{out}")
+        if line.startswith("time for request:"):
+            mean = duration_us(words[5])
+    return requests, mean
+
+
+def duration_us(text):
+    """h2load's durations: 812us, 1.23ms, 2.01s."""
+    for suffix, scale in (("us", 1.0), ("ms", 1e3), ("s", 1e6)):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * scale
+    raise ValueError(f"not a duration: {text}")
 
 
 async def idle_connections(port, count):
@@ -278,13 +336,13 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benches/load/results.md"))
     args = ap.parse_args()
     reps, seconds, warm = (1, 3, 1) if args.quick else (3, 10, 2)
-    idle_count = 2000 if args.quick else 10000
+    idle_count = 2000 if args.quick else IDLE_CONNECTIONS
     ensure_tools()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # Each idle connection costs two descriptors here (client + proxy side in one process tree).
-    # Both ends of every idle connection live on this machine: stay within the descriptor limit.
-    idle_count = min(idle_count, 8000)
+    # The client side of the idle connections lives in this process, the other side in the
+    # proxy's: each needs one descriptor per connection, with room to spare.
+    idle_count = min(idle_count, hard - 1000)
     print("building meridian (release)", flush=True)
     subprocess.run(["cargo", "build", "--release", "--bin", "meridian"], cwd=ROOT, check=True)
     meridian = ROOT / "target/release/meridian"
@@ -296,6 +354,8 @@ def main():
         procs.start("meridian", [str(meridian), "run", "-c", str(meridian_conf(tmp)), "--worker-threads", "0"],
                     PORTS["meridian"], env={"MERIDIAN_LOG": "error"})
         procs.start("nginx", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy"))], PORTS["nginx"])
+        wait_port(PORTS["nginx-h2"])
+        wait_port(PORTS["meridian-h2"])
         procs.start("haproxy", [haproxy_bin(), "-f", str(haproxy_conf(tmp))], PORTS["haproxy"])
         pids = {"direct": procs.procs["backend"].pid, "meridian": procs.procs["meridian"].pid,
                 "nginx": procs.procs["nginx"].pid, "haproxy": procs.procs["haproxy"].pid}
@@ -326,10 +386,27 @@ def main():
                 wait_quiet()
                 latency[(name, rate)] = oha(ports[name], rate, seconds)
                 print(f"{name} @ {rate}/s: {latency[(name, rate)]}", flush=True)
+        h2 = {(name, tls): {"cpu_us": [], "rps": [], "mean_us": []} for name in ("meridian", "nginx")
+              for tls in (False, True)}
+        for rep in range(reps):
+            for tls in (False, True):
+                for name in (("meridian", "nginx") if rep % 2 == 0 else ("nginx", "meridian")):
+                    port = PORTS[f"{name}-{'h2' if tls else 'h2c'}"]
+                    wait_quiet()
+                    h2load(port, tls, warm)
+                    before = cpu_ticks(pids[name])
+                    requests, mean = h2load(port, tls, seconds)
+                    used = (cpu_ticks(pids[name]) - before) / CLK_TCK
+                    h2[(name, tls)]["cpu_us"].append(used / requests * 1e6)
+                    h2[(name, tls)]["rps"].append(requests / seconds)
+                    h2[(name, tls)]["mean_us"].append(mean)
+                    print(f"rep {rep + 1} {name} {'h2+TLS' if tls else 'h2c'}: {requests / seconds:.0f} req/s, "
+                          f"{used / requests * 1e6:.1f} µs CPU/req, mean request {mean:.0f} µs", flush=True)
         idle = {}
+        idle_counts = {"meridian": idle_count, "nginx": idle_count, "haproxy": min(idle_count, HAPROXY_MAX_IDLE)}
         for name in ("meridian", "nginx", "haproxy"):
-            idle[name] = asyncio.run(idle_phase(ports[name], pids[name], idle_count))
-            print(f"{name}: RSS (idle, with {idle_count} connections, after): {idle[name]} KB", flush=True)
+            idle[name] = asyncio.run(idle_phase(ports[name], pids[name], idle_counts[name]))
+            print(f"{name}: RSS (idle, with {idle_counts[name]} connections, after): {idle[name]} KB", flush=True)
     finally:
         procs.stop_all()
 
@@ -367,12 +444,25 @@ def main():
             l = latency[(name, rate)]
             lines.append(f"| {name} | {rate}/s | {l['p50'] - base['p50']:+.0f} | {l['p90'] - base['p90']:+.0f} | "
                          f"{l['p99'] - base['p99']:+.0f} |")
-    lines += ["", f"Memory: RSS idle, per idle keep-alive connection ({idle_count} connections, one request each), "
-              "and after they closed:", "", "| target | idle RSS | per connection | after close |", "|---|---|---|---|"]
+    lines += ["", "HTTP/2 from the client (h2load -t1 -c50 -m10; prior knowledge, or TLS 1.3 with ALPN h2 and a "
+              "P-256 certificate); HTTP/1.1 keep-alive to the same backend:", "",
+              "| target | protocol | req/s | × nginx | proxy CPU µs/request | × nginx | mean request time µs |",
+              "|---|---|---|---|---|---|---|"]
+    for tls in (False, True):
+        ref = h2[("nginx", tls)]
+        for name in ("meridian", "nginx"):
+            r = h2[(name, tls)]
+            lines.append(f"| {name} | {'h2 + TLS' if tls else 'h2c'} | {fmt(r['rps'], '', 0)} | "
+                         f"{statistics.median(r['rps']) / statistics.median(ref['rps']):.2f} | {fmt(r['cpu_us'])} | "
+                         f"{statistics.median(r['cpu_us']) / statistics.median(ref['cpu_us']):.2f} | "
+                         f"{statistics.median(r['mean_us']):.0f} |")
+    lines += ["", "Memory: RSS idle, per idle keep-alive connection (one request each, then left open), and two "
+              "seconds after they closed:", "",
+              "| target | idle RSS | idle connections | per connection | after close |", "|---|---|---|---|---|"]
     for name in ("meridian", "nginx", "haproxy"):
         before, during, after = idle[name]
-        lines.append(f"| {name} | {idle_rss[name] / 1024:.1f} MB | {(during - before) / idle_count:.2f} KB | "
-                     f"{after / 1024:.1f} MB |")
+        lines.append(f"| {name} | {idle_rss[name] / 1024:.1f} MB | {idle_counts[name]} | "
+                     f"{(during - before) / idle_counts[name]:.2f} KB | {after / 1024:.1f} MB |")
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print("\n" + text)

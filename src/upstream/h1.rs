@@ -7,6 +7,7 @@
 //! socket and nothing else.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -80,7 +81,11 @@ impl AsyncWrite for Stream {
 /// One upstream connection: the socket and the bytes read past the last message.
 pub struct Connection {
     stream: Stream,
+    /// Bytes read from the socket and not yet used.
     buf: BytesMut,
+    /// Bytes that came in with the response head, ahead of `buf`: body bytes handed on
+    /// without a copy.
+    rest: Bytes,
     /// Whether the connection may carry another request after the current exchange.
     reusable: bool,
 }
@@ -125,6 +130,7 @@ impl Connection {
         Self {
             stream,
             buf: BytesMut::new(),
+            rest: Bytes::new(),
             reusable: true,
         }
     }
@@ -137,7 +143,7 @@ impl Connection {
     /// Check an idle connection without waiting: still open, and the upstream sent nothing
     /// unasked (a close, a stray byte or a TLS alert all mean it cannot be reused).
     pub fn is_open(&mut self) -> bool {
-        if !self.reusable || !self.buf.is_empty() {
+        if !self.reusable || !self.buf.is_empty() || !self.rest.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
@@ -333,11 +339,23 @@ impl Connection {
 
     /// Parse one head from the buffer. An interim (1xx) head is consumed.
     fn parse_head(&mut self, head_only: bool) -> Result<Parsed, ExchangeError> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(&self.buf) {
+        // The buffer is frozen whole so header values and the first body bytes can point
+        // into it; the header slots stay uninitialised (a 100-slot array to zero per
+        // response would cost more than the parse).
+        let frozen = self.buf.split().freeze();
+        let mut slots =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &frozen,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Ok(httparse::Status::Partial) => {
+                self.buf = into_mut(frozen);
+                return Ok(Parsed::Partial);
+            }
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(ExchangeError::BadHead(format!(
                     "more than {MAX_RESPONSE_HEADERS} headers"
@@ -351,19 +369,6 @@ impl Connection {
         } else {
             Version::HTTP_11
         };
-        // Where each name and value lies in the head, so the values can point into the head's
-        // bytes once they are split off: no copies.
-        let base = self.buf.as_ptr() as usize;
-        let count = parsed.headers.len();
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            *span = (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            );
-        }
         let status = StatusCode::from_u16(code)
             .map_err(|_| ExchangeError::BadHead(format!("status {code}")))?;
         if status.is_informational() {
@@ -372,20 +377,18 @@ impl Connection {
                     "101 Switching Protocols to a request that asked for no upgrade".into(),
                 ));
             }
-            self.buf.advance(len);
+            self.buf = into_mut(frozen.slice(len..));
             return Ok(Parsed::Interim);
         }
-        let head = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-            let name = &head[name_at..name_at + name_len];
-            let name = HeaderName::from_bytes(name).map_err(|_| {
-                ExchangeError::BadHead(format!("header name {:?}", String::from_utf8_lossy(name)))
-            })?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ExchangeError::BadHead(format!("header name {:?}", h.name)))?;
+            let value = HeaderValue::from_maybe_shared(frozen.slice_ref(h.value))
                 .map_err(|_| ExchangeError::BadHead(format!("value of {name}")))?;
             headers.append(name, value);
         }
+        self.rest = frozen.slice(len..);
         if crate::strict::bad_response_framing(&headers) {
             return Err(ExchangeError::AmbiguousFraming);
         }
@@ -437,6 +440,11 @@ impl Connection {
             match framing {
                 Framing::Empty | Framing::Length(0) => return Poll::Ready(Ok(None)),
                 Framing::Length(left) => {
+                    if !self.rest.is_empty() {
+                        let n = (*left).min(self.rest.len() as u64) as usize;
+                        *left -= n as u64;
+                        return Poll::Ready(Ok(Some(self.rest.split_to(n))));
+                    }
                     if !self.buf.is_empty() {
                         let n = (*left).min(self.buf.len() as u64) as usize;
                         *left -= n as u64;
@@ -444,19 +452,31 @@ impl Connection {
                     }
                 }
                 Framing::UntilClose => {
+                    if !self.rest.is_empty() {
+                        return Poll::Ready(Ok(Some(std::mem::take(&mut self.rest))));
+                    }
                     if !self.buf.is_empty() {
                         return Poll::Ready(Ok(Some(self.buf.split().freeze())));
                     }
                 }
-                Framing::Chunked(state) => match decode_chunked(state, &mut self.buf) {
-                    Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Some(data))),
-                    Ok(Decoded::End) => return Poll::Ready(Ok(None)),
-                    Ok(Decoded::NeedMore) => {}
-                    Err(e) => {
-                        self.reusable = false;
-                        return Poll::Ready(Err(ExchangeError::BadHead(e.into())));
+                Framing::Chunked(state) => {
+                    if !self.rest.is_empty() {
+                        // Ahead of anything read since.
+                        let mut joined = BytesMut::from(&self.rest[..]);
+                        joined.extend_from_slice(&self.buf);
+                        self.buf = joined;
+                        self.rest = Bytes::new();
                     }
-                },
+                    match decode_chunked(state, &mut self.buf) {
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Some(data))),
+                        Ok(Decoded::End) => return Poll::Ready(Ok(None)),
+                        Ok(Decoded::NeedMore) => {}
+                        Err(e) => {
+                            self.reusable = false;
+                            return Poll::Ready(Err(ExchangeError::BadHead(e.into())));
+                        }
+                    }
+                }
             }
             match poll_read_more(&mut self.stream, &mut self.buf, cx) {
                 Poll::Pending => return Poll::Pending,
@@ -479,6 +499,13 @@ impl Connection {
             }
         }
     }
+}
+
+/// Bytes back into a buffer to read more into: without a copy when nothing else holds them.
+fn into_mut(bytes: Bytes) -> BytesMut {
+    bytes
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
 /// Read whatever the socket has into `buf`.
