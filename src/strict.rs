@@ -144,13 +144,6 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// An upstream response whose framing cannot be trusted: both Content-Length and
-/// Transfer-Encoding, or Content-Length repeated.
-pub fn bad_response_framing(headers: &HeaderMap) -> bool {
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    lengths > 1 || (lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,18 +256,5 @@ mod tests {
             ),
             Err(Malformed::BadTransferEncoding)
         );
-    }
-
-    #[test]
-    fn response_framing() {
-        assert!(bad_response_framing(&head(&[
-            ("content-length", "1"),
-            ("transfer-encoding", "chunked")
-        ])));
-        assert!(bad_response_framing(&head(&[
-            ("content-length", "1"),
-            ("content-length", "2")
-        ])));
-        assert!(!bad_response_framing(&head(&[("content-length", "1")])));
     }
 }

@@ -380,16 +380,30 @@ impl Connection {
             self.buf = into_mut(frozen.slice(len..));
             return Ok(Parsed::Interim);
         }
+        // The framing facts are gathered on the way, not looked up in the map afterwards.
         let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        let mut lengths = 0;
+        let mut length: Option<&[u8]> = None;
+        let mut transfer_encoding: Option<&[u8]> = None;
+        let mut connection = ConnectionTokens::default();
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ExchangeError::BadHead(format!("header name {:?}", h.name)))?;
+            if name == header::CONTENT_LENGTH {
+                lengths += 1;
+                length = Some(h.value);
+            } else if name == header::TRANSFER_ENCODING {
+                transfer_encoding = Some(h.value);
+            } else if name == header::CONNECTION {
+                connection.read(h.value);
+            }
             let value = HeaderValue::from_maybe_shared(frozen.slice_ref(h.value))
                 .map_err(|_| ExchangeError::BadHead(format!("value of {name}")))?;
             headers.append(name, value);
         }
         self.rest = frozen.slice(len..);
-        if crate::strict::bad_response_framing(&headers) {
+        // Both framings, or two lengths: a response that could be read two ways is refused.
+        if lengths > 1 || (lengths == 1 && transfer_encoding.is_some()) {
             return Err(ExchangeError::AmbiguousFraming);
         }
         let framing = if head_only
@@ -397,19 +411,18 @@ impl Connection {
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Empty
-        } else if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
-            let last = te
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .map(str::trim);
-            if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        } else if let Some(te) = transfer_encoding {
+            let last = te.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
                 Framing::Chunked(ChunkState::Size)
             } else {
                 Framing::UntilClose
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            match crate::strict::content_length(&headers) {
+        } else if let Some(value) = length {
+            match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
                 Some(n) => Framing::Length(n),
                 None => {
                     return Err(ExchangeError::BadHead(
@@ -420,7 +433,7 @@ impl Connection {
         } else {
             Framing::UntilClose
         };
-        if framing == Framing::UntilClose || !keeps_alive(version, &headers) {
+        if framing == Framing::UntilClose || !connection.keeps_alive(version) {
             self.reusable = false;
         }
         let mut response = http::Response::new(framing);
@@ -540,18 +553,29 @@ fn method_expects_body(method: &Method) -> bool {
     *method == Method::POST || *method == Method::PUT || *method == Method::PATCH
 }
 
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
+/// What the Connection headers of a response said about keeping the connection.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl ConnectionTokens {
+    fn read(&mut self, value: &[u8]) {
+        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+
+    /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told
+    /// `keep-alive`.
+    fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        }
     }
 }
 
@@ -770,13 +794,18 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_version_and_connection() {
-        let mut h = HeaderMap::new();
-        assert!(keeps_alive(Version::HTTP_11, &h));
-        assert!(!keeps_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
-        assert!(keeps_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
-        assert!(!keeps_alive(Version::HTTP_11, &h));
+        let tokens = |values: &[&str]| {
+            let mut t = ConnectionTokens::default();
+            for v in values {
+                t.read(v.as_bytes());
+            }
+            t
+        };
+        assert!(tokens(&[]).keeps_alive(Version::HTTP_11));
+        assert!(!tokens(&[]).keeps_alive(Version::HTTP_10));
+        assert!(tokens(&["Keep-Alive"]).keeps_alive(Version::HTTP_10));
+        assert!(!tokens(&["foo, close"]).keeps_alive(Version::HTTP_11));
+        assert!(!tokens(&["keep-alive", "close"]).keeps_alive(Version::HTTP_10));
     }
 
     #[test]
