@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side load harness: the same nginx backend direct, through Meridian, nginx and HAProxy.
 
-    python3 benches/load/run.py            # full run (about 8 minutes), writes benches/load/results.md
+    python3 benches/load/run.py            # full run (about 15 minutes), writes benches/load/results.md
     python3 benches/load/run.py --quick    # 1 repetition of 3 s, for trying it out
 
 Pinning: the load generator alone on CPU 0; proxy and backend on CPU 1. Each proxy runs one
@@ -42,7 +42,8 @@ def sh(*cmd, **kw):
 
 def ensure_tools():
     missing = [pkg for tool, pkg in [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk"),
-                                     ("h2load", "nghttp2-client"), ("openssl", "openssl")]
+                                     ("h2load", "nghttp2-client"), ("openssl", "openssl"),
+                                     ("valgrind", "valgrind")]
                if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
         print(f"installing {missing} with apt-get", flush=True)
@@ -172,14 +173,14 @@ http {{
     return conf
 
 
-def haproxy_conf(tmp):
-    conf = Path(tmp) / "haproxy.cfg"
+def haproxy_conf(tmp, maxconn=9990):
+    conf = Path(tmp) / f"haproxy-{maxconn}.cfg"
     conf.write_text(f"""
 global
   nbthread 1
   # HAProxy reserves two descriptors per connection (2 x maxconn + 14 must fit the process
   # limit, 20,000 here), so it takes at most 9,990 connections: see HAPROXY_MAX_IDLE.
-  maxconn 9990
+  maxconn {maxconn}
 defaults
   mode http
   timeout connect 1s
@@ -287,6 +288,30 @@ def duration_us(text):
     raise ValueError(f"not a duration: {text}")
 
 
+def instructions_per_request(tmp, name, cmd, port, stop):
+    """User-space instructions per proxied request, counted by callgrind: the proxy runs
+    under valgrind twice (2,000 and 12,000 requests from oha, 10 connections) and the
+    difference is divided by 10,000, so start-up and shutdown cancel out. Unlike times,
+    the count repeats to within a fraction of a percent whatever else the machine does."""
+    totals = []
+    for n in (2000, 12000):
+        out = Path(tmp) / f"callgrind.{name}.{n}"
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "MERIDIAN_LOG": "error"})
+        try:
+            wait_port(port, timeout=60)
+            sh(oha_bin(), "--no-tui", "-n", str(n), "-c", "10", "-H", "X-Forwarded-For: 198.51.100.7",
+               f"http://127.0.0.1:{port}/")
+        finally:
+            proc.send_signal(stop)
+            proc.wait(timeout=120)
+        text = out.read_text()
+        line = next(l for l in text.splitlines() if l.startswith(("summary:", "totals:")))
+        totals.append(int(line.split()[1]))
+    return (totals[1] - totals[0]) / 10000
+
+
 async def idle_connections(port, count):
     request = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
     conns = []
@@ -334,6 +359,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benches/load/results.md"))
+    ap.add_argument("--no-callgrind", action="store_true", help="skip the instruction counts")
     args = ap.parse_args()
     reps, seconds, warm = (1, 3, 1) if args.quick else (3, 10, 2)
     idle_count = 2000 if args.quick else IDLE_CONNECTIONS
@@ -351,6 +377,17 @@ def main():
     results = {name: {"cpu_us": [], "rps": []} for name in ("direct", "meridian", "nginx", "haproxy")}
     try:
         procs.start("backend", [nginx_bin(), "-c", str(nginx_conf(tmp, "backend"))], PORTS["backend"])
+        instructions = {}
+        if not args.no_callgrind:
+            for name, cmd, stop in (
+                ("meridian", [str(meridian), "run", "-c", str(meridian_conf(tmp)), "--worker-threads", "0"],
+                 signal.SIGTERM),
+                ("nginx", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy"))], signal.SIGQUIT),
+                # valgrind keeps a few descriptors for itself: HAProxy's full maxconn would not fit.
+                ("haproxy", [haproxy_bin(), "-f", str(haproxy_conf(tmp, maxconn=1000))], signal.SIGTERM),
+            ):
+                instructions[name] = instructions_per_request(tmp, name, cmd, PORTS[name], stop)
+                print(f"{name}: {instructions[name]:.0f} instructions per request (callgrind)", flush=True)
         procs.start("meridian", [str(meridian), "run", "-c", str(meridian_conf(tmp)), "--worker-threads", "0"],
                     PORTS["meridian"], env={"MERIDIAN_LOG": "error"})
         procs.start("nginx", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy"))], PORTS["nginx"])
@@ -436,6 +473,11 @@ def main():
             continue
         lines.append(f"| {name} | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | "
                      f"{fmt(results[name]['cpu_us'])} | {cpu / nginx_cpu:.2f} | {cpu / haproxy_cpu:.2f} |")
+    if instructions:
+        lines += ["", "User-space instructions per proxied request (callgrind, 10,000 requests; repeatable to "
+                  "a fraction of a percent):", "", "| target | instructions/request | × nginx |", "|---|---|---|"]
+        for name in ("meridian", "nginx", "haproxy"):
+            lines.append(f"| {name} | {instructions[name]:,.0f} | {instructions[name] / instructions['nginx']:.2f} |")
     lines += ["", "Open-loop latency added over direct (oha, latency-corrected), µs:", "",
               "| target | rate | p50 | p90 | p99 |", "|---|---|---|---|---|"]
     for rate in (5000, 15000):
