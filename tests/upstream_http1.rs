@@ -35,6 +35,8 @@ struct Reply {
     close: bool,
     /// Answer after the head, without reading the body.
     before_body: bool,
+    /// Never answer; wait for the proxy to close.
+    hang: bool,
 }
 
 fn reply(bytes: impl Into<Vec<u8>>) -> Reply {
@@ -42,6 +44,7 @@ fn reply(bytes: impl Into<Vec<u8>>) -> Reply {
         bytes: bytes.into(),
         close: false,
         before_body: false,
+        hang: false,
     }
 }
 
@@ -116,6 +119,16 @@ where
             }
         }
         seen.requests.lock().unwrap().push((head, body));
+        if r.hang {
+            let mut sink = [0u8; 4096];
+            while let Ok(k) = stream.read(&mut sink).await {
+                if k == 0 {
+                    break;
+                }
+            }
+            seen.closed_by_proxy.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         if stream.write_all(&r.bytes).await.is_err() {
             return;
         }
@@ -429,4 +442,54 @@ async fn idle_connections_past_the_cap_are_closed() {
         "two kept idle"
     );
     assert!(closes.try_recv().is_err(), "no fifth connection was closed");
+}
+
+#[tokio::test]
+async fn a_connection_given_up_mid_exchange_frees_its_place_for_a_waiting_request() {
+    // /slow is never answered; anything else is.
+    let (upstream, _seen) = scripted(|_, head| {
+        if head.starts_with("GET /slow") {
+            Reply {
+                hang: true,
+                ..reply("")
+            }
+        } else {
+            reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        }
+    })
+    .await;
+    let proxy = start_proxy(&format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+regions: {{ us-east-1: {{ lat: 38.9, lon: -77.4 }} }}
+clusters:
+  api:
+    endpoints: {{ us-east-1: [\"{upstream}\"] }}
+    outlier_detection: {{ enabled: false }}
+    connection_pool: {{ max_connections: 1 }}
+routes:
+  - {{ name: slow, hosts: [\"*\"], match: {{ path_prefix: /slow }}, cluster: api, timeout: 5s,
+       retries: {{ attempts: 0, per_try_timeout: 300ms }} }}
+  - {{ name: rest, hosts: [\"*\"], cluster: api, timeout: 4s, retries: {{ attempts: 0 }} }}
+"
+    ))
+    .await;
+    let addr = proxy.proxy_addr().unwrap();
+    let slow = tokio::spawn(async move { common::get(addr, "a.test", "/slow", &[]).await });
+    // Wait until the slow request holds the only connection.
+    let pool = proxy.table.load().clusters[0].pool.clone();
+    while pool.open_connections() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    let answer = common::get(addr, "a.test", "/fast", &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the waiting request was woken when the slow try gave up, not at its own timeout ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap().status, 504);
 }

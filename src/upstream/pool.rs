@@ -20,10 +20,10 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
-
-use super::h1::{self, Connection, Framing};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use super::h1::{self, Connection, Framing};
 
 /// A request body: buffered (replayable) or streamed from the client.
 pub type UpstreamBody = Either<Full<Bytes>, crate::body::StreamedBody>;
@@ -75,9 +75,25 @@ pub enum CheckoutError {
     Tls { addr: SocketAddr, detail: String },
 }
 
+/// A connection's place under `max_connections`. Giving it up, however the connection ends
+/// (released past the idle cap, discarded, or dropped with a request that was given up),
+/// wakes the checkouts waiting for one.
+struct ConnSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    released: Arc<Notify>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        // The place is free before anyone is told.
+        self.permit.take();
+        self.released.notify_waiters();
+    }
+}
+
 struct IdleConn {
     conn: Connection,
-    permit: OwnedSemaphorePermit,
+    slot: ConnSlot,
     uses: u32,
     since: Instant,
 }
@@ -93,7 +109,7 @@ pub struct ClusterPool {
     /// Oldest first: reuse takes the newest, expiry and the cap close the oldest.
     idle: Mutex<HashMap<SocketAddr, VecDeque<IdleConn>>>,
     /// Signalled when a connection goes idle or closes, for waiting checkouts.
-    released: Notify,
+    released: Arc<Notify>,
 }
 
 impl std::fmt::Debug for ClusterPool {
@@ -110,7 +126,7 @@ pub struct PooledConn {
     /// Whether this connection served a request before (a failure on it may be a stale
     /// keep-alive connection rather than a sick endpoint).
     pub reused: bool,
-    permit: OwnedSemaphorePermit,
+    slot: ConnSlot,
     uses: u32,
     addr: SocketAddr,
     pool: Arc<ClusterPool>,
@@ -139,7 +155,7 @@ impl ClusterPool {
             requests: Arc::new(Semaphore::new(limits.max_requests.max(1))),
             pending: AtomicUsize::new(0),
             idle: Mutex::new(HashMap::new()),
-            released: Notify::new(),
+            released: Arc::new(Notify::new()),
             limits,
         })
     }
@@ -195,7 +211,7 @@ impl ClusterPool {
         Some(PooledConn {
             conn: idle.conn,
             reused: true,
-            permit: idle.permit,
+            slot: idle.slot,
             uses: idle.uses,
             addr,
             pool: self.clone(),
@@ -243,6 +259,10 @@ impl ClusterPool {
         addr: SocketAddr,
         permit: OwnedSemaphorePermit,
     ) -> Result<PooledConn, CheckoutError> {
+        let slot = ConnSlot {
+            permit: Some(permit),
+            released: self.released.clone(),
+        };
         let after = self.limits.connect_timeout;
         let stream = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
             Err(_) => return Err(CheckoutError::ConnectTimeout { addr, after }),
@@ -272,7 +292,7 @@ impl ClusterPool {
         Ok(PooledConn {
             conn: Connection::new(stream),
             reused: false,
-            permit,
+            slot,
             uses: 0,
             addr,
             pool: self.clone(),
@@ -310,7 +330,7 @@ impl PooledConn {
             if pool.limits.max_idle_per_endpoint > 0 {
                 list.push_back(IdleConn {
                     conn,
-                    permit: self.permit,
+                    slot: self.slot,
                     uses: self.uses,
                     since: Instant::now(),
                 });
@@ -319,11 +339,9 @@ impl PooledConn {
         pool.released.notify_waiters();
     }
 
-    /// Close the connection (it failed or its state is unknown).
+    /// Close the connection (it failed or its state is unknown); its place is given up.
     pub fn discard(self) {
-        let pool = self.pool.clone();
         drop(self);
-        pool.released.notify_waiters();
     }
 }
 
