@@ -23,15 +23,15 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// proxy credentials meant for us.
-static HOP_BY_HOP: [HeaderName; 9] = [
+/// proxy credentials meant for us. `Trailer` is not among them: it announces the trailer
+/// fields of a chunked response, which are passed on.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -46,9 +46,8 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         "proxy-authenticate" => Some(3),
         "proxy-authorization" => Some(4),
         "te" => Some(5),
-        "trailer" => Some(6),
-        "transfer-encoding" => Some(7),
-        "upgrade" => Some(8),
+        "transfer-encoding" => Some(6),
+        "upgrade" => Some(7),
         _ => None,
     }
 }
@@ -58,7 +57,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// One pass over the names present finds what to remove; most messages carry at most a
 /// `Connection` header, so this costs a scan instead of a lookup per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = [false; 9];
+    let mut present = [false; 8];
     let mut any = false;
     for name in headers.keys() {
         if let Some(i) = hop_by_hop_index(name) {

@@ -493,3 +493,30 @@ routes:
     );
     assert_eq!(slow.await.unwrap().status, 504);
 }
+
+#[tokio::test]
+async fn trailers_of_a_chunked_answer_reach_a_client_that_accepts_them() {
+    let (upstream, _seen) = scripted(|_, _| {
+        reply(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+             2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n",
+        )
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\n2\r\nok\r\n"), "{answer}");
+    assert!(answer.contains("0\r\nx-checksum: abc\r\n"), "{answer}");
+}

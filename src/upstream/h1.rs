@@ -15,6 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body_util::{BodyExt, Either};
+use hyper::body::Frame;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -443,12 +444,13 @@ impl Connection {
         Ok(Parsed::Final(response))
     }
 
-    /// Next piece of the response body: `Ok(None)` at its end.
+    /// Next piece of the response body (data, or a chunked body's trailers): `Ok(None)` at
+    /// its end.
     pub fn poll_body(
         &mut self,
         framing: &mut Framing,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<Bytes>, ExchangeError>> {
+    ) -> Poll<Result<Option<Frame<Bytes>>, ExchangeError>> {
         loop {
             match framing {
                 Framing::Empty | Framing::Length(0) => return Poll::Ready(Ok(None)),
@@ -456,20 +458,20 @@ impl Connection {
                     if !self.rest.is_empty() {
                         let n = (*left).min(self.rest.len() as u64) as usize;
                         *left -= n as u64;
-                        return Poll::Ready(Ok(Some(self.rest.split_to(n))));
+                        return Poll::Ready(Ok(Some(Frame::data(self.rest.split_to(n)))));
                     }
                     if !self.buf.is_empty() {
                         let n = (*left).min(self.buf.len() as u64) as usize;
                         *left -= n as u64;
-                        return Poll::Ready(Ok(Some(self.buf.split_to(n).freeze())));
+                        return Poll::Ready(Ok(Some(Frame::data(self.buf.split_to(n).freeze()))));
                     }
                 }
                 Framing::UntilClose => {
                     if !self.rest.is_empty() {
-                        return Poll::Ready(Ok(Some(std::mem::take(&mut self.rest))));
+                        return Poll::Ready(Ok(Some(Frame::data(std::mem::take(&mut self.rest)))));
                     }
                     if !self.buf.is_empty() {
-                        return Poll::Ready(Ok(Some(self.buf.split().freeze())));
+                        return Poll::Ready(Ok(Some(Frame::data(self.buf.split().freeze()))));
                     }
                 }
                 Framing::Chunked(state) => {
@@ -481,7 +483,10 @@ impl Connection {
                         self.rest = Bytes::new();
                     }
                     match decode_chunked(state, &mut self.buf) {
-                        Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Some(data))),
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                        Ok(Decoded::Trailers(fields)) => {
+                            return Poll::Ready(Ok(Some(Frame::trailers(fields))));
+                        }
                         Ok(Decoded::End) => return Poll::Ready(Ok(None)),
                         Ok(Decoded::NeedMore) => {}
                         Err(e) => {
@@ -638,6 +643,7 @@ pub enum ChunkState {
 
 enum Decoded {
     Data(Bytes),
+    Trailers(HeaderMap),
     NeedMore,
     End,
 }
@@ -697,23 +703,56 @@ fn decode_chunked(state: &mut ChunkState, buf: &mut BytesMut) -> Result<Decoded,
                 *state = ChunkState::Size;
             }
             ChunkState::Trailers => {
-                let Some(end) = find_crlf(buf) else {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    *state = ChunkState::Done;
+                    continue;
+                }
+                let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
                     if buf.len() > MAX_TRAILERS {
                         return Err("trailers too large");
                     }
                     return Ok(Decoded::NeedMore);
                 };
-                buf.advance(end + 2);
-                if end == 0 {
-                    *state = ChunkState::Done;
-                }
+                let section = buf.split_to(end + 4);
+                *state = ChunkState::Done;
+                return Ok(Decoded::Trailers(trailer_fields(&section)?));
             }
         }
     }
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
+    memchr::memmem::find(buf, b"\r\n")
+}
+
+/// The fields of a trailer section, without those that may not be sent as trailers
+/// (framing, routing and the trailer declaration itself: RFC 9110 §6.5.1).
+fn trailer_fields(section: &[u8]) -> Result<HeaderMap, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    let fields = match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return Err("bad trailer section"),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "bad trailer name")?;
+        if [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::TRAILER,
+            header::HOST,
+            header::CONNECTION,
+            header::TE,
+        ]
+        .contains(&name)
+        {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| "bad trailer value")?;
+        trailers.append(name, value);
+    }
+    Ok(trailers)
 }
 
 impl std::fmt::Debug for Connection {
@@ -756,6 +795,7 @@ mod tests {
             loop {
                 match decode_chunked(&mut state, &mut buf)? {
                     Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::Trailers(_) => {}
                     Decoded::NeedMore => break,
                     Decoded::End => return Ok((out, true)),
                 }
@@ -774,6 +814,30 @@ mod tests {
         }
         let (_, ended) = decode_all(b"5\r\nhel", 1).unwrap();
         assert!(!ended);
+    }
+
+    #[test]
+    fn trailers_are_handed_on_without_forbidden_fields() {
+        let mut state = ChunkState::Size;
+        let mut buf = BytesMut::from(
+            &b"2\r\nok\r\n0\r\nx-checksum: abc\r\ncontent-length: 9\r\n\r\nrest"[..],
+        );
+        assert!(matches!(
+            decode_chunked(&mut state, &mut buf),
+            Ok(Decoded::Data(_))
+        ));
+        match decode_chunked(&mut state, &mut buf) {
+            Ok(Decoded::Trailers(fields)) => {
+                assert_eq!(fields["x-checksum"], "abc");
+                assert!(!fields.contains_key(header::CONTENT_LENGTH));
+            }
+            _ => panic!("expected trailers"),
+        }
+        assert!(matches!(
+            decode_chunked(&mut state, &mut buf),
+            Ok(Decoded::End)
+        ));
+        assert_eq!(&buf[..], b"rest", "nothing past the body is taken");
     }
 
     #[test]

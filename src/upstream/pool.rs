@@ -413,14 +413,14 @@ impl<G: Unpin> Body for UpstreamResponseBody<G> {
                 this.finish();
                 Poll::Ready(None)
             }
-            Poll::Ready(Ok(Some(data))) => {
+            Poll::Ready(Ok(Some(frame))) => {
                 if h1::is_done(&this.framing) {
                     this.finish();
                 } else if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut()
                         .reset(tokio::time::Instant::now() + this.idle_timeout);
                 }
-                Poll::Ready(Some(Ok(Frame::data(data))))
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Err(e)) => {
                 this.abandon();
