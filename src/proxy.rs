@@ -37,7 +37,7 @@ use crate::strict::Malformed;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 use crate::table::{EndpointState, TableHandle};
 use crate::upstream::ClusterStats;
-use crate::upstream::h1::{ExchangeError, Framing};
+use crate::upstream::h1::{ExchangeError, Framing, Overrides};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
     CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
@@ -390,27 +390,31 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(X_MERIDIAN_DEBUG);
+    let mut overrides = Overrides::default();
     let request_id = set_forwarding_headers(
-        &mut parts.headers,
+        &mut overrides,
+        &parts.headers,
         peer.ip(),
         peer_trusted,
         &scheme,
         &raw_host,
     );
     set_visited(
-        &mut parts.headers,
+        &mut overrides,
+        &parts.headers,
         peer_trusted,
         &table.regions[table.local_region as usize].header,
     );
     if parts.version == Version::HTTP_2 || !parts.headers.contains_key(header::HOST) {
         // HTTP/2 goes upstream as HTTP/1.1: Host is the :authority we routed by, whatever a
         // `host` header said.
-        parts.headers.insert(header::HOST, raw_host.clone());
+        overrides.set(header::HOST, raw_host.clone());
     }
     trace.request_id = Some(request_id.clone());
     if let Some(client_upgrade) = client_upgrade {
         trace.tries = 1;
         trace.endpoint = Some(decision.endpoint.address);
+        overrides.apply(&mut parts.headers);
         let mut response = Box::pin(crate::websocket::forward(
             &table.regions[decision.region as usize].name,
             &decision,
@@ -436,7 +440,7 @@ async fn forward(
             route.body_idle_timeout,
         )
         .await?;
-        attempts(table, &decision, &parts, body, &mut rng, trace).await
+        attempts(table, &decision, &parts, &overrides, body, &mut rng, trace).await
     };
     // Pinned where it is: handing the (large) future to the timeout by value would copy it.
     tokio::pin!(exchange);
@@ -615,6 +619,7 @@ async fn attempts(
     table: &RoutingTable,
     decision: &RouteDecision<'_>,
     parts: &http::request::Parts,
+    overrides: &Overrides,
     mut body: ReplayBody,
     rng: &mut fastrand::Rng,
     trace: &mut Trace,
@@ -645,6 +650,7 @@ async fn attempts(
             cluster,
             &endpoint,
             parts,
+            overrides,
             attempt_body,
             policy.per_try_timeout,
         )
@@ -844,6 +850,7 @@ async fn try_once(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
     parts: &http::request::Parts,
+    overrides: &Overrides,
     body: UpstreamBody,
     per_try_timeout: Option<Duration>,
 ) -> Tried {
@@ -872,7 +879,7 @@ async fn try_once(
                 }
             };
             conn.start_request();
-            match conn.conn.exchange(parts, body).await {
+            match conn.conn.exchange(parts, overrides, body).await {
                 Ok(response) => return Ok((response, conn)),
                 Err((e, again)) => {
                     let reused = conn.reused;
@@ -927,7 +934,12 @@ async fn try_once(
 }
 
 /// Append our region to the loop guard header; a header from an untrusted peer is dropped.
-fn set_visited(headers: &mut http::HeaderMap, peer_trusted: bool, local_region: &HeaderValue) {
+fn set_visited(
+    overrides: &mut Overrides,
+    headers: &http::HeaderMap,
+    peer_trusted: bool,
+    local_region: &HeaderValue,
+) {
     let earlier = if peer_trusted {
         joined(headers.get_all(X_MERIDIAN_VISITED).iter())
     } else {
@@ -942,7 +954,7 @@ fn set_visited(headers: &mut http::HeaderMap, peer_trusted: bool, local_region: 
             HeaderValue::from_str(&list).unwrap_or_else(|_| local_region.clone())
         }
     };
-    headers.insert(X_MERIDIAN_VISITED, value);
+    overrides.set(X_MERIDIAN_VISITED, value);
 }
 
 /// Header values joined with ", ", or `None` when there are none (or none is text).
@@ -971,7 +983,8 @@ fn joined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
 /// X-Forwarded-For); what an untrusted client said is replaced, so nothing behind Meridian is
 /// misled by a forged header.
 fn set_forwarding_headers(
-    headers: &mut http::HeaderMap,
+    overrides: &mut Overrides,
+    headers: &http::HeaderMap,
     peer: IpAddr,
     peer_trusted: bool,
     scheme: &Scheme,
@@ -990,7 +1003,7 @@ fn set_forwarding_headers(
     .unwrap_or_default();
     let _ = write!(forwarded_for, "{peer}");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
+        overrides.set(X_FORWARDED_FOR, value);
     }
     if !(peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
         let proto = if *scheme == Scheme::HTTPS {
@@ -998,17 +1011,17 @@ fn set_forwarding_headers(
         } else {
             "http"
         };
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        overrides.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
-        headers.insert(X_FORWARDED_HOST, raw_host.clone());
+        overrides.set(X_FORWARDED_HOST, raw_host.clone());
     }
     let kept_id = headers
         .get(X_REQUEST_ID)
         .filter(|v| peer_trusted && !v.is_empty() && v.len() <= 128)
         .cloned();
     let id = kept_id.unwrap_or_else(new_request_id);
-    headers.insert(X_REQUEST_ID, id.clone());
+    overrides.set(X_REQUEST_ID, id.clone());
     id
 }
 
@@ -1034,16 +1047,21 @@ mod tests {
         h.insert(X_FORWARDED_FOR, "198.51.100.7".parse().unwrap());
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         h.insert(X_REQUEST_ID, "abc".parse().unwrap());
-        let mut trusted = h.clone();
         let host = HeaderValue::from_static("api.example.com");
-        let id = set_forwarding_headers(&mut trusted, peer, true, &Scheme::HTTP, &host);
+        let forward = |h: &http::HeaderMap, trusted: bool| {
+            let mut overrides = Overrides::default();
+            let id = set_forwarding_headers(&mut overrides, h, peer, trusted, &Scheme::HTTP, &host);
+            let mut sent = h.clone();
+            overrides.apply(&mut sent);
+            (sent, id)
+        };
+        let (trusted, id) = forward(&h, true);
         assert_eq!(trusted[X_FORWARDED_FOR], "198.51.100.7, 10.0.0.1");
         assert_eq!(trusted[X_FORWARDED_PROTO], "https");
         assert_eq!(trusted[X_FORWARDED_HOST], "api.example.com");
         assert_eq!(id, "abc");
 
-        let mut untrusted = h;
-        let id = set_forwarding_headers(&mut untrusted, peer, false, &Scheme::HTTP, &host);
+        let (untrusted, id) = forward(&h, false);
         assert_eq!(untrusted[X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(untrusted[X_FORWARDED_PROTO], "http");
         assert_ne!(id, "abc");

@@ -79,6 +79,38 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Headers Meridian sets on a request on its way upstream (forwarding headers, the request
+/// id, the loop guard, Host for HTTP/2 clients). They replace the client's headers of the
+/// same names and are written after them, so the client's header map is never changed for
+/// them: inserting into it cost more than all the rest of the header work.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides(Vec<(HeaderName, HeaderValue)>);
+
+impl Overrides {
+    /// Set `name`, replacing the client's value and any earlier override.
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(6);
+        }
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// Whether the client's header `name` is replaced.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    /// Put the overrides into a header map (for requests sent by other means).
+    pub fn apply(self, headers: &mut HeaderMap) {
+        for (name, value) in self.0 {
+            headers.insert(name, value);
+        }
+    }
+}
+
 /// One upstream connection: the socket and the bytes read past the last message.
 pub struct Connection {
     stream: Stream,
@@ -171,6 +203,7 @@ impl Connection {
     pub async fn exchange(
         &mut self,
         parts: &http::request::Parts,
+        overrides: &Overrides,
         body: UpstreamBody,
     ) -> Result<http::Response<Framing>, (ExchangeError, Option<UpstreamBody>)> {
         let head_only = parts.method == Method::HEAD;
@@ -191,6 +224,7 @@ impl Connection {
                 write_head(
                     &mut out,
                     parts,
+                    overrides,
                     length.map_or(BodyKind::None, BodyKind::Length),
                 );
                 let coalesce = bytes.len() <= COALESCE_BODY;
@@ -213,6 +247,7 @@ impl Connection {
                 write_head(
                     &mut out,
                     parts,
+                    overrides,
                     length.map_or(BodyKind::Chunked, BodyKind::Length),
                 );
                 if let Err(e) = self.stream.write_all(&out).await {
@@ -596,8 +631,14 @@ enum BodyKind {
     Chunked,
 }
 
-/// The request line and headers; the framing header is ours, never the client's.
-fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: BodyKind) {
+/// The request line and headers; the framing header is ours, never the client's, and the
+/// overrides replace the client's headers of their names.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    overrides: &Overrides,
+    body: BodyKind,
+) {
     let target = parts
         .uri
         .path_and_query()
@@ -607,14 +648,23 @@ fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: BodyKind) {
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
+    let mut line = |name: &HeaderName, value: &HeaderValue| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || overrides.replaces(name)
+        {
+            continue;
+        }
+        line(name, value);
+    }
+    for (name, value) in &overrides.0 {
+        line(name, value);
     }
     match body {
         BodyKind::None => {}
@@ -883,10 +933,20 @@ mod tests {
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        write_head(&mut out, &parts, BodyKind::Length(3));
+        let mut overrides = Overrides::default();
+        overrides.set(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("a"),
+        );
+        overrides.set(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("b"),
+        );
+        overrides.set(header::HOST, HeaderValue::from_static("routed.test"));
+        write_head(&mut out, &parts, &overrides, BodyKind::Length(3));
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /a?b=1 HTTP/1.1\r\nhost: api.test\r\ncontent-length: 3\r\n\r\n"
+            "POST /a?b=1 HTTP/1.1\r\nx-request-id: b\r\nhost: routed.test\r\ncontent-length: 3\r\n\r\n"
         );
     }
 }
