@@ -78,3 +78,10 @@ pub fn request_head(data: &[u8]) {
             .unwrap_or(""),
     );
 }
+
+/// An upstream's answer (head, interim heads, chunked or delimited body) → Meridian's
+/// HTTP/1.1 response reader, as if to a GET and to a HEAD.
+pub fn upstream_response(data: &[u8]) {
+    let _ = crate::upstream::h1::read_answer_from(data, false);
+    let _ = crate::upstream::h1::read_answer_from(data, true);
+}

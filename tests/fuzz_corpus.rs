@@ -41,3 +41,51 @@ fn proxy_header_corpus() {
 fn request_head_corpus() {
     replay("request_head", meridian::fuzzing::request_head);
 }
+
+#[test]
+fn upstream_response_corpus() {
+    replay("upstream_response", meridian::fuzzing::upstream_response);
+}
+
+/// Seeds mutated at random (fixed seed, bounded): flipped, inserted, removed and duplicated
+/// bytes, the kinds of damage a fuzzer starts with. No mutant may panic.
+fn mutate(target: &str, run: fn(&[u8]), rounds: usize) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..rounds {
+        let mut data = seeds[rng.usize(..seeds.len())].clone();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..=data.len());
+            match rng.u8(..4) {
+                0 if at < data.len() => data[at] = rng.u8(..),
+                1 => data.insert(at, *b"\r\n0:;,\t ".get(rng.usize(..8)).unwrap()),
+                2 if at < data.len() => {
+                    data.remove(at);
+                }
+                _ => {
+                    let end = (at + rng.usize(..16)).min(data.len());
+                    let piece = data[at..end].to_vec();
+                    data.splice(at..at, piece);
+                }
+            }
+        }
+        run(&data);
+    }
+}
+
+#[test]
+fn mutated_upstream_responses_and_request_heads() {
+    mutate(
+        "upstream_response",
+        meridian::fuzzing::upstream_response,
+        100_000,
+    );
+    mutate("request_head", meridian::fuzzing::request_head, 100_000);
+    mutate("proxy_header", meridian::fuzzing::proxy_header, 100_000);
+}

@@ -375,108 +375,7 @@ impl Connection {
 
     /// Parse one head from the buffer. An interim (1xx) head is consumed.
     fn parse_head(&mut self, head_only: bool) -> Result<Parsed, ExchangeError> {
-        // The buffer is frozen whole so header values and the first body bytes can point
-        // into it; the header slots stay uninitialised (a 100-slot array to zero per
-        // response would cost more than the parse).
-        let frozen = self.buf.split().freeze();
-        let mut slots =
-            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut parsed,
-            &frozen,
-            &mut slots,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                self.buf = into_mut(frozen);
-                return Ok(Parsed::Partial);
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(ExchangeError::BadHead(format!(
-                    "more than {MAX_RESPONSE_HEADERS} headers"
-                )));
-            }
-            Err(e) => return Err(ExchangeError::BadHead(e.to_string())),
-        };
-        let code = parsed.code.unwrap_or(0);
-        let version = if parsed.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        let status = StatusCode::from_u16(code)
-            .map_err(|_| ExchangeError::BadHead(format!("status {code}")))?;
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(ExchangeError::BadHead(
-                    "101 Switching Protocols to a request that asked for no upgrade".into(),
-                ));
-            }
-            self.buf = into_mut(frozen.slice(len..));
-            return Ok(Parsed::Interim);
-        }
-        // The framing facts are gathered on the way, not looked up in the map afterwards.
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-        let mut lengths = 0;
-        let mut length: Option<&[u8]> = None;
-        let mut transfer_encoding: Option<&[u8]> = None;
-        let mut connection = ConnectionTokens::default();
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| ExchangeError::BadHead(format!("header name {:?}", h.name)))?;
-            if name == header::CONTENT_LENGTH {
-                lengths += 1;
-                length = Some(h.value);
-            } else if name == header::TRANSFER_ENCODING {
-                transfer_encoding = Some(h.value);
-            } else if name == header::CONNECTION {
-                connection.read(h.value);
-            }
-            let value = HeaderValue::from_maybe_shared(frozen.slice_ref(h.value))
-                .map_err(|_| ExchangeError::BadHead(format!("value of {name}")))?;
-            headers.append(name, value);
-        }
-        self.rest = frozen.slice(len..);
-        // Both framings, or two lengths: a response that could be read two ways is refused.
-        if lengths > 1 || (lengths == 1 && transfer_encoding.is_some()) {
-            return Err(ExchangeError::AmbiguousFraming);
-        }
-        let framing = if head_only
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            Framing::Empty
-        } else if let Some(te) = transfer_encoding {
-            let last = te.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
-            if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
-                Framing::Chunked(ChunkState::Size)
-            } else {
-                Framing::UntilClose
-            }
-        } else if let Some(value) = length {
-            match std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-            {
-                Some(n) => Framing::Length(n),
-                None => {
-                    return Err(ExchangeError::BadHead(
-                        "Content-Length is not a number".into(),
-                    ));
-                }
-            }
-        } else {
-            Framing::UntilClose
-        };
-        if framing == Framing::UntilClose || !connection.keeps_alive(version) {
-            self.reusable = false;
-        }
-        let mut response = http::Response::new(framing);
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        *response.headers_mut() = headers;
-        Ok(Parsed::Final(response))
+        parse_head(&mut self.buf, &mut self.rest, &mut self.reusable, head_only)
     }
 
     /// Next piece of the response body (data, or a chunked body's trailers): `Ok(None)` at
@@ -554,6 +453,153 @@ impl Connection {
     }
 }
 
+/// Parse one response head from `buf`. An interim (1xx) head is consumed and what follows
+/// left in `buf`; after a final head, the bytes past it are in `rest`, and `reusable` is
+/// cleared when the connection cannot carry another request.
+pub(crate) fn parse_head(
+    buf: &mut BytesMut,
+    rest: &mut Bytes,
+    reusable: &mut bool,
+    head_only: bool,
+) -> Result<Parsed, ExchangeError> {
+    // The buffer is frozen whole so header values and the first body bytes can point
+    // into it; the header slots stay uninitialised (a 100-slot array to zero per
+    // response would cost more than the parse).
+    let frozen = buf.split().freeze();
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        &frozen,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            *buf = into_mut(frozen);
+            return Ok(Parsed::Partial);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::BadHead(format!(
+                "more than {MAX_RESPONSE_HEADERS} headers"
+            )));
+        }
+        Err(e) => return Err(ExchangeError::BadHead(e.to_string())),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ExchangeError::BadHead(format!("status {code}")))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ExchangeError::BadHead(
+                "101 Switching Protocols to a request that asked for no upgrade".into(),
+            ));
+        }
+        *buf = into_mut(frozen.slice(len..));
+        return Ok(Parsed::Interim);
+    }
+    // The framing facts are gathered on the way, not looked up in the map afterwards.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut lengths = 0;
+    let mut length: Option<&[u8]> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut connection = ConnectionTokens::default();
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ExchangeError::BadHead(format!("header name {:?}", h.name)))?;
+        if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            length = Some(h.value);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = Some(h.value);
+        } else if name == header::CONNECTION {
+            connection.read(h.value);
+        }
+        let value = HeaderValue::from_maybe_shared(frozen.slice_ref(h.value))
+            .map_err(|_| ExchangeError::BadHead(format!("value of {name}")))?;
+        headers.append(name, value);
+    }
+    *rest = frozen.slice(len..);
+    // Both framings, or two lengths: a response that could be read two ways is refused.
+    if lengths > 1 || (lengths == 1 && transfer_encoding.is_some()) {
+        return Err(ExchangeError::AmbiguousFraming);
+    }
+    let framing =
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if let Some(te) = transfer_encoding {
+            let last = te.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+                Framing::Chunked(ChunkState::Size)
+            } else {
+                Framing::UntilClose
+            }
+        } else if let Some(value) = length {
+            match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(n) => Framing::Length(n),
+                None => {
+                    return Err(ExchangeError::BadHead(
+                        "Content-Length is not a number".into(),
+                    ));
+                }
+            }
+        } else {
+            Framing::UntilClose
+        };
+    if framing == Framing::UntilClose || !connection.keeps_alive(version) {
+        *reusable = false;
+    }
+    let mut response = http::Response::new(framing);
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(response))
+}
+
+/// A whole upstream answer held in memory, read the way a connection reads it: heads
+/// (interim ones skipped), then the body by its framing. For fuzzing: no input may panic.
+pub fn read_answer_from(bytes: &[u8], head_only: bool) -> Result<(u16, usize), ExchangeError> {
+    let mut buf = BytesMut::from(bytes);
+    let mut rest = Bytes::new();
+    let mut reusable = true;
+    let response = loop {
+        match parse_head(&mut buf, &mut rest, &mut reusable, head_only)? {
+            Parsed::Final(response) => break response,
+            Parsed::Interim if !buf.is_empty() => {}
+            Parsed::Interim | Parsed::Partial => {
+                return Err(ExchangeError::BadHead("incomplete".into()));
+            }
+        }
+    };
+    let mut body = BytesMut::from(&rest[..]);
+    body.extend_from_slice(&buf);
+    let status = response.status().as_u16();
+    let read = match response.into_body() {
+        Framing::Empty => 0,
+        Framing::Length(n) => body.len().min(n as usize),
+        Framing::UntilClose => body.len(),
+        Framing::Chunked(mut state) => {
+            let mut read = 0;
+            loop {
+                match decode_chunked(&mut state, &mut body) {
+                    Ok(Decoded::Data(data)) => read += data.len(),
+                    Ok(Decoded::Trailers(_)) => {}
+                    Ok(Decoded::End | Decoded::NeedMore) => break read,
+                    Err(e) => return Err(ExchangeError::BadHead(e.into())),
+                }
+            }
+        }
+    };
+    Ok((status, read))
+}
+
 /// Bytes back into a buffer to read more into: without a copy when nothing else holds them.
 fn into_mut(bytes: Bytes) -> BytesMut {
     bytes
@@ -619,7 +665,7 @@ impl ConnectionTokens {
     }
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     Final(http::Response<Framing>),
     Interim,
     Partial,
@@ -691,7 +737,7 @@ pub enum ChunkState {
     Done,
 }
 
-enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     Trailers(HeaderMap),
     NeedMore,
@@ -699,7 +745,10 @@ enum Decoded {
 }
 
 /// Decode as much of a chunked body as `buf` holds; trailers are read and dropped.
-fn decode_chunked(state: &mut ChunkState, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
+pub(crate) fn decode_chunked(
+    state: &mut ChunkState,
+    buf: &mut BytesMut,
+) -> Result<Decoded, &'static str> {
     loop {
         match *state {
             ChunkState::Done => return Ok(Decoded::End),
