@@ -49,9 +49,42 @@ impl Dns {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        Self {
+        let dns = Self {
             child: Some(child),
             port,
+        };
+        dns.wait_ready();
+        dns
+    }
+
+    /// Until dnsmasq answers a query: a proxy started before it listens would see its first
+    /// lookups lost and wait out the resolver's timeouts.
+    fn wait_ready(&self) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        // A query for api.eu.test, type A, class IN, recursion desired.
+        let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["api", "eu", "test"] {
+            query.push(label.len() as u8);
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let started = Instant::now();
+        let mut answer = [0u8; 512];
+        loop {
+            socket.send_to(&query, ("127.0.0.1", self.port)).unwrap();
+            if let Ok((n, _)) = socket.recv_from(&mut answer)
+                && n >= 2
+                && answer[..2] == [0x12, 0x34]
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "dnsmasq never answered"
+            );
         }
     }
 
