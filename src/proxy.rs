@@ -188,14 +188,21 @@ pub struct Trace {
     pub explain: Option<Vec<String>>,
 }
 
-/// The hyper service body: always answers, never fails.
+/// A client request's body: hyper's, or none at all (requests read by `server_h1`, which
+/// takes only requests without one).
+pub enum ClientBody {
+    Incoming(Incoming),
+    Empty,
+}
+
+/// The request handler: always answers, never fails.
 pub async fn handle(
     table: TableHandle,
     peer: SocketAddr,
     scheme: Scheme,
     redirect_https: Option<u16>,
     framing: Option<Arc<crate::sniff::FramingLog>>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Taken for every request, in order, before anything else can return.
     let had_both =
@@ -275,7 +282,7 @@ pub async fn handle(
 }
 
 /// A plain listener with `redirect_https`: 308 to the same URL over https.
-pub fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+pub fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Response<ProxyBody> {
     let host = req
         .uri()
         .authority()
@@ -310,7 +317,7 @@ pub fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBo
 
 /// An HTTP/1.1 WebSocket handshake: GET with `Connection: upgrade` and `Upgrade: websocket`.
 /// Every other upgrade (h2c included) is stripped as a hop-by-hop header, never forwarded.
-fn is_websocket(req: &Request<Incoming>) -> bool {
+fn is_websocket<B>(req: &Request<B>) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
@@ -324,7 +331,7 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 }
 
 /// The request's host as a header value (cheap to clone: it shares the request's bytes).
-fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
     // HTTP/2 and absolute-form requests carry the authority in the URI; it wins.
     if let Some(authority) = req.uri().authority() {
         return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
@@ -343,7 +350,7 @@ async fn forward(
     table: &RoutingTable,
     peer: SocketAddr,
     scheme: Scheme,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     crate::strict::check_request(req.method(), req.version(), req.uri(), req.headers())?;
@@ -476,12 +483,16 @@ impl ReplayBody {
     /// a broken chunked framing never reaches a backend — otherwise stream it, refusing
     /// anything past `max_body` (at once when Content-Length says so).
     async fn new(
-        mut body: Incoming,
+        body: ClientBody,
         headers: &http::HeaderMap,
         replay_limit: u64,
         max_body: u64,
         body_idle: Duration,
     ) -> Result<Self, ProxyError> {
+        let mut body = match body {
+            ClientBody::Empty => return Ok(Self::Buffered(Bytes::new())),
+            ClientBody::Incoming(body) => body,
+        };
         if body.is_end_stream() {
             return Ok(Self::Buffered(Bytes::new()));
         }

@@ -187,6 +187,12 @@ impl Server {
             Scheme::HTTP
         };
         let redirect = spec.redirect_https;
+        let own_http1 = OwnHttp1 {
+            table: self.table.clone(),
+            scheme: scheme.clone(),
+            redirect_https: redirect,
+            header_read_timeout: spec.header_read_timeout,
+        };
         let make_service = move |peer: SocketAddr, framing: Option<Arc<FramingLog>>| {
             let table = table.clone();
             let scheme = scheme.clone();
@@ -201,7 +207,7 @@ impl Server {
                     scheme.clone(),
                     redirect,
                     framing,
-                    req,
+                    req.map(crate::proxy::ClientBody::Incoming),
                 ))
             })
         };
@@ -221,6 +227,7 @@ impl Server {
                 proxy_protocol,
                 tls: acceptor.map(|a| (a, spec.header_read_timeout)),
                 sniff: true,
+                own_http1: Some(own_http1),
             },
         ));
         ActiveListener {
@@ -345,7 +352,7 @@ pub async fn start_with(
 }
 
 /// Serve one connection until it ends or shutdown asks it to finish.
-async fn serve_io<I, S, B>(
+pub(crate) async fn serve_io<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
@@ -373,6 +380,53 @@ async fn serve_io<I, S, B>(
     };
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A TLS connection: handshake, then HTTP/1.1 (Meridian's own loop, when the listener has
+/// one) or HTTP/2 as ALPN chose.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls<S, B>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+    framing: Option<Arc<FramingLog>>,
+    own_http1: Option<OwnHttp1>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: S,
+    shutdown: CancellationToken,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => tls_stream,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    match own_http1 {
+        Some(own) if !h2 => {
+            let context = own.context(peer, framing.clone());
+            let io = Sniffer::new(tls_stream, framing);
+            crate::server_h1::serve(io, context, builder, service, shutdown).await
+        }
+        _ => {
+            let io = TokioIo::new(Sniffer::new(tls_stream, framing));
+            serve_io(&builder, io, service, shutdown, peer).await
+        }
     }
 }
 
@@ -520,6 +574,36 @@ pub(crate) struct ConnectionSetup {
     pub tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
     /// Watch request heads for Content-Length with Transfer-Encoding (see `sniff`).
     pub sniff: bool,
+    /// Serve HTTP/1.1 requests without a body with Meridian's own loop (`server_h1`).
+    pub own_http1: Option<OwnHttp1>,
+}
+
+/// What `server_h1` needs of a proxy listener.
+#[derive(Clone)]
+pub(crate) struct OwnHttp1 {
+    pub table: TableHandle,
+    pub scheme: Scheme,
+    pub redirect_https: Option<u16>,
+    pub header_read_timeout: Duration,
+}
+
+impl OwnHttp1 {
+    fn context(
+        &self,
+        peer: SocketAddr,
+        framing: Option<Arc<FramingLog>>,
+    ) -> crate::server_h1::ConnectionContext {
+        crate::server_h1::ConnectionContext {
+            table: self.table.clone(),
+            peer,
+            scheme: self.scheme.clone(),
+            redirect_https: self.redirect_https,
+            framing,
+            header_read_timeout: self.header_read_timeout,
+            max_head: MAX_HEADER_BYTES,
+            max_headers: MAX_HEADERS,
+        }
+    }
 }
 
 async fn accept_loop<F, S, B>(
@@ -561,7 +645,8 @@ async fn accept_loop<F, S, B>(
         let proxy_protocol = setup.proxy_protocol.clone();
         let tls = setup.tls.clone();
         let sniff = setup.sniff;
-        tracker.spawn(async move {
+        let own_http1 = setup.own_http1.clone();
+        let task = async move {
             let mut stream = stream;
             let mut peer = peer;
             if let Some(pp) = proxy_protocol {
@@ -569,7 +654,7 @@ async fn accept_loop<F, S, B>(
                     tracing::debug!(client = %peer, "PROXY protocol listener: peer not trusted, closed");
                     return;
                 }
-                match crate::proxy_protocol::read_header(&mut stream, pp.timeout).await {
+                match Box::pin(crate::proxy_protocol::read_header(&mut stream, pp.timeout)).await {
                     Ok(Some(client)) => peer = client,
                     Ok(None) => {}
                     Err(e) => {
@@ -581,20 +666,36 @@ async fn accept_loop<F, S, B>(
             let framing = sniff.then(|| Arc::new(FramingLog::default()));
             let service = make_service(peer, framing.clone());
             match tls {
+                // Boxed, like the PROXY header read: what only TLS connections hold (the
+                // handshake, the TLS session) must not size every connection's task.
                 Some((acceptor, timeout)) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let io = TokioIo::new(Sniffer::new(tls_stream, framing));
-                            serve_io(&builder, io, service, shutdown, peer).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                    Box::pin(serve_tls(
+                        stream, peer, acceptor, timeout, framing, own_http1, builder, service,
+                        shutdown,
+                    ))
+                    .await
+                }
+                None => match own_http1 {
+                    Some(own) => {
+                        let context = own.context(peer, framing.clone());
+                        let io = Sniffer::new(stream, framing);
+                        crate::server_h1::serve(io, context, builder, service, shutdown).await
                     }
-                }
-                None => {
-                    serve_io(&builder, TokioIo::new(Sniffer::new(stream, framing)), service, shutdown, peer).await
-                }
+                    // Boxed: hyper's connection state would otherwise size every connection
+                    // task, Meridian's own HTTP/1.1 ones included.
+                    None => {
+                        Box::pin(serve_io(
+                            &builder,
+                            TokioIo::new(Sniffer::new(stream, framing)),
+                            service,
+                            shutdown,
+                            peer,
+                        ))
+                        .await
+                    }
+                },
             }
-        });
+        };
+        tracker.spawn(task);
     }
 }

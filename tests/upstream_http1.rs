@@ -26,6 +26,26 @@ struct Seen {
     closed_by_proxy: AtomicUsize,
     /// Request heads and bodies, in arrival order.
     requests: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Signalled whenever any of the above changes.
+    changed: tokio::sync::Notify,
+}
+
+impl Seen {
+    /// Wait (at most 3 s) until `condition` holds.
+    async fn until(&self, what: &str, condition: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if condition(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!("{what}");
+            }
+        }
+    }
 }
 
 /// How a scripted upstream answers the `n`th request (from 0) on a connection.
@@ -80,6 +100,7 @@ where
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => {
                     seen.closed_by_proxy.fetch_add(1, Ordering::SeqCst);
+                    seen.changed.notify_waiters();
                     return;
                 }
                 Ok(k) => buf.extend_from_slice(&chunk[..k]),
@@ -119,6 +140,7 @@ where
             }
         }
         seen.requests.lock().unwrap().push((head, body));
+        seen.changed.notify_waiters();
         if r.hang {
             let mut sink = [0u8; 4096];
             while let Ok(k) = stream.read(&mut sink).await {
@@ -127,6 +149,7 @@ where
                 }
             }
             seen.closed_by_proxy.fetch_add(1, Ordering::SeqCst);
+            seen.changed.notify_waiters();
             return;
         }
         if stream.write_all(&r.bytes).await.is_err() {
@@ -519,4 +542,104 @@ async fn trailers_of_a_chunked_answer_reach_a_client_that_accepts_them() {
     assert!(answer.starts_with("http/1.1 200"), "{answer}");
     assert!(answer.contains("\r\n2\r\nok\r\n"), "{answer}");
     assert!(answer.contains("0\r\nx-checksum: abc\r\n"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_request_takes_the_upstream_exchange_with_it() {
+    let (upstream, seen) = scripted(|_, _| Reply {
+        hang: true,
+        ..reply("")
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    raw.write_all(b"GET /wait HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The request reached the upstream; now the client goes away.
+    seen.until("the request never reached the upstream", |s| {
+        !s.requests.lock().unwrap().is_empty()
+    })
+    .await;
+    drop(raw);
+    seen.until(
+        "the upstream connection was kept for a client that left",
+        |s| s.closed_by_proxy.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    assert_eq!(proxy.table.load().clusters[0].pool.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
+    // Each answer names the request it answers.
+    let (upstream, _seen) = scripted(|_, head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+        reply(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+            path.len()
+        ))
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    // Two body-less requests Meridian answers itself, one with a body (handed to hyper with
+    // everything read so far), then one more on hyper's side, the last asking to close.
+    raw.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n\
+          HEAD /two HTTP/1.1\r\nHost: a.test\r\n\r\n\
+          POST /three HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /four HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the last answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert_eq!(text.matches("http/1.1 200 ok").count(), 4, "{text}");
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle}: {text}"))
+    };
+    assert!(
+        at("\r\n\r\n/one") < at("\r\n\r\n/three") && at("\r\n\r\n/three") < at("\r\n\r\n/four")
+    );
+    assert!(!text.contains("/two"), "HEAD answers carry no body: {text}");
+    assert!(
+        text.contains("content-length: 4\r\n"),
+        "HEAD keeps the length: {text}"
+    );
+    assert_eq!(
+        text.matches("\r\ndate: ").count(),
+        4,
+        "every answer is dated, on either side of the hand-off"
+    );
+}
+
+#[tokio::test]
+async fn answers_meridian_writes_itself_carry_a_date_and_honour_close() {
+    let proxy = start_proxy(&config("127.0.0.1:9".parse().unwrap(), "")).await;
+    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 502 bad gateway\r\n"), "{text}");
+    assert!(text.contains("\r\ndate: "), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.contains("\r\ncontent-length: "), "{text}");
 }

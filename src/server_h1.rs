@@ -1,0 +1,514 @@
+//! HTTP/1.1 client connections served by Meridian itself, for the common case.
+//!
+//! A request that is plain HTTP/1.1 with no body (the bulk of proxied traffic) is read,
+//! handled and answered here: the head is parsed with httparse straight into the request's
+//! parts, the answer written in one go, and between requests the connection holds no buffer
+//! at all. Anything else — a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2 prior knowledge, a
+//! head that does not parse cleanly — hands the connection, with every byte read so far, to
+//! hyper's server for the rest of its life, so all the edge cases keep hyper's behaviour.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Scheme;
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{ClientBody, ProxyBody};
+use crate::sniff::FramingLog;
+use crate::table::TableHandle;
+
+/// First read of a request head; grown only for larger heads.
+const FIRST_READ: usize = 1024;
+
+/// What the handler needs to know about a connection.
+#[derive(Clone)]
+pub(crate) struct ConnectionContext {
+    pub table: TableHandle,
+    pub peer: SocketAddr,
+    pub scheme: Scheme,
+    pub redirect_https: Option<u16>,
+    pub framing: Option<Arc<FramingLog>>,
+    pub header_read_timeout: Duration,
+    pub max_head: usize,
+    pub max_headers: usize,
+}
+
+/// Serve one client connection: requests this module can answer are answered here, and the
+/// first one it cannot hands the connection to hyper.
+pub(crate) async fn serve<I, S, B>(
+    mut io: I,
+    context: ConnectionContext,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: S,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        // Wait for a head; between requests nothing is allocated.
+        let head_len = tokio::select! {
+            _ = shutdown.cancelled(), if buf.is_empty() => return,
+            read = tokio::time::timeout(context.header_read_timeout, read_head(&mut io, &mut buf, context.max_head)) => match read {
+                Ok(Ok(HeadRead::Head(len))) => len,
+                // The client closed between requests, or the connection failed.
+                Ok(Ok(HeadRead::Closed)) | Ok(Err(_)) => return,
+                // Hyper answers what this loop does not take (400, 431, ...).
+                Ok(Ok(HeadRead::HandOff)) => return hand_off(io, buf, &builder, service, shutdown, context.peer).await,
+                Err(_) => {
+                    tracing::debug!(client = %context.peer, "request head not read in time; closed");
+                    return;
+                }
+            },
+        };
+        let head = buf.split_to(head_len).freeze();
+        let Some((parts, asked)) = parse_simple(&head, context.max_headers) else {
+            // Everything read goes to hyper, the head first.
+            let mut read = BytesMut::with_capacity(head.len() + buf.len());
+            read.extend_from_slice(&head);
+            read.extend_from_slice(&buf);
+            return hand_off(io, read, &builder, service, shutdown, context.peer).await;
+        };
+        drop(head);
+        let head_method = parts.method == Method::HEAD;
+        let request = Request::from_parts(parts, ClientBody::Empty);
+        let handler = Box::pin(crate::proxy::handle(
+            context.table.clone(),
+            context.peer,
+            context.scheme.clone(),
+            context.redirect_https,
+            context.framing.clone(),
+            request,
+        ));
+        // As with hyper (without half-close): a client that goes away mid-request takes the
+        // request with it, so the upstream is not kept busy for nobody.
+        let response = tokio::select! {
+            Ok(response) = handler => response,
+            () = client_gone(&mut io, &mut buf, context.max_head) => {
+                tracing::debug!(client = %context.peer, "client closed the connection mid-request");
+                return;
+            }
+        };
+        let keep = !asked.close && !shutdown.is_cancelled();
+        // Boxed: the largest state of a connection, held only while an answer is written.
+        match Box::pin(write_response(
+            &mut io,
+            response,
+            head_method,
+            keep,
+            asked.trailers,
+        ))
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                let _ = io.shutdown().await;
+                return;
+            }
+        }
+        if buf.is_empty() {
+            // Nothing pipelined: let the buffer go while the connection idles.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// Resolves when the client closes the connection (or it fails); bytes it pipelines
+/// meanwhile are kept in `buf`, up to `max`.
+async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, max: usize) {
+    loop {
+        if buf.len() >= max {
+            return std::future::pending().await;
+        }
+        if buf.capacity() - buf.len() < FIRST_READ / 2 {
+            buf.reserve(FIRST_READ);
+        }
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// What reading a request head came to.
+enum HeadRead {
+    /// A whole head of this length is at the start of the buffer.
+    Head(usize),
+    /// Something for hyper to judge: a head past the size limit, bare-LF line ends, or input
+    /// that ended part-way.
+    HandOff,
+    /// The client closed before sending anything.
+    Closed,
+}
+
+/// Read until `buf` holds a whole head (or it is clear hyper should have the connection).
+async fn read_head<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    max: usize,
+) -> std::io::Result<HeadRead> {
+    let mut scanned = 0;
+    loop {
+        let window = &buf[scanned..];
+        if let Some(at) = memchr::memmem::find(window, b"\r\n\r\n") {
+            let len = scanned + at + 4;
+            return Ok(if len > max {
+                HeadRead::HandOff
+            } else {
+                HeadRead::Head(len)
+            });
+        }
+        if buf.len() > max || memchr::memmem::find(window, b"\n\n").is_some() || !plausible(buf) {
+            return Ok(HeadRead::HandOff);
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.capacity() - buf.len() < FIRST_READ / 2 {
+            buf.reserve(if buf.is_empty() {
+                FIRST_READ
+            } else {
+                buf.len()
+            });
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Ok(if buf.is_empty() {
+                HeadRead::Closed
+            } else {
+                HeadRead::HandOff
+            });
+        }
+    }
+}
+
+/// Whether the start of a head could still become a request (garbage, a TLS hello on a plain
+/// listener, say, is handed to hyper at once to be refused, not waited on).
+fn plausible(partial: &[u8]) -> bool {
+    if partial.is_empty() {
+        return true;
+    }
+    let mut request = httparse::Request::new(&mut []);
+    matches!(
+        request.parse(partial),
+        Ok(_) | Err(httparse::Error::TooManyHeaders)
+    )
+}
+
+/// What the client asked of the connection and the answer.
+#[derive(Default, Clone, Copy)]
+struct Asked {
+    /// `Connection: close`.
+    close: bool,
+    /// `TE: trailers`: a chunked answer may end with trailer fields.
+    trailers: bool,
+}
+
+/// The request's parts, when it is one this module answers: HTTP/1.1, origin-form target, no
+/// body, no upgrade or expectation, and a head that parses cleanly. Also whether the client
+/// asked to close. Header values and the target point into `head`.
+fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Parts, Asked)> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+    let slots = &mut slots[..max_headers.min(100)];
+    let mut parsed = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        head,
+        slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+        _ => return None,
+    }
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    if method == Method::CONNECT {
+        return None;
+    }
+    let path = parsed.path?;
+    if !path.starts_with('/') {
+        return None;
+    }
+    let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 6);
+    let mut asked = Asked::default();
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+        {
+            return None;
+        }
+        if name == header::CONNECTION {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    asked.close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        }
+        if name == header::TE
+            && h.value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        {
+            asked.trailers = true;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Some((parts, asked))
+}
+
+/// Write the response; `Ok(true)` when the connection may carry another request.
+async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    response: Response<ProxyBody>,
+    head_method: bool,
+    keep: bool,
+    trailers_accepted: bool,
+) -> std::io::Result<bool> {
+    use std::io::Write as _;
+    let (parts, mut body) = response.into_parts();
+    let mut out = Vec::with_capacity(512);
+    let status = parts.status;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut keep = keep;
+    let mut has_length = false;
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION {
+            if value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                keep = false;
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        has_length |= name == header::CONTENT_LENGTH;
+        has_date |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // 1xx, 204 and 304 never carry a body; HEAD announces the length a GET would get.
+    let no_body = status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    let mut chunked = false;
+    if !has_length && !no_body {
+        match body.size_hint().exact() {
+            Some(n) if !head_method || n > 0 => {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+            Some(_) => {}
+            None if head_method => {}
+            None => {
+                chunked = true;
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
+        }
+    }
+    let bodiless = head_method || no_body;
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        crate::date::write_now(&mut out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        io.write_all(&out).await?;
+        return Ok(keep);
+    }
+    // The head goes out with the first piece of the body when it is already there.
+    let mut first = true;
+    loop {
+        let frame = if first {
+            first = false;
+            match std::future::poll_fn(|cx| Poll::Ready(poll_frame(&mut body, cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    io.write_all(&std::mem::take(&mut out)).await?;
+                    std::future::poll_fn(|cx| poll_frame(&mut body, cx)).await
+                }
+            }
+        } else {
+            std::future::poll_fn(|cx| poll_frame(&mut body, cx)).await
+        };
+        match frame {
+            None => {
+                if chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                io.write_all(&out).await?;
+                return Ok(keep);
+            }
+            Some(Err(e)) => {
+                // The answer cannot be finished: the client must see the connection end.
+                tracing::debug!(error = %e, "response body failed; connection closed");
+                if !out.is_empty() {
+                    let _ = io.write_all(&out).await;
+                }
+                return Ok(false);
+            }
+            Some(Ok(frame)) if frame.is_trailers() => {
+                if let (true, true, Ok(fields)) =
+                    (chunked, trailers_accepted, frame.into_trailers())
+                {
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in &fields {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    chunked = false;
+                }
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(&data);
+                }
+                io.write_all(&out).await?;
+                out.clear();
+            }
+        }
+    }
+}
+
+type FrameResult = Option<Result<hyper::body::Frame<Bytes>, Box<dyn StdError + Send + Sync>>>;
+
+fn poll_frame(body: &mut ProxyBody, cx: &mut Context<'_>) -> Poll<FrameResult> {
+    Pin::new(body).poll_frame(cx)
+}
+
+/// Give the connection to hyper, with the bytes already read in front of the rest.
+async fn hand_off<I, S, B>(
+    io: I,
+    read: BytesMut,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let io = TokioIo::new(Prefixed {
+        prefix: read.freeze(),
+        io,
+    });
+    Box::pin(crate::server::serve_io(
+        builder, io, service, shutdown, peer,
+    ))
+    .await;
+}
+
+/// Bytes already read, then the connection.
+struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
