@@ -1,6 +1,6 @@
 //! Header names Meridian reads or writes, and hop-by-hop stripping.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -18,6 +18,70 @@ pub const X_MERIDIAN_DECISION: HeaderName = HeaderName::from_static("x-meridian-
 pub const X_MERIDIAN_OVERFLOW: HeaderName = HeaderName::from_static("x-meridian-overflow");
 /// Response from Meridian itself: a short machine-readable reason for an error status.
 pub const X_MERIDIAN_ERROR: HeaderName = HeaderName::from_static("x-meridian-error");
+
+/// A header Meridian sets on every request on its way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overridden {
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    RequestId,
+    Visited,
+    /// For HTTP/2 clients and requests without one: the authority the request was routed by.
+    Host,
+}
+
+static OVERRIDDEN: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REQUEST_ID,
+    X_MERIDIAN_VISITED,
+    header::HOST,
+];
+
+/// The headers Meridian sets upstream. They replace the client's headers of the same names
+/// and are written after them by the upstream HTTP/1.1 writer, so the client's header map is
+/// never changed for them (inserting into it cost more than the rest of the header work).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides([Option<HeaderValue>; 6]);
+
+impl Overrides {
+    pub fn set(&mut self, which: Overridden, value: HeaderValue) {
+        self.0[which as usize] = Some(value);
+    }
+
+    /// Whether the client's header `name` is replaced.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        let slot = match name.as_str() {
+            "x-forwarded-for" => Overridden::ForwardedFor,
+            "x-forwarded-proto" => Overridden::ForwardedProto,
+            "x-forwarded-host" => Overridden::ForwardedHost,
+            "x-request-id" => Overridden::RequestId,
+            "x-meridian-visited" => Overridden::Visited,
+            "host" => Overridden::Host,
+            _ => return false,
+        };
+        self.0[slot as usize].is_some()
+    }
+
+    /// The headers set, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        OVERRIDDEN
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+
+    /// Put them into a header map (for requests sent by other means).
+    pub fn apply(self, headers: &mut HeaderMap) {
+        for (name, value) in OVERRIDDEN.iter().zip(self.0) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -90,6 +154,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_override_replaces_its_own_header_only() {
+        use Overridden::*;
+        for (i, which) in [
+            ForwardedFor,
+            ForwardedProto,
+            ForwardedHost,
+            RequestId,
+            Visited,
+            Host,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut o = Overrides::default();
+            o.set(which, HeaderValue::from_static("v"));
+            for (j, name) in OVERRIDDEN.iter().enumerate() {
+                assert_eq!(o.replaces(name), i == j, "{which:?} / {name}");
+            }
+            assert_eq!(
+                o.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                [&OVERRIDDEN[i]]
+            );
+        }
+    }
 
     #[test]
     fn the_index_names_the_same_header() {

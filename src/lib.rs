@@ -22,6 +22,7 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod retry;
 pub mod routes;
+pub(crate) mod scan;
 pub mod server;
 pub(crate) mod server_h1;
 pub mod sniff;

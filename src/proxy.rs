@@ -24,6 +24,7 @@ use crate::decision::{
     DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
 };
 use crate::geo::{AddrSource, CountryCode};
+use crate::headers::{Overridden, Overrides};
 use crate::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION,
     X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW, X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID,
@@ -37,7 +38,7 @@ use crate::strict::Malformed;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 use crate::table::{EndpointState, TableHandle};
 use crate::upstream::ClusterStats;
-use crate::upstream::h1::{ExchangeError, Framing, Overrides};
+use crate::upstream::h1::{ExchangeError, Framing};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
     CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
@@ -415,7 +416,7 @@ async fn forward(
     if parts.version == Version::HTTP_2 || !parts.headers.contains_key(header::HOST) {
         // HTTP/2 goes upstream as HTTP/1.1: Host is the :authority we routed by, whatever a
         // `host` header said.
-        overrides.set(header::HOST, raw_host.clone());
+        overrides.set(Overridden::Host, raw_host.clone());
     }
     trace.request_id = Some(request_id.clone());
     if let Some(client_upgrade) = client_upgrade {
@@ -965,7 +966,7 @@ fn set_visited(
             HeaderValue::from_str(&list).unwrap_or_else(|_| local_region.clone())
         }
     };
-    overrides.set(X_MERIDIAN_VISITED, value);
+    overrides.set(Overridden::Visited, value);
 }
 
 /// Header values joined with ", ", or `None` when there are none (or none is text).
@@ -1014,7 +1015,7 @@ fn set_forwarding_headers(
     .unwrap_or_default();
     let _ = write!(forwarded_for, "{peer}");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        overrides.set(X_FORWARDED_FOR, value);
+        overrides.set(Overridden::ForwardedFor, value);
     }
     if !(peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
         let proto = if *scheme == Scheme::HTTPS {
@@ -1022,17 +1023,17 @@ fn set_forwarding_headers(
         } else {
             "http"
         };
-        overrides.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        overrides.set(Overridden::ForwardedProto, HeaderValue::from_static(proto));
     }
     if !(peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
-        overrides.set(X_FORWARDED_HOST, raw_host.clone());
+        overrides.set(Overridden::ForwardedHost, raw_host.clone());
     }
     let kept_id = headers
         .get(X_REQUEST_ID)
         .filter(|v| peer_trusted && !v.is_empty() && v.len() <= 128)
         .cloned();
     let id = kept_id.unwrap_or_else(new_request_id);
-    overrides.set(X_REQUEST_ID, id.clone());
+    overrides.set(Overridden::RequestId, id.clone());
     id
 }
 

@@ -169,8 +169,7 @@ async fn read_head<I: AsyncRead + Unpin>(
 ) -> std::io::Result<HeadRead> {
     let mut scanned = 0;
     loop {
-        let window = &buf[scanned..];
-        if let Some(at) = memchr::memmem::find(window, b"\r\n\r\n") {
+        if let Some(at) = crate::scan::head_end(&buf[scanned..]) {
             let len = scanned + at + 4;
             return Ok(if len > max {
                 HeadRead::HandOff
@@ -178,7 +177,7 @@ async fn read_head<I: AsyncRead + Unpin>(
                 HeadRead::Head(len)
             });
         }
-        if buf.len() > max || memchr::memmem::find(window, b"\n\n").is_some() || !plausible(buf) {
+        if buf.len() > max || !still_partial(buf) {
             return Ok(HeadRead::HandOff);
         }
         scanned = buf.len().saturating_sub(3);
@@ -199,16 +198,23 @@ async fn read_head<I: AsyncRead + Unpin>(
     }
 }
 
-/// Whether the start of a head could still become a request (garbage, a TLS hello on a plain
-/// listener, say, is handed to hyper at once to be refused, not waited on).
-fn plausible(partial: &[u8]) -> bool {
+/// Whether bytes with no `\r\n\r\n` yet are the start of a head still arriving. A head
+/// httparse already sees whole (bare-LF line ends) and bytes that cannot start a request
+/// (garbage, a TLS hello on a plain listener) go to hyper at once, to be answered, not
+/// waited on.
+fn still_partial(partial: &[u8]) -> bool {
     if partial.is_empty() {
         return true;
     }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
     let mut request = httparse::Request::new(&mut []);
     matches!(
-        request.parse(partial),
-        Ok(_) | Err(httparse::Error::TooManyHeaders)
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            partial,
+            &mut slots
+        ),
+        Ok(httparse::Status::Partial)
     )
 }
 
@@ -275,7 +281,9 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
         {
             asked.trailers = true;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
+        // SAFETY: httparse accepted the value, so every byte is HTAB, SP, a visible ASCII
+        // character or obs-text: exactly what a HeaderValue may hold.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice_ref(h.value)) };
         headers.append(name, value);
     }
     let (mut parts, ()) = Request::new(()).into_parts();

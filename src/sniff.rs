@@ -272,7 +272,7 @@ fn framing_header_lines(head: &[u8]) -> (bool, bool) {
 }
 
 fn find_end(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n\r\n").map(|p| p + 4)
+    crate::scan::head_end(buf).map(|p| p + 4)
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Sniffer<T> {

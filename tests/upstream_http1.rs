@@ -643,3 +643,29 @@ async fn answers_meridian_writes_itself_carry_a_date_and_honour_close() {
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     assert!(text.contains("\r\ncontent-length: "), "{text}");
 }
+
+#[tokio::test]
+async fn a_head_with_bare_line_feeds_is_answered_not_waited_on() {
+    let (upstream, _seen) =
+        scripted(|_, _| reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    for head in [
+        &b"GET / HTTP/1.1\nHost: a.test\n\n"[..],
+        b"GET / HTTP/1.1\nHost: a.test\n\r\n",
+    ] {
+        let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
+            .await
+            .unwrap();
+        raw.write_all(head).await.unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(2), raw.read(&mut answer))
+            .await
+            .expect("answered at once, not at the header timeout")
+            .unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 "),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
+}

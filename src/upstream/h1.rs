@@ -20,6 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::pool::UpstreamBody;
+#[cfg(test)]
+use crate::headers::Overridden;
+use crate::headers::Overrides;
 
 /// Most bytes a response head may take.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -75,38 +78,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Headers Meridian sets on a request on its way upstream (forwarding headers, the request
-/// id, the loop guard, Host for HTTP/2 clients). They replace the client's headers of the
-/// same names and are written after them, so the client's header map is never changed for
-/// them: inserting into it cost more than all the rest of the header work.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides(Vec<(HeaderName, HeaderValue)>);
-
-impl Overrides {
-    /// Set `name`, replacing the client's value and any earlier override.
-    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        if self.0.capacity() == 0 {
-            self.0.reserve_exact(6);
-        }
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
-        }
-    }
-
-    /// Whether the client's header `name` is replaced.
-    pub fn replaces(&self, name: &HeaderName) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
-    }
-
-    /// Put the overrides into a header map (for requests sent by other means).
-    pub fn apply(self, headers: &mut HeaderMap) {
-        for (name, value) in self.0 {
-            headers.insert(name, value);
         }
     }
 }
@@ -519,8 +490,9 @@ pub(crate) fn parse_head(
         } else if name == header::CONNECTION {
             connection.read(h.value);
         }
-        let value = HeaderValue::from_maybe_shared(frozen.slice_ref(h.value))
-            .map_err(|_| ExchangeError::BadHead(format!("value of {name}")))?;
+        // SAFETY: httparse accepted the value, so every byte is HTAB, SP, a visible ASCII
+        // character or obs-text: exactly what a HeaderValue may hold.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(frozen.slice_ref(h.value)) };
         headers.append(name, value);
     }
     *rest = frozen.slice(len..);
@@ -709,7 +681,7 @@ fn write_head(
         }
         line(name, value);
     }
-    for (name, value) in &overrides.0 {
+    for (name, value) in overrides.iter() {
         line(name, value);
     }
     match body {
@@ -807,7 +779,7 @@ pub(crate) fn decode_chunked(
                     *state = ChunkState::Done;
                     continue;
                 }
-                let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+                let Some(end) = crate::scan::head_end(buf) else {
                     if buf.len() > MAX_TRAILERS {
                         return Err("trailers too large");
                     }
@@ -822,7 +794,7 @@ pub(crate) fn decode_chunked(
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n")
+    crate::scan::crlf(buf)
 }
 
 /// The fields of a trailer section, without those that may not be sent as trailers
@@ -983,15 +955,9 @@ mod tests {
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
         let mut overrides = Overrides::default();
-        overrides.set(
-            HeaderName::from_static("x-request-id"),
-            HeaderValue::from_static("a"),
-        );
-        overrides.set(
-            HeaderName::from_static("x-request-id"),
-            HeaderValue::from_static("b"),
-        );
-        overrides.set(header::HOST, HeaderValue::from_static("routed.test"));
+        overrides.set(Overridden::RequestId, HeaderValue::from_static("a"));
+        overrides.set(Overridden::RequestId, HeaderValue::from_static("b"));
+        overrides.set(Overridden::Host, HeaderValue::from_static("routed.test"));
         write_head(&mut out, &parts, &overrides, BodyKind::Length(3));
         assert_eq!(
             String::from_utf8(out).unwrap(),
