@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::config::{LoadBalancer, SteeringMode};
-use crate::geo::{ContinentCode, CountryCode, Location, distance_km};
+use crate::geo::{ContinentCode, CountryCode, Location};
 
 /// Index of a region in the routing table.
 pub type RegionId = u8;
@@ -111,14 +111,46 @@ impl Default for Steering {
     }
 }
 
-/// Every region ranked by distance from `point`, after the ones already in `order`.
-pub fn extend_by_distance(order: &mut RegionOrder, coords: &[(f64, f64)], point: (f64, f64)) {
+/// Where the regions are: degrees, and each region's unit vector on the sphere, computed once
+/// when the table compiles so ranking a client takes no trigonometry per region.
+#[derive(Debug, Clone, Default)]
+pub struct RegionPoints {
+    coords: Vec<(f64, f64)>,
+    units: Vec<[f64; 3]>,
+}
+
+impl RegionPoints {
+    pub fn new(coords: &[(f64, f64)]) -> Self {
+        Self {
+            coords: coords.to_vec(),
+            units: coords.iter().map(|c| unit_vector(*c)).collect(),
+        }
+    }
+
+    /// Latitude and longitude of region `id`.
+    pub fn coords(&self, id: RegionId) -> Option<(f64, f64)> {
+        self.coords.get(id as usize).copied()
+    }
+}
+
+/// The point on the unit sphere at (latitude, longitude) in degrees.
+fn unit_vector((lat, lon): (f64, f64)) -> [f64; 3] {
+    let (sin_lat, cos_lat) = lat.to_radians().sin_cos();
+    let (sin_lon, cos_lon) = lon.to_radians().sin_cos();
+    [cos_lat * cos_lon, cos_lat * sin_lon, sin_lat]
+}
+
+/// Every region ranked by distance from `point`, after the ones already in `order`. Nearer
+/// means a larger dot product of the unit vectors (the great-circle distance falls as it
+/// grows); ties go to the lower region id.
+pub fn extend_by_distance(order: &mut RegionOrder, regions: &RegionPoints, point: (f64, f64)) {
+    let p = unit_vector(point);
     let mut rest: [(f64, RegionId); MAX_REGIONS] = [(0.0, 0); MAX_REGIONS];
     let mut n = 0;
-    for (id, c) in coords.iter().enumerate().take(MAX_REGIONS) {
+    for (id, u) in regions.units.iter().enumerate().take(MAX_REGIONS) {
         let id = id as RegionId;
         if !order.contains(id) {
-            rest[n] = (distance_km(point, *c), id);
+            rest[n] = (-(p[0] * u[0] + p[1] * u[1] + p[2] * u[2]), id);
             n += 1;
         }
     }
@@ -137,7 +169,7 @@ pub fn extend_by_distance(order: &mut RegionOrder, coords: &[(f64, f64)], point:
 /// `local_region` first, then the regions nearest to it.
 pub fn region_order(
     steering: &Steering,
-    region_coords: &[(f64, f64)],
+    region_coords: &RegionPoints,
     local_order: &RegionOrder,
     location: &Location,
 ) -> RegionOrder {
@@ -159,11 +191,9 @@ pub fn region_order(
                     .continent
                     .and_then(|c| steering.continents.get(&c).copied())
             });
-        let point = location.coords.or_else(|| {
-            location
-                .region
-                .and_then(|r| region_coords.get(r as usize).copied())
-        });
+        let point = location
+            .coords
+            .or_else(|| location.region.and_then(|r| region_coords.coords(r)));
         match (explicit, point) {
             (Some(mut order), Some(point)) => {
                 extend_by_distance(&mut order, region_coords, point);
@@ -541,6 +571,30 @@ mod tests {
     const AP: RegionId = 2;
     const COORDS: [(f64, f64); 3] = [(38.9, -77.4), (53.3, -6.3), (1.35, 103.8)];
 
+    #[test]
+    fn ranking_by_unit_vectors_agrees_with_great_circle_distance() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut random_point = || (rng.f64() * 180.0 - 90.0, rng.f64() * 360.0 - 180.0);
+        for _ in 0..200 {
+            let regions: Vec<(f64, f64)> = (0..8).map(|_| random_point()).collect();
+            let points = RegionPoints::new(&regions);
+            for _ in 0..20 {
+                let client = random_point();
+                let mut order = RegionOrder::default();
+                extend_by_distance(&mut order, &points, client);
+                let distances: Vec<f64> = order
+                    .as_slice()
+                    .iter()
+                    .map(|id| crate::geo::distance_km(client, regions[*id as usize]))
+                    .collect();
+                assert_eq!(order.as_slice().len(), regions.len());
+                for pair in distances.windows(2) {
+                    assert!(pair[0] <= pair[1] + 1e-6, "{client:?}: {distances:?}");
+                }
+            }
+        }
+    }
+
     fn local() -> RegionOrder {
         RegionOrder::from_slice(&[US, EU, AP])
     }
@@ -573,15 +627,21 @@ mod tests {
         };
         let singapore = at(1.3, 103.8);
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &frankfurt).as_slice(),
             &[EU, US, AP]
         );
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &singapore).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &singapore).as_slice(),
             &[AP, EU, US]
         );
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &Location::default()).as_slice(),
+            region_order(
+                &s,
+                &RegionPoints::new(&COORDS),
+                &local(),
+                &Location::default()
+            )
+            .as_slice(),
             &[US, EU, AP]
         );
 
@@ -590,7 +650,7 @@ mod tests {
             RegionOrder::from_slice(&[AP]),
         );
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &frankfurt).as_slice(),
             &[AP, EU, US]
         );
         s.countries.insert(
@@ -598,17 +658,17 @@ mod tests {
             RegionOrder::from_slice(&[US]),
         );
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &frankfurt).as_slice(),
             &[US, EU, AP]
         );
 
         s.only = Some(1 << EU);
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &frankfurt).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &frankfurt).as_slice(),
             &[EU]
         );
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &singapore).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &singapore).as_slice(),
             &[EU]
         );
     }
@@ -621,7 +681,7 @@ mod tests {
             ..Location::default()
         };
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &loc).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &loc).as_slice(),
             &[AP, EU, US]
         );
     }
@@ -634,7 +694,7 @@ mod tests {
             ..Steering::default()
         };
         assert_eq!(
-            region_order(&s, &COORDS, &local(), &at(50.0, 8.0)).as_slice(),
+            region_order(&s, &RegionPoints::new(&COORDS), &local(), &at(50.0, 8.0)).as_slice(),
             &[AP, US]
         );
     }

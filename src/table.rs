@@ -247,7 +247,7 @@ pub struct RoutingTable {
     pub generation: u64,
     pub regions: Vec<Region>,
     /// Region coordinates, indexed by `RegionId` (kept apart for the distance ranking loop).
-    pub region_coords: Vec<(f64, f64)>,
+    pub region_coords: steer::RegionPoints,
     pub local_region: RegionId,
     /// `local_region` first, then the others by distance from it: the order for clients whose
     /// location is unknown.
@@ -387,13 +387,14 @@ impl<'a> Compiler<'a> {
         if !self.problems.is_empty() {
             return None;
         }
-        let region_coords: Vec<(f64, f64)> = regions.iter().map(|r| r.coords).collect();
+        let coords: Vec<(f64, f64)> = regions.iter().map(|r| r.coords).collect();
+        let region_coords = steer::RegionPoints::new(&coords);
         let local_region = local_region?;
         let mut local_order = RegionOrder::from_slice(&[local_region]);
         steer::extend_by_distance(
             &mut local_order,
             &region_coords,
-            region_coords[local_region as usize],
+            coords[local_region as usize],
         );
         Some(RoutingTable {
             generation,
