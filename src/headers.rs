@@ -89,7 +89,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
 /// proxy credentials meant for us. `Trailer` is not among them: it announces the trailer
 /// fields of a chunked response, which are passed on.
-static HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_COUNT: usize = 8;
+static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -121,7 +122,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// One pass over the names present finds what to remove; most messages carry at most a
 /// `Connection` header, so this costs a scan instead of a lookup per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = [false; 8];
+    let mut present = [false; HOP_COUNT];
     let mut any = false;
     for name in headers.keys() {
         if let Some(i) = hop_by_hop_index(name) {

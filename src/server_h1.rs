@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{ClientBody, ProxyBody};
+use crate::server::serve_io;
 use crate::sniff::FramingLog;
 use crate::table::TableHandle;
 
@@ -74,7 +75,7 @@ pub(crate) async fn serve<I, S, B>(
                 // The client closed between requests, or the connection failed.
                 Ok(Ok(HeadRead::Closed)) | Ok(Err(_)) => return,
                 // Hyper answers what this loop does not take (400, 431, ...).
-                Ok(Ok(HeadRead::HandOff)) => return hand_off(io, buf, &builder, service, shutdown, context.peer).await,
+                Ok(Ok(HeadRead::HandOff)) => return Box::pin(serve_io(&builder, prefixed(buf, io), service, shutdown, context.peer)).await,
                 Err(_) => {
                     tracing::debug!(client = %context.peer, "request head not read in time; closed");
                     return;
@@ -87,7 +88,14 @@ pub(crate) async fn serve<I, S, B>(
             let mut read = BytesMut::with_capacity(head.len() + buf.len());
             read.extend_from_slice(&head);
             read.extend_from_slice(&buf);
-            return hand_off(io, read, &builder, service, shutdown, context.peer).await;
+            return Box::pin(serve_io(
+                &builder,
+                prefixed(read, io),
+                service,
+                shutdown,
+                context.peer,
+            ))
+            .await;
         };
         drop(head);
         let head_method = parts.method == Method::HEAD;
@@ -126,8 +134,8 @@ pub(crate) async fn serve<I, S, B>(
                 return;
             }
         }
-        if buf.is_empty() {
-            // Nothing pipelined: let the buffer go while the connection idles.
+        if buf.is_empty() && buf.capacity() > FIRST_READ {
+            // A large head grew the buffer: do not keep that while the connection idles.
             buf = BytesMut::new();
         }
     }
@@ -254,7 +262,7 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
         return None;
     }
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 6);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut asked = Asked::default();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
@@ -441,32 +449,12 @@ fn poll_frame(body: &mut ProxyBody, cx: &mut Context<'_>) -> Poll<FrameResult> {
     Pin::new(body).poll_frame(cx)
 }
 
-/// Give the connection to hyper, with the bytes already read in front of the rest.
-async fn hand_off<I, S, B>(
-    io: I,
-    read: BytesMut,
-    builder: &auto::Builder<TokioExecutor>,
-    service: S,
-    shutdown: CancellationToken,
-    peer: SocketAddr,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    let io = TokioIo::new(Prefixed {
+/// The connection for hyper: the bytes already read, then the rest.
+fn prefixed<I>(read: BytesMut, io: I) -> TokioIo<Prefixed<I>> {
+    TokioIo::new(Prefixed {
         prefix: read.freeze(),
         io,
-    });
-    Box::pin(crate::server::serve_io(
-        builder, io, service, shutdown, peer,
-    ))
-    .await;
+    })
 }
 
 /// Bytes already read, then the connection.

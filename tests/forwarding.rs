@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backends, get, start_proxy};
+use common::{Backends, get, raw_exchange, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -145,28 +145,19 @@ async fn upstream_that_hangs_up_is_502() {
     assert_eq!(answer.headers["x-meridian-error"], "upstream-reset");
 }
 
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    // The server closes the connection (Connection: close requested or timeout).
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn missing_host_is_400_and_slow_headers_time_out() {
     let backends = Backends::start().await;
     let proxy = start_proxy(&backends.fill(ONE_ROUTE)).await;
     let addr = proxy.proxy_addr().unwrap();
 
-    let reply = raw_exchange(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let (reply, _) = raw_exchange(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("missing-host"), "{reply}");
 
     // Half a request head, then silence: the header read timeout (300ms) closes it.
     let started = std::time::Instant::now();
-    let reply = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: api.example.com\r\n").await;
+    let (reply, _) = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: api.example.com\r\n").await;
     let waited = started.elapsed();
     assert!(!reply.contains("200 OK"), "{reply}");
     assert!(

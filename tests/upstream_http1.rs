@@ -527,18 +527,13 @@ async fn trailers_of_a_chunked_answer_reach_a_client_that_accepts_them() {
     })
     .await;
     let proxy = start_proxy(&config(upstream, "")).await;
-    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
-        .await
-        .unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nTE: trailers\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let (answer, closed) = common::raw_exchange(
+        proxy.proxy_addr().unwrap(),
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closed);
+    let answer = answer.to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 200"), "{answer}");
     assert!(answer.contains("\r\n2\r\nok\r\n"), "{answer}");
     assert!(answer.contains("0\r\nx-checksum: abc\r\n"), "{answer}");
@@ -584,25 +579,18 @@ async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper()
     })
     .await;
     let proxy = start_proxy(&config(upstream, "")).await;
-    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
-        .await
-        .unwrap();
     // Two body-less requests Meridian answers itself, one with a body (handed to hyper with
     // everything read so far), then one more on hyper's side, the last asking to close.
-    raw.write_all(
+    let (text, closed) = common::raw_exchange(
+        proxy.proxy_addr().unwrap(),
         b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n\
           HEAD /two HTTP/1.1\r\nHost: a.test\r\n\r\n\
           POST /three HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
           GET /four HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
-        .await
-        .expect("the connection is closed after the last answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    .await;
+    assert!(closed, "the connection is closed after the last answer");
+    let text = text.to_ascii_lowercase();
     assert_eq!(text.matches("http/1.1 200 ok").count(), 4, "{text}");
     let at = |needle: &str| {
         text.find(needle)
@@ -626,18 +614,13 @@ async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper()
 #[tokio::test]
 async fn answers_meridian_writes_itself_carry_a_date_and_honour_close() {
     let proxy = start_proxy(&config("127.0.0.1:9".parse().unwrap(), "")).await;
-    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
-        .await
-        .unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let (text, closed) = common::raw_exchange(
+        proxy.proxy_addr().unwrap(),
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closed);
+    let text = text.to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 502 bad gateway\r\n"), "{text}");
     assert!(text.contains("\r\ndate: "), "{text}");
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");

@@ -334,9 +334,11 @@ impl PooledConn {
                     uses: self.uses,
                     since: Instant::now(),
                 });
+                // A waiting checkout may take it. (A connection not kept wakes them as its
+                // slot drops.)
+                pool.released.notify_waiters();
             }
         }
-        pool.released.notify_waiters();
     }
 
     /// Close the connection (it failed or its state is unknown); its place is given up.

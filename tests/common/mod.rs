@@ -170,3 +170,19 @@ pub async fn get(proxy: SocketAddr, host: &str, path: &str, headers: &[(&str, &s
         .get(host, path, headers)
         .await
 }
+
+/// Send `bytes` on a fresh connection and read until the server closes it (at most 5 s):
+/// what arrived, and whether the close came within the 5 s.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut out),
+    )
+    .await
+    .is_ok_and(|read| read.is_ok());
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
