@@ -19,6 +19,31 @@ pub const X_MERIDIAN_OVERFLOW: HeaderName = HeaderName::from_static("x-meridian-
 /// Response from Meridian itself: a short machine-readable reason for an error status.
 pub const X_MERIDIAN_ERROR: HeaderName = HeaderName::from_static("x-meridian-error");
 
+/// Append an address as text: IPv4 by hand (every request writes one into X-Forwarded-For,
+/// and the formatter costs ten times as much), IPv6 by its `Display`.
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// A header Meridian sets on every request on its way upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overridden {
@@ -155,6 +180,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "198.51.100.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = text.parse().unwrap();
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
 
     #[test]
     fn each_override_replaces_its_own_header_only() {

@@ -1002,7 +1002,6 @@ fn set_forwarding_headers(
     scheme: &Scheme,
     raw_host: &HeaderValue,
 ) -> HeaderValue {
-    use std::fmt::Write as _;
     let peer = peer.to_canonical();
     let mut forwarded_for = if peer_trusted {
         joined(headers.get_all(X_FORWARDED_FOR).iter()).map(|mut list| {
@@ -1013,8 +1012,8 @@ fn set_forwarding_headers(
         None
     }
     .unwrap_or_default();
-    let _ = write!(forwarded_for, "{peer}");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    crate::headers::push_ip(&mut forwarded_for, peer);
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         overrides.set(Overridden::ForwardedFor, value);
     }
     if !(peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {

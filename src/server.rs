@@ -419,9 +419,8 @@ async fn serve_tls<S, B>(
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     match own_http1 {
         Some(own) if !h2 => {
-            let context = own.context(peer, framing.clone());
-            let io = Sniffer::new(tls_stream, framing);
-            crate::server_h1::serve(io, context, builder, service, shutdown).await
+            let context = own.context(peer, framing);
+            crate::server_h1::serve(tls_stream, context, builder, service, shutdown).await
         }
         _ => {
             let io = TokioIo::new(Sniffer::new(tls_stream, framing));
@@ -677,9 +676,8 @@ async fn accept_loop<F, S, B>(
                 }
                 None => match own_http1 {
                     Some(own) => {
-                        let context = own.context(peer, framing.clone());
-                        let io = Sniffer::new(stream, framing);
-                        crate::server_h1::serve(io, context, builder, service, shutdown).await
+                        let context = own.context(peer, framing);
+                        crate::server_h1::serve(stream, context, builder, service, shutdown).await
                     }
                     // Boxed: hyper's connection state would otherwise size every connection
                     // task, Meridian's own HTTP/1.1 ones included.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{ClientBody, ProxyBody};
 use crate::server::serve_io;
-use crate::sniff::FramingLog;
+use crate::sniff::{FramingLog, Sniffer};
 use crate::table::TableHandle;
 
 /// First read of a request head; grown only for larger heads.
@@ -75,7 +75,7 @@ pub(crate) async fn serve<I, S, B>(
                 // The client closed between requests, or the connection failed.
                 Ok(Ok(HeadRead::Closed)) | Ok(Err(_)) => return,
                 // Hyper answers what this loop does not take (400, 431, ...).
-                Ok(Ok(HeadRead::HandOff)) => return Box::pin(serve_io(&builder, prefixed(buf, io), service, shutdown, context.peer)).await,
+                Ok(Ok(HeadRead::HandOff)) => return Box::pin(serve_io(&builder, prefixed(buf, io, context.framing), service, shutdown, context.peer)).await,
                 Err(_) => {
                     tracing::debug!(client = %context.peer, "request head not read in time; closed");
                     return;
@@ -90,7 +90,7 @@ pub(crate) async fn serve<I, S, B>(
             read.extend_from_slice(&buf);
             return Box::pin(serve_io(
                 &builder,
-                prefixed(read, io),
+                prefixed(read, io, context.framing),
                 service,
                 shutdown,
                 context.peer,
@@ -105,7 +105,8 @@ pub(crate) async fn serve<I, S, B>(
             context.peer,
             context.scheme.clone(),
             context.redirect_https,
-            context.framing.clone(),
+            // Requests taken here carry neither Content-Length nor Transfer-Encoding.
+            None,
             request,
         ));
         // As with hyper (without half-close): a client that goes away mid-request takes the
@@ -314,12 +315,11 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let (parts, mut body) = response.into_parts();
     let mut out = Vec::with_capacity(512);
     let status = parts.status;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     let mut keep = keep;
     let mut has_length = false;
     let mut has_date = false;
@@ -449,12 +449,21 @@ fn poll_frame(body: &mut ProxyBody, cx: &mut Context<'_>) -> Poll<FrameResult> {
     Pin::new(body).poll_frame(cx)
 }
 
-/// The connection for hyper: the bytes already read, then the rest.
-fn prefixed<I>(read: BytesMut, io: I) -> TokioIo<Prefixed<I>> {
-    TokioIo::new(Prefixed {
-        prefix: read.freeze(),
-        io,
-    })
+/// The connection for hyper: the bytes already read, then the rest. Framing is watched from
+/// here on: the requests this module took before carried no body, so there is nothing to
+/// record for them.
+fn prefixed<I>(
+    read: BytesMut,
+    io: I,
+    framing: Option<Arc<FramingLog>>,
+) -> TokioIo<Sniffer<Prefixed<I>>> {
+    TokioIo::new(Sniffer::new(
+        Prefixed {
+            prefix: read.freeze(),
+            io,
+        },
+        framing,
+    ))
 }
 
 /// Bytes already read, then the connection.

@@ -381,3 +381,65 @@ async fn accepted_requests_reach_the_backend_once_with_clean_framing() {
     assert!(closed);
     assert_eq!(backends.us.hits(), before + 1);
 }
+
+/// Requests without a body are served by Meridian's own HTTP/1.1 loop; the first one with a
+/// body hands the connection over mid-stream. A request with both framings after such
+/// requests is refused just as a first one is, sent after the answers or pipelined behind
+/// them.
+#[tokio::test]
+async fn both_framings_are_refused_after_requests_without_a_body() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(CONFIG)).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let smuggle = req(
+        "POST / HTTP/1.1\nHost: a.test\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\n\n",
+    );
+
+    // Sequential: two answered GETs, then the smuggling attempt on the same connection.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        stream
+            .write_all(&req("GET / HTTP/1.1\nHost: a.test\n\n"))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    }
+    assert_eq!(backends.us.hits(), 2);
+    stream.write_all(&smuggle).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_millis(1500), stream.read_to_end(&mut out))
+        .await
+        .expect("connection closed after the refusal")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(
+        backends.us.hits(),
+        2,
+        "the smuggling request reached the backend"
+    );
+
+    // Pipelined: a GET and the smuggling attempt in one write.
+    let mut both = req("GET / HTTP/1.1\nHost: a.test\n\n");
+    both.extend_from_slice(&smuggle);
+    let (reply, closed) = exchange(addr, &both).await;
+    assert!(closed, "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(
+        reply.matches("HTTP/1.1 400").count(),
+        1,
+        "the second request was not refused: {reply}"
+    );
+    assert_eq!(
+        backends.us.hits(),
+        3,
+        "the smuggling request reached the backend"
+    );
+}
