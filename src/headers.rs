@@ -142,6 +142,21 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Whether a header name as received (any case) is one of [`HOP_BY_HOP`].
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
 /// Remove hop-by-hop headers, including every header the Connection header names.
 ///
 /// One pass over the names present finds what to remove; most messages carry at most a
@@ -180,6 +195,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_names_are_known_in_any_case() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop_name(name.as_str().as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop_name(name.as_str().to_uppercase().as_bytes()),
+                "{name}"
+            );
+        }
+        for name in ["trailer", "content-length", "tee", "upgrade-insecure"] {
+            assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");
+        }
+    }
 
     #[test]
     fn addresses_are_written_as_display_writes_them() {

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod demo;
 pub mod discovery;
 pub mod endpoints;
+pub mod fields;
 pub mod fuzzing;
 pub mod geo;
 pub mod headers;

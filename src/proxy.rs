@@ -23,6 +23,7 @@ use crate::config::AccessLogFormat;
 use crate::decision::{
     DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
 };
+use crate::fields::Fields;
 use crate::geo::{AddrSource, CountryCode};
 use crate::headers::{Overridden, Overrides};
 use crate::headers::{
@@ -38,7 +39,7 @@ use crate::strict::Malformed;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 use crate::table::{EndpointState, TableHandle};
 use crate::upstream::ClusterStats;
-use crate::upstream::h1::{ExchangeError, Framing};
+use crate::upstream::h1::{ExchangeError, UpstreamHead};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
     CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
@@ -189,6 +190,37 @@ pub struct Trace {
     pub explain: Option<Vec<String>>,
 }
 
+/// The handler's answer: the response and, for a proxied one, the upstream's header fields
+/// as received (see `fields`). They come before the response's own headers, which replace
+/// upstream fields of the same name.
+pub struct Answer {
+    pub response: Response<ProxyBody>,
+    pub upstream: Fields,
+}
+
+impl From<Response<ProxyBody>> for Answer {
+    fn from(response: Response<ProxyBody>) -> Self {
+        Self {
+            response,
+            upstream: Fields::default(),
+        }
+    }
+}
+
+impl Answer {
+    /// One response with every header in its map, for hyper to write.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let Self {
+            mut response,
+            upstream,
+        } = self;
+        if !upstream.is_empty() {
+            upstream.merge_into(response.headers_mut());
+        }
+        response
+    }
+}
+
 /// A client request's body: hyper's, or none at all (requests read by `server_h1`, which
 /// takes only requests without one).
 pub enum ClientBody {
@@ -204,16 +236,18 @@ pub async fn handle(
     redirect_https: Option<u16>,
     framing: Option<Arc<crate::sniff::FramingLog>>,
     req: Request<ClientBody>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Answer, Infallible> {
     // Taken for every request, in order, before anything else can return.
     let had_both =
         req.version() <= http::Version::HTTP_11 && framing.is_some_and(|log| log.next_had_both());
     if let Some(port) = redirect_https {
-        return Ok(redirect_to_https(&req, port));
+        return Ok(redirect_to_https(&req, port).into());
     }
     if had_both {
         tracing::debug!(client = %peer, "Content-Length with Transfer-Encoding: refused");
-        return Ok(ProxyError::Malformed(Malformed::LengthAndChunked).into_response());
+        return Ok(ProxyError::Malformed(Malformed::LengthAndChunked)
+            .into_response()
+            .into());
     }
     let started = Instant::now();
     // Every request finishes on the table it started with, whatever reloads happen meanwhile.
@@ -222,8 +256,8 @@ pub async fn handle(
     let uri = req.uri().clone();
     let host = req.headers().get(header::HOST).cloned();
     let mut trace = Trace::default();
-    let mut response = match forward(&table, peer, scheme, req, &mut trace).await {
-        Ok(response) => response,
+    let mut answer = match forward(&table, peer, scheme, req, &mut trace).await {
+        Ok(answer) => answer,
         Err(e) => {
             match e.status() {
                 StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
@@ -233,11 +267,11 @@ pub async fn handle(
                     tracing::warn!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
                 }
             }
-            e.into_response()
+            e.into_response().into()
         }
     };
     let elapsed = started.elapsed();
-    let status = response.status().as_u16();
+    let status = answer.response.status().as_u16();
     let metrics = match trace.route.and_then(|i| table.routes.routes.get(i)) {
         Some(route) => route.metrics.get(trace.cluster, trace.region),
         None => &table.unrouted_metrics,
@@ -246,7 +280,10 @@ pub async fn handle(
     if let Some(lines) = &trace.explain
         && let Ok(value) = HeaderValue::from_str(&lines.join("; "))
     {
-        response.headers_mut().insert(X_MERIDIAN_DECISION, value);
+        answer
+            .response
+            .headers_mut()
+            .insert(X_MERIDIAN_DECISION, value);
     }
     if table.access_log != AccessLogFormat::Off {
         let route = trace.route.and_then(|i| table.routes.routes.get(i));
@@ -279,7 +316,7 @@ pub async fn handle(
         };
         access_log::log(&record, table.access_log);
     }
-    Ok(response)
+    Ok(answer)
 }
 
 /// A plain listener with `redirect_https`: 308 to the same URL over https.
@@ -353,7 +390,7 @@ async fn forward(
     scheme: Scheme,
     req: Request<ClientBody>,
     trace: &mut Trace,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     crate::strict::check_request(req.method(), req.version(), req.uri(), req.headers())?;
     let raw_host = request_host(&req)?;
     let host = normalize_host(raw_host.to_str().unwrap_or_default());
@@ -435,7 +472,7 @@ async fn forward(
             table.regions[decision.region as usize].header.clone(),
         );
         response.headers_mut().insert(X_REQUEST_ID, request_id);
-        return Ok(response);
+        return Ok(response.into());
     }
     let route = decision.route;
     let deadline = Instant::now() + route.timeout;
@@ -452,7 +489,7 @@ async fn forward(
     };
     // Pinned where it is: handing the (large) future to the timeout by value would copy it.
     tokio::pin!(exchange);
-    let (response, region) = match tokio::time::timeout_at(deadline, exchange).await {
+    let (mut answer, region) = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(result) => result?,
         Err(_) => {
             return Err(ProxyError::Timeout {
@@ -462,14 +499,14 @@ async fn forward(
             });
         }
     };
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(
+    // Hop-by-hop fields were left out when the head was read.
+    let headers = answer.response.headers_mut();
+    headers.insert(
         X_MERIDIAN_REGION,
         table.regions[region as usize].header.clone(),
     );
-    parts.headers.insert(X_REQUEST_ID, request_id);
-    Ok(Response::from_parts(parts, body))
+    headers.insert(X_REQUEST_ID, request_id);
+    Ok(answer)
 }
 
 /// A request body that can be sent more than once when small enough.
@@ -567,7 +604,7 @@ impl ReplayBody {
 
 /// One attempt's result.
 enum Tried {
-    Answered(Response<Framing>, PooledConn, AttemptGuards),
+    Answered(UpstreamHead, PooledConn, AttemptGuards),
     Failed {
         failure: AttemptFailure,
         detail: String,
@@ -580,7 +617,7 @@ enum Tried {
 impl Tried {
     fn summary(&self) -> String {
         match self {
-            Self::Answered(response, _, _) => response.status().as_u16().to_string(),
+            Self::Answered(head, _, _) => head.status.as_u16().to_string(),
             Self::Failed { failure, .. } => format!("{failure:?}"),
             Self::Refused(overflow) => format!("overflow {}", overflow.as_str()),
         }
@@ -635,7 +672,7 @@ async fn attempts(
     mut body: ReplayBody,
     rng: &mut fastrand::Rng,
     trace: &mut Trace,
-) -> Result<(Response<ProxyBody>, RegionId), ProxyError> {
+) -> Result<(Answer, RegionId), ProxyError> {
     let route = decision.route;
     let cluster = decision.cluster;
     let policy = &route.retries;
@@ -689,7 +726,7 @@ async fn attempts(
                 });
             }
             Tried::Answered(response, conn, guards) => {
-                let status = response.status().as_u16();
+                let status = response.status.as_u16();
                 cluster.stats.attempts_response.inc();
                 endpoint.state.record_outcome(status < 500);
                 cluster.reporter.report(&endpoint, Outcome::Status(status));
@@ -700,7 +737,7 @@ async fn attempts(
                         region,
                     ));
                 }
-                let retry_after = parse_retry_after(response.headers().get(header::RETRY_AFTER));
+                let retry_after = parse_retry_after(response.fields.get("retry-after"));
                 (failure, retry_after, Last::Response(response, conn, guards))
             }
             Tried::Failed {
@@ -782,7 +819,7 @@ async fn attempts(
 // Lives on the stack for one attempt; boxing the common case would cost more than it saves.
 #[allow(clippy::large_enum_variant)]
 enum Last {
-    Response(Response<Framing>, PooledConn, AttemptGuards),
+    Response(UpstreamHead, PooledConn, AttemptGuards),
     Error(AttemptFailure, String),
 }
 
@@ -793,7 +830,7 @@ impl Last {
         region: RegionId,
         endpoint: &Endpoint,
         route: &crate::routes::Route,
-    ) -> Result<(Response<ProxyBody>, RegionId), ProxyError> {
+    ) -> Result<(Answer, RegionId), ProxyError> {
         let (per_try_timeout, response_idle) =
             (route.retries.per_try_timeout, route.response_idle_timeout);
         let region_name = table.region_name(region).to_owned();
@@ -826,19 +863,29 @@ impl Last {
 /// The upstream's response, its body streamed through and its connection returned to the
 /// pool once read.
 fn stream_response(
-    response: Response<Framing>,
+    head: UpstreamHead,
     conn: PooledConn,
     guards: AttemptGuards,
     response_idle: Duration,
-) -> Response<ProxyBody> {
-    response.map(|framing| {
-        Either::Left(UpstreamResponseBody::new(
-            framing,
-            conn,
-            guards,
-            response_idle,
-        ))
-    })
+) -> Answer {
+    let UpstreamHead {
+        status,
+        version,
+        fields,
+        framing,
+    } = head;
+    let mut response = Response::new(Either::Left(UpstreamResponseBody::new(
+        framing,
+        conn,
+        guards,
+        response_idle,
+    )));
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    Answer {
+        response,
+        upstream: fields,
+    }
 }
 
 /// Holds one unit of a gauge (active requests, retries in flight) while alive.

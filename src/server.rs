@@ -201,14 +201,15 @@ impl Server {
                 // Boxed: hyper keeps room for the service future for the whole life of a
                 // connection, and the handler's future is several KB; boxed, an idle
                 // keep-alive connection holds a pointer instead.
-                Box::pin(crate::proxy::handle(
+                let handled = crate::proxy::handle(
                     table.clone(),
                     peer,
                     scheme.clone(),
                     redirect,
                     framing,
                     req.map(crate::proxy::ClientBody::Incoming),
-                ))
+                );
+                Box::pin(async move { handled.await.map(crate::proxy::Answer::into_response) })
             })
         };
         let proxy_protocol = spec.proxy_protocol.then(|| {

@@ -26,7 +26,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{ClientBody, ProxyBody};
+use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
 use crate::sniff::{FramingLog, Sniffer};
 use crate::table::TableHandle;
@@ -306,13 +306,13 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
 /// Write the response; `Ok(true)` when the connection may carry another request.
 async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
-    response: Response<ProxyBody>,
+    answer: Answer,
     head_method: bool,
     keep: bool,
     trailers_accepted: bool,
 ) -> std::io::Result<bool> {
     use std::io::Write as _;
-    let (parts, mut body) = response.into_parts();
+    let (parts, mut body) = answer.response.into_parts();
     let mut out = Vec::with_capacity(512);
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -323,6 +323,23 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let mut keep = keep;
     let mut has_length = false;
     let mut has_date = false;
+    // The upstream's fields as received (hop-by-hop ones already left out), except those
+    // Meridian sets itself.
+    for (name, value) in answer.upstream.iter() {
+        if parts
+            .headers
+            .keys()
+            .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        has_length |= name.eq_ignore_ascii_case(b"content-length");
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
         if name == header::CONNECTION {
             if value

@@ -652,3 +652,67 @@ async fn a_head_with_bare_line_feeds_is_answered_not_waited_on() {
         );
     }
 }
+
+#[tokio::test]
+async fn hop_by_hop_fields_of_an_answer_stay_behind_on_either_side_of_the_hand_off() {
+    let (upstream, _seen) = scripted(|_, _| {
+        reply(
+            "HTTP/1.1 200 OK\r\nServer: scripted\r\nContent-Length: 2\r\n\
+             Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Authenticate: Basic\r\nUpgrade: h2c\r\nX-Request-Id: upstream-id\r\n\
+             X-Meridian-Region: forged\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+             Trailer: x-sum\r\n\r\nok",
+        )
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    // The first answer is written by Meridian's own HTTP/1.1 loop, the second and third by
+    // hyper (the request with a body hands the connection over).
+    let (text, closed) = common::raw_exchange(
+        proxy.proxy_addr().unwrap(),
+        b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /three HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closed);
+    let text = text.to_ascii_lowercase();
+    let answers: Vec<&str> = text.split("http/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{text}");
+    for answer in answers {
+        assert!(answer.starts_with("200 ok\r\n"), "{answer}");
+        for gone in [
+            "x-hop:",
+            "keep-alive:",
+            "proxy-authenticate:",
+            "upgrade:",
+            "upstream-id",
+            "forged",
+        ] {
+            assert!(!answer.contains(gone), "{gone} passed on: {answer}");
+        }
+        for kept in [
+            "\r\nserver: scripted\r\n",
+            "\r\nset-cookie: a=1\r\n",
+            "\r\nset-cookie: b=2\r\n",
+            "\r\ntrailer: x-sum\r\n",
+            "\r\ncontent-length: 2\r\n",
+        ] {
+            assert!(answer.contains(kept), "{kept} missing: {answer}");
+        }
+        assert_eq!(
+            answer
+                .matches("\r\nx-meridian-region: us-east-1\r\n")
+                .count(),
+            1,
+            "{answer}"
+        );
+        assert_eq!(answer.matches("\r\nx-request-id: ").count(), 1, "{answer}");
+        assert_eq!(
+            answer.matches("\r\ncontent-length: ").count(),
+            1,
+            "{answer}"
+        );
+        assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    }
+}

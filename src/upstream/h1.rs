@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::pool::UpstreamBody;
+use crate::fields::Fields;
 #[cfg(test)]
 use crate::headers::Overridden;
 use crate::headers::Overrides;
@@ -176,7 +177,7 @@ impl Connection {
         parts: &http::request::Parts,
         overrides: &Overrides,
         body: UpstreamBody,
-    ) -> Result<http::Response<Framing>, (ExchangeError, Option<UpstreamBody>)> {
+    ) -> Result<UpstreamHead, (ExchangeError, Option<UpstreamBody>)> {
         let head_only = parts.method == Method::HEAD;
         let mut out = Vec::with_capacity(512);
         // A buffered body is kept (a cheap reference) so a request the upstream closed on
@@ -314,10 +315,7 @@ impl Connection {
     }
 
     /// Read the final response head; interim (1xx) responses are skipped.
-    async fn read_head(
-        &mut self,
-        head_only: bool,
-    ) -> Result<http::Response<Framing>, ExchangeError> {
+    async fn read_head(&mut self, head_only: bool) -> Result<UpstreamHead, ExchangeError> {
         let mut answered = false;
         loop {
             if !self.buf.is_empty() {
@@ -473,27 +471,36 @@ pub(crate) fn parse_head(
         *buf = into_mut(frozen.slice(len..));
         return Ok(Parsed::Interim);
     }
-    // The framing facts are gathered on the way, not looked up in the map afterwards.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // The framing facts are gathered on the way; hop-by-hop fields are left out (those the
+    // Connection header names too, in the rare head whose Connection names any).
+    let mut fields = Fields::with_capacity(frozen.slice(..len), parsed.headers.len());
     let mut lengths = 0;
     let mut length: Option<&[u8]> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut connection = ConnectionTokens::default();
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ExchangeError::BadHead(format!("header name {:?}", h.name)))?;
-        if name == header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
             length = Some(h.value);
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = Some(h.value);
-        } else if name == header::CONNECTION {
-            connection.read(h.value);
+        } else if crate::headers::is_hop_by_hop_name(name) {
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                transfer_encoding = Some(h.value);
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                connection.read(h.value);
+            }
+            continue;
         }
-        // SAFETY: httparse accepted the value, so every byte is HTAB, SP, a visible ASCII
-        // character or obs-text: exactly what a HeaderValue may hold.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(frozen.slice_ref(h.value)) };
-        headers.append(name, value);
+        fields.push(name, h.value);
+    }
+    if connection.names_others {
+        let named: Vec<&[u8]> = parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii))
+            .collect();
+        fields.retain(|name| !named.iter().any(|n| n.eq_ignore_ascii_case(name)));
     }
     *rest = frozen.slice(len..);
     // Both framings, or two lengths: a response that could be read two ways is refused.
@@ -528,11 +535,12 @@ pub(crate) fn parse_head(
     if framing == Framing::UntilClose || !connection.keeps_alive(version) {
         *reusable = false;
     }
-    let mut response = http::Response::new(framing);
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    Ok(Parsed::Final(response))
+    Ok(Parsed::Final(UpstreamHead {
+        status,
+        version,
+        fields,
+        framing,
+    }))
 }
 
 /// A whole upstream answer held in memory, read the way a connection reads it: heads
@@ -552,8 +560,8 @@ pub fn read_answer_from(bytes: &[u8], head_only: bool) -> Result<(u16, usize), E
     };
     let mut body = BytesMut::from(&rest[..]);
     body.extend_from_slice(&buf);
-    let status = response.status().as_u16();
-    let read = match response.into_body() {
+    let status = response.status.as_u16();
+    let read = match response.framing {
         Framing::Empty => 0,
         Framing::Length(n) => body.len().min(n as usize),
         Framing::UntilClose => body.len(),
@@ -616,13 +624,18 @@ fn method_expects_body(method: &Method) -> bool {
 struct ConnectionTokens {
     close: bool,
     keep_alive: bool,
+    /// A token other than those two: a header to leave out.
+    names_others: bool,
 }
 
 impl ConnectionTokens {
     fn read(&mut self, value: &[u8]) {
         for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            self.close |= token.eq_ignore_ascii_case(b"close");
-            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            let close = token.eq_ignore_ascii_case(b"close");
+            let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+            self.close |= close;
+            self.keep_alive |= keep_alive;
+            self.names_others |= !(close || keep_alive || token.is_empty());
         }
     }
 
@@ -637,8 +650,16 @@ impl ConnectionTokens {
     }
 }
 
+/// A final response head from the upstream, and how its body is framed.
+pub struct UpstreamHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub fields: Fields,
+    pub framing: Framing,
+}
+
 pub(crate) enum Parsed {
-    Final(http::Response<Framing>),
+    Final(UpstreamHead),
     Interim,
     Partial,
 }
