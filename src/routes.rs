@@ -4,7 +4,6 @@
 //! Built by the table compiler, read per request. Exact hosts are one hash lookup that yields
 //! the candidate routes already in config order.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -195,7 +194,8 @@ impl HostPattern {
 pub struct RouteSet {
     pub routes: Vec<Route>,
     /// Exact host → every route that can match it (exact, suffix and `*`), in config order.
-    exact: HashMap<String, Vec<usize>>,
+    /// Looked up per request: hashed with foldhash (the keys come from config).
+    exact: foldhash::HashMap<String, Vec<usize>>,
     /// Routes with suffix or `*` hosts, in config order, for hosts not in `exact`.
     patterns: Vec<(usize, Vec<HostPattern>)>,
 }
@@ -208,7 +208,7 @@ impl RouteSet {
             .filter(|(_, hs)| hs.iter().any(|h| !matches!(h, HostPattern::Exact(_))))
             .map(|(i, hs)| (i, hs.clone()))
             .collect();
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut exact: foldhash::HashMap<String, Vec<usize>> = foldhash::HashMap::default();
         for hs in &hosts {
             for h in hs {
                 if let HostPattern::Exact(name) = h {

@@ -4,7 +4,6 @@
 //! Pure functions over compiled data and a caller-supplied RNG: no I/O, no clocks, no locks, so
 //! every rule is unit-tested here and benchmarked without sockets.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use crate::config::{LoadBalancer, SteeringMode};
@@ -87,8 +86,9 @@ impl RegionOrder {
 pub struct Steering {
     pub mode: SteeringMode,
     pub overprovisioning: f64,
-    pub countries: HashMap<CountryCode, RegionOrder>,
-    pub continents: HashMap<ContinentCode, RegionOrder>,
+    // Looked up per request: hashed with foldhash (the keys come from config).
+    pub countries: foldhash::HashMap<CountryCode, RegionOrder>,
+    pub continents: foldhash::HashMap<ContinentCode, RegionOrder>,
     /// Bit `r` set: region `r` may be used. `None`: no restriction.
     pub only: Option<u64>,
     /// For weighted mode: region → share.
@@ -102,8 +102,8 @@ impl Default for Steering {
         Self {
             mode: SteeringMode::Nearest,
             overprovisioning: crate::config::DEFAULT_OVERPROVISIONING,
-            countries: HashMap::new(),
-            continents: HashMap::new(),
+            countries: foldhash::HashMap::default(),
+            continents: foldhash::HashMap::default(),
             only: None,
             weights: Vec::new(),
             fixed_order: None,

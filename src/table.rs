@@ -1405,7 +1405,7 @@ impl<'a> Compiler<'a> {
                 format!("{} is outside 1.0..10.0", s.overprovisioning),
             );
         }
-        let mut countries = HashMap::new();
+        let mut countries = foldhash::HashMap::default();
         for (code, regions) in &s.countries {
             let here = at.key("countries").key(code.clone());
             match CountryCode::parse(code) {
@@ -1417,7 +1417,7 @@ impl<'a> Compiler<'a> {
                     .at(here, format!("`{code}` is not a two-letter country code")),
             }
         }
-        let mut continents = HashMap::new();
+        let mut continents = foldhash::HashMap::default();
         for (code, regions) in &s.continents {
             let here = at.key("continents").key(code.clone());
             match ContinentCode::parse(code) {

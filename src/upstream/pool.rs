@@ -6,7 +6,7 @@
 //! past that the caller gets an overflow at once, never an unbounded queue. A connection goes
 //! back to the pool when its response body has been read to the end.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -107,7 +107,9 @@ pub struct ClusterPool {
     requests: Arc<Semaphore>,
     pending: AtomicUsize,
     /// Oldest first: reuse takes the newest, expiry and the cap close the oldest.
-    idle: Mutex<HashMap<SocketAddr, VecDeque<IdleConn>>>,
+    /// Looked up per request: hashed with foldhash (addresses come from config and
+    /// discovery, never from clients).
+    idle: Mutex<foldhash::HashMap<SocketAddr, VecDeque<IdleConn>>>,
     /// Signalled when a connection goes idle or closes, for waiting checkouts.
     released: Arc<Notify>,
 }
@@ -154,7 +156,7 @@ impl ClusterPool {
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             requests: Arc::new(Semaphore::new(limits.max_requests.max(1))),
             pending: AtomicUsize::new(0),
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(foldhash::HashMap::default()),
             released: Arc::new(Notify::new()),
             limits,
         })
