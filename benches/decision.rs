@@ -9,6 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use meridian::decision::{RequestFacts, decide};
 use meridian::demo::{DEMO_REGIONS, demo_table};
+use meridian::headers::Present;
 
 fn bench(c: &mut Criterion) {
     let endpoints: Vec<(String, SocketAddr)> = DEMO_REGIONS
@@ -38,6 +39,7 @@ fn bench(c: &mut Criterion) {
                 path: "/api/users",
                 method: &Method::GET,
                 headers: &headers,
+                present: Present::of(&headers),
             };
             let d = decide(&table, black_box(&facts), &mut rng).unwrap();
             black_box(d.endpoint.address)

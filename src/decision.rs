@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use crate::geo::{AddrSource, Location};
+use crate::headers::{Known, Present};
 use crate::routes::Route;
 use crate::steer::{self, NoRegion, RegionId, RegionOrder};
 use crate::table::{Cluster, Endpoint, RoutingTable};
@@ -20,6 +21,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
+    /// Which headers Meridian reads are in `headers` ([`Present::ALL`] to look for each).
+    pub present: Present,
 }
 
 /// Where a request goes and why.
@@ -123,13 +126,18 @@ pub fn decide_for_route<'t>(
     rng: &mut fastrand::Rng,
     draw: Option<f64>,
 ) -> Result<RouteDecision<'t>, DecisionError> {
-    let (client, client_source) = table.geo.client_addr(
-        facts.peer,
-        facts
-            .headers
-            .get_all(crate::headers::X_FORWARDED_FOR)
-            .iter(),
-    );
+    let forwarded_for = facts
+        .present
+        .has(Known::ForwardedFor)
+        .then(|| {
+            facts
+                .headers
+                .get_all(crate::headers::X_FORWARDED_FOR)
+                .iter()
+        })
+        .into_iter()
+        .flatten();
+    let (client, client_source) = table.geo.client_addr(facts.peer, forwarded_for);
     let location = table.geo.locate(client);
     let mut order = steer::region_order(
         &route.steering,
@@ -138,7 +146,7 @@ pub fn decide_for_route<'t>(
         &location,
     );
     // Only a trusted peer's hop header counts: anyone else could use it to block regions.
-    let visited = if table.geo.is_trusted(facts.peer) {
+    let visited = if facts.present.has(Known::Visited) && table.geo.is_trusted(facts.peer) {
         Visited::from_headers(table, facts.headers)
     } else {
         Visited::default()

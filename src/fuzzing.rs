@@ -71,7 +71,12 @@ pub fn request_head(data: &[u8]) {
             map.append(name, value);
         }
     }
-    let _ = crate::strict::check_request(&method, version, &uri, &map);
+    // Looking only at the headers found present must judge exactly as looking at all.
+    let present = crate::headers::Present::of(&map);
+    assert_eq!(
+        crate::strict::check_request(&method, version, &uri, &map, present),
+        crate::strict::check_request(&method, version, &uri, &map, crate::headers::Present::ALL),
+    );
     let _ = crate::routes::normalize_host(
         map.get(http::header::HOST)
             .and_then(|h| h.to_str().ok())

@@ -19,6 +19,83 @@ pub const X_MERIDIAN_OVERFLOW: HeaderName = HeaderName::from_static("x-meridian-
 /// Response from Meridian itself: a short machine-readable reason for an error status.
 pub const X_MERIDIAN_ERROR: HeaderName = HeaderName::from_static("x-meridian-error");
 
+/// A request header Meridian reads (or strips), for [`Present`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    RequestId,
+    Visited,
+    Debug,
+    /// Any hop-by-hop header (Connection, Upgrade and Transfer-Encoding included).
+    HopByHop,
+    /// Any name with an underscore (see `strict`).
+    Underscore,
+}
+
+/// Which of the headers Meridian reads a request carries, found in one pass over its names.
+///
+/// Most requests carry a handful of headers and few of Meridian's; a lookup by name hashes
+/// and probes the map, so the request path asks the map only for what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Present(u16);
+
+impl Present {
+    /// Every bit set: for callers that did not look (each lookup is then made).
+    pub const ALL: Self = Self(u16::MAX);
+
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut bits = 0u16;
+        let mut set = |k: Known| bits |= 1 << k as u16;
+        for name in headers.keys() {
+            // A string match compiles to a switch on the length and one comparison.
+            match name.as_str() {
+                "host" => set(Known::Host),
+                "content-length" => set(Known::ContentLength),
+                "transfer-encoding" => {
+                    set(Known::TransferEncoding);
+                    set(Known::HopByHop);
+                }
+                "connection" => {
+                    set(Known::Connection);
+                    set(Known::HopByHop);
+                }
+                "upgrade" => {
+                    set(Known::Upgrade);
+                    set(Known::HopByHop);
+                }
+                "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te" => set(Known::HopByHop),
+                "x-forwarded-for" => set(Known::ForwardedFor),
+                "x-forwarded-proto" => set(Known::ForwardedProto),
+                "x-forwarded-host" => set(Known::ForwardedHost),
+                "x-request-id" => set(Known::RequestId),
+                "x-meridian-visited" => set(Known::Visited),
+                "x-meridian-debug" => set(Known::Debug),
+                other => {
+                    if other.contains('_') {
+                        set(Known::Underscore);
+                    }
+                }
+            }
+        }
+        Self(bits)
+    }
+
+    pub fn has(self, known: Known) -> bool {
+        self.0 & (1 << known as u16) != 0
+    }
+}
+
 /// Append an address as text: IPv4 by hand (every request writes one into X-Forwarded-For,
 /// and the formatter costs ten times as much), IPv6 by its `Display`.
 pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
@@ -195,6 +272,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn present_headers_are_found_in_one_pass() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("x_custom", HeaderValue::from_static("1"));
+        let p = Present::of(&h);
+        for k in [
+            Known::Host,
+            Known::ForwardedFor,
+            Known::HopByHop,
+            Known::Underscore,
+        ] {
+            assert!(p.has(k), "{k:?}");
+        }
+        for k in [
+            Known::Connection,
+            Known::RequestId,
+            Known::Visited,
+            Known::ContentLength,
+        ] {
+            assert!(!p.has(k), "{k:?}");
+        }
+        assert!(Present::ALL.has(Known::Debug));
+        assert_eq!(Present::of(&HeaderMap::new()), Present(0));
+    }
 
     #[test]
     fn hop_by_hop_names_are_known_in_any_case() {

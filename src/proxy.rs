@@ -25,6 +25,7 @@ use crate::decision::{
 };
 use crate::fields::Fields;
 use crate::geo::{AddrSource, CountryCode};
+use crate::headers::{Known, Present};
 use crate::headers::{Overridden, Overrides};
 use crate::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION,
@@ -254,7 +255,10 @@ pub async fn handle(
     let table = table.load_full();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let host = req.headers().get(header::HOST).cloned();
+    // Only the access log needs it afterwards.
+    let host = (table.access_log != AccessLogFormat::Off)
+        .then(|| req.headers().get(header::HOST).cloned())
+        .flatten();
     let mut trace = Trace::default();
     let mut answer = match forward(&table, peer, scheme, req, &mut trace).await {
         Ok(answer) => answer,
@@ -391,7 +395,14 @@ async fn forward(
     req: Request<ClientBody>,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
-    crate::strict::check_request(req.method(), req.version(), req.uri(), req.headers())?;
+    let present = Present::of(req.headers());
+    crate::strict::check_request(
+        req.method(),
+        req.version(),
+        req.uri(),
+        req.headers(),
+        present,
+    )?;
     let raw_host = request_host(&req)?;
     let host = normalize_host(raw_host.to_str().unwrap_or_default());
     let mut rng = fastrand::Rng::new();
@@ -401,6 +412,7 @@ async fn forward(
         path: req.uri().path(),
         method: req.method(),
         headers: req.headers(),
+        present,
     };
     let (route_index, route) = find_route(table, &facts)?;
     trace.route = Some(route_index);
@@ -412,6 +424,7 @@ async fn forward(
     table.count_geo_lookup(decision.location.source);
     let peer_trusted = table.geo.is_trusted(peer.ip());
     if peer_trusted
+        && present.has(Known::Debug)
         && req
             .headers()
             .get(X_MERIDIAN_DEBUG)
@@ -429,16 +442,21 @@ async fn forward(
         "routing"
     );
 
-    let websocket = is_websocket(&req);
+    let websocket = present.has(Known::Upgrade) && is_websocket(&req);
     let mut req = req;
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(X_MERIDIAN_DEBUG);
+    if present.has(Known::HopByHop) {
+        strip_hop_by_hop(&mut parts.headers);
+    }
+    if present.has(Known::Debug) {
+        parts.headers.remove(X_MERIDIAN_DEBUG);
+    }
     let mut overrides = Overrides::default();
     let request_id = set_forwarding_headers(
         &mut overrides,
         &parts.headers,
+        present,
         peer.ip(),
         peer_trusted,
         &scheme,
@@ -447,10 +465,10 @@ async fn forward(
     set_visited(
         &mut overrides,
         &parts.headers,
-        peer_trusted,
+        peer_trusted && present.has(Known::Visited),
         &table.regions[table.local_region as usize].header,
     );
-    if parts.version == Version::HTTP_2 || !parts.headers.contains_key(header::HOST) {
+    if parts.version == Version::HTTP_2 || !present.has(Known::Host) {
         // HTTP/2 goes upstream as HTTP/1.1: Host is the :authority we routed by, whatever a
         // `host` header said.
         overrides.set(Overridden::Host, raw_host.clone());
@@ -1044,13 +1062,14 @@ fn joined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
 fn set_forwarding_headers(
     overrides: &mut Overrides,
     headers: &http::HeaderMap,
+    present: Present,
     peer: IpAddr,
     peer_trusted: bool,
     scheme: &Scheme,
     raw_host: &HeaderValue,
 ) -> HeaderValue {
     let peer = peer.to_canonical();
-    let mut forwarded_for = if peer_trusted {
+    let mut forwarded_for = if peer_trusted && present.has(Known::ForwardedFor) {
         joined(headers.get_all(X_FORWARDED_FOR).iter()).map(|mut list| {
             list.push_str(", ");
             list
@@ -1063,7 +1082,10 @@ fn set_forwarding_headers(
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         overrides.set(Overridden::ForwardedFor, value);
     }
-    if !(peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+    if !(peer_trusted
+        && present.has(Known::ForwardedProto)
+        && headers.contains_key(X_FORWARDED_PROTO))
+    {
         let proto = if *scheme == Scheme::HTTPS {
             "https"
         } else {
@@ -1071,12 +1093,16 @@ fn set_forwarding_headers(
         };
         overrides.set(Overridden::ForwardedProto, HeaderValue::from_static(proto));
     }
-    if !(peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
+    if !(peer_trusted
+        && present.has(Known::ForwardedHost)
+        && headers.contains_key(X_FORWARDED_HOST))
+    {
         overrides.set(Overridden::ForwardedHost, raw_host.clone());
     }
-    let kept_id = headers
-        .get(X_REQUEST_ID)
-        .filter(|v| peer_trusted && !v.is_empty() && v.len() <= 128)
+    let kept_id = (peer_trusted && present.has(Known::RequestId))
+        .then(|| headers.get(X_REQUEST_ID))
+        .flatten()
+        .filter(|v| !v.is_empty() && v.len() <= 128)
         .cloned();
     let id = kept_id.unwrap_or_else(new_request_id);
     overrides.set(Overridden::RequestId, id.clone());
@@ -1108,7 +1134,15 @@ mod tests {
         let host = HeaderValue::from_static("api.example.com");
         let forward = |h: &http::HeaderMap, trusted: bool| {
             let mut overrides = Overrides::default();
-            let id = set_forwarding_headers(&mut overrides, h, peer, trusted, &Scheme::HTTP, &host);
+            let id = set_forwarding_headers(
+                &mut overrides,
+                h,
+                Present::of(h),
+                peer,
+                trusted,
+                &Scheme::HTTP,
+                &host,
+            );
             let mut sent = h.clone();
             overrides.apply(&mut sent);
             (sent, id)

@@ -9,6 +9,8 @@
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::headers::{Known, Present};
+
 /// Longest request target accepted (bytes).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
@@ -77,6 +79,7 @@ pub fn check_request(
     version: Version,
     uri: &Uri,
     headers: &HeaderMap,
+    present: Present,
 ) -> Result<(), Malformed> {
     if method == Method::CONNECT {
         return Err(Malformed::Connect);
@@ -86,7 +89,7 @@ pub fn check_request(
     if uri_len > MAX_URI_BYTES {
         return Err(Malformed::UriTooLong);
     }
-    for name in headers.keys() {
+    for name in headers.keys().filter(|_| present.has(Known::Underscore)) {
         let n = name.as_str();
         if n.contains('_') {
             let dashed = n.replace('_', "-");
@@ -95,8 +98,13 @@ pub fn check_request(
             }
         }
     }
-    // Iterators, not collected lists: this runs on every request.
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    // Iterators, not collected lists, and only for headers that are there: this runs on every
+    // request.
+    let mut te = present
+        .has(Known::TransferEncoding)
+        .then(|| headers.get_all(header::TRANSFER_ENCODING).iter())
+        .into_iter()
+        .flatten();
     if let Some(value) = te.next() {
         if te.next().is_some() {
             return Err(Malformed::RepeatedTransferEncoding);
@@ -111,7 +119,11 @@ pub fn check_request(
             return Err(Malformed::BadTransferEncoding);
         }
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let mut lengths = present
+        .has(Known::ContentLength)
+        .then(|| headers.get_all(header::CONTENT_LENGTH).iter())
+        .into_iter()
+        .flatten();
     if let Some(value) = lengths.next() {
         let b = value.as_bytes();
         let digits = !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit);
@@ -119,7 +131,11 @@ pub fn check_request(
             return Err(Malformed::BadContentLength);
         }
     }
-    let mut hosts = headers.get_all(header::HOST).iter();
+    let mut hosts = present
+        .has(Known::Host)
+        .then(|| headers.get_all(header::HOST).iter())
+        .into_iter()
+        .flatten();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Malformed::RepeatedHost);
@@ -147,6 +163,12 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(method: &Method, v: Version, uri: &Uri, h: &HeaderMap) -> Result<(), Malformed> {
+        let known = check_request(method, v, uri, h, Present::of(h));
+        assert_eq!(known, check_request(method, v, uri, h, Present::ALL));
+        known
+    }
     use http::HeaderName;
 
     fn head(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -228,27 +250,27 @@ mod tests {
         ];
         for (pairs, want) in cases {
             assert_eq!(
-                &check_request(&Method::POST, v11, &uri, &head(pairs)),
+                &check(&Method::POST, v11, &uri, &head(pairs)),
                 want,
                 "{pairs:?}"
             );
         }
         let abs: Uri = "http://a.test/x".parse().unwrap();
         assert_eq!(
-            check_request(&Method::GET, v11, &abs, &head(&[("host", "b.test")])),
+            check(&Method::GET, v11, &abs, &head(&[("host", "b.test")])),
             Err(Malformed::HostMismatch)
         );
         assert_eq!(
-            check_request(&Method::GET, v11, &abs, &head(&[("host", "A.test")])),
+            check(&Method::GET, v11, &abs, &head(&[("host", "A.test")])),
             Ok(())
         );
         let long: Uri = format!("/{}", "a".repeat(MAX_URI_BYTES)).parse().unwrap();
         assert_eq!(
-            check_request(&Method::GET, v11, &long, &head(&[("host", "a")])),
+            check(&Method::GET, v11, &long, &head(&[("host", "a")])),
             Err(Malformed::UriTooLong)
         );
         assert_eq!(
-            check_request(
+            check(
                 &Method::POST,
                 Version::HTTP_10,
                 &uri,

@@ -260,6 +260,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         path,
         method: &method,
         headers: &headers,
+        present: crate::headers::Present::of(&headers),
     };
     let location = table.geo.locate(ip);
     let client = json!({
