@@ -270,26 +270,30 @@ pub fn region_loads(
     health: impl Fn(RegionId) -> RegionHealth,
     overprovisioning: f64,
 ) -> [f64; MAX_REGIONS] {
-    let mut loads = [0.0; MAX_REGIONS];
     let mut capped = [0.0; MAX_REGIONS];
-    let mut total = 0.0;
     for (i, id) in order.as_slice().iter().enumerate() {
         capped[i] = (health(*id).share() * overprovisioning).min(1.0);
-        total += capped[i];
     }
+    loads_of(&capped[..order.len()])
+}
+
+/// Each region's share of traffic from its capped healthy share (see [`region_loads`]).
+fn loads_of(capped: &[f64]) -> [f64; MAX_REGIONS] {
+    let mut loads = [0.0; MAX_REGIONS];
+    let total: f64 = capped.iter().sum();
     if total <= 0.0 {
         return loads;
     }
     if total < 1.0 {
-        for i in 0..order.len() {
-            loads[i] = capped[i] / total;
+        for (load, c) in loads.iter_mut().zip(capped) {
+            *load = c / total;
         }
         return loads;
     }
     let mut remaining = 1.0;
-    for i in 0..order.len() {
-        loads[i] = capped[i].min(remaining);
-        remaining -= loads[i];
+    for (load, c) in loads.iter_mut().zip(capped) {
+        *load = c.min(remaining);
+        remaining -= *load;
     }
     loads
 }
@@ -320,18 +324,19 @@ pub fn pick_region(
     if order.is_empty() {
         return Err(NoRegion::EmptyOrder);
     }
-    let total_health: f64 = order
-        .as_slice()
-        .iter()
-        .map(|id| (health(*id).share() * steering.overprovisioning).min(1.0))
-        .sum::<f64>()
-        .min(1.0);
+    // Each region's health is read once (a lock-free load per region).
+    let mut capped = [0.0; MAX_REGIONS];
+    for (i, id) in order.as_slice().iter().enumerate() {
+        capped[i] = (health(*id).share() * steering.overprovisioning).min(1.0);
+    }
+    let capped = &capped[..order.len()];
+    let total_health: f64 = capped.iter().sum::<f64>().min(1.0);
     let healthy = if total_health <= 0.0 || total_health < panic_threshold {
         None
     } else {
         match steering.mode {
             SteeringMode::Nearest => {
-                let loads = region_loads(order, &health, steering.overprovisioning);
+                let loads = loads_of(capped);
                 let mut r = draw;
                 let mut chosen = None;
                 for (i, id) in order.as_slice().iter().enumerate() {
