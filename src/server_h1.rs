@@ -66,21 +66,45 @@ pub(crate) async fn serve<I, S, B>(
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let mut buf = BytesMut::new();
+    // One shutdown waiter and one timer for the connection's life, not one of each per
+    // request: the timer is armed at the first deadline and, when it fires, moved to the
+    // deadline of the head being waited for then, so a busy connection never touches the
+    // timer wheel between requests.
+    let stopping = shutdown.clone().cancelled_owned();
+    let timer = tokio::time::sleep(context.header_read_timeout);
+    tokio::pin!(stopping, timer);
     loop {
         // Wait for a head; between requests nothing is allocated.
-        let head_len = tokio::select! {
-            _ = shutdown.cancelled(), if buf.is_empty() => return,
-            read = tokio::time::timeout(context.header_read_timeout, read_head(&mut io, &mut buf, context.max_head)) => match read {
-                Ok(Ok(HeadRead::Head(len))) => len,
-                // The client closed between requests, or the connection failed.
-                Ok(Ok(HeadRead::Closed)) | Ok(Err(_)) => return,
-                // Hyper answers what this loop does not take (400, 431, ...).
-                Ok(Ok(HeadRead::HandOff)) => return Box::pin(serve_io(&builder, prefixed(buf, io, context.framing), service, shutdown, context.peer)).await,
-                Err(_) => {
-                    tracing::debug!(client = %context.peer, "request head not read in time; closed");
-                    return;
+        let deadline = tokio::time::Instant::now() + context.header_read_timeout;
+        let read = loop {
+            tokio::select! {
+                biased;
+                read = read_head(&mut io, &mut buf, context.max_head) => break read,
+                () = &mut stopping, if buf.is_empty() => return,
+                () = &mut timer => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::debug!(client = %context.peer, "request head not read in time; closed");
+                        return;
+                    }
+                    timer.as_mut().reset(deadline);
                 }
-            },
+            }
+        };
+        let head_len = match read {
+            Ok(HeadRead::Head(len)) => len,
+            // The client closed between requests, or the connection failed.
+            Ok(HeadRead::Closed) | Err(_) => return,
+            // Hyper answers what this loop does not take (400, 431, ...).
+            Ok(HeadRead::HandOff) => {
+                return Box::pin(serve_io(
+                    &builder,
+                    prefixed(buf, io, context.framing),
+                    service,
+                    shutdown,
+                    context.peer,
+                ))
+                .await;
+            }
         };
         let head = buf.split_to(head_len).freeze();
         let Some((parts, asked)) = parse_simple(&head, context.max_headers) else {

@@ -167,6 +167,73 @@ async fn missing_host_is_400_and_slow_headers_time_out() {
     assert_eq!(backends.hits(), [0, 0, 0]);
 }
 
+/// The header read timeout counts from when the connection starts waiting for each head: a
+/// keep-alive connection busy for longer than the timeout in all stays open, an idle one
+/// is closed once the timeout has passed since its last answer, and a head that starts
+/// arriving late on a used connection is timed from the end of the answer before it.
+#[tokio::test]
+async fn header_read_timeout_counts_from_each_wait() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(ONE_ROUTE)).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut answered = 0;
+    let mut pending = Vec::new();
+    // Nine requests 100 ms apart: 800 ms on one connection, more than twice the 300 ms.
+    for i in 0..9 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut chunk = [0u8; 4096];
+        while pending.windows(4).filter(|w| w == b"\r\n\r\n").count() == 0 {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {answered} answers");
+            pending.extend_from_slice(&chunk[..n]);
+        }
+        assert!(pending.starts_with(b"HTTP/1.1 200"), "{pending:?}");
+        // Skip this answer (head and the backend's short body).
+        let text = String::from_utf8_lossy(&pending).into_owned();
+        let head_end = text.find("\r\n\r\n").unwrap() + 4;
+        let length: usize = text[..head_end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap();
+        while pending.len() < head_end + length {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            pending.extend_from_slice(&chunk[..n]);
+        }
+        pending.drain(..head_end + length);
+        answered += 1;
+    }
+    assert_eq!(answered, 9);
+
+    // Half a head 200 ms after the last answer, then silence: closed 300 ms after the
+    // answer, not 300 ms after the half head.
+    let idle_from = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(4), stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection was never closed")
+        .unwrap();
+    let closed_after = idle_from.elapsed();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_millis(490),
+        "closed {closed_after:?} after the last answer"
+    );
+}
+
 #[tokio::test]
 async fn admin_reports_health_and_readiness_until_drained() {
     let backends = Backends::start().await;
