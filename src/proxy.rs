@@ -197,6 +197,10 @@ pub struct Trace {
 pub struct Answer {
     pub response: Response<ProxyBody>,
     pub upstream: Fields,
+    /// `x-meridian-region` and `x-request-id` of a proxied answer: kept out of the map so
+    /// the common answer needs none (they replace upstream fields of their names).
+    pub region: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
 }
 
 impl From<Response<ProxyBody>> for Answer {
@@ -204,6 +208,8 @@ impl From<Response<ProxyBody>> for Answer {
         Self {
             response,
             upstream: Fields::default(),
+            region: None,
+            request_id: None,
         }
     }
 }
@@ -214,11 +220,32 @@ impl Answer {
         let Self {
             mut response,
             upstream,
+            region,
+            request_id,
         } = self;
+        let headers = response.headers_mut();
+        if let Some(region) = region {
+            headers.insert(X_MERIDIAN_REGION, region);
+        }
+        if let Some(id) = request_id {
+            headers.insert(X_REQUEST_ID, id);
+        }
         if !upstream.is_empty() {
-            upstream.merge_into(response.headers_mut());
+            upstream.merge_into(headers);
         }
         response
+    }
+
+    /// Whether a field of the upstream's answer gives way to a header Meridian sets.
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        (self.region.is_some() && name.eq_ignore_ascii_case(X_MERIDIAN_REGION.as_str().as_bytes()))
+            || (self.request_id.is_some()
+                && name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()))
+            || self
+                .response
+                .headers()
+                .keys()
+                .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
     }
 }
 
@@ -518,12 +545,8 @@ async fn forward(
         }
     };
     // Hop-by-hop fields were left out when the head was read.
-    let headers = answer.response.headers_mut();
-    headers.insert(
-        X_MERIDIAN_REGION,
-        table.regions[region as usize].header.clone(),
-    );
-    headers.insert(X_REQUEST_ID, request_id);
+    answer.region = Some(table.regions[region as usize].header.clone());
+    answer.request_id = Some(request_id);
     Ok(answer)
 }
 
@@ -903,6 +926,8 @@ fn stream_response(
     Answer {
         response,
         upstream: fields,
+        region: None,
+        request_id: None,
     }
 }
 

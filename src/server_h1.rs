@@ -26,6 +26,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
+use crate::headers::{X_MERIDIAN_REGION, X_REQUEST_ID};
 use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
 use crate::sniff::{FramingLog, Sniffer};
@@ -336,9 +337,8 @@ async fn write_response<I: AsyncWrite + Unpin>(
     trailers_accepted: bool,
 ) -> std::io::Result<bool> {
     use std::io::Write as _;
-    let (parts, mut body) = answer.response.into_parts();
     let mut out = Vec::with_capacity(512);
-    let status = parts.status;
+    let status = answer.response.status();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -350,11 +350,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     // The upstream's fields as received (hop-by-hop ones already left out), except those
     // Meridian sets itself.
     for (name, value) in answer.upstream.iter() {
-        if parts
-            .headers
-            .keys()
-            .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
-        {
+        if answer.replaces(name) {
             continue;
         }
         has_length |= name.eq_ignore_ascii_case(b"content-length");
@@ -364,6 +360,13 @@ async fn write_response<I: AsyncWrite + Unpin>(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    let Answer {
+        response,
+        region,
+        request_id,
+        ..
+    } = answer;
+    let (parts, mut body) = response.into_parts();
     for (name, value) in &parts.headers {
         if name == header::CONNECTION {
             if value
@@ -384,6 +387,17 @@ async fn write_response<I: AsyncWrite + Unpin>(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in [
+        (X_MERIDIAN_REGION, region.as_ref()),
+        (X_REQUEST_ID, request_id.as_ref()),
+    ] {
+        if let Some(value) = value {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     // 1xx, 204 and 304 never carry a body; HEAD announces the length a GET would get.
     let no_body = status.is_informational()
