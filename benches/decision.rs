@@ -9,6 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use meridian::decision::{RequestFacts, decide};
 use meridian::demo::{DEMO_REGIONS, demo_table};
+use meridian::fields::HeadersRef;
 use meridian::headers::Present;
 
 fn bench(c: &mut Criterion) {
@@ -38,8 +39,8 @@ fn bench(c: &mut Criterion) {
                 host: "127.0.0.1",
                 path: "/api/users",
                 method: &Method::GET,
-                headers: &headers,
-                present: Present::of(&headers),
+                headers: HeadersRef::Map(&headers),
+                present: Present::of(HeadersRef::Map(&headers)),
             };
             let d = decide(&table, black_box(&facts), &mut rng).unwrap();
             black_box(d.endpoint.address)

@@ -5,8 +5,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
+use http::Method;
 
+use crate::fields::HeadersRef;
 use crate::geo::{AddrSource, Location};
 use crate::headers::{Known, Present};
 use crate::routes::Route;
@@ -20,7 +21,7 @@ pub struct RequestFacts<'a> {
     pub host: &'a str,
     pub path: &'a str,
     pub method: &'a Method,
-    pub headers: &'a HeaderMap,
+    pub headers: HeadersRef<'a>,
     /// Which headers Meridian reads are in `headers` ([`Present::ALL`] to look for each).
     pub present: Present,
 }
@@ -75,10 +76,12 @@ pub struct Visited {
 }
 
 impl Visited {
-    pub fn from_headers(table: &RoutingTable, headers: &HeaderMap) -> Self {
+    pub fn from_headers(table: &RoutingTable, headers: HeadersRef<'_>) -> Self {
         let mut visited = Self::default();
-        for value in headers.get_all(crate::headers::X_MERIDIAN_VISITED) {
-            let Ok(text) = value.to_str() else { continue };
+        for value in headers.values(crate::headers::Known::Visited) {
+            let Some(text) = crate::headers::as_text(value) else {
+                continue;
+            };
             for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 visited.hops += 1;
                 if let Some(id) = table.regions.iter().position(|r| r.name == name) {
@@ -129,12 +132,7 @@ pub fn decide_for_route<'t>(
     let forwarded_for = facts
         .present
         .has(Known::ForwardedFor)
-        .then(|| {
-            facts
-                .headers
-                .get_all(crate::headers::X_FORWARDED_FOR)
-                .iter()
-        })
+        .then(|| facts.headers.values(crate::headers::Known::ForwardedFor))
         .into_iter()
         .flatten();
     let (client, client_source) = table.geo.client_addr(facts.peer, forwarded_for);

@@ -1,27 +1,34 @@
-//! An upstream response's header fields as they arrived: the head's bytes and where each
-//! field lies in them, hop-by-hop fields already left out.
+//! Header fields as they arrived: the head's bytes and where each field lies in them.
 //!
-//! Meridian's own HTTP/1.1 writer copies these straight into the client's answer; a header map
-//! is built only when hyper writes the answer (HTTP/2, and HTTP/1.1 connections hyper serves).
-//! Building and dropping a map for every response cost more than parsing the head.
+//! Meridian's own HTTP/1.1 paths keep heads this way instead of building a header map: an
+//! upstream's answer (hop-by-hop fields already left out) is copied straight into the
+//! client's, and a client's request is read and forwarded from its fields. Building and
+//! dropping a map for every head cost more than parsing it. [`HeadersRef`] reads either
+//! kind, so the request path serves hyper's requests (a map) and the own loop's alike.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue, ValueIter};
 
-/// Where one field's name and value are in the head.
+use crate::headers::{Known, Present, known};
+
+/// Where one field's name and value are in the head, and which known header it is.
 #[derive(Debug, Clone, Copy)]
 struct Span {
     name: u32,
     name_len: u32,
     value: u32,
     value_len: u32,
+    kind: Option<Known>,
 }
 
-/// Header fields of one response head; see the module doc.
+/// Header fields of one head; see the module doc.
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     head: Bytes,
     spans: Vec<Span>,
+    /// Set when each field's kind was recorded as it was pushed (request heads): lookups of
+    /// known headers then compare kinds, not names.
+    present: Option<Present>,
 }
 
 impl Fields {
@@ -30,21 +37,41 @@ impl Fields {
         Self {
             head,
             spans: Vec::with_capacity(n),
+            present: None,
         }
     }
 
     /// Record a field. `name` and `value` are slices of the head (as httparse hands them
     /// out); anything else is ignored.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.push_span(name, value, None);
+    }
+
+    /// Record a field whose kind the caller found with [`known`]; every field of a head must
+    /// be pushed this way or none.
+    pub fn push_known(&mut self, name: &[u8], value: &[u8], kind: Option<Known>) {
+        if self.push_span(name, value, kind) {
+            self.present.get_or_insert_default().add(name, kind);
+        }
+    }
+
+    fn push_span(&mut self, name: &[u8], value: &[u8], kind: Option<Known>) -> bool {
         let (Some(name_at), Some(value_at)) = (self.offset(name), self.offset(value)) else {
-            return;
+            return false;
         };
         self.spans.push(Span {
             name: name_at,
             name_len: name.len() as u32,
             value: value_at,
             value_len: value.len() as u32,
+            kind,
         });
+        true
+    }
+
+    /// Which known headers the fields hold, when their kinds were recorded.
+    pub fn present(&self) -> Option<Present> {
+        self.present
     }
 
     /// Where `part` starts in the head, if it lies within it.
@@ -124,6 +151,199 @@ impl Fields {
             }
         }
         *map = merged;
+    }
+}
+
+impl Fields {
+    /// The values of the fields named `name` (fields match in any case).
+    pub fn values(&self, name: HeaderName) -> RawValues<'_> {
+        let kind = self
+            .present
+            .and(known(name.as_str().as_bytes()))
+            .filter(|k| k.is_one_name());
+        RawValues {
+            fields: self,
+            name,
+            kind,
+            front: 0,
+            back: self.spans.len(),
+        }
+    }
+
+    /// The values of the known header `kind` (one that is one name).
+    pub fn values_of(&self, kind: Known) -> RawValues<'_> {
+        RawValues {
+            fields: self,
+            name: kind.name().clone(),
+            kind: self.present.and(Some(kind)),
+            front: 0,
+            back: self.spans.len(),
+        }
+    }
+
+    /// Name, value and kind (when recorded, else found now) of each field, in order.
+    pub fn iter_known(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<Known>)> {
+        let recorded = self.present.is_some();
+        self.spans.iter().map(move |s| {
+            let name = self.name_of(s);
+            let kind = if recorded { s.kind } else { known(name) };
+            (name, self.value_of(s), kind)
+        })
+    }
+
+    /// A field value as a `HeaderValue` sharing the head's bytes.
+    fn header_value(&self, value: &[u8]) -> HeaderValue {
+        // SAFETY: the value is a slice of a head httparse accepted, so every byte is HTAB,
+        // SP, a visible ASCII character or obs-text: exactly what a HeaderValue may hold.
+        unsafe { HeaderValue::from_maybe_shared_unchecked(self.head.slice_ref(value)) }
+    }
+}
+
+/// Values of the fields of one name, from either end.
+pub struct RawValues<'a> {
+    fields: &'a Fields,
+    name: HeaderName,
+    /// The name's kind, when fields can be matched by kind.
+    kind: Option<Known>,
+    front: usize,
+    back: usize,
+}
+
+impl RawValues<'_> {
+    fn is_match(&self, span: &Span) -> bool {
+        match self.kind {
+            Some(kind) => span.kind == Some(kind),
+            None => self
+                .fields
+                .name_of(span)
+                .eq_ignore_ascii_case(self.name.as_str().as_bytes()),
+        }
+    }
+}
+
+impl<'a> Iterator for RawValues<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.front < self.back {
+            let span = &self.fields.spans[self.front];
+            self.front += 1;
+            if self.is_match(span) {
+                return Some(self.fields.value_of(span));
+            }
+        }
+        None
+    }
+}
+
+impl<'a> DoubleEndedIterator for RawValues<'a> {
+    fn next_back(&mut self) -> Option<&'a [u8]> {
+        while self.front < self.back {
+            self.back -= 1;
+            let span = &self.fields.spans[self.back];
+            if self.is_match(span) {
+                return Some(self.fields.value_of(span));
+            }
+        }
+        None
+    }
+}
+
+/// A request's headers, however they were read: hyper's header map or the fields of a head
+/// read by Meridian's own HTTP/1.1 loop.
+#[derive(Debug, Clone, Copy)]
+pub enum HeadersRef<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a Fields),
+}
+
+/// Values of one header, from either end.
+pub enum Values<'a> {
+    Map(ValueIter<'a, HeaderValue>),
+    Raw(RawValues<'a>),
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Self::Map(values) => values.next().map(HeaderValue::as_bytes),
+            Self::Raw(values) => values.next(),
+        }
+    }
+}
+
+impl<'a> DoubleEndedIterator for Values<'a> {
+    fn next_back(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Self::Map(values) => values.next_back().map(HeaderValue::as_bytes),
+            Self::Raw(values) => values.next_back(),
+        }
+    }
+}
+
+impl<'a> HeadersRef<'a> {
+    /// The fields when there are any, else the map.
+    pub fn of(map: &'a HeaderMap, fields: Option<&'a Fields>) -> Self {
+        match fields {
+            Some(fields) => Self::Raw(fields),
+            None => Self::Map(map),
+        }
+    }
+
+    /// Every value of the header `name`, in order.
+    pub fn values_named(self, name: &HeaderName) -> Values<'a> {
+        match self {
+            Self::Map(map) => Values::Map(map.get_all(name).iter()),
+            // Cloning a name copies a tag or a static reference: no allocation.
+            Self::Raw(fields) => Values::Raw(fields.values(name.clone())),
+        }
+    }
+
+    /// Every value of the known header `kind` (one that is one name), in order.
+    pub fn values(self, kind: Known) -> Values<'a> {
+        match self {
+            Self::Map(map) => Values::Map(map.get_all(kind.name()).iter()),
+            Self::Raw(fields) => Values::Raw(fields.values_of(kind)),
+        }
+    }
+
+    /// The first value of the known header `kind`.
+    pub fn first(self, kind: Known) -> Option<&'a [u8]> {
+        self.values(kind).next()
+    }
+
+    /// The first value of the known header `kind` as a `HeaderValue` (no copy of the bytes).
+    pub fn value(self, kind: Known) -> Option<HeaderValue> {
+        match self {
+            Self::Map(map) => map.get(kind.name()).cloned(),
+            Self::Raw(fields) => fields
+                .values_of(kind)
+                .next()
+                .map(|v| fields.header_value(v)),
+        }
+    }
+
+    /// Each header's name and value, in order (names as received; lowercase from a map).
+    pub fn iter(self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.iter_known().map(|(name, value, _)| (name, value))
+    }
+
+    /// As [`Self::iter`], with each header's kind (see [`known`]).
+    pub fn iter_known(self) -> impl Iterator<Item = (&'a [u8], &'a [u8], Option<Known>)> {
+        let (map, fields) = match self {
+            Self::Map(map) => (Some(map), None),
+            Self::Raw(fields) => (None, Some(fields)),
+        };
+        let from_map = map.into_iter().flat_map(|m| {
+            m.iter().map(|(n, v)| {
+                let name = n.as_str().as_bytes();
+                (name, v.as_bytes(), known(name))
+            })
+        });
+        let from_fields = fields.into_iter().flat_map(Fields::iter_known);
+        from_map.chain(from_fields)
     }
 }
 

@@ -34,7 +34,10 @@ pub fn forwarded_for(data: &[u8]) {
         .split(|b| *b == b'\n')
         .filter_map(|line| HeaderValue::from_bytes(line).ok())
         .collect();
-    let _ = resolver.client_addr([127, 0, 0, 1].into(), values.iter());
+    let _ = resolver.client_addr(
+        [127, 0, 0, 1].into(),
+        values.iter().map(http::HeaderValue::as_bytes),
+    );
 }
 
 /// A PROXY protocol header.
@@ -44,9 +47,10 @@ pub fn proxy_header(data: &[u8]) {
 
 /// An HTTP/1.1 request head → the strict checks.
 pub fn request_head(data: &[u8]) {
+    let data = bytes::Bytes::copy_from_slice(data);
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut request = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = request.parse(data) else {
+    let Ok(httparse::Status::Complete(_)) = request.parse(&data) else {
         return;
     };
     let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version)
@@ -71,11 +75,27 @@ pub fn request_head(data: &[u8]) {
             map.append(name, value);
         }
     }
-    // Looking only at the headers found present must judge exactly as looking at all.
-    let present = crate::headers::Present::of(&map);
+    // The same head as Meridian's own HTTP/1.1 loop keeps it: fields as received.
+    let mut fields = crate::fields::Fields::with_capacity(data.clone(), request.headers.len());
+    for h in request.headers.iter() {
+        let name = h.name.as_bytes();
+        fields.push_known(name, h.value, crate::headers::known(name));
+    }
+    // Looking only at the headers found present must judge exactly as looking at all, and
+    // the fields exactly as the map.
+    let headers = crate::fields::HeadersRef::Map(&map);
+    let raw = crate::fields::HeadersRef::Raw(&fields);
+    let present = crate::headers::Present::of(headers);
+    assert_eq!(present, crate::headers::Present::of(raw));
+    let judged = crate::strict::check_request(&method, version, &uri, headers, present);
+    let all = crate::headers::Present::ALL;
     assert_eq!(
-        crate::strict::check_request(&method, version, &uri, &map, present),
-        crate::strict::check_request(&method, version, &uri, &map, crate::headers::Present::ALL),
+        judged,
+        crate::strict::check_request(&method, version, &uri, headers, all)
+    );
+    assert_eq!(
+        judged,
+        crate::strict::check_request(&method, version, &uri, raw, present)
     );
     let _ = crate::routes::normalize_host(
         map.get(http::header::HOST)

@@ -2,6 +2,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::fields::{Fields, HeadersRef};
+
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -19,6 +21,88 @@ pub const X_MERIDIAN_OVERFLOW: HeaderName = HeaderName::from_static("x-meridian-
 /// Response from Meridian itself: a short machine-readable reason for an error status.
 pub const X_MERIDIAN_ERROR: HeaderName = HeaderName::from_static("x-meridian-error");
 
+/// The name of each kind, in the order of [`Known`] (the last two stand for many names).
+static KNOWN_NAMES: [HeaderName; 15] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REQUEST_ID,
+    X_MERIDIAN_VISITED,
+    X_MERIDIAN_DEBUG,
+    header::TE,
+    header::EXPECT,
+    header::CONNECTION,
+    header::CONNECTION,
+];
+
+impl Known {
+    /// Whether this kind is exactly one header name (so finding a header by its kind is
+    /// finding it by name).
+    pub fn is_one_name(self) -> bool {
+        !matches!(self, Known::HopByHop | Known::Underscore)
+    }
+
+    /// The header's name; only for kinds that are one name (see [`Self::is_one_name`]).
+    pub fn name(self) -> &'static HeaderName {
+        &KNOWN_NAMES[self as usize]
+    }
+}
+
+/// Which known header `name` (any case) is: a switch on the length, then one comparison.
+/// The other hop-by-hop names are all `HopByHop`.
+pub fn known(name: &[u8]) -> Option<Known> {
+    let is = |k: &str| name.eq_ignore_ascii_case(k.as_bytes());
+    let k = match name.len() {
+        2 if is("te") => Known::Te,
+        6 if is("expect") => Known::Expect,
+        4 if is("host") => Known::Host,
+        7 if is("upgrade") => Known::Upgrade,
+        10 if is("connection") => Known::Connection,
+        10 if is("keep-alive") => Known::HopByHop,
+        12 if is("x-request-id") => Known::RequestId,
+        14 if is("content-length") => Known::ContentLength,
+        15 if is("x-forwarded-for") => Known::ForwardedFor,
+        16 if is("proxy-connection") => Known::HopByHop,
+        16 if is("x-forwarded-host") => Known::ForwardedHost,
+        16 if is("x-meridian-debug") => Known::Debug,
+        17 if is("transfer-encoding") => Known::TransferEncoding,
+        17 if is("x-forwarded-proto") => Known::ForwardedProto,
+        18 if is("proxy-authenticate") => Known::HopByHop,
+        18 if is("x-meridian-visited") => Known::Visited,
+        19 if is("proxy-authorization") => Known::HopByHop,
+        _ => return None,
+    };
+    Some(k)
+}
+
+/// A header value as text when it is visible ASCII (and tabs), as `HeaderValue::to_str`
+/// requires.
+pub fn as_text(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|b| (32..127).contains(b) || *b == b'\t') {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// [`strip_hop_by_hop`] for fields as received.
+pub fn strip_hop_by_hop_fields(fields: &mut Fields) {
+    let named: Vec<Vec<u8>> = fields
+        .values_of(Known::Connection)
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    fields.retain(|name| {
+        !is_hop_by_hop_name(name) && !named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    });
+}
+
 /// A request header Meridian reads (or strips), for [`Present`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
@@ -33,7 +117,10 @@ pub enum Known {
     RequestId,
     Visited,
     Debug,
-    /// Any hop-by-hop header (Connection, Upgrade and Transfer-Encoding included).
+    /// `TE` (hop-by-hop).
+    Te,
+    Expect,
+    /// Any hop-by-hop header (Connection, Upgrade, Transfer-Encoding and TE included).
     HopByHop,
     /// Any name with an underscore (see `strict`).
     Underscore,
@@ -43,52 +130,43 @@ pub enum Known {
 ///
 /// Most requests carry a handful of headers and few of Meridian's; a lookup by name hashes
 /// and probes the map, so the request path asks the map only for what is there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Present(u16);
 
 impl Present {
     /// Every bit set: for callers that did not look (each lookup is then made).
     pub const ALL: Self = Self(u16::MAX);
 
-    pub fn of(headers: &HeaderMap) -> Self {
-        let mut bits = 0u16;
-        let mut set = |k: Known| bits |= 1 << k as u16;
-        for name in headers.keys() {
-            // A string match compiles to a switch on the length and one comparison.
-            match name.as_str() {
-                "host" => set(Known::Host),
-                "content-length" => set(Known::ContentLength),
-                "transfer-encoding" => {
-                    set(Known::TransferEncoding);
-                    set(Known::HopByHop);
-                }
-                "connection" => {
-                    set(Known::Connection);
-                    set(Known::HopByHop);
-                }
-                "upgrade" => {
-                    set(Known::Upgrade);
-                    set(Known::HopByHop);
-                }
-                "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te" => set(Known::HopByHop),
-                "x-forwarded-for" => set(Known::ForwardedFor),
-                "x-forwarded-proto" => set(Known::ForwardedProto),
-                "x-forwarded-host" => set(Known::ForwardedHost),
-                "x-request-id" => set(Known::RequestId),
-                "x-meridian-visited" => set(Known::Visited),
-                "x-meridian-debug" => set(Known::Debug),
-                other => {
-                    if other.contains('_') {
-                        set(Known::Underscore);
-                    }
+    pub fn of(headers: HeadersRef<'_>) -> Self {
+        if let HeadersRef::Raw(fields) = headers
+            && let Some(present) = fields.present()
+        {
+            return present;
+        }
+        let mut present = Self::default();
+        for (name, _) in headers.iter() {
+            present.add(name, known(name));
+        }
+        present
+    }
+
+    /// Record a header of this name, of the kind [`known`] says.
+    pub fn add(&mut self, name: &[u8], kind: Option<Known>) {
+        let mut set = |k: Known| self.0 |= 1 << k as u16;
+        match kind {
+            Some(
+                k @ (Known::TransferEncoding | Known::Connection | Known::Upgrade | Known::Te),
+            ) => {
+                set(k);
+                set(Known::HopByHop);
+            }
+            Some(k) => set(k),
+            None => {
+                if name.contains(&b'_') {
+                    set(Known::Underscore);
                 }
             }
         }
-        Self(bits)
     }
 
     pub fn has(self, known: Known) -> bool {
@@ -153,15 +231,20 @@ impl Overrides {
         self.0[which as usize] = Some(value);
     }
 
-    /// Whether the client's header `name` is replaced.
-    pub fn replaces(&self, name: &HeaderName) -> bool {
-        let slot = match name.as_str() {
-            "x-forwarded-for" => Overridden::ForwardedFor,
-            "x-forwarded-proto" => Overridden::ForwardedProto,
-            "x-forwarded-host" => Overridden::ForwardedHost,
-            "x-request-id" => Overridden::RequestId,
-            "x-meridian-visited" => Overridden::Visited,
-            "host" => Overridden::Host,
+    /// Whether the client's header `name` (any case) is replaced.
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        self.replaces_kind(known(name))
+    }
+
+    /// Whether a client's header of this kind (see [`known`]) is replaced.
+    pub fn replaces_kind(&self, kind: Option<Known>) -> bool {
+        let slot = match kind {
+            Some(Known::ForwardedFor) => Overridden::ForwardedFor,
+            Some(Known::ForwardedProto) => Overridden::ForwardedProto,
+            Some(Known::ForwardedHost) => Overridden::ForwardedHost,
+            Some(Known::RequestId) => Overridden::RequestId,
+            Some(Known::Visited) => Overridden::Visited,
+            Some(Known::Host) => Overridden::Host,
             _ => return false,
         };
         self.0[slot as usize].is_some()
@@ -281,7 +364,7 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x_custom", HeaderValue::from_static("1"));
-        let p = Present::of(&h);
+        let p = Present::of(HeadersRef::Map(&h));
         for k in [
             Known::Host,
             Known::ForwardedFor,
@@ -299,7 +382,7 @@ mod tests {
             assert!(!p.has(k), "{k:?}");
         }
         assert!(Present::ALL.has(Known::Debug));
-        assert_eq!(Present::of(&HeaderMap::new()), Present(0));
+        assert_eq!(Present::of(HeadersRef::Map(&HeaderMap::new())), Present(0));
     }
 
     #[test]
@@ -350,7 +433,11 @@ mod tests {
             let mut o = Overrides::default();
             o.set(which, HeaderValue::from_static("v"));
             for (j, name) in OVERRIDDEN.iter().enumerate() {
-                assert_eq!(o.replaces(name), i == j, "{which:?} / {name}");
+                assert_eq!(
+                    o.replaces(name.as_str().as_bytes()),
+                    i == j,
+                    "{which:?} / {name}"
+                );
             }
             assert_eq!(
                 o.iter().map(|(n, _)| n).collect::<Vec<_>>(),

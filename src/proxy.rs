@@ -23,14 +23,13 @@ use crate::config::AccessLogFormat;
 use crate::decision::{
     DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
 };
-use crate::fields::Fields;
+use crate::fields::{Fields, HeadersRef};
 use crate::geo::{AddrSource, CountryCode};
 use crate::headers::{Known, Present};
 use crate::headers::{Overridden, Overrides};
 use crate::headers::{
-    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION,
-    X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW, X_MERIDIAN_REGION, X_MERIDIAN_VISITED, X_REQUEST_ID,
-    strip_hop_by_hop,
+    X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION, X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW,
+    X_MERIDIAN_REGION, X_REQUEST_ID, strip_hop_by_hop,
 };
 use crate::retry::{AttemptFailure, parse_retry_after};
 use crate::routes::ClusterId;
@@ -40,11 +39,12 @@ use crate::strict::Malformed;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 use crate::table::{EndpointState, TableHandle};
 use crate::upstream::ClusterStats;
-use crate::upstream::h1::{ExchangeError, UpstreamHead};
+use crate::upstream::h1::{ExchangeError, Outgoing, UpstreamHead};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
     CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
 };
+use http::Uri;
 
 /// Guards an upstream response body holds until it has been read.
 pub type AttemptGuards = (RequestPermit, InFlight);
@@ -264,12 +264,14 @@ pub async fn handle(
     redirect_https: Option<u16>,
     framing: Option<Arc<crate::sniff::FramingLog>>,
     req: Request<ClientBody>,
+    raw: Option<Fields>,
 ) -> Result<Answer, Infallible> {
     // Taken for every request, in order, before anything else can return.
     let had_both =
         req.version() <= http::Version::HTTP_11 && framing.is_some_and(|log| log.next_had_both());
     if let Some(port) = redirect_https {
-        return Ok(redirect_to_https(&req, port).into());
+        let headers = HeadersRef::of(req.headers(), raw.as_ref());
+        return Ok(redirect_to_https(req.uri(), headers, port).into());
     }
     if had_both {
         tracing::debug!(client = %peer, "Content-Length with Transfer-Encoding: refused");
@@ -284,10 +286,10 @@ pub async fn handle(
     let uri = req.uri().clone();
     // Only the access log needs it afterwards.
     let host = (table.access_log != AccessLogFormat::Off)
-        .then(|| req.headers().get(header::HOST).cloned())
+        .then(|| HeadersRef::of(req.headers(), raw.as_ref()).value(Known::Host))
         .flatten();
     let mut trace = Trace::default();
-    let mut answer = match forward(&table, peer, scheme, req, &mut trace).await {
+    let mut answer = match forward(&table, peer, scheme, req, raw, &mut trace).await {
         Ok(answer) => answer,
         Err(e) => {
             match e.status() {
@@ -351,23 +353,18 @@ pub async fn handle(
 }
 
 /// A plain listener with `redirect_https`: 308 to the same URL over https.
-pub fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Response<ProxyBody> {
-    let host = req
-        .uri()
+pub fn redirect_to_https(uri: &Uri, headers: HeadersRef<'_>, port: u16) -> Response<ProxyBody> {
+    let host = uri
         .authority()
         .map(|a| a.host().to_owned())
         .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
+            headers
+                .first(Known::Host)
+                .and_then(crate::headers::as_text)
                 .map(|h| normalize_host(h).into_owned())
         })
         .unwrap_or_default();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let location = if port == 443 {
         format!("https://{host}{path}")
     } else {
@@ -386,29 +383,26 @@ pub fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Response<ProxyBody> 
 
 /// An HTTP/1.1 WebSocket handshake: GET with `Connection: upgrade` and `Upgrade: websocket`.
 /// Every other upgrade (h2c included) is stripped as a hop-by-hop header, never forwarded.
-fn is_websocket<B>(req: &Request<B>) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+fn is_websocket(parts: &http::request::Parts, headers: HeadersRef<'_>) -> bool {
+    let has_token = |kind: Known, token: &str| {
+        headers.values(kind).any(|v| {
+            v.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         })
     };
-    req.method() == http::Method::GET
-        && req.version() == Version::HTTP_11
-        && has_token(header::CONNECTION, "upgrade")
-        && has_token(header::UPGRADE, "websocket")
+    parts.method == http::Method::GET
+        && parts.version == Version::HTTP_11
+        && has_token(Known::Connection, "upgrade")
+        && has_token(Known::Upgrade, "websocket")
 }
 
 /// The request's host as a header value (cheap to clone: it shares the request's bytes).
-fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
+fn request_host(uri: &Uri, headers: HeadersRef<'_>) -> Result<HeaderValue, ProxyError> {
     // HTTP/2 and absolute-form requests carry the authority in the URI; it wins.
-    if let Some(authority) = req.uri().authority() {
+    if let Some(authority) = uri.authority() {
         return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
     }
-    let value = req
-        .headers()
-        .get(header::HOST)
-        .ok_or(ProxyError::MissingHost)?;
+    let value = headers.value(Known::Host).ok_or(ProxyError::MissingHost)?;
     if value.is_empty() || value.to_str().is_err() {
         return Err(ProxyError::BadHost(value.clone()));
     }
@@ -420,25 +414,22 @@ async fn forward(
     peer: SocketAddr,
     scheme: Scheme,
     req: Request<ClientBody>,
+    mut raw: Option<Fields>,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
-    let present = Present::of(req.headers());
-    crate::strict::check_request(
-        req.method(),
-        req.version(),
-        req.uri(),
-        req.headers(),
-        present,
-    )?;
-    let raw_host = request_host(&req)?;
+    let (mut parts, body) = req.into_parts();
+    let headers = HeadersRef::of(&parts.headers, raw.as_ref());
+    let present = Present::of(headers);
+    crate::strict::check_request(&parts.method, parts.version, &parts.uri, headers, present)?;
+    let raw_host = request_host(&parts.uri, headers)?;
     let host = normalize_host(raw_host.to_str().unwrap_or_default());
     let mut rng = fastrand::Rng::new();
     let facts = RequestFacts {
         peer: peer.ip(),
         host: &host,
-        path: req.uri().path(),
-        method: req.method(),
-        headers: req.headers(),
+        path: parts.uri.path(),
+        method: &parts.method,
+        headers,
         present,
     };
     let (route_index, route) = find_route(table, &facts)?;
@@ -450,13 +441,7 @@ async fn forward(
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
     let peer_trusted = table.geo.is_trusted(peer.ip());
-    if peer_trusted
-        && present.has(Known::Debug)
-        && req
-            .headers()
-            .get(X_MERIDIAN_DEBUG)
-            .is_some_and(|v| v == "1")
-    {
+    if peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1") {
         trace.explain = Some(vec![explain_decision(table, &decision)]);
     }
     tracing::debug!(
@@ -469,20 +454,31 @@ async fn forward(
         "routing"
     );
 
-    let websocket = present.has(Known::Upgrade) && is_websocket(&req);
-    let mut req = req;
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    // Only hyper's requests can upgrade (the own HTTP/1.1 loop hands those to hyper).
+    let websocket = present.has(Known::Upgrade) && raw.is_none() && is_websocket(&parts, headers);
+    let client_upgrade = websocket
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
     if present.has(Known::HopByHop) {
-        strip_hop_by_hop(&mut parts.headers);
+        match raw.as_mut() {
+            Some(fields) => crate::headers::strip_hop_by_hop_fields(fields),
+            None => strip_hop_by_hop(&mut parts.headers),
+        }
     }
     if present.has(Known::Debug) {
-        parts.headers.remove(X_MERIDIAN_DEBUG);
+        match raw.as_mut() {
+            Some(fields) => fields
+                .retain(|name| !name.eq_ignore_ascii_case(X_MERIDIAN_DEBUG.as_str().as_bytes())),
+            None => {
+                parts.headers.remove(X_MERIDIAN_DEBUG);
+            }
+        }
     }
+    let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let mut overrides = Overrides::default();
     let request_id = set_forwarding_headers(
         &mut overrides,
-        &parts.headers,
+        headers,
         present,
         peer.ip(),
         peer_trusted,
@@ -491,7 +487,7 @@ async fn forward(
     );
     set_visited(
         &mut overrides,
-        &parts.headers,
+        headers,
         peer_trusted && present.has(Known::Visited),
         &table.regions[table.local_region as usize].header,
     );
@@ -524,13 +520,18 @@ async fn forward(
     let exchange = async {
         let body = ReplayBody::new(
             body,
-            &parts.headers,
+            headers,
             route.max_replay_body,
             route.max_body,
             route.body_idle_timeout,
         )
         .await?;
-        attempts(table, &decision, &parts, &overrides, body, &mut rng, trace).await
+        let request = Outgoing {
+            parts: &parts,
+            headers,
+            overrides: &overrides,
+        };
+        attempts(table, &decision, request, body, &mut rng, trace).await
     };
     // Pinned where it is: handing the (large) future to the timeout by value would copy it.
     tokio::pin!(exchange);
@@ -563,7 +564,7 @@ impl ReplayBody {
     /// anything past `max_body` (at once when Content-Length says so).
     async fn new(
         body: ClientBody,
-        headers: &http::HeaderMap,
+        headers: HeadersRef<'_>,
         replay_limit: u64,
         max_body: u64,
         body_idle: Duration,
@@ -708,8 +709,7 @@ fn explain_decision(table: &RoutingTable, d: &RouteDecision<'_>) -> String {
 async fn attempts(
     table: &RoutingTable,
     decision: &RouteDecision<'_>,
-    parts: &http::request::Parts,
-    overrides: &Overrides,
+    request: Outgoing<'_>,
     mut body: ReplayBody,
     rng: &mut fastrand::Rng,
     trace: &mut Trace,
@@ -739,8 +739,7 @@ async fn attempts(
         let tried_now = try_once(
             cluster,
             &endpoint,
-            parts,
-            overrides,
+            request,
             attempt_body,
             policy.per_try_timeout,
         )
@@ -809,7 +808,7 @@ async fn attempts(
             }
         };
         let give_up = retries >= policy.attempts
-            || !policy.may_retry(failure, &parts.method, body.replayable());
+            || !policy.may_retry(failure, &request.parts.method, body.replayable());
         // A try that never reached an upstream cost no upstream anything: retrying it cannot
         // amplify an outage, so only tries that did reach one draw on the budget.
         let budget_ok = give_up
@@ -951,8 +950,7 @@ impl Drop for Counted<'_> {
 async fn try_once(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
-    parts: &http::request::Parts,
-    overrides: &Overrides,
+    request: Outgoing<'_>,
     body: UpstreamBody,
     per_try_timeout: Option<Duration>,
 ) -> Tried {
@@ -963,7 +961,7 @@ async fn try_once(
     let in_flight = InFlight::new(&endpoint.state);
     // RFC 9110 §9.2.2: a request the upstream closed on without answering may be sent again
     // automatically only when repeating it is harmless.
-    let idempotent = parts.method.is_idempotent();
+    let idempotent = request.parts.method.is_idempotent();
     let exchange = async {
         let mut body = body;
         // A reused keep-alive connection may have been closed by the upstream meanwhile; if
@@ -981,7 +979,7 @@ async fn try_once(
                 }
             };
             conn.start_request();
-            match conn.conn.exchange(parts, overrides, body).await {
+            match conn.conn.exchange(request, body).await {
                 Ok(response) => return Ok((response, conn)),
                 Err((e, again)) => {
                     let reused = conn.reused;
@@ -1038,12 +1036,12 @@ async fn try_once(
 /// Append our region to the loop guard header; a header from an untrusted peer is dropped.
 fn set_visited(
     overrides: &mut Overrides,
-    headers: &http::HeaderMap,
+    headers: HeadersRef<'_>,
     peer_trusted: bool,
     local_region: &HeaderValue,
 ) {
     let earlier = if peer_trusted {
-        joined(headers.get_all(X_MERIDIAN_VISITED).iter())
+        joined(headers.values(Known::Visited))
     } else {
         None
     };
@@ -1060,10 +1058,12 @@ fn set_visited(
 }
 
 /// Header values joined with ", ", or `None` when there are none (or none is text).
-fn joined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
+fn joined<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<String> {
     let mut out: Option<String> = None;
     for v in values {
-        let Ok(text) = v.to_str() else { continue };
+        let Some(text) = crate::headers::as_text(v) else {
+            continue;
+        };
         match &mut out {
             Some(list) => {
                 list.push_str(", ");
@@ -1086,7 +1086,7 @@ fn joined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
 /// misled by a forged header.
 fn set_forwarding_headers(
     overrides: &mut Overrides,
-    headers: &http::HeaderMap,
+    headers: HeadersRef<'_>,
     present: Present,
     peer: IpAddr,
     peer_trusted: bool,
@@ -1095,7 +1095,7 @@ fn set_forwarding_headers(
 ) -> HeaderValue {
     let peer = peer.to_canonical();
     let mut forwarded_for = if peer_trusted && present.has(Known::ForwardedFor) {
-        joined(headers.get_all(X_FORWARDED_FOR).iter()).map(|mut list| {
+        joined(headers.values(Known::ForwardedFor)).map(|mut list| {
             list.push_str(", ");
             list
         })
@@ -1109,7 +1109,7 @@ fn set_forwarding_headers(
     }
     if !(peer_trusted
         && present.has(Known::ForwardedProto)
-        && headers.contains_key(X_FORWARDED_PROTO))
+        && headers.first(Known::ForwardedProto).is_some())
     {
         let proto = if *scheme == Scheme::HTTPS {
             "https"
@@ -1120,15 +1120,14 @@ fn set_forwarding_headers(
     }
     if !(peer_trusted
         && present.has(Known::ForwardedHost)
-        && headers.contains_key(X_FORWARDED_HOST))
+        && headers.first(Known::ForwardedHost).is_some())
     {
         overrides.set(Overridden::ForwardedHost, raw_host.clone());
     }
     let kept_id = (peer_trusted && present.has(Known::RequestId))
-        .then(|| headers.get(X_REQUEST_ID))
+        .then(|| headers.value(Known::RequestId))
         .flatten()
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .cloned();
+        .filter(|v| !v.is_empty() && v.len() <= 128);
     let id = kept_id.unwrap_or_else(new_request_id);
     overrides.set(Overridden::RequestId, id.clone());
     id
@@ -1148,6 +1147,7 @@ fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
     #[test]
     fn forwarding_headers_trust_only_trusted_peers() {
@@ -1161,8 +1161,8 @@ mod tests {
             let mut overrides = Overrides::default();
             let id = set_forwarding_headers(
                 &mut overrides,
-                h,
-                Present::of(h),
+                HeadersRef::Map(h),
+                Present::of(HeadersRef::Map(h)),
                 peer,
                 trusted,
                 &Scheme::HTTP,

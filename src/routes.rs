@@ -7,9 +7,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderName, Method};
 use regex::Regex;
 
+use crate::fields::HeadersRef;
 use crate::metrics::RequestMetrics;
 use crate::retry::RetryPolicy;
 use crate::steer::{RegionId, Steering};
@@ -52,16 +53,16 @@ pub struct HeaderMatch {
 }
 
 impl HeaderMatch {
-    pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter();
+    pub fn matches(&self, headers: HeadersRef<'_>) -> bool {
+        let mut values = headers.values_named(&self.name);
         match &self.value {
             HeaderValueMatch::Present => values.next().is_some(),
             HeaderValueMatch::Absent => values.next().is_none(),
-            HeaderValueMatch::Exact(want) => values.any(|v| v.as_bytes() == want.as_bytes()),
-            HeaderValueMatch::Prefix(want) => {
-                values.any(|v| v.as_bytes().starts_with(want.as_bytes()))
+            HeaderValueMatch::Exact(want) => values.any(|v| v == want.as_bytes()),
+            HeaderValueMatch::Prefix(want) => values.any(|v| v.starts_with(want.as_bytes())),
+            HeaderValueMatch::Regex(re) => {
+                values.any(|v| crate::headers::as_text(v).is_some_and(|s| re.is_match(s)))
             }
-            HeaderValueMatch::Regex(re) => values.any(|v| v.to_str().is_ok_and(|s| re.is_match(s))),
         }
     }
 }
@@ -150,7 +151,7 @@ impl Route {
         crate::steer::golden_draw(self.requests.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn matches_request(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches_request(&self, path: &str, method: &Method, headers: HeadersRef<'_>) -> bool {
         (self.methods.is_empty() || self.methods.contains(method))
             && self.path.matches(path)
             && self.headers.iter().all(|h| h.matches(headers))
@@ -237,7 +238,7 @@ impl RouteSet {
         host: &str,
         path: &str,
         method: &Method,
-        headers: &HeaderMap,
+        headers: HeadersRef<'_>,
     ) -> Option<(usize, &Route)> {
         let check = |i: usize| {
             self.routes
@@ -281,6 +282,7 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn route(name: &str, path: PathMatch) -> Route {
         Route {
@@ -313,7 +315,7 @@ mod tests {
     }
 
     fn found(s: &RouteSet, host: &str, path: &str) -> Option<String> {
-        s.find(host, path, &Method::GET, &HeaderMap::new())
+        s.find(host, path, &Method::GET, HeadersRef::Map(&HeaderMap::new()))
             .map(|(_, r)| r.name.clone())
     }
 
@@ -361,7 +363,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-canary", "1".parse().unwrap());
         let hit = s
-            .find("api.example.com", "/users", &Method::GET, &headers)
+            .find(
+                "api.example.com",
+                "/users",
+                &Method::GET,
+                HeadersRef::Map(&headers),
+            )
             .unwrap();
         assert_eq!(hit.1.name, "canary");
         let hit = s
@@ -369,7 +376,7 @@ mod tests {
                 "api.example.com",
                 "/users",
                 &Method::POST,
-                &HeaderMap::new(),
+                HeadersRef::Map(&HeaderMap::new()),
             )
             .unwrap();
         assert_eq!(hit.1.name, "post");
@@ -383,12 +390,14 @@ mod tests {
             name: HeaderName::from_static("x-user"),
             value,
         };
-        assert!(m(HeaderValueMatch::Present).matches(&h));
-        assert!(!m(HeaderValueMatch::Absent).matches(&h));
-        assert!(m(HeaderValueMatch::Prefix("alice".into())).matches(&h));
-        assert!(!m(HeaderValueMatch::Exact("alice".into())).matches(&h));
-        assert!(m(HeaderValueMatch::Regex(Regex::new("admin$").unwrap())).matches(&h));
-        assert!(m(HeaderValueMatch::Absent).matches(&HeaderMap::new()));
+        assert!(m(HeaderValueMatch::Present).matches(HeadersRef::Map(&h)));
+        assert!(!m(HeaderValueMatch::Absent).matches(HeadersRef::Map(&h)));
+        assert!(m(HeaderValueMatch::Prefix("alice".into())).matches(HeadersRef::Map(&h)));
+        assert!(!m(HeaderValueMatch::Exact("alice".into())).matches(HeadersRef::Map(&h)));
+        assert!(
+            m(HeaderValueMatch::Regex(Regex::new("admin$").unwrap())).matches(HeadersRef::Map(&h))
+        );
+        assert!(m(HeaderValueMatch::Absent).matches(HeadersRef::Map(&HeaderMap::new())));
     }
 
     #[test]

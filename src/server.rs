@@ -208,6 +208,7 @@ impl Server {
                     redirect,
                     framing,
                     req.map(crate::proxy::ClientBody::Incoming),
+                    None,
                 );
                 Box::pin(async move { handled.await.map(crate::proxy::Answer::into_response) })
             })

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::uri::Scheme;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
@@ -26,7 +26,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::headers::{X_MERIDIAN_REGION, X_REQUEST_ID};
+use crate::fields::Fields;
+use crate::headers::{Known, X_MERIDIAN_REGION, X_REQUEST_ID, known};
 use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
 use crate::sniff::{FramingLog, Sniffer};
@@ -108,7 +109,7 @@ pub(crate) async fn serve<I, S, B>(
             }
         };
         let head = buf.split_to(head_len).freeze();
-        let Some((parts, asked)) = parse_simple(&head, context.max_headers) else {
+        let Some((parts, fields, asked)) = parse_simple(&head, context.max_headers) else {
             // Everything read goes to hyper, the head first.
             let mut read = BytesMut::with_capacity(head.len() + buf.len());
             read.extend_from_slice(&head);
@@ -133,6 +134,7 @@ pub(crate) async fn serve<I, S, B>(
             // Requests taken here carry neither Content-Length nor Transfer-Encoding.
             None,
             request,
+            Some(fields),
         ));
         // As with hyper (without half-close): a client that goes away mid-request takes the
         // request with it, so the upstream is not kept busy for nobody.
@@ -261,10 +263,11 @@ struct Asked {
     trailers: bool,
 }
 
-/// The request's parts, when it is one this module answers: HTTP/1.1, origin-form target, no
-/// body, no upgrade or expectation, and a head that parses cleanly. Also whether the client
-/// asked to close. Header values and the target point into `head`.
-fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Parts, Asked)> {
+/// The request's parts and header fields, when it is one this module answers: HTTP/1.1,
+/// origin-form target, no body, no upgrade or expectation, and a head that parses cleanly.
+/// Also whether the client asked to close. The parts' header map stays empty: the fields
+/// and the target point into `head`.
+fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Parts, Fields, Asked)> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
     let slots = &mut slots[..max_headers.min(100)];
     let mut parsed = httparse::Request::new(&mut []);
@@ -288,18 +291,18 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
         return None;
     }
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut fields = Fields::with_capacity(head.clone(), parsed.headers.len());
     let mut asked = Asked::default();
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::EXPECT
-        {
+        let name = h.name.as_bytes();
+        let kind = known(name);
+        if matches!(
+            kind,
+            Some(Known::ContentLength | Known::TransferEncoding | Known::Upgrade | Known::Expect)
+        ) {
             return None;
         }
-        if name == header::CONNECTION {
+        if kind == Some(Known::Connection) {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     asked.close = true;
@@ -308,24 +311,20 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
                 }
             }
         }
-        if name == header::TE
+        if kind == Some(Known::Te)
             && h.value
                 .split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
         {
             asked.trailers = true;
         }
-        // SAFETY: httparse accepted the value, so every byte is HTAB, SP, a visible ASCII
-        // character or obs-text: exactly what a HeaderValue may hold.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice_ref(h.value)) };
-        headers.append(name, value);
+        fields.push_known(name, h.value, kind);
     }
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    parts.headers = headers;
-    Some((parts, asked))
+    Some((parts, fields, asked))
 }
 
 /// Write the response; `Ok(true)` when the connection may carry another request.

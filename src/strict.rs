@@ -6,10 +6,10 @@
 //! that other servers read as framing headers once `_` becomes `-`. A pure function over the
 //! parsed head, so every rule is unit-tested.
 
-use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::headers::{Known, Present};
+use crate::fields::HeadersRef;
+use crate::headers::{Known, Present, as_text};
 
 /// Longest request target accepted (bytes).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -78,7 +78,7 @@ pub fn check_request(
     method: &Method,
     version: Version,
     uri: &Uri,
-    headers: &HeaderMap,
+    headers: HeadersRef<'_>,
     present: Present,
 ) -> Result<(), Malformed> {
     if method == Method::CONNECT {
@@ -89,82 +89,99 @@ pub fn check_request(
     if uri_len > MAX_URI_BYTES {
         return Err(Malformed::UriTooLong);
     }
-    for name in headers.keys().filter(|_| present.has(Known::Underscore)) {
-        let n = name.as_str();
-        if n.contains('_') {
-            let dashed = n.replace('_', "-");
-            if SENSITIVE.contains(&dashed.as_str()) {
-                return Err(Malformed::UnderscoreHeader(n.to_owned()));
+    if present.has(Known::Underscore) {
+        for (name, _) in headers.iter() {
+            if let Some(dashed) = sensitive_with_underscores(name) {
+                return Err(Malformed::UnderscoreHeader(dashed));
             }
         }
     }
-    // Iterators, not collected lists, and only for headers that are there: this runs on every
-    // request.
-    let mut te = present
-        .has(Known::TransferEncoding)
-        .then(|| headers.get_all(header::TRANSFER_ENCODING).iter())
-        .into_iter()
-        .flatten();
-    if let Some(value) = te.next() {
-        if te.next().is_some() {
+    // Only the headers that are there are looked up: this runs on every request.
+    let (te, more_te) = first_two(headers, present, Known::TransferEncoding);
+    if let Some(value) = te {
+        if more_te {
             return Err(Malformed::RepeatedTransferEncoding);
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if present.has(Known::ContentLength) && headers.first(Known::ContentLength).is_some() {
             return Err(Malformed::LengthAndChunked);
         }
-        let ok = value
-            .to_str()
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        let ok = as_text(value).is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
         if !ok || version == Version::HTTP_10 {
             return Err(Malformed::BadTransferEncoding);
         }
     }
-    let mut lengths = present
-        .has(Known::ContentLength)
-        .then(|| headers.get_all(header::CONTENT_LENGTH).iter())
-        .into_iter()
-        .flatten();
-    if let Some(value) = lengths.next() {
-        let b = value.as_bytes();
+    let (length, more_lengths) = first_two(headers, present, Known::ContentLength);
+    if let Some(b) = length {
         let digits = !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit);
-        if !digits || lengths.next().is_some() {
+        if !digits || more_lengths {
             return Err(Malformed::BadContentLength);
         }
     }
-    let mut hosts = present
-        .has(Known::Host)
-        .then(|| headers.get_all(header::HOST).iter())
-        .into_iter()
-        .flatten();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+    let (host, more_hosts) = first_two(headers, present, Known::Host);
+    if more_hosts {
         return Err(Malformed::RepeatedHost);
     }
     // HTTP/1.1 absolute-form: route by the URI authority only if Host says the same.
     if version <= Version::HTTP_11
         && let (Some(authority), Some(host)) = (uri.authority(), host)
-        && !host
-            .as_bytes()
-            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        && !host.eq_ignore_ascii_case(authority.as_str().as_bytes())
     {
         return Err(Malformed::HostMismatch);
     }
     Ok(())
 }
 
+/// A name that is one of [`SENSITIVE`] once its underscores are dashes, lowercased as
+/// received.
+fn sensitive_with_underscores(name: &[u8]) -> Option<String> {
+    if !name.contains(&b'_') {
+        return None;
+    }
+    let dashed: Vec<u8> = name
+        .iter()
+        .map(|b| {
+            if *b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    SENSITIVE
+        .iter()
+        .any(|s| s.as_bytes() == dashed)
+        .then(|| String::from_utf8_lossy(name).to_ascii_lowercase())
+}
+
+/// The first value of a header and whether another follows (none when it is not present).
+fn first_two<'a>(
+    headers: HeadersRef<'a>,
+    present: Present,
+    kind: Known,
+) -> (Option<&'a [u8]>, bool) {
+    if !present.has(kind) {
+        return (None, false);
+    }
+    let mut values = headers.values(kind);
+    let first = values.next();
+    (first, first.is_some() && values.next().is_some())
+}
+
 /// Content-Length of the request, when given.
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub fn content_length(headers: HeadersRef<'_>) -> Option<u64> {
     headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+        .first(Known::ContentLength)
+        .and_then(as_text)
         .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn check(method: &Method, v: Version, uri: &Uri, h: &HeaderMap) -> Result<(), Malformed> {
+        let h = HeadersRef::Map(h);
         let known = check_request(method, v, uri, h, Present::of(h));
         assert_eq!(known, check_request(method, v, uri, h, Present::ALL));
         known

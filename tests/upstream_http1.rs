@@ -716,3 +716,61 @@ async fn hop_by_hop_fields_of_an_answer_stay_behind_on_either_side_of_the_hand_o
         assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn request_headers_reach_the_upstream_cleaned_on_either_side_of_the_hand_off() {
+    let (upstream, seen) =
+        scripted(|_, _| reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    // The first request is read by Meridian's own HTTP/1.1 loop, the second (with a body)
+    // by hyper. The peer is not a trusted proxy: its forwarding headers are replaced.
+    let headers = "X-Custom: Kept As Sent\r\nConnection: X-Drop\r\nX-Drop: 1\r\n\
+                   Keep-Alive: timeout=5\r\nX-Meridian-Debug: 1\r\nX-Forwarded-For: 192.0.2.9\r\n\
+                   X-Request-Id: forged\r\nX-Forwarded-Proto: https\r\nAccept: a\r\nAccept: b\r\n";
+    let request = format!(
+        "GET /one HTTP/1.1\r\nHost: a.test\r\n{headers}\r\n\
+         POST /two HTTP/1.1\r\nHost: a.test\r\n{headers}Content-Length: 3\r\n\r\nabc\
+         GET /three HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+    );
+    let (text, closed) =
+        common::raw_exchange(proxy.proxy_addr().unwrap(), request.as_bytes()).await;
+    assert!(closed);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+    let requests = seen.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    // Names keep the case they were sent in on the own loop's side.
+    assert!(
+        requests[0].0.contains("\r\nX-Custom: Kept As Sent\r\n"),
+        "{}",
+        requests[0].0
+    );
+    for (head, _) in &requests[..2] {
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("\r\nx-custom: kept as sent\r\n"), "{head}");
+        for gone in [
+            "x-drop",
+            "keep-alive",
+            "connection:",
+            "x-meridian-debug",
+            "192.0.2.9",
+            "forged",
+            "https",
+        ] {
+            assert!(!lower.contains(gone), "{gone} reached the upstream: {head}");
+        }
+        for one in [
+            "\r\nhost: ",
+            "\r\nx-forwarded-for: 127.0.0.1\r\n",
+            "\r\nx-request-id: ",
+            "\r\nx-forwarded-proto: http\r\n",
+        ] {
+            assert_eq!(lower.matches(one).count(), 1, "{one}: {head}");
+        }
+        assert_eq!(
+            lower.matches("\r\naccept: ").count(),
+            2,
+            "repeated headers pass: {head}"
+        );
+    }
+    assert_eq!(requests[1].1, b"abc");
+}

@@ -259,8 +259,8 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         host: &host,
         path,
         method: &method,
-        headers: &headers,
-        present: crate::headers::Present::of(&headers),
+        headers: crate::fields::HeadersRef::Map(&headers),
+        present: crate::headers::Present::of(crate::fields::HeadersRef::Map(&headers)),
     };
     let location = table.geo.locate(ip);
     let client = json!({

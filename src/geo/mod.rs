@@ -10,7 +10,6 @@ pub mod fixture;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
 use ipnet::IpNet;
 
 pub use codes::{ContinentCode, CountryCode};
@@ -105,7 +104,7 @@ impl GeoResolver {
     pub fn client_addr<'a>(
         &self,
         peer: IpAddr,
-        forwarded_for: impl DoubleEndedIterator<Item = &'a HeaderValue>,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
     ) -> (IpAddr, AddrSource) {
         let peer = peer.to_canonical();
         if !self.is_trusted(peer) {
@@ -113,7 +112,7 @@ impl GeoResolver {
         }
         let mut last = (peer, AddrSource::Peer);
         for value in forwarded_for.rev() {
-            let Ok(text) = value.to_str() else {
+            let Some(text) = crate::headers::as_text(value) else {
                 return last;
             };
             for entry in text.rsplit(',') {
@@ -170,6 +169,7 @@ pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn resolver(trusted: &[&str]) -> GeoResolver {
         GeoResolver::new(
@@ -257,7 +257,10 @@ mod tests {
         ];
         for (peer, values, want, source) in cases {
             let headers = xff(values);
-            let got = r.client_addr(peer.parse().unwrap(), headers.iter());
+            let got = r.client_addr(
+                peer.parse().unwrap(),
+                headers.iter().map(HeaderValue::as_bytes),
+            );
             assert_eq!(
                 got,
                 (want.parse().unwrap(), *source),

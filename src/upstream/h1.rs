@@ -20,10 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::pool::UpstreamBody;
-use crate::fields::Fields;
+use crate::fields::{Fields, HeadersRef};
 #[cfg(test)]
 use crate::headers::Overridden;
-use crate::headers::Overrides;
+use crate::headers::{Known, Overrides, known};
 
 /// Most bytes a response head may take.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -174,10 +174,10 @@ impl Connection {
     /// not reused.
     pub async fn exchange(
         &mut self,
-        parts: &http::request::Parts,
-        overrides: &Overrides,
+        request: Outgoing<'_>,
         body: UpstreamBody,
     ) -> Result<UpstreamHead, (ExchangeError, Option<UpstreamBody>)> {
+        let Outgoing { parts, headers, .. } = request;
         let head_only = parts.method == Method::HEAD;
         let mut out = Vec::with_capacity(512);
         // A buffered body is kept (a cheap reference) so a request the upstream closed on
@@ -190,13 +190,12 @@ impl Connection {
                     .await
                     .map(|c| c.to_bytes())
                     .unwrap_or_default();
-                let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+                let declared = headers.first(Known::ContentLength).is_some();
                 let length = (!bytes.is_empty() || declared || method_expects_body(&parts.method))
                     .then_some(bytes.len() as u64);
                 write_head(
                     &mut out,
-                    parts,
-                    overrides,
+                    request,
                     length.map_or(BodyKind::None, BodyKind::Length),
                 );
                 let coalesce = bytes.len() <= COALESCE_BODY;
@@ -215,11 +214,10 @@ impl Connection {
                 kept = Some(bytes);
             }
             Either::Right(streamed) => {
-                let length = crate::strict::content_length(&parts.headers);
+                let length = crate::strict::content_length(headers);
                 write_head(
                     &mut out,
-                    parts,
-                    overrides,
+                    request,
                     length.map_or(BodyKind::Chunked, BodyKind::Length),
                 );
                 if let Err(e) = self.stream.write_all(&out).await {
@@ -650,6 +648,15 @@ impl ConnectionTokens {
     }
 }
 
+/// A request as it goes upstream: the client's parts and headers, and the headers Meridian
+/// sets in place of the client's (see [`Overrides`]).
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub parts: &'a http::request::Parts,
+    pub headers: HeadersRef<'a>,
+    pub overrides: &'a Overrides,
+}
+
 /// A final response head from the upstream, and how its body is framed.
 pub struct UpstreamHead {
     pub status: StatusCode,
@@ -672,12 +679,12 @@ enum BodyKind {
 
 /// The request line and headers; the framing header is ours, never the client's, and the
 /// overrides replace the client's headers of their names.
-fn write_head(
-    out: &mut Vec<u8>,
-    parts: &http::request::Parts,
-    overrides: &Overrides,
-    body: BodyKind,
-) {
+fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
+    let Outgoing {
+        parts,
+        headers,
+        overrides,
+    } = request;
     let target = parts
         .uri
         .path_and_query()
@@ -687,23 +694,34 @@ fn write_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &HeaderName, value: &HeaderValue| {
-        out.extend_from_slice(name.as_str().as_bytes());
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     };
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || overrides.replaces(name)
+    let mut client_header = |name: &[u8], value: &[u8], kind: Option<Known>| {
+        if !matches!(kind, Some(Known::ContentLength | Known::TransferEncoding))
+            && !overrides.replaces_kind(kind)
         {
-            continue;
+            line(name, value);
         }
-        line(name, value);
+    };
+    match headers {
+        HeadersRef::Map(map) => {
+            for (name, value) in map {
+                let name = name.as_str().as_bytes();
+                client_header(name, value.as_bytes(), known(name));
+            }
+        }
+        HeadersRef::Raw(fields) => {
+            for (name, value, kind) in fields.iter_known() {
+                client_header(name, value, kind);
+            }
+        }
     }
     for (name, value) in overrides.iter() {
-        line(name, value);
+        line(name.as_str().as_bytes(), value.as_bytes());
     }
     match body {
         BodyKind::None => {}
@@ -979,7 +997,12 @@ mod tests {
         overrides.set(Overridden::RequestId, HeaderValue::from_static("a"));
         overrides.set(Overridden::RequestId, HeaderValue::from_static("b"));
         overrides.set(Overridden::Host, HeaderValue::from_static("routed.test"));
-        write_head(&mut out, &parts, &overrides, BodyKind::Length(3));
+        let request = Outgoing {
+            parts: &parts,
+            headers: HeadersRef::Map(&parts.headers),
+            overrides: &overrides,
+        };
+        write_head(&mut out, request, BodyKind::Length(3));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nx-request-id: b\r\nhost: routed.test\r\ncontent-length: 3\r\n\r\n"
