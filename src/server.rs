@@ -201,16 +201,21 @@ impl Server {
                 // Boxed: hyper keeps room for the service future for the whole life of a
                 // connection, and the handler's future is several KB; boxed, an idle
                 // keep-alive connection holds a pointer instead.
-                let handled = crate::proxy::handle(
-                    table.clone(),
-                    peer,
-                    scheme.clone(),
-                    redirect,
-                    framing,
-                    req.map(crate::proxy::ClientBody::Incoming),
-                    None,
-                );
-                Box::pin(async move { handled.await.map(crate::proxy::Answer::into_response) })
+                let table = table.clone();
+                let scheme = scheme.clone();
+                crate::server_h1::boxed(move || async move {
+                    crate::proxy::handle(
+                        table,
+                        peer,
+                        scheme,
+                        redirect,
+                        framing,
+                        req.map(crate::proxy::ClientBody::Incoming),
+                        None,
+                    )
+                    .await
+                    .map(crate::proxy::Answer::into_response)
+                })
             })
         };
         let proxy_protocol = spec.proxy_protocol.then(|| {

@@ -126,16 +126,18 @@ pub(crate) async fn serve<I, S, B>(
         drop(head);
         let head_method = parts.method == Method::HEAD;
         let request = Request::from_parts(parts, ClientBody::Empty);
-        let handler = Box::pin(crate::proxy::handle(
-            context.table.clone(),
-            context.peer,
-            context.scheme.clone(),
-            context.redirect_https,
-            // Requests taken here carry neither Content-Length nor Transfer-Encoding.
-            None,
-            request,
-            Some(fields),
-        ));
+        let handler = boxed(|| {
+            crate::proxy::handle(
+                context.table.clone(),
+                context.peer,
+                context.scheme.clone(),
+                context.redirect_https,
+                // Requests taken here carry neither Content-Length nor Transfer-Encoding.
+                None,
+                request,
+                Some(fields),
+            )
+        });
         // As with hyper (without half-close): a client that goes away mid-request takes the
         // request with it, so the upstream is not kept busy for nobody.
         let response = tokio::select! {
@@ -147,15 +149,7 @@ pub(crate) async fn serve<I, S, B>(
         };
         let keep = !asked.close && !shutdown.is_cancelled();
         // Boxed: the largest state of a connection, held only while an answer is written.
-        match Box::pin(write_response(
-            &mut io,
-            response,
-            head_method,
-            keep,
-            asked.trailers,
-        ))
-        .await
-        {
+        match boxed(|| write_response(&mut io, response, head_method, keep, asked.trailers)).await {
             Ok(true) => {}
             Ok(false) | Err(_) => {
                 let _ = io.shutdown().await;
@@ -167,6 +161,14 @@ pub(crate) async fn serve<I, S, B>(
             buf = BytesMut::new();
         }
     }
+}
+
+/// A future moved to the heap. The box is allocated first so the future can be built
+/// straight into it: `Box::pin(future)` builds it on the stack and copies all of it (the
+/// handler's is several KB) into the box.
+#[inline(always)]
+pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// Resolves when the client closes the connection (or it fails); bytes it pipelines
