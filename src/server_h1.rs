@@ -92,28 +92,27 @@ pub(crate) async fn serve<I, S, B>(
                 }
             }
         };
-        let head_len = match read {
-            Ok(HeadRead::Head(len)) => len,
+        let head = match read {
+            Ok(HeadRead::Head(len)) => Some(buf.split_to(len).freeze()),
             // The client closed between requests, or the connection failed.
             Ok(HeadRead::Closed) | Err(_) => return,
             // Hyper answers what this loop does not take (400, 431, ...).
-            Ok(HeadRead::HandOff) => {
-                return Box::pin(serve_io(
-                    &builder,
-                    prefixed(buf, io, context.framing),
-                    service,
-                    shutdown,
-                    context.peer,
-                ))
-                .await;
-            }
+            Ok(HeadRead::HandOff) => None,
         };
-        let head = buf.split_to(head_len).freeze();
-        let Some((parts, fields, asked)) = parse_simple(&head, context.max_headers) else {
+        let parsed = head
+            .as_ref()
+            .and_then(|head| parse_simple(head, context.max_headers));
+        let Some((parts, fields, asked)) = parsed else {
             // Everything read goes to hyper, the head first.
-            let mut read = BytesMut::with_capacity(head.len() + buf.len());
-            read.extend_from_slice(&head);
-            read.extend_from_slice(&buf);
+            let read = match head {
+                Some(head) => {
+                    let mut read = BytesMut::with_capacity(head.len() + buf.len());
+                    read.extend_from_slice(&head);
+                    read.extend_from_slice(&buf);
+                    read
+                }
+                None => buf,
+            };
             return Box::pin(serve_io(
                 &builder,
                 prefixed(read, io, context.framing),
