@@ -92,7 +92,7 @@ impl Drop for ConnSlot {
 }
 
 struct IdleConn {
-    conn: Connection,
+    conn: Box<Connection>,
     slot: ConnSlot,
     uses: u32,
     since: Instant,
@@ -124,7 +124,9 @@ impl std::fmt::Debug for ClusterPool {
 
 /// A connection checked out for one request.
 pub struct PooledConn {
-    pub conn: Connection,
+    /// Boxed once when the connection opens: requests and answers move a pointer, not the
+    /// connection's state.
+    pub conn: Box<Connection>,
     /// Whether this connection served a request before (a failure on it may be a stale
     /// keep-alive connection rather than a sick endpoint).
     pub reused: bool,
@@ -292,7 +294,7 @@ impl ClusterPool {
             }
         };
         Ok(PooledConn {
-            conn: Connection::new(stream),
+            conn: Box::new(Connection::new(stream)),
             reused: false,
             slot,
             uses: 0,
