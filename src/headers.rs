@@ -84,7 +84,8 @@ pub fn known(name: &[u8]) -> Option<Known> {
 /// requires.
 pub fn as_text(value: &[u8]) -> Option<&str> {
     if value.iter().all(|b| (32..127).contains(b) || *b == b'\t') {
-        std::str::from_utf8(value).ok()
+        // SAFETY: every byte was just checked to be ASCII, and ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(value) })
     } else {
         None
     }
@@ -383,6 +384,17 @@ mod tests {
         }
         assert!(Present::ALL.has(Known::Debug));
         assert_eq!(Present::of(HeadersRef::Map(&HeaderMap::new())), Present(0));
+    }
+
+    #[test]
+    fn text_values_are_those_header_values_give_as_text() {
+        for b in 0..=255u8 {
+            let bytes = [b'a', b, b'z'];
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                continue;
+            };
+            assert_eq!(as_text(&bytes), value.to_str().ok(), "byte {b}");
+        }
     }
 
     #[test]
