@@ -139,7 +139,9 @@ pub(crate) async fn serve<I, S, B>(
         });
         // As with hyper (without half-close): a client that goes away mid-request takes the
         // request with it, so the upstream is not kept busy for nobody.
+        // Biased: the answer is looked at first, and no random draw is made per poll.
         let response = tokio::select! {
+            biased;
             Ok(response) = handler => response,
             () = client_gone(&mut io, &mut buf, context.max_head) => {
                 tracing::debug!(client = %context.peer, "client closed the connection mid-request");
