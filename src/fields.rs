@@ -41,8 +41,9 @@ impl Fields {
         }
     }
 
-    /// Record a field. `name` and `value` are slices of the head (as httparse hands them
-    /// out); anything else is ignored.
+    /// Record a field. `name` and `value` are slices of the head as httparse accepted them
+    /// (values are later taken into `HeaderValue`s without a second check); a slice from
+    /// anywhere else is ignored.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         self.push_span(name, value, None);
     }
@@ -112,7 +113,7 @@ impl Fields {
         self.spans.is_empty()
     }
 
-    /// Drop the fields whose name `drop` says.
+    /// Keep only the fields whose name `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
         let head = &self.head;
         self.spans

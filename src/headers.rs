@@ -387,6 +387,37 @@ mod tests {
     }
 
     #[test]
+    fn each_kind_that_is_one_name_is_known_by_it() {
+        use Known::*;
+        let kinds = [
+            Host,
+            ContentLength,
+            TransferEncoding,
+            Connection,
+            Upgrade,
+            ForwardedFor,
+            ForwardedProto,
+            ForwardedHost,
+            RequestId,
+            Visited,
+            Debug,
+            Te,
+            Expect,
+        ];
+        for kind in kinds {
+            assert!(kind.is_one_name());
+            assert_eq!(
+                known(kind.name().as_str().as_bytes()),
+                Some(kind),
+                "{kind:?}"
+            );
+            let upper = kind.name().as_str().to_ascii_uppercase();
+            assert_eq!(known(upper.as_bytes()), Some(kind), "{kind:?}");
+        }
+        assert!(!HopByHop.is_one_name() && !Underscore.is_one_name());
+    }
+
+    #[test]
     fn text_values_are_those_header_values_give_as_text() {
         for b in 0..=255u8 {
             let bytes = [b'a', b, b'z'];

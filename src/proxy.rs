@@ -491,7 +491,10 @@ async fn forward(
         peer_trusted && present.has(Known::Visited),
         &table.regions[table.local_region as usize].header,
     );
-    if parts.version == Version::HTTP_2 || !present.has(Known::Host) {
+    // A Host the Connection header named was stripped with the hop-by-hop headers.
+    let host_sent = present.has(Known::Host)
+        && !(present.has(Known::HopByHop) && headers.first(Known::Host).is_none());
+    if parts.version == Version::HTTP_2 || !host_sent {
         // HTTP/2 goes upstream as HTTP/1.1: Host is the :authority we routed by, whatever a
         // `host` header said.
         overrides.set(Overridden::Host, raw_host.clone());

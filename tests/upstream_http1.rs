@@ -774,3 +774,18 @@ async fn request_headers_reach_the_upstream_cleaned_on_either_side_of_the_hand_o
     }
     assert_eq!(requests[1].1, b"abc");
 }
+
+#[tokio::test]
+async fn a_host_the_connection_header_names_is_put_back_for_the_upstream() {
+    let (upstream, seen) =
+        scripted(|_, _| reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let (text, _) = common::raw_exchange(
+        proxy.proxy_addr().unwrap(),
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: host, close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let head = seen.requests.lock().unwrap()[0].0.to_ascii_lowercase();
+    assert_eq!(head.matches("\r\nhost: a.test\r\n").count(), 1, "{head}");
+}
