@@ -47,6 +47,18 @@ impl Known {
         !matches!(self, Known::HopByHop | Known::Underscore)
     }
 
+    /// Whether headers of this kind are hop-by-hop (see [`HOP_BY_HOP`]).
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Known::TransferEncoding
+                | Known::Connection
+                | Known::Upgrade
+                | Known::Te
+                | Known::HopByHop
+        )
+    }
+
     /// The header's name; only for kinds that are one name (see [`Self::is_one_name`]).
     pub fn name(self) -> &'static HeaderName {
         &KNOWN_NAMES[self as usize]
@@ -96,7 +108,7 @@ pub fn strip_hop_by_hop_fields(fields: &mut Fields) {
     let named: Vec<Vec<u8>> = fields
         .values_of(Known::Connection)
         .flat_map(|v| v.split(|b| *b == b','))
-        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .map(|t| t.trim_ascii().to_vec())
         .filter(|t| !t.is_empty())
         .collect();
     fields.retain(|name| {
@@ -155,13 +167,12 @@ impl Present {
     pub fn add(&mut self, name: &[u8], kind: Option<Known>) {
         let mut set = |k: Known| self.0 |= 1 << k as u16;
         match kind {
-            Some(
-                k @ (Known::TransferEncoding | Known::Connection | Known::Upgrade | Known::Te),
-            ) => {
+            Some(k) => {
                 set(k);
-                set(Known::HopByHop);
+                if k.is_hop_by_hop() {
+                    set(Known::HopByHop);
+                }
             }
-            Some(k) => set(k),
             None => {
                 if name.contains(&b'_') {
                     set(Known::Underscore);
@@ -232,11 +243,6 @@ impl Overrides {
         self.0[which as usize] = Some(value);
     }
 
-    /// Whether the client's header `name` (any case) is replaced.
-    pub fn replaces(&self, name: &[u8]) -> bool {
-        self.replaces_kind(known(name))
-    }
-
     /// Whether a client's header of this kind (see [`known`]) is replaced.
     pub fn replaces_kind(&self, kind: Option<Known>) -> bool {
         let slot = match kind {
@@ -305,17 +311,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 
 /// Whether a header name as received (any case) is one of [`HOP_BY_HOP`].
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
-    match name.len() {
-        2 => is("te"),
-        7 => is("upgrade"),
-        10 => is("connection") || is("keep-alive"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        18 => is("proxy-authenticate"),
-        19 => is("proxy-authorization"),
-        _ => false,
-    }
+    known(name).is_some_and(Known::is_hop_by_hop)
 }
 
 /// Remove hop-by-hop headers, including every header the Connection header names.
@@ -477,7 +473,7 @@ mod tests {
             o.set(which, HeaderValue::from_static("v"));
             for (j, name) in OVERRIDDEN.iter().enumerate() {
                 assert_eq!(
-                    o.replaces(name.as_str().as_bytes()),
+                    o.replaces_kind(known(name.as_str().as_bytes())),
                     i == j,
                     "{which:?} / {name}"
                 );

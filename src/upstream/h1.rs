@@ -478,16 +478,21 @@ pub(crate) fn parse_head(
     let mut connection = ConnectionTokens::default();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            lengths += 1;
-            length = Some(h.value);
-        } else if crate::headers::is_hop_by_hop_name(name) {
-            if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                transfer_encoding = Some(h.value);
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                connection.read(h.value);
+        match known(name) {
+            Some(Known::ContentLength) => {
+                lengths += 1;
+                length = Some(h.value);
             }
-            continue;
+            Some(Known::TransferEncoding) => {
+                transfer_encoding = Some(h.value);
+                continue;
+            }
+            Some(Known::Connection) => {
+                connection.read(h.value);
+                continue;
+            }
+            Some(kind) if kind.is_hop_by_hop() => continue,
+            _ => {}
         }
         fields.push(name, h.value);
     }
