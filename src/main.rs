@@ -12,7 +12,7 @@ use meridian::{demo, geo, reload, server, table};
 /// mimalloc measured cheaper per request than the system allocator (see the commit message
 /// and the README's performance section).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: meridian::alloc::Mimalloc = meridian::alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "A geo-aware edge reverse proxy")]
