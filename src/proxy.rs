@@ -202,26 +202,28 @@ pub struct Answer {
     pub request_id: Option<HeaderValue>,
 }
 
-impl From<Response<ProxyBody>> for Answer {
+/// Answers travel boxed: a few hundred bytes that would otherwise be copied at every layer
+/// they pass on the way from the upstream exchange to the client's socket.
+impl From<Response<ProxyBody>> for Box<Answer> {
     fn from(response: Response<ProxyBody>) -> Self {
-        Self {
+        Box::new(Answer {
             response,
             upstream: Fields::default(),
             region: None,
             request_id: None,
-        }
+        })
     }
 }
 
 impl Answer {
     /// One response with every header in its map, for hyper to write.
-    pub fn into_response(self) -> Response<ProxyBody> {
+    pub fn into_response(self: Box<Self>) -> Response<ProxyBody> {
         let Self {
             mut response,
             upstream,
             region,
             request_id,
-        } = self;
+        } = *self;
         let headers = response.headers_mut();
         if let Some(region) = region {
             headers.insert(X_MERIDIAN_REGION, region);
@@ -264,7 +266,7 @@ pub async fn handle(
     framing: Option<Arc<crate::sniff::FramingLog>>,
     req: Request<ClientBody>,
     raw: Option<Fields>,
-) -> Result<Answer, Infallible> {
+) -> Result<Box<Answer>, Infallible> {
     // Taken for every request, in order, before anything else can return.
     let had_both =
         req.version() <= http::Version::HTTP_11 && framing.is_some_and(|log| log.next_had_both());
@@ -415,7 +417,7 @@ async fn forward(
     req: Request<ClientBody>,
     mut raw: Option<Fields>,
     trace: &mut Trace,
-) -> Result<Answer, ProxyError> {
+) -> Result<Box<Answer>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let present = Present::of(headers);
@@ -715,7 +717,7 @@ async fn attempts(
     mut body: ReplayBody,
     rng: &mut fastrand::Rng,
     trace: &mut Trace,
-) -> Result<(Answer, RegionId), ProxyError> {
+) -> Result<(Box<Answer>, RegionId), ProxyError> {
     let route = decision.route;
     let cluster = decision.cluster;
     let policy = &route.retries;
@@ -872,7 +874,7 @@ impl Last {
         region: RegionId,
         endpoint: &Endpoint,
         route: &crate::routes::Route,
-    ) -> Result<(Answer, RegionId), ProxyError> {
+    ) -> Result<(Box<Answer>, RegionId), ProxyError> {
         let (per_try_timeout, response_idle) =
             (route.retries.per_try_timeout, route.response_idle_timeout);
         let region_name = table.region_name(region).to_owned();
@@ -909,7 +911,7 @@ fn stream_response(
     conn: PooledConn,
     guards: AttemptGuards,
     response_idle: Duration,
-) -> Answer {
+) -> Box<Answer> {
     let UpstreamHead {
         status,
         version,
@@ -924,12 +926,12 @@ fn stream_response(
     )));
     *response.status_mut() = status;
     *response.version_mut() = version;
-    Answer {
+    Box::new(Answer {
         response,
         upstream: fields,
         region: None,
         request_id: None,
-    }
+    })
 }
 
 /// Holds one unit of a gauge (active requests, retries in flight) while alive.

@@ -333,7 +333,7 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
 /// Write the response; `Ok(true)` when the connection may carry another request.
 async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
-    answer: Answer,
+    answer: Box<Answer>,
     head_method: bool,
     keep: bool,
     trailers_accepted: bool,
@@ -367,7 +367,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
         region,
         request_id,
         ..
-    } = answer;
+    } = *answer;
     let (parts, mut body) = response.into_parts();
     for (name, value) in &parts.headers {
         if name == header::CONNECTION {
