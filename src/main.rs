@@ -174,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "-".into()),
                     l.coords
+                        .map(|p| p.degrees())
                         .map(|(a, b)| format!("{a}, {b}"))
                         .unwrap_or_else(|| "-".into()),
                 ),

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use crate::config::{LoadBalancer, SteeringMode};
-use crate::geo::{ContinentCode, CountryCode, Location};
+use crate::geo::{ContinentCode, CountryCode, GeoPoint, Location};
 
 /// Index of a region in the routing table.
 pub type RegionId = u8;
@@ -115,42 +115,32 @@ impl Default for Steering {
 /// when the table compiles so ranking a client takes no trigonometry per region.
 #[derive(Debug, Clone, Default)]
 pub struct RegionPoints {
-    coords: Vec<(f64, f64)>,
-    units: Vec<[f64; 3]>,
+    points: Vec<GeoPoint>,
 }
 
 impl RegionPoints {
     pub fn new(coords: &[(f64, f64)]) -> Self {
         Self {
-            coords: coords.to_vec(),
-            units: coords.iter().map(|c| unit_vector(*c)).collect(),
+            points: coords.iter().map(|c| GeoPoint::new(*c)).collect(),
         }
     }
 
-    /// Latitude and longitude of region `id`.
-    pub fn coords(&self, id: RegionId) -> Option<(f64, f64)> {
-        self.coords.get(id as usize).copied()
+    /// Where region `id` is.
+    pub fn coords(&self, id: RegionId) -> Option<GeoPoint> {
+        self.points.get(id as usize).copied()
     }
-}
-
-/// The point on the unit sphere at (latitude, longitude) in degrees.
-fn unit_vector((lat, lon): (f64, f64)) -> [f64; 3] {
-    let (sin_lat, cos_lat) = lat.to_radians().sin_cos();
-    let (sin_lon, cos_lon) = lon.to_radians().sin_cos();
-    [cos_lat * cos_lon, cos_lat * sin_lon, sin_lat]
 }
 
 /// Every region ranked by distance from `point`, after the ones already in `order`. Nearer
 /// means a larger dot product of the unit vectors (the great-circle distance falls as it
 /// grows); ties go to the lower region id.
-pub fn extend_by_distance(order: &mut RegionOrder, regions: &RegionPoints, point: (f64, f64)) {
-    let p = unit_vector(point);
+pub fn extend_by_distance(order: &mut RegionOrder, regions: &RegionPoints, point: &GeoPoint) {
     let mut rest: [(f64, RegionId); MAX_REGIONS] = [(0.0, 0); MAX_REGIONS];
     let mut n = 0;
-    for (id, u) in regions.units.iter().enumerate().take(MAX_REGIONS) {
+    for (id, region) in regions.points.iter().enumerate().take(MAX_REGIONS) {
         let id = id as RegionId;
         if !order.contains(id) {
-            rest[n] = (-(p[0] * u[0] + p[1] * u[1] + p[2] * u[2]), id);
+            rest[n] = (-point.closeness(region), id);
             n += 1;
         }
     }
@@ -196,7 +186,7 @@ pub fn region_order(
             .or_else(|| location.region.and_then(|r| region_coords.coords(r)));
         match (explicit, point) {
             (Some(mut order), Some(point)) => {
-                extend_by_distance(&mut order, region_coords, point);
+                extend_by_distance(&mut order, region_coords, &point);
                 order
             }
             (Some(mut order), None) => {
@@ -207,7 +197,7 @@ pub fn region_order(
             }
             (None, Some(point)) => {
                 let mut order = RegionOrder::default();
-                extend_by_distance(&mut order, region_coords, point);
+                extend_by_distance(&mut order, region_coords, &point);
                 order
             }
             (None, None) => *local_order,
@@ -586,7 +576,7 @@ mod tests {
             for _ in 0..20 {
                 let client = random_point();
                 let mut order = RegionOrder::default();
-                extend_by_distance(&mut order, &points, client);
+                extend_by_distance(&mut order, &points, &GeoPoint::new(client));
                 let distances: Vec<f64> = order
                     .as_slice()
                     .iter()
@@ -606,7 +596,7 @@ mod tests {
 
     fn at(lat: f64, lon: f64) -> Location {
         Location {
-            coords: Some((lat, lon)),
+            coords: Some(GeoPoint::new((lat, lon))),
             ..Location::default()
         }
     }

@@ -23,7 +23,7 @@ use crate::config::{
     RouteConfig, StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
-    ContinentCode, CountryCode, GeoDb, GeoOverride, GeoResolver, Location, LocationSource,
+    ContinentCode, CountryCode, GeoDb, GeoOverride, GeoPoint, GeoResolver, Location, LocationSource,
 };
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::retry::RetryPolicy;
@@ -394,7 +394,7 @@ impl<'a> Compiler<'a> {
         steer::extend_by_distance(
             &mut local_order,
             &region_coords,
-            coords[local_region as usize],
+            &GeoPoint::new(coords[local_region as usize]),
         );
         Some(RoutingTable {
             generation,
@@ -775,7 +775,7 @@ impl<'a> Compiler<'a> {
                     Some(code) => {
                         location.country = Some(code);
                         location.continent = code.continent();
-                        location.coords = location.continent.map(|c| c.centre());
+                        location.coords = location.continent.map(|c| GeoPoint::new(c.centre()));
                     }
                     None => self.problems.at(
                         here.key("country"),
@@ -793,7 +793,7 @@ impl<'a> Compiler<'a> {
                 (Some(lat), Some(lon))
                     if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) =>
                 {
-                    location.coords = Some((lat, lon));
+                    location.coords = Some(GeoPoint::new((lat, lon)));
                 }
                 (None, None) => {}
                 _ => self.problems.at(

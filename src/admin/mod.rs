@@ -268,7 +268,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         "location_source": location.source.as_str(),
         "country": location.country.map(|c| c.to_string()),
         "continent": location.continent.map(|c| c.to_string()),
-        "coordinates": location.coords.map(|(lat, lon)| json!({ "lat": lat, "lon": lon })),
+        "coordinates": location.coords.map(|p| p.degrees()).map(|(lat, lon)| json!({ "lat": lat, "lon": lon })),
         "region_override": location.region.map(|r| table.region_name(r).to_owned()),
     });
     let (_, route) = match find_route(table, &facts) {

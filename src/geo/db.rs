@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use maxminddb::Reader;
 use serde::Deserialize;
 
-use super::{ContinentCode, CountryCode, Location, LocationSource};
+use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
 
 /// Why a GeoIP database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +192,8 @@ impl GeoDb {
         let coords = record
             .location
             .and_then(|l| Some((l.latitude?, l.longitude?)))
-            .or_else(|| continent.map(|c| c.centre()));
+            .or_else(|| continent.map(|c| c.centre()))
+            .map(GeoPoint::new);
         if country.is_none() && continent.is_none() && coords.is_none() {
             return None;
         }

@@ -39,13 +39,46 @@ impl LocationSource {
     }
 }
 
+/// A place on the globe: degrees as given, and its unit vector on the sphere, worked out
+/// once (when a GeoIP answer is decoded or the config compiles) so ranking regions by
+/// distance for a request takes no trigonometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeoPoint {
+    lat: f64,
+    lon: f64,
+    unit: [f64; 3],
+}
+
+impl GeoPoint {
+    /// The point at (latitude, longitude) in degrees.
+    pub fn new((lat, lon): (f64, f64)) -> Self {
+        let (sin_lat, cos_lat) = lat.to_radians().sin_cos();
+        let (sin_lon, cos_lon) = lon.to_radians().sin_cos();
+        Self {
+            lat,
+            lon,
+            unit: [cos_lat * cos_lon, cos_lat * sin_lon, sin_lat],
+        }
+    }
+
+    /// Latitude and longitude in degrees.
+    pub fn degrees(&self) -> (f64, f64) {
+        (self.lat, self.lon)
+    }
+
+    /// The cosine of the angle between two points: larger is nearer.
+    pub fn closeness(&self, other: &GeoPoint) -> f64 {
+        let (a, b) = (self.unit, other.unit);
+        a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+    }
+}
+
 /// Where a client is, as far as Meridian knows.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Location {
     pub country: Option<CountryCode>,
     pub continent: Option<ContinentCode>,
-    /// Latitude, longitude in degrees.
-    pub coords: Option<(f64, f64)>,
+    pub coords: Option<GeoPoint>,
     /// An override that names a region outright.
     pub region: Option<RegionId>,
     pub source: LocationSource,
