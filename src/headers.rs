@@ -243,6 +243,16 @@ impl Overrides {
         self.0[which as usize] = Some(value);
     }
 
+    /// Take a header back out (the request id, for the client's answer, once the request was
+    /// sent: moved rather than copied).
+    pub fn take(&mut self, which: Overridden) -> Option<HeaderValue> {
+        self.0[which as usize].take()
+    }
+
+    pub fn get(&self, which: Overridden) -> Option<&HeaderValue> {
+        self.0[which as usize].as_ref()
+    }
+
     /// Whether a client's header of this kind (see [`known`]) is replaced.
     pub fn replaces_kind(&self, kind: Option<Known>) -> bool {
         let slot = match kind {

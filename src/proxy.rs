@@ -290,7 +290,7 @@ pub async fn handle(
         .then(|| HeadersRef::of(req.headers(), raw.as_ref()).value(Known::Host))
         .flatten();
     let mut trace = Trace::default();
-    let mut answer = match forward(&table, peer, scheme, req, raw, &mut trace).await {
+    let mut answer = match forward(&table, peer, scheme, req, raw, started, &mut trace).await {
         Ok(answer) => answer,
         Err(e) => {
             match e.status() {
@@ -416,6 +416,7 @@ async fn forward(
     scheme: Scheme,
     req: Request<ClientBody>,
     mut raw: Option<Fields>,
+    started: Instant,
     trace: &mut Trace,
 ) -> Result<Box<Answer>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -477,7 +478,7 @@ async fn forward(
     }
     let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let mut overrides = Overrides::default();
-    let request_id = set_forwarding_headers(
+    set_forwarding_headers(
         &mut overrides,
         headers,
         present,
@@ -500,10 +501,13 @@ async fn forward(
         // `host` header said.
         overrides.set(Overridden::Host, raw_host.clone());
     }
-    trace.request_id = Some(request_id.clone());
+    if table.access_log != AccessLogFormat::Off {
+        trace.request_id = overrides.get(Overridden::RequestId).cloned();
+    }
     if let Some(client_upgrade) = client_upgrade {
         trace.tries = 1;
         trace.endpoint = Some(decision.endpoint.address);
+        let request_id = overrides.get(Overridden::RequestId).cloned();
         overrides.apply(&mut parts.headers);
         let mut response = Box::pin(crate::websocket::forward(
             &table.regions[decision.region as usize].name,
@@ -516,42 +520,47 @@ async fn forward(
             X_MERIDIAN_REGION,
             table.regions[decision.region as usize].header.clone(),
         );
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        if let Some(id) = request_id {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
         return Ok(response.into());
     }
     let route = decision.route;
-    let deadline = Instant::now() + route.timeout;
-    let exchange = async {
-        let body = ReplayBody::new(
-            body,
-            headers,
-            route.max_replay_body,
-            route.max_body,
-            route.body_idle_timeout,
-        )
-        .await?;
-        let request = Outgoing {
-            parts: &parts,
-            headers,
-            overrides: &overrides,
+    let deadline = started + route.timeout;
+    // In a block of its own: the exchange borrows the overrides until it is dropped.
+    let (mut answer, region) = {
+        let exchange = async {
+            let body = ReplayBody::new(
+                body,
+                headers,
+                route.max_replay_body,
+                route.max_body,
+                route.body_idle_timeout,
+            )
+            .await?;
+            let request = Outgoing {
+                parts: &parts,
+                headers,
+                overrides: &overrides,
+            };
+            attempts(table, &decision, request, body, &mut rng, trace).await
         };
-        attempts(table, &decision, request, body, &mut rng, trace).await
-    };
-    // Pinned where it is: handing the (large) future to the timeout by value would copy it.
-    tokio::pin!(exchange);
-    let (mut answer, region) = match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(ProxyError::Timeout {
-                endpoint: decision.endpoint.address,
-                region: table.region_name(decision.region).to_owned(),
-                after: route.timeout,
-            });
+        // Pinned where it is: handing the (large) future to the timeout by value would copy it.
+        tokio::pin!(exchange);
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    endpoint: decision.endpoint.address,
+                    region: table.region_name(decision.region).to_owned(),
+                    after: route.timeout,
+                });
+            }
         }
     };
     // Hop-by-hop fields were left out when the head was read.
     answer.region = Some(table.regions[region as usize].header.clone());
-    answer.request_id = Some(request_id);
+    answer.request_id = overrides.take(Overridden::RequestId);
     Ok(answer)
 }
 
@@ -1083,7 +1092,7 @@ fn joined<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<String> {
     out
 }
 
-/// Set X-Forwarded-For/-Proto/-Host and x-request-id; returns the request id.
+/// Set X-Forwarded-For/-Proto/-Host and x-request-id.
 ///
 /// What a trusted proxy in front of us said is kept (and the peer appended to
 /// X-Forwarded-For); what an untrusted client said is replaced, so nothing behind Meridian is
@@ -1096,7 +1105,7 @@ fn set_forwarding_headers(
     peer_trusted: bool,
     scheme: &Scheme,
     raw_host: &HeaderValue,
-) -> HeaderValue {
+) {
     let peer = peer.to_canonical();
     let mut forwarded_for = if peer_trusted && present.has(Known::ForwardedFor) {
         joined(headers.values(Known::ForwardedFor)).map(|mut list| {
@@ -1132,9 +1141,10 @@ fn set_forwarding_headers(
         .then(|| headers.value(Known::RequestId))
         .flatten()
         .filter(|v| !v.is_empty() && v.len() <= 128);
-    let id = kept_id.unwrap_or_else(new_request_id);
-    overrides.set(Overridden::RequestId, id.clone());
-    id
+    overrides.set(
+        Overridden::RequestId,
+        kept_id.unwrap_or_else(new_request_id),
+    );
 }
 
 /// 128 random bits as 32 hex digits.
@@ -1163,7 +1173,7 @@ mod tests {
         let host = HeaderValue::from_static("api.example.com");
         let forward = |h: &http::HeaderMap, trusted: bool| {
             let mut overrides = Overrides::default();
-            let id = set_forwarding_headers(
+            set_forwarding_headers(
                 &mut overrides,
                 HeadersRef::Map(h),
                 Present::of(HeadersRef::Map(h)),
@@ -1172,6 +1182,7 @@ mod tests {
                 &Scheme::HTTP,
                 &host,
             );
+            let id = overrides.get(Overridden::RequestId).cloned().unwrap();
             let mut sent = h.clone();
             overrides.apply(&mut sent);
             (sent, id)

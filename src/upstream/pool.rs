@@ -320,11 +320,12 @@ impl PooledConn {
         if !spent && self.conn.is_reusable() {
             let mut conn = self.conn;
             conn.shrink();
+            let now = Instant::now();
             let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
             let list = idle.entry(self.addr).or_default();
             while list
                 .front()
-                .is_some_and(|c| c.since.elapsed() >= pool.limits.idle_timeout)
+                .is_some_and(|c| now.duration_since(c.since) >= pool.limits.idle_timeout)
             {
                 list.pop_front();
             }
@@ -336,7 +337,7 @@ impl PooledConn {
                     conn,
                     slot: self.slot,
                     uses: self.uses,
-                    since: Instant::now(),
+                    since: now,
                 });
                 // A waiting checkout may take it. (A connection not kept wakes them as its
                 // slot drops.)
