@@ -228,6 +228,16 @@ impl ClusterPool {
         if let Some(conn) = self.reuse_idle(addr) {
             return Ok(conn);
         }
+        // Boxed: connecting (with its timeouts and TLS handshake) is the largest state of a
+        // request, and every request would carry room for it otherwise.
+        Box::pin(self.wait_or_connect(addr)).await
+    }
+
+    /// A new connection, or an idle one once released when `max_connections` are open.
+    async fn wait_or_connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<PooledConn, CheckoutError> {
         let mut pending: Option<PendingGuard<'_>> = None;
         loop {
             // Registered before looking again, so a release in between is not missed.
