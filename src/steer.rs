@@ -135,19 +135,24 @@ impl RegionPoints {
 /// means a larger dot product of the unit vectors (the great-circle distance falls as it
 /// grows); ties go to the lower region id.
 pub fn extend_by_distance(order: &mut RegionOrder, regions: &RegionPoints, point: &GeoPoint) {
-    let mut rest: [(f64, RegionId); MAX_REGIONS] = [(0.0, 0); MAX_REGIONS];
-    let mut n = 0;
+    // An insertion sort straight into `order`: a handful of regions, no scratch array.
+    let start = order.len as usize;
+    let closeness = |id: RegionId| point.closeness(&regions.points[id as usize]);
     for (id, region) in regions.points.iter().enumerate().take(MAX_REGIONS) {
         let id = id as RegionId;
-        if !order.contains(id) {
-            rest[n] = (-point.closeness(region), id);
-            n += 1;
+        let end = order.len as usize;
+        if end >= MAX_REGIONS || order.ids[..start].contains(&id) {
+            continue;
         }
-    }
-    let rest = &mut rest[..n];
-    rest.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    for (_, id) in rest.iter() {
-        order.push(*id);
+        let key = point.closeness(region);
+        // After every region at least as near: ties keep the lower id (ids come in order).
+        let mut at = end;
+        while at > start && closeness(order.ids[at - 1]) < key {
+            at -= 1;
+        }
+        order.ids.copy_within(at..end, at + 1);
+        order.ids[at] = id;
+        order.len += 1;
     }
 }
 
@@ -588,6 +593,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn distance_ties_go_to_the_lower_region_id_after_explicit_ones() {
+        // Regions 1 and 3 share a place; 0 is far away; 2 was already named.
+        let points = RegionPoints::new(&[(-33.9, 151.2), (53.3, -6.3), (1.3, 103.8), (53.3, -6.3)]);
+        let mut order = RegionOrder::from_slice(&[2]);
+        extend_by_distance(&mut order, &points, &GeoPoint::new((51.5, -0.1)));
+        assert_eq!(order.as_slice(), &[2, 1, 3, 0]);
     }
 
     fn local() -> RegionOrder {
