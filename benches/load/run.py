@@ -3,6 +3,7 @@
 
     python3 benches/load/run.py            # full run (about 15 minutes), writes benches/load/results.md
     python3 benches/load/run.py --quick    # 1 repetition of 3 s, for trying it out
+    python3 benches/load/run.py --pgo      # measure the profile-guided build (benches/pgo.py)
 
 Pinning: the load generator alone on CPU 0; proxy and backend on CPU 1. Each proxy runs one
 worker (Meridian: --worker-threads 0, a tokio current_thread runtime). Proxy CPU per request is
@@ -360,6 +361,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benches/load/results.md"))
     ap.add_argument("--no-callgrind", action="store_true", help="skip the instruction counts")
+    ap.add_argument("--pgo", action="store_true",
+                    help="measure the profile-guided build made by benches/pgo.py instead of cargo's")
     args = ap.parse_args()
     reps, seconds, warm = (1, 3, 1) if args.quick else (3, 10, 2)
     idle_count = 2000 if args.quick else IDLE_CONNECTIONS
@@ -369,9 +372,15 @@ def main():
     # The client side of the idle connections lives in this process, the other side in the
     # proxy's: each needs one descriptor per connection, with room to spare.
     idle_count = min(idle_count, hard - 1000)
-    print("building meridian (release)", flush=True)
-    subprocess.run(["cargo", "build", "--release", "--bin", "meridian"], cwd=ROOT, check=True)
-    meridian = ROOT / "target/release/meridian"
+    if args.pgo:
+        print("building meridian (release, profile-guided)", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "benches/pgo.py")], check=True)
+        meridian = ROOT / "target/pgo/release/meridian"
+    else:
+        print("building meridian (release)", flush=True)
+        subprocess.run(["cargo", "build", "--release", "--bin", "meridian"], cwd=ROOT, check=True)
+        meridian = ROOT / "target/release/meridian"
+    build = "profile-guided release build, benches/pgo.py" if args.pgo else "cargo build --release"
     tmp = tempfile.mkdtemp(prefix="meridian-load-")
     procs = Processes(tmp)
     results = {name: {"cpu_us": [], "rps": []} for name in ("direct", "meridian", "nginx", "haproxy")}
@@ -457,7 +466,7 @@ def main():
     nginx_rps = statistics.median(results["nginx"]["rps"])
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({os.uname().machine}, Linux "
-        f"{os.uname().release}); {versions['meridian']} (current_thread runtime), {versions['nginx']}, "
+        f"{os.uname().release}); {versions['meridian']} ({build}; current_thread runtime), {versions['nginx']}, "
         f"{versions['haproxy']}. Load generator on CPU 0, proxy and backend (nginx, one worker, 100-byte body) "
         f"on CPU 1; wrk -t1 -c50, {reps} × {seconds} s after {warm} s warm-up, order rotated; medians (min–max). "
         "Every request carries X-Forwarded-For from a trusted peer, so Meridian does the full geo path.",
