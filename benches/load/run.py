@@ -426,12 +426,19 @@ def main():
                 results[name]["rps"].append(requests / seconds)
                 print(f"rep {rep + 1} {name}: {requests / seconds:.0f} req/s, {used / requests * 1e6:.1f} µs CPU/req",
                       flush=True)
-        latency = {}
+        # Percentiles of one open-loop run move a lot between runs (p99 most): each target is
+        # measured `reps` times, interleaved with the others in a rotated order, and the
+        # median of each percentile is reported.
+        runs = {}
         for rate in (5000, 15000):
-            for name in order:
-                wait_quiet()
-                latency[(name, rate)] = oha(ports[name], rate, seconds)
-                print(f"{name} @ {rate}/s: {latency[(name, rate)]}", flush=True)
+            for rep in range(reps):
+                for name in order[rep % 4:] + order[:rep % 4]:
+                    wait_quiet()
+                    got = oha(ports[name], rate, seconds)
+                    runs.setdefault((name, rate), []).append(got)
+                    print(f"rep {rep + 1} {name} @ {rate}/s: {got}", flush=True)
+        latency = {key: {k: statistics.median(r[k] for r in got) for k in ("p50", "p90", "p99")}
+                   for key, got in runs.items()}
         h2 = {(name, tls): {"cpu_us": [], "rps": [], "mean_us": []} for name in ("meridian", "nginx")
               for tls in (False, True)}
         for rep in range(reps):
@@ -487,7 +494,8 @@ def main():
                   "a fraction of a percent):", "", "| target | instructions/request | × nginx |", "|---|---|---|"]
         for name in ("meridian", "nginx", "haproxy"):
             lines.append(f"| {name} | {instructions[name]:,.0f} | {instructions[name] / instructions['nginx']:.2f} |")
-    lines += ["", "Open-loop latency added over direct (oha, latency-corrected), µs:", "",
+    lines += ["", f"Open-loop latency added over direct (oha, latency-corrected; median of {reps} interleaved "
+              f"runs of {seconds} s per target and rate), µs:", "",
               "| target | rate | p50 | p90 | p99 |", "|---|---|---|---|---|"]
     for rate in (5000, 15000):
         base = latency[("direct", rate)]
