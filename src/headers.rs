@@ -249,6 +249,7 @@ impl Overrides {
         self.0[which as usize].take()
     }
 
+    /// The value set for `which`, if any.
     pub fn get(&self, which: Overridden) -> Option<&HeaderValue> {
         self.0[which as usize].as_ref()
     }

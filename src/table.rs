@@ -391,11 +391,9 @@ impl<'a> Compiler<'a> {
         let region_coords = steer::RegionPoints::new(&coords);
         let local_region = local_region?;
         let mut local_order = RegionOrder::from_slice(&[local_region]);
-        steer::extend_by_distance(
-            &mut local_order,
-            &region_coords,
-            &GeoPoint::new(coords[local_region as usize]),
-        );
+        if let Some(home) = region_coords.coords(local_region) {
+            steer::extend_by_distance(&mut local_order, &region_coords, &home);
+        }
         Some(RoutingTable {
             generation,
             regions,
