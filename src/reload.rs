@@ -331,7 +331,7 @@ pub fn spawn_watchers(server: Arc<Server>, poll_interval: Duration) {
     let watcher = {
         let tx = tx.clone();
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| may_change_content(&e.kind)) {
                 // A full channel already has a wake-up pending: dropping this one loses nothing.
                 let _ = tx.try_send(());
             }
@@ -376,6 +376,18 @@ pub fn spawn_watchers(server: Arc<Server>, poll_interval: Duration) {
     });
 }
 
+/// Whether a file event can mean new content. Opening or reading a file cannot, and acting on
+/// those would make every reload (which opens the config) trigger the next one.
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        // Closing a file that was open for writing is how an in-place edit ends.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -409,4 +421,40 @@ async fn next_hangup(signal: &mut Hangup) {
 #[cfg(not(unix))]
 async fn next_hangup(_: &mut Hangup) {
     std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode,
+    };
+
+    use super::may_change_content;
+
+    #[test]
+    fn opening_and_reading_are_not_changes() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(!may_change_content(&kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn writes_renames_creations_and_removals_are() {
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ] {
+            assert!(may_change_content(&kind), "{kind:?}");
+        }
+    }
 }

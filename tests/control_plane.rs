@@ -189,6 +189,46 @@ async fn configmap_symlink_swap_is_picked_up() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_set_off_another() {
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    std::fs::write(&path, config_only(&backends, "us-east-1")).unwrap();
+    let proxy = start_from(&path).await;
+    reload::spawn_watchers(proxy.server.clone(), Duration::from_secs(3600));
+    let addr = proxy.proxy_addr().unwrap();
+    let reloads = |result: &str| {
+        proxy
+            .server
+            .metrics
+            .reloads
+            .with_label_values(&[result])
+            .get()
+    };
+
+    write_atomically(&path, &config_only(&backends, "eu-west-1"));
+    eventually(
+        "the new config in service",
+        Duration::from_secs(10),
+        async || get(addr, "a.test", "/", &[]).await.region() == "eu-west-1",
+    )
+    .await;
+    assert_eq!(reloads("applied"), 1);
+    // Reading the file, as the reload itself and an operator's `cat` do, is not a change.
+    assert!(!std::fs::read_to_string(&path).unwrap().is_empty());
+    // Nothing signals "no reload happened": watch for several debounce periods instead.
+    let watch = Instant::now();
+    while watch.elapsed() < reload::DEBOUNCE * 5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            (reloads("applied"), reloads("unchanged"), reloads("failed")),
+            (1, 0, 0),
+            "a reload ran without a change"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_bad_config_never_replaces_a_good_one() {
     let backends = Backends::start().await;
