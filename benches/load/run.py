@@ -365,6 +365,9 @@ def main():
                     help="measure the profile-guided build made by benches/pgo.py instead of cargo's")
     args = ap.parse_args()
     reps, seconds, warm = (1, 3, 1) if args.quick else (3, 10, 2)
+    # A p99 from one 10 s run rests on ~1,000 samples and moves by 100-300 µs between runs:
+    # latency gets more repetitions than the closed-loop figures.
+    latency_reps = reps if args.quick else 5
     idle_count = 2000 if args.quick else IDLE_CONNECTIONS
     ensure_tools()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -427,11 +430,11 @@ def main():
                 print(f"rep {rep + 1} {name}: {requests / seconds:.0f} req/s, {used / requests * 1e6:.1f} µs CPU/req",
                       flush=True)
         # Percentiles of one open-loop run move a lot between runs (p99 most): each target is
-        # measured `reps` times, interleaved with the others in a rotated order, and the
+        # measured `latency_reps` times, interleaved with the others in a rotated order, and the
         # median of each percentile is reported.
         runs = {}
         for rate in (5000, 15000):
-            for rep in range(reps):
+            for rep in range(latency_reps):
                 for name in order[rep % 4:] + order[:rep % 4]:
                     wait_quiet()
                     got = oha(ports[name], rate, seconds)
@@ -494,7 +497,7 @@ def main():
                   "a fraction of a percent):", "", "| target | instructions/request | × nginx |", "|---|---|---|"]
         for name in ("meridian", "nginx", "haproxy"):
             lines.append(f"| {name} | {instructions[name]:,.0f} | {instructions[name] / instructions['nginx']:.2f} |")
-    lines += ["", f"Open-loop latency added over direct (oha, latency-corrected; median of {reps} interleaved "
+    lines += ["", f"Open-loop latency added over direct (oha, latency-corrected; median of {latency_reps} interleaved "
               f"runs of {seconds} s per target and rate), µs:", "",
               "| target | rate | p50 | p90 | p99 |", "|---|---|---|---|---|"]
     for rate in (5000, 15000):
