@@ -50,12 +50,14 @@ impl Fields {
 
     /// Record a field whose kind the caller found with [`known`]; every field of a head must
     /// be pushed this way or none.
+    #[inline]
     pub fn push_known(&mut self, name: &[u8], value: &[u8], kind: Option<Known>) {
         if self.push_span(name, value, kind) {
             self.present.get_or_insert_default().add(name, kind);
         }
     }
 
+    #[inline]
     fn push_span(&mut self, name: &[u8], value: &[u8], kind: Option<Known>) -> bool {
         let (Some(name_at), Some(value_at)) = (self.offset(name), self.offset(value)) else {
             return false;
@@ -76,6 +78,7 @@ impl Fields {
     }
 
     /// Where `part` starts in the head, if it lies within it.
+    #[inline]
     fn offset(&self, part: &[u8]) -> Option<u32> {
         let start = (part.as_ptr() as usize).checked_sub(self.head.as_ptr() as usize)?;
         (start + part.len() <= self.head.len())
@@ -83,10 +86,12 @@ impl Fields {
             .and_then(|s| u32::try_from(s).ok())
     }
 
+    #[inline]
     fn name_of(&self, span: &Span) -> &[u8] {
         &self.head[span.name as usize..(span.name + span.name_len) as usize]
     }
 
+    #[inline]
     fn value_of(&self, span: &Span) -> &[u8] {
         &self.head[span.value as usize..(span.value + span.value_len) as usize]
     }
@@ -164,19 +169,24 @@ impl Fields {
             .filter(|k| k.is_one_name());
         RawValues {
             fields: self,
-            name,
-            kind,
+            by: match kind {
+                Some(kind) => MatchBy::Kind(kind),
+                None => MatchBy::Name(name),
+            },
             front: 0,
             back: self.spans.len(),
         }
     }
 
     /// The values of the known header `kind` (one that is one name).
+    #[inline]
     pub fn values_of(&self, kind: Known) -> RawValues<'_> {
         RawValues {
             fields: self,
-            name: kind.name().clone(),
-            kind: self.present.and(Some(kind)),
+            by: match self.present {
+                Some(_) => MatchBy::Kind(kind),
+                None => MatchBy::Known(kind.name()),
+            },
             front: 0,
             back: self.spans.len(),
         }
@@ -203,28 +213,37 @@ impl Fields {
 /// Values of the fields of one name, from either end.
 pub struct RawValues<'a> {
     fields: &'a Fields,
-    name: HeaderName,
-    /// The name's kind, when fields can be matched by kind.
-    kind: Option<Known>,
+    by: MatchBy<'a>,
     front: usize,
     back: usize,
 }
 
+/// How [`RawValues`] recognises its fields: by the kind recorded when they were read when
+/// there is one, else by name. A known name is borrowed, so no name is cloned per lookup.
+enum MatchBy<'a> {
+    Kind(Known),
+    Known(&'a HeaderName),
+    Name(HeaderName),
+}
+
 impl RawValues<'_> {
+    #[inline]
     fn is_match(&self, span: &Span) -> bool {
-        match self.kind {
-            Some(kind) => span.kind == Some(kind),
-            None => self
-                .fields
-                .name_of(span)
-                .eq_ignore_ascii_case(self.name.as_str().as_bytes()),
-        }
+        let name = match &self.by {
+            MatchBy::Kind(kind) => return span.kind == Some(*kind),
+            MatchBy::Known(name) => name,
+            MatchBy::Name(name) => name,
+        };
+        self.fields
+            .name_of(span)
+            .eq_ignore_ascii_case(name.as_str().as_bytes())
     }
 }
 
 impl<'a> Iterator for RawValues<'a> {
     type Item = &'a [u8];
 
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         while self.front < self.back {
             let span = &self.fields.spans[self.front];
@@ -238,6 +257,7 @@ impl<'a> Iterator for RawValues<'a> {
 }
 
 impl<'a> DoubleEndedIterator for RawValues<'a> {
+    #[inline]
     fn next_back(&mut self) -> Option<&'a [u8]> {
         while self.front < self.back {
             self.back -= 1;
@@ -267,6 +287,7 @@ pub enum Values<'a> {
 impl<'a> Iterator for Values<'a> {
     type Item = &'a [u8];
 
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         match self {
             Self::Map(values) => values.next().map(HeaderValue::as_bytes),
@@ -276,6 +297,7 @@ impl<'a> Iterator for Values<'a> {
 }
 
 impl<'a> DoubleEndedIterator for Values<'a> {
+    #[inline]
     fn next_back(&mut self) -> Option<&'a [u8]> {
         match self {
             Self::Map(values) => values.next_back().map(HeaderValue::as_bytes),
@@ -303,6 +325,7 @@ impl<'a> HeadersRef<'a> {
     }
 
     /// Every value of the known header `kind` (one that is one name), in order.
+    #[inline]
     pub fn values(self, kind: Known) -> Values<'a> {
         match self {
             Self::Map(map) => Values::Map(map.get_all(kind.name()).iter()),
@@ -311,11 +334,13 @@ impl<'a> HeadersRef<'a> {
     }
 
     /// The first value of the known header `kind`.
+    #[inline]
     pub fn first(self, kind: Known) -> Option<&'a [u8]> {
         self.values(kind).next()
     }
 
     /// The first value of the known header `kind` as a `HeaderValue` (no copy of the bytes).
+    #[inline]
     pub fn value(self, kind: Known) -> Option<HeaderValue> {
         match self {
             Self::Map(map) => map.get(kind.name()).cloned(),

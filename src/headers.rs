@@ -67,6 +67,7 @@ impl Known {
 
 /// Which known header `name` (any case) is: a switch on the length, then one comparison.
 /// The other hop-by-hop names are all `HopByHop`.
+#[inline]
 pub fn known(name: &[u8]) -> Option<Known> {
     let is = |k: &str| name.eq_ignore_ascii_case(k.as_bytes());
     let k = match name.len() {

@@ -266,7 +266,8 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
             None => raw,
         }
     } else {
-        match raw.rfind(':') {
+        // Bytes, not chars: a byte search for an ASCII ':' is far cheaper than str's.
+        match raw.bytes().rposition(|b| b == b':') {
             Some(colon) => &raw[..colon],
             None => raw,
         }

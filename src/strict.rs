@@ -154,6 +154,7 @@ fn sensitive_with_underscores(name: &[u8]) -> Option<String> {
 }
 
 /// The first value of a header and whether another follows (none when it is not present).
+#[inline]
 fn first_two<'a>(
     headers: HeadersRef<'a>,
     present: Present,
