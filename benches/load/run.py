@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Side-by-side load harness: the same nginx backend direct, through Meridian, nginx and HAProxy.
 
-    python3 benches/load/run.py            # full run (about 15 minutes), writes benches/load/results.md
+    python3 benches/load/run.py            # full run (about 18 minutes), writes benches/load/results.md
     python3 benches/load/run.py --quick    # 1 repetition of 3 s, for trying it out
     python3 benches/load/run.py --pgo      # measure the profile-guided build (benches/pgo.py)
 
 Pinning: the load generator alone on CPU 0; proxy and backend on CPU 1. Each proxy runs one
 worker (Meridian: --worker-threads 0, a tokio current_thread runtime). Proxy CPU per request is
-(utime + stime) from /proc/PID/stat divided by the requests served. Not part of `cargo test`.
+(utime + stime) from /proc/PID/stat divided by the requests served. A second nginx
+(NGINX_HEADERS) does Meridian's per-request header work, for reference. Not part of `cargo test`.
 """
 import argparse
 import asyncio
@@ -28,13 +29,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BODY = "x" * 99 + "\n"  # 100 bytes
-PORTS = {"backend": 18000, "meridian": 18080, "nginx": 18081, "haproxy": 18082,
+PORTS = {"backend": 18000, "meridian": 18080, "nginx": 18081, "haproxy": 18082, "nginx-headers": 18083,
          "meridian-h2c": 18090, "nginx-h2c": 18091, "meridian-h2": 18443, "nginx-h2": 18444}
 IDLE_CONNECTIONS = 10000
 # HAProxy refuses to start with a maxconn whose descriptors (2 per connection) pass the
 # process limit, which cannot be raised here (20,000).
 HAPROXY_MAX_IDLE = 9900
 LOADGEN_CPU, SERVER_CPU = "0", "1"
+# A second nginx reference that does per request what Meridian does besides proxying: the
+# forwarding headers, a request id, the loop guard and the region response header. The
+# targets are against plain nginx; this row shows what the extra work costs nginx.
+NGINX_HEADERS = ("proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host; "
+                 "proxy_set_header X-Request-Id $request_id; proxy_set_header X-Meridian-Visited eu-west-1; "
+                 "proxy_set_header Host $http_host; add_header x-meridian-region eu-west-1; "
+                 "add_header x-request-id $request_id;")
+LABELS = {"direct": "backend direct", "nginx-headers": "nginx, Meridian's headers"}
 
 
 def sh(*cmd, **kw):
@@ -137,7 +146,8 @@ class Processes:
 
 
 def nginx_conf(tmp, role):
-    port = PORTS["backend" if role == "backend" else "nginx"]
+    """role: "backend", "proxy" (the nginx reference) or "proxy-headers" (NGINX_HEADERS)."""
+    port = PORTS[{"backend": "backend", "proxy": "nginx", "proxy-headers": "nginx-headers"}[role]]
     h2_servers = ""
     if role == "backend":
         location = f'return 200 "{BODY.strip()}\\n";'
@@ -146,6 +156,9 @@ def nginx_conf(tmp, role):
         upstream = f"upstream backend {{ server 127.0.0.1:{PORTS['backend']}; keepalive 128; }}"
         location = ("proxy_pass http://backend; proxy_http_version 1.1; "
                     "proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;")
+    if role == "proxy-headers":
+        location += " " + NGINX_HEADERS
+    if role == "proxy":
         cert, key = certificate(tmp)
         h2_servers = (f"server {{ listen 127.0.0.1:{PORTS['nginx-h2c']} http2; location / {{ {location} }} }}\n"
                       f"  server {{ listen 127.0.0.1:{PORTS['nginx-h2']} ssl http2; ssl_certificate {cert}; "
@@ -386,7 +399,8 @@ def main():
     build = "profile-guided release build, benches/pgo.py" if args.pgo else "cargo build --release"
     tmp = tempfile.mkdtemp(prefix="meridian-load-")
     procs = Processes(tmp)
-    results = {name: {"cpu_us": [], "rps": []} for name in ("direct", "meridian", "nginx", "haproxy")}
+    order = ["direct", "meridian", "nginx", "haproxy", "nginx-headers"]
+    results = {name: {"cpu_us": [], "rps": []} for name in order}
     try:
         procs.start("backend", [nginx_bin(), "-c", str(nginx_conf(tmp, "backend"))], PORTS["backend"])
         instructions = {}
@@ -395,6 +409,7 @@ def main():
                 ("meridian", [str(meridian), "run", "-c", str(meridian_conf(tmp)), "--worker-threads", "0"],
                  signal.SIGTERM),
                 ("nginx", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy"))], signal.SIGQUIT),
+                ("nginx-headers", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy-headers"))], signal.SIGQUIT),
                 # valgrind keeps a few descriptors for itself: HAProxy's full maxconn would not fit.
                 ("haproxy", [haproxy_bin(), "-f", str(haproxy_conf(tmp, maxconn=1000))], signal.SIGTERM),
             ):
@@ -406,14 +421,15 @@ def main():
         wait_port(PORTS["nginx-h2"])
         wait_port(PORTS["meridian-h2"])
         procs.start("haproxy", [haproxy_bin(), "-f", str(haproxy_conf(tmp))], PORTS["haproxy"])
-        pids = {"direct": procs.procs["backend"].pid, "meridian": procs.procs["meridian"].pid,
-                "nginx": procs.procs["nginx"].pid, "haproxy": procs.procs["haproxy"].pid}
+        procs.start("nginx-headers", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy-headers"))],
+                    PORTS["nginx-headers"])
+        pids = {name: procs.procs["backend" if name == "direct" else name].pid for name in order}
         ports = {"direct": PORTS["backend"], "meridian": PORTS["meridian"], "nginx": PORTS["nginx"],
+                 "nginx-headers": PORTS["nginx-headers"],
                  "haproxy": PORTS["haproxy"]}
         idle_rss = {name: rss_kb(pids[name]) for name in ("meridian", "nginx", "haproxy")}
-        order = ["direct", "meridian", "nginx", "haproxy"]
         for rep in range(reps):
-            for name in order[rep % 4:] + order[:rep % 4]:
+            for name in order[rep % len(order):] + order[:rep % len(order)]:
                 for attempt in range(3):
                     if not wait_quiet():
                         print("  machine not quiet; measuring anyway", flush=True)
@@ -435,7 +451,7 @@ def main():
         runs = {}
         for rate in (5000, 15000):
             for rep in range(latency_reps):
-                for name in order[rep % 4:] + order[:rep % 4]:
+                for name in order[rep % len(order):] + order[:rep % len(order)]:
                     wait_quiet()
                     got = oha(ports[name], rate, seconds)
                     runs.setdefault((name, rate), []).append(got)
@@ -479,32 +495,36 @@ def main():
         f"{os.uname().release}); {versions['meridian']} ({build}; current_thread runtime), {versions['nginx']}, "
         f"{versions['haproxy']}. Load generator on CPU 0, proxy and backend (nginx, one worker, 100-byte body) "
         f"on CPU 1; wrk -t1 -c50, {reps} × {seconds} s after {warm} s warm-up, order rotated; medians (min–max). "
-        "Every request carries X-Forwarded-For from a trusted peer, so Meridian does the full geo path.",
+        "Every request carries X-Forwarded-For from a trusted peer, so Meridian does the full geo path. "
+        "\"nginx, Meridian's headers\" is the nginx reference also sending X-Forwarded-Proto, X-Forwarded-Host, "
+        "X-Request-Id, the loop guard and Host upstream and adding x-meridian-region and x-request-id to the "
+        "response, as Meridian does; every × column is against plain nginx.",
         "",
         "| target | req/s | × nginx | proxy CPU µs/request | × nginx | × HAProxy |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("direct", "meridian", "nginx", "haproxy"):
+    for name in order:
         rps = statistics.median(results[name]["rps"])
         cpu = statistics.median(results[name]["cpu_us"])
         if name == "direct":
             lines.append(f"| backend direct | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | – | – | – |")
             continue
-        lines.append(f"| {name} | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | "
+        lines.append(f"| {LABELS.get(name, name)} | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | "
                      f"{fmt(results[name]['cpu_us'])} | {cpu / nginx_cpu:.2f} | {cpu / haproxy_cpu:.2f} |")
     if instructions:
         lines += ["", "User-space instructions per proxied request (callgrind, 10,000 requests; repeatable to "
                   "a fraction of a percent):", "", "| target | instructions/request | × nginx |", "|---|---|---|"]
-        for name in ("meridian", "nginx", "haproxy"):
-            lines.append(f"| {name} | {instructions[name]:,.0f} | {instructions[name] / instructions['nginx']:.2f} |")
+        for name in order[1:]:
+            lines.append(f"| {LABELS.get(name, name)} | {instructions[name]:,.0f} | "
+                         f"{instructions[name] / instructions['nginx']:.2f} |")
     lines += ["", f"Open-loop latency added over direct (oha, latency-corrected; median of {latency_reps} interleaved "
               f"runs of {seconds} s per target and rate), µs:", "",
               "| target | rate | p50 | p90 | p99 |", "|---|---|---|---|---|"]
     for rate in (5000, 15000):
         base = latency[("direct", rate)]
-        for name in ("meridian", "nginx", "haproxy"):
+        for name in order[1:]:
             l = latency[(name, rate)]
-            lines.append(f"| {name} | {rate}/s | {l['p50'] - base['p50']:+.0f} | {l['p90'] - base['p90']:+.0f} | "
+            lines.append(f"| {LABELS.get(name, name)} | {rate}/s | {l['p50'] - base['p50']:+.0f} | {l['p90'] - base['p90']:+.0f} | "
                          f"{l['p99'] - base['p99']:+.0f} |")
     lines += ["", "HTTP/2 from the client (h2load -t1 -c50 -m10; prior knowledge, or TLS 1.3 with ALPN h2 and a "
               "P-256 certificate); HTTP/1.1 keep-alive to the same backend:", "",
