@@ -411,4 +411,29 @@ mod tests {
         assert_eq!(map.get_all("set-cookie").iter().count(), 2);
         assert_eq!(map["x-meridian-region"], "eu");
     }
+
+    #[test]
+    fn values_are_found_by_kind_by_known_name_and_by_any_name() {
+        const HEAD: &[u8] =
+            b"Host: a\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\nX-Custom: c\r\n";
+        let by_name = fields(HEAD);
+        let mut by_kind = Fields::with_capacity(Bytes::from_static(HEAD), 4);
+        for (name, value) in by_name.iter() {
+            by_kind.push_known(name, value, known(name));
+        }
+        assert!(by_name.present().is_none() && by_kind.present().is_some());
+        for f in [&by_name, &by_kind] {
+            let values: Vec<&[u8]> = f.values_of(Known::ForwardedFor).collect();
+            assert_eq!(values, [&b"1.1.1.1"[..], b"2.2.2.2"]);
+            let last = f.values_of(Known::ForwardedFor).next_back();
+            assert_eq!(last, Some(&b"2.2.2.2"[..]));
+            let host = HeadersRef::Raw(f).value(Known::Host);
+            assert_eq!(host, Some(HeaderValue::from_static("a")));
+            assert_eq!(f.values_of(Known::RequestId).next(), None);
+            let custom = HeaderName::from_static("x-custom");
+            assert_eq!(f.values(custom).collect::<Vec<_>>(), [&b"c"[..]]);
+            let host = f.values(http::header::HOST).next();
+            assert_eq!(host, Some(&b"a"[..]));
+        }
+    }
 }
