@@ -18,6 +18,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ BODY = "x" * 99 + "\n"  # 100 bytes
 PORTS = {"backend": 18000, "meridian": 18080, "nginx": 18081, "haproxy": 18082, "nginx-headers": 18083,
          "meridian-h2c": 18090, "nginx-h2c": 18091, "meridian-h2": 18443, "nginx-h2": 18444}
 IDLE_CONNECTIONS = 10000
+H2_RATE = 5000  # HTTP/2 open-loop latency is measured at this rate only
 # HAProxy refuses to start with a maxconn whose descriptors (2 per connection) pass the
 # process limit, which cannot be raised here (20,000).
 HAPROXY_MAX_IDLE = 9900
@@ -263,10 +265,15 @@ def wrk(port, seconds, connections=50):
     return requests
 
 
-def oha(port, rate, seconds):
+def oha(port, rate, seconds, protocol="http/1.1"):
+    """Open loop at `rate` requests/s over 50 connections. protocol: "http/1.1", "h2c" (HTTP/2
+    with prior knowledge) or "h2" (HTTP/2 over TLS, the self-signed certificate accepted)."""
+    h2 = ["--http2"] if protocol != "http/1.1" else []
+    tls = ["--insecure"] if protocol == "h2" else []
+    scheme = "https" if protocol == "h2" else "http"
     out = sh("taskset", "-c", LOADGEN_CPU, oha_bin(), "--no-tui", "--output-format", "json", "-z", f"{seconds}s",
-             "-q", str(rate), "--latency-correction", "-c", "50", "-H", "X-Forwarded-For: 198.51.100.7",
-             f"http://127.0.0.1:{port}/").stdout
+             "-q", str(rate), "--latency-correction", "-c", "50", *h2, *tls, "-H", "X-Forwarded-For: 198.51.100.7",
+             f"{scheme}://127.0.0.1:{port}/").stdout
     data = json.loads(out)
     pct = data["latencyPercentiles"]
     return {k: pct[k] * 1e6 for k in ("p50", "p90", "p99")}  # µs
@@ -326,14 +333,23 @@ def instructions_per_request(tmp, name, cmd, port, stop):
     return (totals[1] - totals[0]) / 10000
 
 
-async def idle_connections(port, count):
+async def idle_connections(port, count, tls=False):
+    """`count` keep-alive connections after one HTTP/1.1 request each; with `tls`, over TLS 1.3
+    (ALPN http/1.1, the self-signed certificate accepted)."""
     request = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
     conns = []
     sem = asyncio.Semaphore(500)
+    context = None
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.set_alpn_protocols(["http/1.1"])
 
     async def one():
         async with sem:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
             writer.write(request)
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
@@ -348,10 +364,10 @@ async def idle_connections(port, count):
     return conns
 
 
-async def idle_phase(port, pid, count):
+async def idle_phase(port, pid, count, tls=False):
     """RSS before, while `count` keep-alive connections sit idle, and after they closed."""
     before = rss_kb(pid)
-    conns = await idle_connections(port, count)
+    conns = await idle_connections(port, count, tls)
     await asyncio.sleep(1)
     during = rss_kb(pid)
     for w in conns:
@@ -474,11 +490,26 @@ def main():
                     h2[(name, tls)]["mean_us"].append(mean)
                     print(f"rep {rep + 1} {name} {'h2+TLS' if tls else 'h2c'}: {requests / seconds:.0f} req/s, "
                           f"{used / requests * 1e6:.1f} µs CPU/req, mean request {mean:.0f} µs", flush=True)
+        # HTTP/2 open loop at the lower rate, against the same run's HTTP/1.1 direct baseline.
+        h2_runs = {}
+        for rep in range(reps):
+            for protocol in ("h2c", "h2"):
+                for name in (("meridian", "nginx") if rep % 2 == 0 else ("nginx", "meridian")):
+                    wait_quiet()
+                    got = oha(PORTS[f"{name}-{protocol}"], H2_RATE, seconds, protocol)
+                    h2_runs.setdefault((name, protocol), []).append(got)
+                    print(f"rep {rep + 1} {name} {protocol} @ {H2_RATE}/s: {got}", flush=True)
+        h2_latency = {key: {k: statistics.median(r[k] for r in got) for k in ("p50", "p90", "p99")}
+                      for key, got in h2_runs.items()}
         idle = {}
         idle_counts = {"meridian": idle_count, "nginx": idle_count, "haproxy": min(idle_count, HAPROXY_MAX_IDLE)}
         for name in ("meridian", "nginx", "haproxy"):
             idle[name] = asyncio.run(idle_phase(ports[name], pids[name], idle_counts[name]))
             print(f"{name}: RSS (idle, with {idle_counts[name]} connections, after): {idle[name]} KB", flush=True)
+        idle_tls = {}
+        for name in ("meridian", "nginx"):
+            idle_tls[name] = asyncio.run(idle_phase(PORTS[f"{name}-h2"], pids[name], idle_count, tls=True))
+            print(f"{name}: RSS (idle, with {idle_count} TLS connections, after): {idle_tls[name]} KB", flush=True)
     finally:
         procs.stop_all()
 
@@ -538,13 +569,27 @@ def main():
                          f"{statistics.median(r['rps']) / statistics.median(ref['rps']):.2f} | {fmt(r['cpu_us'])} | "
                          f"{statistics.median(r['cpu_us']) / statistics.median(ref['cpu_us']):.2f} | "
                          f"{statistics.median(r['mean_us']):.0f} |")
+    base = latency[("direct", H2_RATE)]
+    lines += ["", f"HTTP/2 open-loop latency at {H2_RATE}/s (oha --http2, 50 connections, latency-corrected; "
+              f"median of {reps} runs), added over the same run's HTTP/1.1 direct baseline, µs:", "",
+              "| target | protocol | p50 | p90 | p99 |", "|---|---|---|---|---|"]
+    for protocol in ("h2c", "h2"):
+        for name in ("meridian", "nginx"):
+            l = h2_latency[(name, protocol)]
+            lines.append(f"| {name} | {'h2 + TLS' if protocol == 'h2' else 'h2c'} | {l['p50'] - base['p50']:+.0f} | "
+                         f"{l['p90'] - base['p90']:+.0f} | {l['p99'] - base['p99']:+.0f} |")
     lines += ["", "Memory: RSS idle, per idle keep-alive connection (one request each, then left open), and two "
-              "seconds after they closed:", "",
+              "seconds after they closed. The TLS 1.3 rows (HTTP/1.1 by ALPN on the HTTP/2 listeners, after all "
+              "other runs) start from the RSS those runs left:", "",
               "| target | idle RSS | idle connections | per connection | after close |", "|---|---|---|---|---|"]
     for name in ("meridian", "nginx", "haproxy"):
         before, during, after = idle[name]
         lines.append(f"| {name} | {idle_rss[name] / 1024:.1f} MB | {idle_counts[name]} | "
                      f"{(during - before) / idle_counts[name]:.2f} KB | {after / 1024:.1f} MB |")
+    for name in ("meridian", "nginx"):
+        before, during, after = idle_tls[name]
+        lines.append(f"| {name}, TLS 1.3 | {before / 1024:.1f} MB | {idle_count} | "
+                     f"{(during - before) / idle_count:.2f} KB | {after / 1024:.1f} MB |")
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print("\n" + text)
