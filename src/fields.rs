@@ -162,7 +162,7 @@ impl Fields {
 
 impl Fields {
     /// The values of the fields named `name` (fields match in any case).
-    pub fn values(&self, name: HeaderName) -> RawValues<'_> {
+    pub fn values<'a>(&'a self, name: &'a HeaderName) -> RawValues<'a> {
         let kind = self
             .present
             .and(known(name.as_str().as_bytes()))
@@ -185,7 +185,7 @@ impl Fields {
             fields: self,
             by: match self.present {
                 Some(_) => MatchBy::Kind(kind),
-                None => MatchBy::Known(kind.name()),
+                None => MatchBy::Name(kind.name()),
             },
             front: 0,
             back: self.spans.len(),
@@ -219,24 +219,22 @@ pub struct RawValues<'a> {
 }
 
 /// How [`RawValues`] recognises its fields: by the kind recorded when they were read when
-/// there is one, else by name. A known name is borrowed, so no name is cloned per lookup.
+/// there is one, else by name (borrowed, so no name is cloned per lookup).
 enum MatchBy<'a> {
     Kind(Known),
-    Known(&'a HeaderName),
-    Name(HeaderName),
+    Name(&'a HeaderName),
 }
 
 impl RawValues<'_> {
     #[inline]
     fn is_match(&self, span: &Span) -> bool {
-        let name = match &self.by {
-            MatchBy::Kind(kind) => return span.kind == Some(*kind),
-            MatchBy::Known(name) => name,
-            MatchBy::Name(name) => name,
-        };
-        self.fields
-            .name_of(span)
-            .eq_ignore_ascii_case(name.as_str().as_bytes())
+        match self.by {
+            MatchBy::Kind(kind) => span.kind == Some(kind),
+            MatchBy::Name(name) => self
+                .fields
+                .name_of(span)
+                .eq_ignore_ascii_case(name.as_str().as_bytes()),
+        }
     }
 }
 
@@ -316,11 +314,10 @@ impl<'a> HeadersRef<'a> {
     }
 
     /// Every value of the header `name`, in order.
-    pub fn values_named(self, name: &HeaderName) -> Values<'a> {
+    pub fn values_named(self, name: &'a HeaderName) -> Values<'a> {
         match self {
             Self::Map(map) => Values::Map(map.get_all(name).iter()),
-            // Cloning a name copies a tag or a static reference: no allocation.
-            Self::Raw(fields) => Values::Raw(fields.values(name.clone())),
+            Self::Raw(fields) => Values::Raw(fields.values(name)),
         }
     }
 
@@ -431,8 +428,8 @@ mod tests {
             assert_eq!(host, Some(HeaderValue::from_static("a")));
             assert_eq!(f.values_of(Known::RequestId).next(), None);
             let custom = HeaderName::from_static("x-custom");
-            assert_eq!(f.values(custom).collect::<Vec<_>>(), [&b"c"[..]]);
-            let host = f.values(http::header::HOST).next();
+            assert_eq!(f.values(&custom).collect::<Vec<_>>(), [&b"c"[..]]);
+            let host = f.values(&http::header::HOST).next();
             assert_eq!(host, Some(&b"a"[..]));
         }
     }
