@@ -94,8 +94,8 @@ pub fn known(name: &[u8]) -> Option<Known> {
 }
 
 /// `name` equals `lower` in any case, as `eq_ignore_ascii_case` says, eight bytes at a time:
-/// every request classifies each of its header names and each of the answer's, and a byte at
-/// a time this was 4% of the instructions per proxied request. `lower` is lowercase letters
+/// every request classifies each of its header names and each of the answer's, so the byte
+/// at a time comparison was a visible part of each proxied request. `lower` is lowercase letters
 /// and ASCII below 'a' that is not an uppercase letter (digits, '-', '_', '.': any header
 /// name Meridian knows); not '{', '|', '}' or '~', which would match '[', '\\', ']' and '^'.
 #[inline(always)]
