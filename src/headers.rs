@@ -120,10 +120,10 @@ fn eq_lowercase(name: &[u8], lower: &[u8]) -> bool {
         return false;
     }
     if n < 8 {
-        return name
-            .iter()
-            .zip(lower)
-            .all(|(a, b)| a | (b.wrapping_add(0x1f) & 0x80) >> 2 == *b);
+        return name.iter().zip(lower).all(|(a, b)| {
+            let (a, b) = (u64::from(*a), u64::from(*b));
+            a | case_bits(b) == b
+        });
     }
     let same = |at: usize| match (word(name, at), word(lower, at)) {
         (Some(a), Some(b)) => a | case_bits(b) == b,

@@ -251,6 +251,17 @@ routes:
     return conf
 
 
+def rotated(order, rep):
+    """`order` started at position `rep` (wrapping), so each target takes each place in turn."""
+    k = rep % len(order)
+    return order[k:] + order[:k]
+
+
+def added(got, base):
+    """Latency table cells: p50, p90 and p99 added over `base`, µs."""
+    return " | ".join(f"{got[k] - base[k]:+.0f}" for k in ("p50", "p90", "p99"))
+
+
 def wrk(port, seconds, connections=50):
     """Closed loop: wrk on CPU 0. The client address (X-Forwarded-For) makes Meridian do the
     whole geo path: trusted peer, XFF parse, GeoIP lookup, region ranking."""
@@ -440,12 +451,10 @@ def main():
         procs.start("nginx-headers", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy-headers"))],
                     PORTS["nginx-headers"])
         pids = {name: procs.procs["backend" if name == "direct" else name].pid for name in order}
-        ports = {"direct": PORTS["backend"], "meridian": PORTS["meridian"], "nginx": PORTS["nginx"],
-                 "nginx-headers": PORTS["nginx-headers"],
-                 "haproxy": PORTS["haproxy"]}
+        ports = {name: PORTS["backend" if name == "direct" else name] for name in order}
         idle_rss = {name: rss_kb(pids[name]) for name in ("meridian", "nginx", "haproxy")}
         for rep in range(reps):
-            for name in order[rep % len(order):] + order[:rep % len(order)]:
+            for name in rotated(order, rep):
                 for attempt in range(3):
                     if not wait_quiet():
                         print("  machine not quiet; measuring anyway", flush=True)
@@ -467,7 +476,7 @@ def main():
         runs = {}
         for rate in (5000, 15000):
             for rep in range(latency_reps):
-                for name in order[rep % len(order):] + order[:rep % len(order)]:
+                for name in rotated(order, rep):
                     wait_quiet()
                     got = oha(ports[name], rate, seconds)
                     runs.setdefault((name, rate), []).append(got)
@@ -554,9 +563,7 @@ def main():
     for rate in (5000, 15000):
         base = latency[("direct", rate)]
         for name in order[1:]:
-            l = latency[(name, rate)]
-            lines.append(f"| {LABELS.get(name, name)} | {rate}/s | {l['p50'] - base['p50']:+.0f} | {l['p90'] - base['p90']:+.0f} | "
-                         f"{l['p99'] - base['p99']:+.0f} |")
+            lines.append(f"| {LABELS.get(name, name)} | {rate}/s | {added(latency[(name, rate)], base)} |")
     lines += ["", "HTTP/2 from the client (h2load -t1 -c50 -m10; prior knowledge, or TLS 1.3 with ALPN h2 and a "
               "P-256 certificate); HTTP/1.1 keep-alive to the same backend:", "",
               "| target | protocol | req/s | × nginx | proxy CPU µs/request | × nginx | mean request time µs |",
@@ -575,9 +582,8 @@ def main():
               "| target | protocol | p50 | p90 | p99 |", "|---|---|---|---|---|"]
     for protocol in ("h2c", "h2"):
         for name in ("meridian", "nginx"):
-            l = h2_latency[(name, protocol)]
-            lines.append(f"| {name} | {'h2 + TLS' if protocol == 'h2' else 'h2c'} | {l['p50'] - base['p50']:+.0f} | "
-                         f"{l['p90'] - base['p90']:+.0f} | {l['p99'] - base['p99']:+.0f} |")
+            lines.append(f"| {name} | {'h2 + TLS' if protocol == 'h2' else 'h2c'} | "
+                         f"{added(h2_latency[(name, protocol)], base)} |")
     lines += ["", "Memory: RSS idle, per idle keep-alive connection (one request each, then left open), and two "
               "seconds after they closed. The TLS 1.3 rows (HTTP/1.1 by ALPN on the HTTP/2 listeners, after all "
               "other runs) start from the RSS those runs left:", "",
