@@ -57,6 +57,8 @@ struct Reply {
     before_body: bool,
     /// Never answer; wait for the proxy to close.
     hang: bool,
+    /// Written right after the head, before the body is read (interim answers).
+    interim: &'static [u8],
 }
 
 fn reply(bytes: impl Into<Vec<u8>>) -> Reply {
@@ -65,6 +67,7 @@ fn reply(bytes: impl Into<Vec<u8>>) -> Reply {
         close: false,
         before_body: false,
         hang: false,
+        interim: b"",
     }
 }
 
@@ -109,6 +112,9 @@ where
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         buf.drain(..head_end);
         let r = answer(n, &head);
+        if !r.interim.is_empty() && stream.write_all(r.interim).await.is_err() {
+            return;
+        }
         let lower = head.to_ascii_lowercase();
         let mut body = Vec::new();
         if !r.before_body {
@@ -364,6 +370,56 @@ async fn an_early_answer_stops_a_streamed_body_and_reaches_the_client() {
     assert_eq!(answer.status, 413);
     assert_eq!(answer.body, "too much");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn interim_answers_while_a_body_is_sent_do_not_stop_it() {
+    // The upstream answers 100 Continue and 103 Early Hints before it reads the body, as
+    // servers that honour Expect (or send hints early) do; the body must still arrive whole.
+    let (upstream, seen) = scripted(|_, _| Reply {
+        interim: b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+        ..reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "")).await;
+    let mut raw = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    // Larger than max_replay_body (1 KiB): streamed, not buffered.
+    let len = 200_000;
+    raw.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read_until = |answer: &Vec<u8>, what: &[u8]| answer.windows(what.len()).any(|w| w == what);
+    while !read_until(&answer, b"100 Continue\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut chunk))
+            .await
+            .expect("the client is told to go on")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    raw.write_all(&vec![b'z'; len]).await.unwrap();
+    while !read_until(&answer, b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(3), raw.read(&mut chunk))
+            .await
+            .expect("the final answer arrives")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("HTTP/1.1 200 OK\r\n"), "{text}");
+    let requests = seen.requests.lock().unwrap();
+    let (head, body) = &requests[0];
+    assert_eq!(body.len(), len);
+    // The client's Expect was answered by Meridian; the upstream is not asked again.
+    assert!(!head.to_ascii_lowercase().contains("expect:"), "{head}");
 }
 
 #[tokio::test]

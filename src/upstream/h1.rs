@@ -305,12 +305,44 @@ impl Connection {
                 }
                 Next::Answer(Ok(0)) => return Err(ExchangeError::ClosedBeforeAnswer),
                 Next::Answer(Ok(_)) => {
+                    if self.drop_interim_heads()? {
+                        continue;
+                    }
                     // The upstream answered before the whole body was sent (413, say): the
                     // answer stands, the connection is not reused.
                     self.reusable = false;
                     return Ok(());
                 }
                 Next::Answer(Err(e)) => return Err(ExchangeError::Read(e)),
+            }
+        }
+    }
+
+    /// While the body is being sent: drop the interim (1xx) heads at the front of what the
+    /// upstream sent (100 Continue, 103 Early Hints), which leave it waiting for the rest of
+    /// the body. `true` when nothing else has arrived yet (go on sending), `false` when a
+    /// final answer has begun.
+    fn drop_interim_heads(&mut self) -> Result<bool, ExchangeError> {
+        loop {
+            // "HTTP/1.1 1": the status's first digit is the tenth byte.
+            let Some(&first_digit) = self.buf.get(9) else {
+                return Ok(true);
+            };
+            if !self.buf.starts_with(b"HTTP/1.") || first_digit != b'1' {
+                return Ok(false);
+            }
+            match self.parse_head(false)? {
+                Parsed::Interim => {}
+                Parsed::Partial if self.buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(ExchangeError::HeadTooLarge);
+                }
+                Parsed::Partial => return Ok(true),
+                // A status line with a 1 in front always parses as interim or as an error.
+                Parsed::Final(_) => {
+                    return Err(ExchangeError::BadHead(
+                        "a 1xx status read as a final answer".into(),
+                    ));
+                }
             }
         }
     }
@@ -750,8 +782,12 @@ fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
         out.extend_from_slice(b"\r\n");
     };
     let mut client_header = |name: &[u8], value: &[u8], kind: Option<Known>| {
-        if !matches!(kind, Some(Known::ContentLength | Known::TransferEncoding))
-            && !overrides.replaces_kind(kind)
+        // Expect: 100-continue is answered to the client (hyper does, when the body is
+        // first read); the upstream gets the body as it comes, without being asked first.
+        if !matches!(
+            kind,
+            Some(Known::ContentLength | Known::TransferEncoding | Known::Expect)
+        ) && !overrides.replaces_kind(kind)
         {
             line(name, value);
         }
