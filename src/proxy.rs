@@ -398,9 +398,18 @@ fn is_websocket(parts: &http::request::Parts, headers: HeadersRef<'_>) -> bool {
 }
 
 /// The request's host as a header value (cheap to clone: it shares the request's bytes).
-fn request_host(uri: &Uri, headers: HeadersRef<'_>) -> Result<HeaderValue, ProxyError> {
-    // HTTP/2 and absolute-form requests carry the authority in the URI; it wins.
+fn request_host(
+    version: Version,
+    uri: &Uri,
+    headers: HeadersRef<'_>,
+) -> Result<HeaderValue, ProxyError> {
+    // HTTP/2 and absolute-form requests carry the authority in the URI; it wins. An
+    // HTTP/1.1 request must carry Host all the same (RFC 9112 §3.2); strict checks have
+    // made sure the two agree.
     if let Some(authority) = uri.authority() {
+        if version == Version::HTTP_11 && headers.first(Known::Host).is_none() {
+            return Err(ProxyError::MissingHost);
+        }
         return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
     }
     let value = headers.value(Known::Host).ok_or(ProxyError::MissingHost)?;
@@ -423,7 +432,7 @@ async fn forward(
     let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let present = Present::of(headers);
     crate::strict::check_request(&parts.method, parts.version, &parts.uri, headers, present)?;
-    let raw_host = request_host(&parts.uri, headers)?;
+    let raw_host = request_host(parts.version, &parts.uri, headers)?;
     let host = normalize_host(raw_host.to_str().unwrap_or_default());
     let mut rng = fastrand::Rng::new();
     let facts = RequestFacts {

@@ -3,7 +3,7 @@
 //! hyper accepts several framings an edge proxy must refuse (request smuggling vectors): both
 //! Content-Length and Transfer-Encoding, codings other than a lone `chunked`, repeated
 //! Transfer-Encoding, duplicate Host, an absolute URI that disagrees with Host, and header names
-//! that other servers read as framing headers once `_` becomes `-`. A pure function over the
+//! that other servers read as framing or forwarding headers once `_` becomes `-`. A pure function over the
 //! parsed head, so every rule is unit-tested.
 
 use http::{Method, StatusCode, Uri, Version};
@@ -25,7 +25,9 @@ pub enum Malformed {
     RepeatedTransferEncoding,
     #[error("Content-Length is repeated or not a number")]
     BadContentLength,
-    #[error("header `{0}` would read as a framing or hop-by-hop header on other servers")]
+    #[error(
+        "header `{0}` would read as a framing, hop-by-hop or forwarding header on other servers"
+    )]
     UnderscoreHeader(String),
     #[error("Host is repeated")]
     RepeatedHost,
@@ -59,8 +61,16 @@ impl Malformed {
     }
 }
 
-/// Names other servers treat as framing or connection headers.
-const SENSITIVE: [&str; 10] = [
+/// Names other servers treat as framing or connection headers, and the forwarding headers
+/// Meridian sets (a backend reading `X_Forwarded_For` as `X-Forwarded-For`, as CGI-style
+/// servers do, would take an untrusted client's word beside Meridian's own).
+const SENSITIVE: [&str; 16] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "x-meridian-visited",
+    "x-meridian-debug",
     "content-length",
     "transfer-encoding",
     "host",
@@ -257,6 +267,14 @@ mod tests {
             (
                 &[("host", "a"), ("transfer_encoding", "chunked")],
                 Err(Malformed::UnderscoreHeader("transfer_encoding".into())),
+            ),
+            (
+                &[("host", "a"), ("X_Forwarded_For", "10.0.0.1")],
+                Err(Malformed::UnderscoreHeader("x_forwarded_for".into())),
+            ),
+            (
+                &[("host", "a"), ("x-request_id", "forged")],
+                Err(Malformed::UnderscoreHeader("x-request_id".into())),
             ),
             (
                 &[("host", "a"), ("host", "b")],

@@ -161,6 +161,16 @@ async fn refused_requests_never_reach_the_backend() {
         ),
         ("no Host", req("GET / HTTP/1.1\nX-A: 1\n\n"), "400"),
         (
+            "absolute URI without Host",
+            req("GET http://a.test/ HTTP/1.1\nX-A: 1\n\n"),
+            "400",
+        ),
+        (
+            "X_Forwarded_For",
+            req("GET / HTTP/1.1\nHost: a.test\nX_Forwarded_For: 10.0.0.1\n\n"),
+            "400",
+        ),
+        (
             "two Hosts",
             req("GET / HTTP/1.1\nHost: a.test\nHost: b.test\n\n"),
             "400",

@@ -549,24 +549,27 @@ pub(crate) fn parse_head(
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
         } else if let Some(te) = transfer_encoding {
-            let last = te.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
-            if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
-                Framing::Chunked(ChunkState::Size)
-            } else {
-                Framing::UntilClose
+            // Transfer-Encoding is hop-by-hop and not passed on: a coding besides chunked
+            // (gzip, say) would reach the client applied but unnamed, so it is refused.
+            if !te.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(ExchangeError::BadHead(format!(
+                    "Transfer-Encoding other than chunked: {}",
+                    String::from_utf8_lossy(te)
+                )));
             }
+            Framing::Chunked(ChunkState::Size)
         } else if let Some(value) = length {
-            match std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-            {
-                Some(n) => Framing::Length(n),
-                None => {
-                    return Err(ExchangeError::BadHead(
-                        "Content-Length is not a number".into(),
-                    ));
-                }
+            // Plain digits only: the value is passed on as received, and `+5` (which Rust's
+            // parser takes) would be framed differently by the next reader.
+            let value = value.trim_ascii();
+            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+                return Err(ExchangeError::BadHead(format!(
+                    "Content-Length is not a number: {}",
+                    String::from_utf8_lossy(value)
+                )));
             }
+            let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            Framing::Length(n)
         } else {
             Framing::UntilClose
         };
@@ -1075,6 +1078,43 @@ mod tests {
                 decode_all(wire, 1).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn answer_framing_is_plain_digits_or_a_lone_chunked() {
+        let framing = |head: &str| {
+            let (mut buf, mut rest, mut reusable) = (BytesMut::from(head), Bytes::new(), true);
+            match parse_head(&mut buf, &mut rest, &mut reusable, false) {
+                Ok(Parsed::Final(h)) => Ok(h.framing),
+                Ok(_) => Err("not a final head".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let ok = |te_or_cl: &str| framing(&format!("HTTP/1.1 200 OK\r\n{te_or_cl}\r\n\r\n"));
+        assert_eq!(ok("Content-Length: 5"), Ok(Framing::Length(5)));
+        assert_eq!(ok("Content-Length:  12 "), Ok(Framing::Length(12)));
+        assert_eq!(
+            ok("Content-Length: 18446744073709551615"),
+            Err("the response head is not valid HTTP/1.1: Content-Length is not a number: 18446744073709551615".into())
+        );
+        for bad in ["+5", "-1", "5 5", "0x10", ""] {
+            let got = ok(&format!("Content-Length: {bad}"));
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("Content-Length")),
+                "{bad}: {got:?}"
+            );
+        }
+        assert_eq!(
+            ok("Transfer-Encoding: Chunked"),
+            Ok(Framing::Chunked(ChunkState::Size))
+        );
+        for bad in ["gzip, chunked", "chunked, chunked", "identity", "gzip"] {
+            let got = ok(&format!("Transfer-Encoding: {bad}"));
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("Transfer-Encoding")),
+                "{bad}: {got:?}"
             );
         }
     }
