@@ -25,6 +25,7 @@ pub mod reload;
 pub mod retry;
 pub mod routes;
 pub(crate) mod scan;
+pub mod send_timeout;
 pub mod server;
 pub(crate) mod server_h1;
 pub mod sniff;

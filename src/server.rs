@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
+use crate::send_timeout::SendTimeout;
 use crate::sniff::{FramingLog, Sniffer};
 use crate::table::{
     Endpoint, EndpointSet, EndpointSource, ListenerSpec, RoutingTable, TableHandle,
@@ -235,6 +236,7 @@ impl Server {
                 tls: acceptor.map(|a| (a, spec.header_read_timeout)),
                 sniff: true,
                 own_http1: Some(own_http1),
+                send_timeout: spec.send_timeout,
             },
         ));
         ActiveListener {
@@ -394,7 +396,7 @@ pub(crate) async fn serve_io<I, S, B>(
 /// one) or HTTP/2 as ALPN chose.
 #[allow(clippy::too_many_arguments)]
 async fn serve_tls<S, B>(
-    stream: tokio::net::TcpStream,
+    stream: SendTimeout<tokio::net::TcpStream>,
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     timeout: Duration,
@@ -582,6 +584,8 @@ pub(crate) struct ConnectionSetup {
     pub sniff: bool,
     /// Serve HTTP/1.1 requests without a body with Meridian's own loop (`server_h1`).
     pub own_http1: Option<OwnHttp1>,
+    /// A write to the client blocked this long ends the connection (`send_timeout`).
+    pub send_timeout: Duration,
 }
 
 /// What `server_h1` needs of a proxy listener.
@@ -652,6 +656,7 @@ async fn accept_loop<F, S, B>(
         let tls = setup.tls.clone();
         let sniff = setup.sniff;
         let own_http1 = setup.own_http1.clone();
+        let send_timeout = setup.send_timeout;
         let task = async move {
             let mut stream = stream;
             let mut peer = peer;
@@ -669,6 +674,7 @@ async fn accept_loop<F, S, B>(
                     }
                 }
             }
+            let stream = SendTimeout::new(stream, send_timeout);
             let framing = sniff.then(|| Arc::new(FramingLog::default()));
             let service = make_service(peer, framing.clone());
             match tls {

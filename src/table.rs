@@ -235,6 +235,8 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub header_read_timeout: Duration,
+    /// A write to the client blocked this long ends the connection.
+    pub send_timeout: Duration,
     pub proxy_protocol: bool,
     pub tls: Option<TlsSpec>,
     /// Redirect everything to https on this port.
@@ -641,7 +643,10 @@ impl<'a> Compiler<'a> {
                 );
             }
             let timeout = self.duration(here.key("header_read_timeout"), &l.header_read_timeout);
-            if let (Some(bind), Some(header_read_timeout)) = (bind, timeout) {
+            let send_timeout = self.duration(here.key("send_timeout"), &l.send_timeout);
+            if let (Some(bind), Some(header_read_timeout), Some(send_timeout)) =
+                (bind, timeout, send_timeout)
+            {
                 let tls = l
                     .tls
                     .as_ref()
@@ -656,6 +661,7 @@ impl<'a> Compiler<'a> {
                     name: l.name.clone(),
                     bind,
                     header_read_timeout,
+                    send_timeout,
                     proxy_protocol: l.proxy_protocol,
                     tls,
                     redirect_https: l.redirect_https.then(|| l.https_port.unwrap_or(443)),

@@ -24,6 +24,8 @@ struct Seen {
     accepted: AtomicUsize,
     /// Connections the proxy closed (EOF read while waiting for a request).
     closed_by_proxy: AtomicUsize,
+    /// Answers whose writing failed (the proxy closed the connection while it was sent).
+    write_failed: AtomicUsize,
     /// Request heads and bodies, in arrival order.
     requests: Mutex<Vec<(String, Vec<u8>)>>,
     /// Signalled whenever any of the above changes.
@@ -159,6 +161,8 @@ where
             return;
         }
         if stream.write_all(&r.bytes).await.is_err() {
+            seen.write_failed.fetch_add(1, Ordering::SeqCst);
+            seen.changed.notify_waiters();
             return;
         }
         if r.close {
@@ -420,6 +424,62 @@ async fn interim_answers_while_a_body_is_sent_do_not_stop_it() {
     assert_eq!(body.len(), len);
     // The client's Expect was answered by Meridian; the upstream is not asked again.
     assert!(!head.to_ascii_lowercase().contains("expect:"), "{head}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_send_timeout_and_frees_its_permit() {
+    const BIG: usize = 32 << 20;
+    let (upstream, seen) = scripted(|_, head| {
+        if head.starts_with("GET /big ") {
+            let mut bytes =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+            bytes.resize(bytes.len() + BIG, b'b');
+            reply(bytes)
+        } else {
+            reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        }
+    })
+    .await;
+    // One request at a time: the stalled client's answer holds the only permit.
+    let yaml = config(upstream, "connection_pool: { max_requests: 1 }").replace(
+        "bind: \"127.0.0.1:0\" }",
+        "bind: \"127.0.0.1:0\", send_timeout: 300ms }",
+    );
+    let proxy = start_proxy(&yaml).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    seen.until("the big answer is requested", |s| {
+        s.requests.lock().unwrap().len() == 1
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    // The stalled client reads nothing: once Meridian's writes to it have been blocked for
+    // 300 ms it closes the connection, and with it the upstream exchange.
+    seen.until("the stalled exchange is given up", |s| {
+        s.write_failed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    let answer = common::get(addr, "a.test", "/small", &[]).await;
+    assert_eq!(answer.status, 200, "the permit is free again");
+    assert_eq!(answer.body, "ok");
+    // The stalled client gets what was sent before the close, then the end.
+    let mut sink = vec![0u8; 1 << 20];
+    let mut received = 0;
+    loop {
+        match stalled.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(
+        received < BIG,
+        "the answer was cut off, not finished ({received} bytes)"
+    );
 }
 
 #[tokio::test]
