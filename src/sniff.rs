@@ -271,8 +271,17 @@ fn framing_header_lines(head: &[u8]) -> (bool, bool) {
     (cl, te)
 }
 
+/// Where the head in `buf` ends (past its empty line), as hyper's parser (httparse) sees it:
+/// lines may end in a bare LF, so `\n\n` and `\n\r\n` end a head as `\r\n\r\n` does. A
+/// watcher that missed a bare-LF head would read it and the next one as one, and the next
+/// one's framing would go unrecorded.
 fn find_end(buf: &[u8]) -> Option<usize> {
-    crate::scan::head_end(buf).map(|p| p + 4)
+    memchr::memchr_iter(b'\n', buf).find_map(|nl| match buf.get(nl + 1..nl + 3) {
+        Some([b'\n', _]) => Some(nl + 2),
+        Some([b'\r', b'\n']) => Some(nl + 3),
+        None if buf.get(nl + 1) == Some(&b'\n') => Some(nl + 2),
+        _ => None,
+    })
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Sniffer<T> {
@@ -396,5 +405,21 @@ mod tests {
         let gzip =
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
         assert_eq!(sniff(&[gzip, both]), [false]);
+        // heads whose lines end in a bare LF end where hyper's parser ends them
+        assert_eq!(
+            sniff(&[b"GET /one HTTP/1.1\nHost: a\n\n", both]),
+            [false, true]
+        );
+        assert_eq!(
+            sniff(&[b"GET /one HTTP/1.1\nHost: a\n\r\n", both]),
+            [false, true]
+        );
+        let bare: Vec<u8> = b"GET /one HTTP/1.1\nHost: a\n\n"
+            .iter()
+            .chain(both.iter())
+            .copied()
+            .collect();
+        let singles: Vec<&[u8]> = bare.chunks(1).collect();
+        assert_eq!(sniff(&singles), [false, true]);
     }
 }

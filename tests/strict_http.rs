@@ -452,4 +452,21 @@ async fn both_framings_are_refused_after_requests_without_a_body() {
         3,
         "the smuggling request reached the backend"
     );
+
+    // Pipelined behind a GET whose lines end in bare LF (hyper's parser takes those).
+    let mut both = b"GET / HTTP/1.1\nHost: a.test\n\n".to_vec();
+    both.extend_from_slice(&smuggle);
+    let (reply, closed) = exchange(addr, &both).await;
+    assert!(closed, "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(
+        reply.matches("HTTP/1.1 400").count(),
+        1,
+        "the request after the bare-LF head was not refused: {reply}"
+    );
+    assert_eq!(
+        backends.us.hits(),
+        4,
+        "the smuggling request reached the backend"
+    );
 }
