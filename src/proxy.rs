@@ -254,6 +254,8 @@ impl Answer {
 /// takes only requests without one).
 pub enum ClientBody {
     Incoming(Incoming),
+    /// Read whole by Meridian's own HTTP/1.1 loop (a small Content-Length body).
+    Full(Bytes),
     Empty,
 }
 
@@ -593,6 +595,13 @@ impl ReplayBody {
     ) -> Result<Self, ProxyError> {
         let mut body = match body {
             ClientBody::Empty => return Ok(Self::Buffered(Bytes::new())),
+            ClientBody::Full(bytes) if bytes.len() as u64 > max_body => {
+                return Err(ProxyError::Malformed(Malformed::BodyTooLarge {
+                    limit: max_body,
+                }));
+            }
+            // Already in memory: kept whole whatever the replay limit.
+            ClientBody::Full(bytes) => return Ok(Self::Buffered(bytes)),
             ClientBody::Incoming(body) => body,
         };
         if body.is_end_stream() {

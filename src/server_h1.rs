@@ -1,9 +1,10 @@
 //! HTTP/1.1 client connections served by Meridian itself, for the common case.
 //!
-//! A request that is plain HTTP/1.1 with no body (the bulk of proxied traffic) is read,
-//! handled and answered here: the head is parsed with httparse straight into the request's
-//! parts, the answer written in one go, and between requests the connection holds no buffer
-//! at all. Anything else — a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2 prior knowledge, a
+//! A request that is plain HTTP/1.1 with no body or a small one given by Content-Length (the
+//! bulk of proxied traffic: GETs and API calls) is read, handled and answered here: the head
+//! is parsed with httparse straight into the request's parts, the body read whole, the answer
+//! written in one go, and between requests the connection holds no buffer at all. Anything
+//! else — a chunked or larger body, an upgrade, `Expect`, HTTP/1.0, HTTP/2 prior knowledge, a
 //! head that does not parse cleanly — hands the connection, with every byte read so far, to
 //! hyper's server for the rest of its life, so all the edge cases keep hyper's behaviour.
 
@@ -35,6 +36,11 @@ use crate::table::TableHandle;
 
 /// First read of a request head; grown only for larger heads.
 const FIRST_READ: usize = 1024;
+
+/// Largest request body this loop reads itself (by Content-Length, whole, before the request
+/// is handled; as much as the proxy keeps for replaying a request by default). Larger bodies
+/// go to hyper and are streamed.
+const MAX_OWN_BODY: u64 = 64 * 1024;
 
 /// What the handler needs to know about a connection.
 #[derive(Clone)]
@@ -102,7 +108,7 @@ pub(crate) async fn serve<I, S, B>(
         let parsed = head
             .as_ref()
             .and_then(|head| parse_simple(head, context.max_headers));
-        let Some((parts, fields, asked)) = parsed else {
+        let Some((parts, fields, asked, body_len)) = parsed else {
             // Everything read goes to hyper, the head first.
             let read = match head {
                 Some(head) => {
@@ -123,15 +129,44 @@ pub(crate) async fn serve<I, S, B>(
             .await;
         };
         drop(head);
+        let body = if body_len == 0 {
+            ClientBody::Empty
+        } else {
+            // The body must be in by the head's deadline too.
+            let len = body_len as usize;
+            while buf.len() < len {
+                tokio::select! {
+                    biased;
+                    read = async {
+                        buf.reserve(len - buf.len());
+                        io.read_buf(&mut buf).await
+                    } => match read {
+                        Ok(0) | Err(_) => {
+                            tracing::debug!(client = %context.peer, "client closed the connection mid-body");
+                            return;
+                        }
+                        Ok(_) => {}
+                    },
+                    () = &mut timer => {
+                        if tokio::time::Instant::now() >= deadline {
+                            tracing::debug!(client = %context.peer, "request body not read in time; closed");
+                            return;
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            }
+            ClientBody::Full(buf.split_to(len).freeze())
+        };
         let head_method = parts.method == Method::HEAD;
-        let request = Request::from_parts(parts, ClientBody::Empty);
+        let request = Request::from_parts(parts, body);
         let handler = boxed(|| {
             crate::proxy::handle(
                 context.table.clone(),
                 context.peer,
                 context.scheme.clone(),
                 context.redirect_https,
-                // Requests taken here carry neither Content-Length nor Transfer-Encoding.
+                // Requests taken here carry no Transfer-Encoding: nothing to watch.
                 None,
                 request,
                 Some(fields),
@@ -267,10 +302,14 @@ struct Asked {
 }
 
 /// The request's parts and header fields, when it is one this module answers: HTTP/1.1,
-/// origin-form target, no body, no upgrade or expectation, and a head that parses cleanly.
-/// Also whether the client asked to close. The parts' header map stays empty: the fields
-/// and the target point into `head`.
-fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Parts, Fields, Asked)> {
+/// origin-form target, no body or one Content-Length of plain digits up to
+/// [`MAX_OWN_BODY`], no Transfer-Encoding, upgrade or expectation, and a head that parses
+/// cleanly. Also whether the client asked to close, and the body's length. The parts'
+/// header map stays empty: the fields and the target point into `head`.
+fn parse_simple(
+    head: &Bytes,
+    max_headers: usize,
+) -> Option<(http::request::Parts, Fields, Asked, u64)> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
     let slots = &mut slots[..max_headers.min(100)];
     let mut parsed = httparse::Request::new(&mut []);
@@ -296,14 +335,33 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
     let mut fields = Fields::with_capacity(head.clone(), parsed.headers.len());
     let mut asked = Asked::default();
+    let mut body_len = None;
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         let kind = known(name);
         if matches!(
             kind,
-            Some(Known::ContentLength | Known::TransferEncoding | Known::Upgrade | Known::Expect)
+            Some(Known::TransferEncoding | Known::Upgrade | Known::Expect)
         ) {
             return None;
+        }
+        if kind == Some(Known::ContentLength) {
+            // One, plain digits, small: anything else is hyper's (and the strict checks').
+            let digits = h.value;
+            if body_len.is_some()
+                || digits.is_empty()
+                || digits.len() > 6
+                || !digits.iter().all(u8::is_ascii_digit)
+            {
+                return None;
+            }
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if n > MAX_OWN_BODY {
+                return None;
+            }
+            body_len = Some(n);
         }
         if kind == Some(Known::Connection) {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
@@ -327,7 +385,7 @@ fn parse_simple(head: &Bytes, max_headers: usize) -> Option<(http::request::Part
     parts.method = method;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    Some((parts, fields, asked))
+    Some((parts, fields, asked, body_len.unwrap_or(0)))
 }
 
 /// Write the response; `Ok(true)` when the connection may carry another request.

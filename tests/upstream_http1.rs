@@ -684,6 +684,77 @@ async fn a_client_that_leaves_mid_request_takes_the_upstream_exchange_with_it() 
 }
 
 #[tokio::test]
+async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
+    let (upstream, seen) = scripted(|_, head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+        reply(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+            path.len()
+        ))
+    })
+    .await;
+    let yaml = config(upstream, "").replace(
+        "bind: \"127.0.0.1:0\" }",
+        "bind: \"127.0.0.1:0\", header_read_timeout: 500ms }",
+    );
+    let proxy = start_proxy(&yaml).await;
+    let mut client = TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    client.set_nodelay(true).unwrap();
+    // A body that comes in two writes, a GET pipelined behind it in the second.
+    client
+        .write_all(
+            b"POST /one HTTP/1.1\r\nHost: a.test\r\nX-Case-Kept: 1\r\nContent-Length: 5\r\n\r\nhe",
+        )
+        .await
+        .unwrap();
+    client
+        .write_all(b"lloGET /two HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    while !text.ends_with("/two") {
+        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut chunk))
+            .await
+            .expect("both answers arrive")
+            .unwrap();
+        assert!(n > 0, "{text}");
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert!(
+        text.find("\r\n\r\n/one").unwrap() < text.find("\r\n\r\n/two").unwrap(),
+        "{text}"
+    );
+    {
+        let requests = seen.requests.lock().unwrap();
+        assert_eq!(requests.len(), 2);
+        let (head, body) = &requests[0];
+        assert_eq!(body, b"hello");
+        // Header names keep their case on Meridian's own path (hyper's lowercases them).
+        assert!(head.contains("\r\nX-Case-Kept: 1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 5\r\n"),
+            "{head}"
+        );
+        assert!(requests[1].0.starts_with("GET /two "));
+    }
+    // A body that never arrives whole: closed at the head's deadline, nothing sent upstream.
+    client
+        .write_all(b"POST /three HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut rest))
+        .await
+        .expect("closed at the deadline")
+        .unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(seen.requests.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
     // Each answer names the request it answers.
     let (upstream, _seen) = scripted(|_, head| {
@@ -695,13 +766,14 @@ async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper()
     })
     .await;
     let proxy = start_proxy(&config(upstream, "")).await;
-    // Two body-less requests Meridian answers itself, one with a body (handed to hyper with
-    // everything read so far), then one more on hyper's side, the last asking to close.
+    // Two body-less requests Meridian answers itself, one with a chunked body (handed to
+    // hyper with everything read so far), then one more on hyper's side, the last asking to
+    // close.
     let (text, closed) = common::raw_exchange(
         proxy.proxy_addr().unwrap(),
         b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n\
           HEAD /two HTTP/1.1\r\nHost: a.test\r\n\r\n\
-          POST /three HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
+          POST /three HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
           GET /four HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     )
     .await;
