@@ -262,10 +262,12 @@ def added(got, base):
     return " | ".join(f"{got[k] - base[k]:+.0f}" for k in ("p50", "p90", "p99"))
 
 
-def wrk(port, seconds, connections=50):
+def wrk(port, seconds, connections=50, script=None):
     """Closed loop: wrk on CPU 0. The client address (X-Forwarded-For) makes Meridian do the
-    whole geo path: trusted peer, XFF parse, GeoIP lookup, region ranking."""
-    out = sh("taskset", "-c", LOADGEN_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+    whole geo path: trusted peer, XFF parse, GeoIP lookup, region ranking. `script`: a wrk Lua
+    script (see `post_script`)."""
+    lua = ["-s", str(script)] if script else []
+    out = sh("taskset", "-c", LOADGEN_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *lua,
              "-H", "X-Forwarded-For: 198.51.100.7", f"http://127.0.0.1:{port}/").stdout
     requests = 0
     for line in out.splitlines():
@@ -274,6 +276,41 @@ def wrk(port, seconds, connections=50):
         if line.strip().startswith("Non-2xx"):
             raise RuntimeError(f"non-2xx answers:\n{out}")
     return requests
+
+
+POST_BYTES = 512
+
+
+def post_script(tmp):
+    """A wrk script that makes every request a POST with a POST_BYTES-byte JSON body."""
+    path = Path(tmp) / "post.lua"
+    path.write_text(f'wrk.method = "POST"\nwrk.body = string.rep("x", {POST_BYTES})\n'
+                    'wrk.headers["Content-Type"] = "application/json"\n')
+    return path
+
+
+def closed_loop(order, reps, warm, seconds, ports, pids, script=None, label=""):
+    """`reps` rotated rounds of wrk against each target, re-run when disturbed: per target the
+    proxy's CPU µs per request and req/s."""
+    results = {name: {"cpu_us": [], "rps": []} for name in order}
+    for rep in range(reps):
+        for name in rotated(order, rep):
+            for attempt in range(3):
+                if not wait_quiet():
+                    print("  machine not quiet; measuring anyway", flush=True)
+                wrk(ports[name], warm, script=script)
+                before = cpu_ticks(pids[name])
+                busy_before = busy_fraction(0.1)
+                requests = wrk(ports[name], seconds, script=script)
+                used = (cpu_ticks(pids[name]) - before) / CLK_TCK
+                if requests > 0 and busy_before < 1.5:
+                    break
+                print(f"  {name}: disturbed run, again", flush=True)
+            results[name]["cpu_us"].append(used / requests * 1e6)
+            results[name]["rps"].append(requests / seconds)
+            print(f"rep {rep + 1} {name}{label}: {requests / seconds:.0f} req/s, "
+                  f"{used / requests * 1e6:.1f} µs CPU/req", flush=True)
+    return results
 
 
 def oha(port, rate, seconds, protocol="http/1.1"):
@@ -427,7 +464,6 @@ def main():
     tmp = tempfile.mkdtemp(prefix="meridian-load-")
     procs = Processes(tmp)
     order = ["direct", "meridian", "nginx", "haproxy", "nginx-headers"]
-    results = {name: {"cpu_us": [], "rps": []} for name in order}
     try:
         procs.start("backend", [nginx_bin(), "-c", str(nginx_conf(tmp, "backend"))], PORTS["backend"])
         instructions = {}
@@ -453,23 +489,9 @@ def main():
         pids = {name: procs.procs["backend" if name == "direct" else name].pid for name in order}
         ports = {name: PORTS["backend" if name == "direct" else name] for name in order}
         idle_rss = {name: rss_kb(pids[name]) for name in ("meridian", "nginx", "haproxy")}
-        for rep in range(reps):
-            for name in rotated(order, rep):
-                for attempt in range(3):
-                    if not wait_quiet():
-                        print("  machine not quiet; measuring anyway", flush=True)
-                    wrk(ports[name], warm)
-                    before = cpu_ticks(pids[name])
-                    busy_before = busy_fraction(0.1)
-                    requests = wrk(ports[name], seconds)
-                    used = (cpu_ticks(pids[name]) - before) / CLK_TCK
-                    if requests > 0 and busy_before < 1.5:
-                        break
-                    print(f"  {name}: disturbed run, again", flush=True)
-                results[name]["cpu_us"].append(used / requests * 1e6)
-                results[name]["rps"].append(requests / seconds)
-                print(f"rep {rep + 1} {name}: {requests / seconds:.0f} req/s, {used / requests * 1e6:.1f} µs CPU/req",
-                      flush=True)
+        results = closed_loop(order, reps, warm, seconds, ports, pids)
+        post_order = ["meridian", "nginx", "haproxy"]
+        post = closed_loop(post_order, reps, warm, seconds, ports, pids, script=post_script(tmp), label=" POST")
         # Percentiles of one open-loop run move a lot between runs (p99 most): each target is
         # measured `latency_reps` times, interleaved with the others in a rotated order, and the
         # median of each percentile is reported.
@@ -551,6 +573,18 @@ def main():
             continue
         lines.append(f"| {LABELS.get(name, name)} | {fmt(results[name]['rps'], '', 0)} | {rps / nginx_rps:.2f} | "
                      f"{fmt(results[name]['cpu_us'])} | {cpu / nginx_cpu:.2f} | {cpu / haproxy_cpu:.2f} |")
+    post_nginx_cpu = statistics.median(post["nginx"]["cpu_us"])
+    post_haproxy_cpu = statistics.median(post["haproxy"]["cpu_us"])
+    post_nginx_rps = statistics.median(post["nginx"]["rps"])
+    lines += ["", f"Requests with a body: the same closed loop with every request a POST carrying a {POST_BYTES}-byte "
+              "body (Content-Length):", "",
+              "| target | req/s | × nginx | proxy CPU µs/request | × nginx | × HAProxy |",
+              "|---|---|---|---|---|---|"]
+    for name in post_order:
+        rps = statistics.median(post[name]["rps"])
+        cpu = statistics.median(post[name]["cpu_us"])
+        lines.append(f"| {LABELS.get(name, name)} | {fmt(post[name]['rps'], '', 0)} | {rps / post_nginx_rps:.2f} | "
+                     f"{fmt(post[name]['cpu_us'])} | {cpu / post_nginx_cpu:.2f} | {cpu / post_haproxy_cpu:.2f} |")
     if instructions:
         lines += ["", "User-space instructions per proxied request (callgrind, 10,000 requests; repeatable to "
                   "a fraction of a percent):", "", "| target | instructions/request | × nginx |", "|---|---|---|"]
