@@ -683,16 +683,18 @@ async fn a_client_that_leaves_mid_request_takes_the_upstream_exchange_with_it() 
     assert_eq!(proxy.table.load().clusters[0].pool.open_connections(), 0);
 }
 
+/// An answer whose body is the request's path, so each answer names the request it answers.
+fn path_echo(_: usize, head: &str) -> Reply {
+    let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+    reply(format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+        path.len()
+    ))
+}
+
 #[tokio::test]
 async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
-    let (upstream, seen) = scripted(|_, head| {
-        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
-        reply(format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
-            path.len()
-        ))
-    })
-    .await;
+    let (upstream, seen) = scripted(path_echo).await;
     let yaml = config(upstream, "").replace(
         "bind: \"127.0.0.1:0\" }",
         "bind: \"127.0.0.1:0\", header_read_timeout: 500ms }",
@@ -756,15 +758,7 @@ async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
-    // Each answer names the request it answers.
-    let (upstream, _seen) = scripted(|_, head| {
-        let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
-        reply(format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
-            path.len()
-        ))
-    })
-    .await;
+    let (upstream, _seen) = scripted(path_echo).await;
     let proxy = start_proxy(&config(upstream, "")).await;
     // Two body-less requests Meridian answers itself, one with a chunked body (handed to
     // hyper with everything read so far), then one more on hyper's side, the last asking to
