@@ -81,6 +81,8 @@ pub(crate) async fn serve<I, S, B>(
     let stopping = shutdown.clone().cancelled_owned();
     let timer = tokio::time::sleep(context.header_read_timeout);
     tokio::pin!(stopping, timer);
+    // Set when a body was read into the buffer (see below).
+    let mut shed_buffer = false;
     loop {
         // Wait for a head; between requests nothing is allocated.
         let deadline = tokio::time::Instant::now() + context.header_read_timeout;
@@ -132,31 +134,34 @@ pub(crate) async fn serve<I, S, B>(
         let body = if body_len == 0 {
             ClientBody::Empty
         } else {
-            // The body must be in by the head's deadline too.
-            let len = body_len as usize;
-            while buf.len() < len {
-                tokio::select! {
-                    biased;
-                    read = async {
-                        buf.reserve(len - buf.len());
-                        io.read_buf(&mut buf).await
-                    } => match read {
-                        Ok(0) | Err(_) => {
-                            tracing::debug!(client = %context.peer, "client closed the connection mid-body");
-                            return;
-                        }
-                        Ok(_) => {}
-                    },
-                    () = &mut timer => {
-                        if tokio::time::Instant::now() >= deadline {
-                            tracing::debug!(client = %context.peer, "request body not read in time; closed");
-                            return;
-                        }
-                        timer.as_mut().reset(deadline);
-                    }
+            // The body's own deadline, counted from the end of its head.
+            let body_deadline = tokio::time::Instant::now() + context.header_read_timeout;
+            match read_body(
+                &mut io,
+                &mut buf,
+                body_len as usize,
+                timer.as_mut(),
+                body_deadline,
+            )
+            .await
+            {
+                BodyRead::Whole(body) => {
+                    // The body shares the read buffer's allocation (up to 64 KiB): the buffer
+                    // is let go once empty, so an idle connection does not keep it.
+                    shed_buffer = true;
+                    ClientBody::Full(body)
+                }
+                BodyRead::Closed => {
+                    tracing::debug!(client = %context.peer, "client closed the connection mid-body");
+                    return;
+                }
+                BodyRead::TimedOut => {
+                    tracing::debug!(client = %context.peer, "request body not read in time; 408, closed");
+                    let _ = io.write_all(&request_timeout_answer()).await;
+                    let _ = io.shutdown().await;
+                    return;
                 }
             }
-            ClientBody::Full(buf.split_to(len).freeze())
         };
         let head_method = parts.method == Method::HEAD;
         let request = Request::from_parts(parts, body);
@@ -186,15 +191,22 @@ pub(crate) async fn serve<I, S, B>(
         let keep = !asked.close && !shutdown.is_cancelled();
         // Boxed: the largest state of a connection, held only while an answer is written.
         match boxed(|| write_response(&mut io, response, head_method, keep, asked.trailers)).await {
-            Ok(true) => {}
+            // Flushed: a TLS stream may still hold the answer's last record.
+            Ok(true) => {
+                if io.flush().await.is_err() {
+                    return;
+                }
+            }
             Ok(false) | Err(_) => {
                 let _ = io.shutdown().await;
                 return;
             }
         }
-        if buf.is_empty() && buf.capacity() > FIRST_READ {
-            // A large head grew the buffer: do not keep that while the connection idles.
+        if buf.is_empty() && (shed_buffer || buf.capacity() > FIRST_READ) {
+            // A large head or a body grew the buffer: do not keep that while the connection
+            // idles.
             buf = BytesMut::new();
+            shed_buffer = false;
         }
     }
 }
@@ -222,6 +234,53 @@ async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, max: 
             Ok(_) => {}
         }
     }
+}
+
+/// What reading a request body came to.
+enum BodyRead {
+    Whole(Bytes),
+    Closed,
+    TimedOut,
+}
+
+/// Read a body of `len` bytes (some may already be in `buf`) by `deadline`, on the
+/// connection's one timer.
+async fn read_body<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    len: usize,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    deadline: tokio::time::Instant,
+) -> BodyRead {
+    while buf.len() < len {
+        tokio::select! {
+            biased;
+            read = async {
+                buf.reserve(len - buf.len());
+                io.read_buf(buf).await
+            } => match read {
+                Ok(0) | Err(_) => return BodyRead::Closed,
+                Ok(_) => {}
+            },
+            () = &mut timer => {
+                if tokio::time::Instant::now() >= deadline {
+                    return BodyRead::TimedOut;
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+    BodyRead::Whole(buf.split_to(len).freeze())
+}
+
+/// The answer to a request whose body did not arrive in time.
+fn request_timeout_answer() -> Vec<u8> {
+    let mut out = b"HTTP/1.1 408 Request Timeout\r\nx-meridian-error: request-timeout\r\n\
+        content-length: 0\r\nconnection: close\r\ndate: "
+        .to_vec();
+    crate::date::write_now(&mut out);
+    out.extend_from_slice(b"\r\n\r\n");
+    out
 }
 
 /// What reading a request head came to.

@@ -161,6 +161,17 @@ impl<T> Sniffer<T> {
                     }
                 }
                 State::Head(buf) if buf.is_empty() => {
+                    // Empty lines before a request line are skipped, as hyper's parser skips
+                    // them: taken for an empty head, they would be recorded in place of the
+                    // request that follows.
+                    let blank = bytes
+                        .iter()
+                        .take_while(|b| matches!(b, b'\r' | b'\n'))
+                        .count();
+                    bytes = &bytes[blank..];
+                    if bytes.is_empty() {
+                        return;
+                    }
                     // The common case: the whole head arrived in one read; judge it in place.
                     match find_end(bytes) {
                         Some(end) => {
@@ -421,5 +432,11 @@ mod tests {
             .collect();
         let singles: Vec<&[u8]> = bare.chunks(1).collect();
         assert_eq!(sniff(&singles), [false, true]);
+        // empty lines before a head are not a head of their own
+        for blank in [&b"\n\n"[..], b"\r\n\n", b"\n\r\n", b"\r\n\r\n"] {
+            assert_eq!(sniff(&[blank, both]), [true], "{blank:?}");
+            let joined: Vec<u8> = blank.iter().chain(both.iter()).copied().collect();
+            assert_eq!(sniff(&[&joined]), [true], "{blank:?}");
+        }
     }
 }

@@ -436,6 +436,20 @@ async fn both_framings_are_refused_after_requests_without_a_body() {
         "the smuggling request reached the backend"
     );
 
+    // Empty lines before the smuggling attempt (hyper's parser skips them).
+    for blank in ["\n\n", "\r\n\n", "\n\r\n", "\r\n\r\n"] {
+        let mut bytes = blank.as_bytes().to_vec();
+        bytes.extend_from_slice(&smuggle);
+        let (reply, closed) = exchange(addr, &bytes).await;
+        assert!(closed, "{blank:?}: {reply}");
+        assert!(reply.starts_with("HTTP/1.1 400"), "{blank:?}: {reply}");
+        assert_eq!(
+            backends.us.hits(),
+            2,
+            "{blank:?}: the smuggling request reached the backend"
+        );
+    }
+
     // Pipelined: a GET and the smuggling attempt in one write; the GET's lines ending in
     // CRLF, or in a bare LF (hyper's parser takes those too).
     let firsts = [

@@ -742,9 +742,28 @@ async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
         );
         assert!(requests[1].0.starts_with("GET /two "));
     }
-    // A body that never arrives whole: closed at the head's deadline, nothing sent upstream.
+    // The body has its own deadline from the end of its head: idle time before the head and
+    // a pause inside the body (300 ms each, 600 ms together) fit in 500 ms each.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     client
-        .write_all(b"POST /three HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nabc")
+        .write_all(b"POST /three HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n\r\nab")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.write_all(b"cd").await.unwrap();
+    let mut text = String::new();
+    while !text.ends_with("/three") {
+        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut chunk))
+            .await
+            .expect("the answer arrives")
+            .unwrap();
+        assert!(n > 0, "closed instead of answered: {text}");
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert_eq!(seen.requests.lock().unwrap()[2].1, b"abcd");
+    // A body that never arrives whole: 408 at its deadline, nothing sent upstream.
+    client
+        .write_all(b"POST /four HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nabc")
         .await
         .unwrap();
     let mut rest = Vec::new();
@@ -752,8 +771,13 @@ async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
         .await
         .expect("closed at the deadline")
         .unwrap();
-    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-    assert_eq!(seen.requests.lock().unwrap().len(), 2);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 408 "), "{rest}");
+    assert!(
+        rest.contains("x-meridian-error: request-timeout\r\n"),
+        "{rest}"
+    );
+    assert_eq!(seen.requests.lock().unwrap().len(), 3);
 }
 
 #[tokio::test]

@@ -519,6 +519,10 @@ pub(crate) fn parse_head(
                 length = Some(h.value);
             }
             Some(Known::TransferEncoding) => {
+                // Two fields are one list ("gzip" then "chunked"): only a lone one passes.
+                if transfer_encoding.is_some() {
+                    return Err(ExchangeError::BadHead("Transfer-Encoding repeated".into()));
+                }
                 transfer_encoding = Some(h.value);
                 continue;
             }
@@ -1110,7 +1114,14 @@ mod tests {
             ok("Transfer-Encoding: Chunked"),
             Ok(Framing::Chunked(ChunkState::Size))
         );
-        for bad in ["gzip, chunked", "chunked, chunked", "identity", "gzip"] {
+        for bad in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "identity",
+            "gzip",
+            "gzip\r\nTransfer-Encoding: chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
             let got = ok(&format!("Transfer-Encoding: {bad}"));
             assert!(
                 got.as_ref().is_err_and(|e| e.contains("Transfer-Encoding")),
