@@ -146,9 +146,10 @@ pub(crate) async fn serve<I, S, B>(
             .await
             {
                 BodyRead::Whole(body) => {
-                    // The body shares the read buffer's allocation (up to 64 KiB): the buffer
-                    // is let go once empty, so an idle connection does not keep it.
-                    shed_buffer = true;
+                    // The body shares the read buffer's allocation (up to 64 KiB): one that
+                    // grew it past the first read's size is let go once the buffer is empty,
+                    // so an idle connection does not keep it.
+                    shed_buffer |= body.len() > FIRST_READ;
                     ClientBody::Full(body)
                 }
                 BodyRead::Closed => {
