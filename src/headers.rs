@@ -133,6 +133,15 @@ fn eq_lowercase(name: &[u8], lower: &[u8]) -> bool {
     (0..n / 8).all(|i| same(i * 8)) && same(n - 8)
 }
 
+/// A Content-Length value as a number when it is plain digits (1 to 19 of them, so it fits
+/// a u64): no sign, space or list, which other readers would frame differently.
+pub fn plain_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// A header value as text when it is visible ASCII (and tabs), as `HeaderValue::to_str`
 /// requires.
 pub fn as_text(value: &[u8]) -> Option<&str> {

@@ -34,9 +34,9 @@ impl<S> SendTimeout<S> {
 
     /// What a blocked write does: the first time arm the timer, then error once it fires.
     fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let deadline = Instant::now() + self.timeout;
         if !self.armed {
             self.armed = true;
+            let deadline = Instant::now() + self.timeout;
             match &mut self.timer {
                 Some(timer) => timer.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::fields::Fields;
-use crate::headers::{Known, X_MERIDIAN_REGION, X_REQUEST_ID, known};
+use crate::headers::{Known, X_MERIDIAN_REGION, X_REQUEST_ID, known, plain_length};
 use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
 use crate::sniff::{FramingLog, Sniffer};
@@ -407,21 +407,10 @@ fn parse_simple(
         }
         if kind == Some(Known::ContentLength) {
             // One, plain digits, small: anything else is hyper's (and the strict checks').
-            let digits = h.value;
-            if body_len.is_some()
-                || digits.is_empty()
-                || digits.len() > 6
-                || !digits.iter().all(u8::is_ascii_digit)
-            {
-                return None;
+            match plain_length(h.value) {
+                Some(n) if body_len.is_none() && n <= MAX_OWN_BODY => body_len = Some(n),
+                _ => return None,
             }
-            let n = digits
-                .iter()
-                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if n > MAX_OWN_BODY {
-                return None;
-            }
-            body_len = Some(n);
         }
         if kind == Some(Known::Connection) {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {

@@ -9,7 +9,7 @@
 use http::{Method, StatusCode, Uri, Version};
 
 use crate::fields::HeadersRef;
-use crate::headers::{Known, Present, as_text};
+use crate::headers::{Known, Present, as_text, plain_length};
 
 /// Longest request target accepted (bytes).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -121,11 +121,10 @@ pub fn check_request(
         }
     }
     let (length, more_lengths) = first_two(headers, present, Known::ContentLength);
-    if let Some(b) = length {
-        let digits = !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit);
-        if !digits || more_lengths {
-            return Err(Malformed::BadContentLength);
-        }
+    if let Some(b) = length
+        && (plain_length(b).is_none() || more_lengths)
+    {
+        return Err(Malformed::BadContentLength);
     }
     let (host, more_hosts) = first_two(headers, present, Known::Host);
     if more_hosts {
@@ -182,8 +181,7 @@ fn first_two<'a>(
 pub fn content_length(headers: HeadersRef<'_>) -> Option<u64> {
     headers
         .first(Known::ContentLength)
-        .and_then(as_text)
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| plain_length(v.trim_ascii()))
 }
 
 #[cfg(test)]

@@ -566,14 +566,15 @@ pub(crate) fn parse_head(
             // Plain digits only: the value is passed on as received, and `+5` (which Rust's
             // parser takes) would be framed differently by the next reader.
             let value = value.trim_ascii();
-            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-                return Err(ExchangeError::BadHead(format!(
-                    "Content-Length is not a number: {}",
-                    String::from_utf8_lossy(value)
-                )));
+            match crate::headers::plain_length(value) {
+                Some(n) => Framing::Length(n),
+                None => {
+                    return Err(ExchangeError::BadHead(format!(
+                        "Content-Length is not a number: {}",
+                        String::from_utf8_lossy(value)
+                    )));
+                }
             }
-            let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            Framing::Length(n)
         } else {
             Framing::UntilClose
         };
