@@ -29,6 +29,7 @@ pub mod send_timeout;
 pub mod server;
 pub(crate) mod server_h1;
 pub mod sniff;
+pub mod spare;
 pub mod steer;
 pub mod strict;
 pub mod table;

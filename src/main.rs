@@ -224,6 +224,8 @@ fn return_freed_memory() {
         return;
     }
     LAST.set(Some(now));
+    // Spare read buffers first: a few of them spread over many pages would keep those.
+    meridian::spare::let_go();
     // SAFETY: mi_collect only walks and trims the calling thread's heap; no pointers are
     // passed.
     unsafe { libmimalloc_sys::mi_collect(false) };

@@ -32,10 +32,11 @@ use crate::headers::{Known, X_MERIDIAN_REGION, X_REQUEST_ID, known, plain_length
 use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
 use crate::sniff::{FramingLog, Sniffer};
+use crate::spare::{self, CLIENT_READS};
 use crate::table::TableHandle;
 
 /// First read of a request head; grown only for larger heads.
-const FIRST_READ: usize = 1024;
+pub(crate) const FIRST_READ: usize = 1024;
 
 /// Largest request body this loop reads itself (by Content-Length, whole, before the request
 /// is handled; as much as the proxy keeps for replaying a request by default). Larger bodies
@@ -81,8 +82,9 @@ pub(crate) async fn serve<I, S, B>(
     let stopping = shutdown.clone().cancelled_owned();
     let timer = tokio::time::sleep(context.header_read_timeout);
     tokio::pin!(stopping, timer);
-    // Set when a body was read into the buffer (see below).
-    let mut shed_buffer = false;
+    // Set when a large head or body grew the read buffer's allocation: what is left of it is
+    // let go once empty (see `let_go_if_grown`), not kept by an idle connection or the spares.
+    let mut grown = false;
     loop {
         // Wait for a head; between requests nothing is allocated.
         let deadline = tokio::time::Instant::now() + context.header_read_timeout;
@@ -101,7 +103,10 @@ pub(crate) async fn serve<I, S, B>(
             }
         };
         let head = match read {
-            Ok(HeadRead::Head(len)) => Some(buf.split_to(len).freeze()),
+            Ok(HeadRead::Head(len)) => {
+                grown |= len > FIRST_READ;
+                Some(buf.split_to(len).freeze())
+            }
             // The client closed between requests, or the connection failed.
             Ok(HeadRead::Closed) | Err(_) => return,
             // Hyper answers what this loop does not take (400, 431, ...).
@@ -146,10 +151,8 @@ pub(crate) async fn serve<I, S, B>(
             .await
             {
                 BodyRead::Whole(body) => {
-                    // The body shares the read buffer's allocation (up to 64 KiB): one that
-                    // grew it past the first read's size is let go once the buffer is empty,
-                    // so an idle connection does not keep it.
-                    shed_buffer |= body.len() > FIRST_READ;
+                    // The body shares the read buffer's allocation (up to 64 KiB).
+                    grown |= body.len() > FIRST_READ;
                     ClientBody::Full(body)
                 }
                 BodyRead::Closed => {
@@ -164,6 +167,7 @@ pub(crate) async fn serve<I, S, B>(
                 }
             }
         };
+        let_go_if_grown(&mut buf, &mut grown);
         let head_method = parts.method == Method::HEAD;
         let request = Request::from_parts(parts, body);
         let handler = boxed(|| {
@@ -203,12 +207,16 @@ pub(crate) async fn serve<I, S, B>(
                 return;
             }
         }
-        if buf.is_empty() && (shed_buffer || buf.capacity() > FIRST_READ) {
-            // A large head or a body grew the buffer: do not keep that while the connection
-            // idles.
-            buf = BytesMut::new();
-            shed_buffer = false;
-        }
+        let_go_if_grown(&mut buf, &mut grown);
+    }
+}
+
+/// Drop what is left of a read buffer that a large head or body grew, once it is empty: the
+/// rest of a 64 KiB allocation would otherwise stay with the connection, or in the spares.
+fn let_go_if_grown(buf: &mut BytesMut, grown: &mut bool) {
+    if buf.is_empty() && (*grown || buf.capacity() > FIRST_READ) {
+        *buf = BytesMut::new();
+        *grown = false;
     }
 }
 
@@ -227,14 +235,57 @@ async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, max: 
         if buf.len() >= max {
             return std::future::pending().await;
         }
-        if buf.capacity() - buf.len() < FIRST_READ / 2 {
-            buf.reserve(FIRST_READ);
-        }
-        match io.read_buf(buf).await {
+        let read = std::future::poll_fn(|cx| {
+            if buf.capacity() > buf.len() {
+                return spare::poll_read_into(Pin::new(&mut *io), buf, cx);
+            }
+            // No room left (what was left went to the spares, or the head filled it): a
+            // read on the stack, and a buffer only when the client did send something.
+            let mut probe = [MaybeUninit::<u8>::uninit(); 512];
+            let mut read = ReadBuf::uninit(&mut probe);
+            match Pin::new(&mut *io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    buf.extend_from_slice(read.filled());
+                    Poll::Ready(Ok(read.filled().len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        match read.await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
     }
+}
+
+/// Read what the client sent into `buf`, grown (doubling) when less than half a first read
+/// of room is left. The buffer is needed only for the read itself: an empty one goes to the
+/// thread's spares while the client keeps the connection waiting and comes back from them
+/// when there is something to read, so an idle keep-alive connection holds no buffer (as
+/// nginx lets its header buffer go between requests).
+async fn read_client<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        if buf.capacity() - buf.len() < FIRST_READ / 2 {
+            let grow = FIRST_READ.max(buf.len());
+            if !buf.try_reclaim(grow) {
+                match buf.is_empty().then(|| spare::take(&CLIENT_READS)).flatten() {
+                    Some(spare) => *buf = spare,
+                    None => buf.reserve(grow),
+                }
+            }
+        }
+        let read = spare::poll_read_into(Pin::new(&mut *io), buf, cx);
+        if read.is_pending() && buf.is_empty() {
+            // Empty: any allocation a large head or body grew was let go before this wait.
+            spare::put(&CLIENT_READS, std::mem::take(buf));
+        }
+        read
+    })
+    .await
 }
 
 /// What reading a request body came to.
@@ -315,14 +366,7 @@ async fn read_head<I: AsyncRead + Unpin>(
             return Ok(HeadRead::HandOff);
         }
         scanned = buf.len().saturating_sub(3);
-        if buf.capacity() - buf.len() < FIRST_READ / 2 {
-            buf.reserve(if buf.is_empty() {
-                FIRST_READ
-            } else {
-                buf.len()
-            });
-        }
-        if io.read_buf(buf).await? == 0 {
+        if read_client(io, buf).await? == 0 {
             return Ok(if buf.is_empty() {
                 HeadRead::Closed
             } else {
@@ -679,5 +723,65 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Waker;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_next_request_holds_no_read_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut buf = BytesMut::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        {
+            let read = pin!(read_client(&mut server, &mut buf));
+            assert!(read.poll(&mut cx).is_pending(), "nothing sent yet");
+        }
+        assert_eq!(
+            buf.capacity(),
+            0,
+            "the buffer went to the spares while waiting"
+        );
+        let spare = spare::take(&CLIENT_READS).expect("kept for the next read");
+        assert!(spare.capacity() >= FIRST_READ / 2);
+        spare::put(&CLIENT_READS, spare);
+
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = read_client(&mut server, &mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        assert!(
+            spare::take(&CLIENT_READS).is_none(),
+            "the spare was read into"
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_pipelined_during_a_request_are_kept_with_or_without_room() {
+        for room in [0, 8, FIRST_READ] {
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            let mut buf = BytesMut::with_capacity(room);
+            client
+                .write_all(b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            drop(client);
+            client_gone(&mut server, &mut buf, 16 * 1024).await;
+            assert_eq!(
+                &buf[..],
+                b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n",
+                "room {room}"
+            );
+        }
     }
 }

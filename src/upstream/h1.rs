@@ -24,6 +24,7 @@ use crate::fields::{Fields, HeadersRef};
 #[cfg(test)]
 use crate::headers::Overridden;
 use crate::headers::{Known, Overrides, known};
+use crate::spare::{self, UPSTREAM_READS};
 
 /// Most bytes a response head may take.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -32,10 +33,10 @@ pub const MAX_RESPONSE_HEADERS: usize = 100;
 /// Longest chunk-size line (with extensions) or trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 8 * 1024;
-/// Read buffers kept per thread for the next exchange (see [`spare`]).
-const MAX_SPARE_BUFFERS: usize = 16;
+/// Bytes asked of the socket per read. Buffers of upstream connections that went idle are
+/// kept per thread for the next exchange ([`crate::spare`]): an idle pooled connection keeps
+/// only its socket.
+pub(crate) const READ_SIZE: usize = 8 * 1024;
 /// A buffered body up to this size goes out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -166,7 +167,7 @@ impl Connection {
     /// socket. A read buffer with room left goes to the thread's spares for the next exchange.
     pub fn shrink(&mut self) {
         if self.buf.is_empty() {
-            spare::put(std::mem::take(&mut self.buf));
+            spare::put(&UPSTREAM_READS, std::mem::take(&mut self.buf));
         }
     }
 
@@ -626,44 +627,6 @@ pub fn read_answer_from(bytes: &[u8], head_only: bool) -> Result<(u16, usize), E
     Ok((status, read))
 }
 
-/// Read buffers of upstream connections that went idle, reused by the next exchange on the
-/// same thread. Responses are read into a buffer that the answer's fields and body then
-/// point into, so a connection's buffer cannot simply be kept, and allocating and freeing
-/// 8 KiB per answer was a large share of the allocator's work; an idle pooled connection
-/// keeps only its socket, and the spares are bounded per thread.
-mod spare {
-    use std::cell::RefCell;
-
-    use bytes::BytesMut;
-
-    use super::{MAX_SPARE_BUFFERS, READ_SIZE};
-
-    thread_local! {
-        static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Keep an empty buffer that still has room for a read.
-    pub(super) fn put(buf: BytesMut) {
-        if buf.capacity() < READ_SIZE / 2 {
-            return;
-        }
-        let _ = SPARES.try_with(|spares| {
-            if let Ok(mut spares) = spares.try_borrow_mut()
-                && spares.len() < MAX_SPARE_BUFFERS
-            {
-                spares.push(buf);
-            }
-        });
-    }
-
-    pub(super) fn take() -> Option<BytesMut> {
-        SPARES
-            .try_with(|spares| spares.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten()
-    }
-}
-
 /// Bytes back into a buffer to read more into: without a copy when nothing else holds them.
 fn into_mut(bytes: Bytes) -> BytesMut {
     bytes
@@ -682,23 +645,16 @@ fn poll_read_more(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < READ_SIZE / 2 && !buf.try_reclaim(READ_SIZE) {
-        match buf.is_empty().then(spare::take).flatten() {
+        match buf
+            .is_empty()
+            .then(|| spare::take(&UPSTREAM_READS))
+            .flatten()
+        {
             Some(spare) => *buf = spare,
             None => buf.reserve(READ_SIZE),
         }
     }
-    let spare = buf.spare_capacity_mut();
-    let mut read = ReadBuf::uninit(spare);
-    match Pin::new(stream).poll_read(cx, &mut read) {
-        Poll::Ready(Ok(())) => {
-            let n = read.filled().len();
-            // SAFETY: poll_read initialised the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            Poll::Ready(Ok(n))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
-    }
+    spare::poll_read_into(Pin::new(stream), buf, cx)
 }
 
 /// POST, PUT and PATCH say how long their body is even when it is empty.
@@ -1016,23 +972,21 @@ mod tests {
             panic!("a whole head");
         };
         assert!(buf.is_empty());
-        spare::put(buf);
-        let mut next = spare::take().expect("an empty buffer with room is kept");
+        spare::put(&UPSTREAM_READS, buf);
+        let mut next = spare::take(&UPSTREAM_READS).expect("an empty buffer with room is kept");
         assert!(next.capacity() >= READ_SIZE / 2);
         // The next exchange reads into what is left of the same allocation...
         next.extend_from_slice(&[b'z'; 1024]);
         // ...and the earlier answer, which still points into it, is untouched.
         assert_eq!(head.fields.get("x-a"), Some(&b"1"[..]));
         assert_eq!(&rest[..], b"ok");
-        assert!(spare::take().is_none(), "taken once");
+        assert!(spare::take(&UPSTREAM_READS).is_none(), "taken once");
 
-        for _ in 0..MAX_SPARE_BUFFERS + 4 {
-            spare::put(BytesMut::with_capacity(READ_SIZE));
-        }
-        let kept = std::iter::from_fn(spare::take).count();
-        assert_eq!(kept, MAX_SPARE_BUFFERS, "bounded per thread");
-        spare::put(BytesMut::with_capacity(64));
-        assert!(spare::take().is_none(), "too small to be worth keeping");
+        spare::put(&UPSTREAM_READS, BytesMut::with_capacity(64));
+        assert!(
+            spare::take(&UPSTREAM_READS).is_none(),
+            "too small to be worth keeping"
+        );
     }
 
     #[test]
