@@ -692,6 +692,21 @@ fn path_echo(_: usize, head: &str) -> Reply {
     ))
 }
 
+/// What the client reads until it ends with `suffix` (within 3 s; a close first fails).
+async fn read_until(client: &mut TcpStream, suffix: &str) -> String {
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    while !text.ends_with(suffix) {
+        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no answer ending in {suffix} within 3 s: {text}"))
+            .unwrap();
+        assert!(n > 0, "closed instead of answered: {text}");
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    text
+}
+
 #[tokio::test]
 async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
     let (upstream, seen) = scripted(path_echo).await;
@@ -715,16 +730,7 @@ async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
         .write_all(b"lloGET /two HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await
         .unwrap();
-    let mut text = String::new();
-    let mut chunk = [0u8; 4096];
-    while !text.ends_with("/two") {
-        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut chunk))
-            .await
-            .expect("both answers arrive")
-            .unwrap();
-        assert!(n > 0, "{text}");
-        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    let text = read_until(&mut client, "/two").await;
     assert!(
         text.find("\r\n\r\n/one").unwrap() < text.find("\r\n\r\n/two").unwrap(),
         "{text}"
@@ -751,15 +757,7 @@ async fn small_bodies_by_content_length_are_read_by_the_own_loop() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.write_all(b"cd").await.unwrap();
-    let mut text = String::new();
-    while !text.ends_with("/three") {
-        let n = tokio::time::timeout(Duration::from_secs(3), client.read(&mut chunk))
-            .await
-            .expect("the answer arrives")
-            .unwrap();
-        assert!(n > 0, "closed instead of answered: {text}");
-        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    read_until(&mut client, "/three").await;
     assert_eq!(seen.requests.lock().unwrap()[2].1, b"abcd");
     // A body that never arrives whole: 408 at its deadline, nothing sent upstream.
     client
