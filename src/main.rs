@@ -88,6 +88,7 @@ enum GeoCommand {
 }
 
 fn main() -> ExitCode {
+    meridian::alloc::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
@@ -205,32 +206,6 @@ fn check(config: &Path) -> ExitCode {
     }
 }
 
-/// Hand memory the allocator holds but no longer uses back to the system, at most twice a
-/// second per runtime thread and only when the thread goes idle. mimalloc purges freed pages
-/// only when it is called again, so without this a burst of connections (each holding its
-/// buffers) left the process at its peak size long after they closed.
-fn return_freed_memory() {
-    use std::cell::Cell;
-    use std::time::{Duration, Instant};
-    const EVERY: Duration = Duration::from_millis(500);
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    }
-    let now = Instant::now();
-    if LAST
-        .get()
-        .is_some_and(|last| now.duration_since(last) < EVERY)
-    {
-        return;
-    }
-    LAST.set(Some(now));
-    // Spare read buffers first: a few of them spread over many pages would keep those.
-    meridian::spare::let_go();
-    // SAFETY: mi_collect only walks and trims the calling thread's heap; no pointers are
-    // passed.
-    unsafe { libmimalloc_sys::mi_collect(false) };
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     runtime_with(None)
 }
@@ -247,13 +222,14 @@ fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime:
     };
     builder
         .enable_all()
-        .on_thread_park(return_freed_memory)
+        .on_thread_park(meridian::alloc::return_freed_memory)
         .build()
         .context("cannot start the async runtime")
 }
 
 async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()> {
-    // Wakes an idle runtime twice a second, so `return_freed_memory` runs after a burst ends.
+    // Wakes an idle runtime twice a second, so `alloc::return_freed_memory` runs after a
+    // burst ends.
     tokio::spawn(async {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

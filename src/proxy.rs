@@ -269,6 +269,7 @@ pub async fn handle(
     req: Request<ClientBody>,
     raw: Option<Fields>,
 ) -> Result<Box<Answer>, Infallible> {
+    crate::alloc::note_request();
     // Taken for every request, in order, before anything else can return.
     let had_both =
         req.version() <= http::Version::HTTP_11 && framing.is_some_and(|log| log.next_had_both());
