@@ -82,7 +82,7 @@ const PURGE_DELAY_OPTION: mi::mi_option_t = 15;
 /// How long pages freed under load stay with the process before mimalloc hands them back on
 /// its own (its default is one second). With one second, a thread at a steady 5,000 requests/s
 /// gave back and faulted in again about 30 pages a second (300 faults per 50,000 requests
-/// against nginx's 30-60). An idle thread does not wait for this: see `return_freed_memory`.
+/// against nginx's 0-120). An idle thread does not wait for this: see `return_freed_memory`.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// How often a parking thread looks at whether it has been idle.
