@@ -160,8 +160,6 @@ fn look(last: Option<(Instant, u64)>, now: Instant, requests: u64) -> Look {
 mod tests {
     use super::*;
 
-    /// The option index is mimalloc 3's purge delay: its default is 1,000 ms (nothing in
-    /// the tests sets it).
     #[test]
     fn memory_goes_back_only_after_a_check_interval_without_requests() {
         let t = Instant::now();
@@ -207,6 +205,8 @@ mod tests {
         .expect("the test thread panicked");
     }
 
+    /// The option index is mimalloc 3's purge delay: its default is 1,000 ms (nothing in
+    /// the tests sets it).
     #[test]
     fn the_purge_delay_option_is_mimallocs() {
         // SAFETY: reads one integer option by index.
