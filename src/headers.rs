@@ -142,6 +142,13 @@ pub fn plain_length(value: &[u8]) -> Option<u64> {
     Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// `content-length: n` and its line end, written into a head being built.
+pub fn put_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A header value as text when it is visible ASCII (and tabs), as `HeaderValue::to_str`
 /// requires.
 pub fn as_text(value: &[u8]) -> Option<&str> {
@@ -413,6 +420,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_content_length_reads_back_as_the_same_number() {
+        for n in [0, 7, 512, 1_000_000_007, 999_999_999_999_999_999] {
+            let mut out = b"x: 1\r\n".to_vec();
+            put_content_length(&mut out, n);
+            let line = out.strip_prefix(b"x: 1\r\ncontent-length: ".as_slice());
+            let digits = line.and_then(|l| l.strip_suffix(b"\r\n".as_slice()));
+            assert_eq!(digits.and_then(plain_length), Some(n), "{out:?}");
+        }
+    }
 
     #[test]
     fn present_headers_are_found_in_one_pass() {

@@ -654,7 +654,7 @@ impl ReplayBody {
     /// The body for the next attempt, if there still is one to send.
     fn next(&mut self) -> Option<UpstreamBody> {
         match self {
-            Self::Buffered(bytes) => Some(Either::Left(Full::new(bytes.clone()))),
+            Self::Buffered(bytes) => Some(Either::Left(bytes.clone())),
             Self::Streaming(body, _) => body.take().map(Either::Right),
         }
     }

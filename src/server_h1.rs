@@ -560,7 +560,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     if !has_length && !no_body {
         match body.size_hint().exact() {
             Some(n) if !head_method || n > 0 => {
-                let _ = write!(out, "content-length: {n}\r\n");
+                crate::headers::put_content_length(&mut out, n);
             }
             Some(_) => {}
             None if head_method => {}

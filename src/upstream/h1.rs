@@ -39,6 +39,8 @@ const MAX_TRAILERS: usize = 16 * 1024;
 pub(crate) const READ_SIZE: usize = 8 * 1024;
 /// A buffered body up to this size goes out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
+/// What a request head is first given room for; a larger one grows the buffer.
+const HEAD_ROOM: usize = 512;
 
 /// The socket to one upstream, in the clear or over TLS.
 pub enum Stream {
@@ -183,17 +185,15 @@ impl Connection {
     ) -> Result<UpstreamHead, (ExchangeError, Option<UpstreamBody>)> {
         let Outgoing { parts, headers, .. } = request;
         let head_only = parts.method == Method::HEAD;
-        let mut out = Vec::with_capacity(512);
         // A buffered body is kept (a cheap reference) so a request the upstream closed on
         // without answering can be handed back for another try.
         let mut kept = None;
         match body {
-            Either::Left(full) => {
-                let bytes = full
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+            Either::Left(bytes) => {
+                let coalesce = bytes.len() <= COALESCE_BODY;
+                // Room for a small body too, so the head is not copied again to make it.
+                let mut out =
+                    Vec::with_capacity(HEAD_ROOM + if coalesce { bytes.len() } else { 0 });
                 let declared = headers.first(Known::ContentLength).is_some();
                 let length = (!bytes.is_empty() || declared || method_expects_body(&parts.method))
                     .then_some(bytes.len() as u64);
@@ -202,14 +202,12 @@ impl Connection {
                     request,
                     length.map_or(BodyKind::None, BodyKind::Length),
                 );
-                let coalesce = bytes.len() <= COALESCE_BODY;
                 if coalesce {
                     out.extend_from_slice(&bytes);
                 }
                 if let Err(e) = self.stream.write_all(&out).await {
                     self.reusable = false;
-                    let body = Either::Left(http_body_util::Full::new(bytes));
-                    return Err((ExchangeError::NotSent(e), Some(body)));
+                    return Err((ExchangeError::NotSent(e), Some(Either::Left(bytes))));
                 }
                 if !coalesce && let Err(e) = self.stream.write_all(&bytes).await {
                     self.reusable = false;
@@ -218,6 +216,7 @@ impl Connection {
                 kept = Some(bytes);
             }
             Either::Right(streamed) => {
+                let mut out = Vec::with_capacity(HEAD_ROOM);
                 let length = crate::strict::content_length(headers);
                 write_head(
                     &mut out,
@@ -237,9 +236,7 @@ impl Connection {
         self.read_head(head_only).await.map_err(|e| {
             self.reusable = false;
             let again = match (&e, kept) {
-                (ExchangeError::ClosedBeforeAnswer, Some(bytes)) => {
-                    Some(Either::Left(http_body_util::Full::new(bytes)))
-                }
+                (ExchangeError::ClosedBeforeAnswer, Some(bytes)) => Some(Either::Left(bytes)),
                 _ => None,
             };
             (e, again)
@@ -775,8 +772,7 @@ fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
     match body {
         BodyKind::None => {}
         BodyKind::Length(n) => {
-            use std::io::Write as _;
-            let _ = write!(out, "content-length: {n}\r\n");
+            crate::headers::put_content_length(out, n);
         }
         BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -25,8 +25,9 @@ use tokio::time::Instant;
 
 use super::h1::{self, Connection, Framing};
 
-/// A request body: buffered (replayable) or streamed from the client.
-pub type UpstreamBody = Either<Full<Bytes>, crate::body::StreamedBody>;
+/// A request body: buffered (replayable, handed over as it is, without a `Full` wrapper to
+/// collect again) or streamed from the client.
+pub type UpstreamBody = Either<Bytes, crate::body::StreamedBody>;
 
 /// The limits of one cluster's pool.
 #[derive(Debug, Clone, PartialEq)]
