@@ -192,6 +192,48 @@ impl Fields {
         }
     }
 
+    /// Append `name: value\r\n` for each field `keep` accepts (given name, value and the kind
+    /// recorded when it was pushed, if any), in order. Fields that arrived in that form, one
+    /// after another, are copied from the head as one run, not piece by piece: an answer's
+    /// head is mostly such a run. Others (a tab after the colon, a bare LF) are written out
+    /// in the canonical form.
+    pub fn write_lines(
+        &self,
+        out: &mut Vec<u8>,
+        mut keep: impl FnMut(&[u8], &[u8], Option<Known>) -> bool,
+    ) {
+        let head = &self.head[..];
+        // The run of canonical lines not yet copied, as a range of the head.
+        let mut run = 0..0;
+        for span in &self.spans {
+            let (name, value) = (self.name_of(span), self.value_of(span));
+            if !keep(name, value, span.kind) {
+                continue;
+            }
+            let start = span.name as usize;
+            let colon = start + name.len();
+            let end = span.value as usize + value.len() + 2;
+            let canonical = span.value as usize == colon + 2
+                && head.get(colon..colon + 2) == Some(b": ".as_slice())
+                && head.get(end - 2..end) == Some(b"\r\n".as_slice());
+            if canonical && run.end == start {
+                run.end = end;
+                continue;
+            }
+            out.extend_from_slice(&head[run.clone()]);
+            if canonical {
+                run = start..end;
+            } else {
+                run = 0..0;
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(&head[run]);
+    }
+
     /// Name, value and kind (when recorded, else found now) of each field, in order.
     pub fn iter_known(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<Known>)> {
         let recorded = self.present.is_some();
@@ -384,6 +426,37 @@ mod tests {
             }
         }
         f
+    }
+
+    #[test]
+    fn lines_are_written_canonically_whether_copied_as_runs_or_piece_by_piece() {
+        let f = fields(
+            b"Server: x\r\nDate: d\r\nConnection: keep-alive\r\nA: 1\r\nB:\t2\r\nC: 3\nD: 4  \r\n\
+              E:5\r\nF: 6\r\nG: 7\r\n",
+        );
+        type Keep = fn(&[u8]) -> bool;
+        let expected = |keep: Keep| {
+            let mut out = Vec::new();
+            for (name, value) in f.iter().filter(|(n, _)| keep(n)) {
+                out.extend_from_slice(&[name, b": ", value, b"\r\n"].concat());
+            }
+            out
+        };
+        let keeps: [Keep; 4] = [
+            |_| true,
+            |_| false,
+            |n| n != b"Connection",
+            |n| !matches!(n, b"Server" | b"F" | b"G"),
+        ];
+        for keep in keeps {
+            let mut out = b"HTTP/1.1 200 OK\r\n".to_vec();
+            f.write_lines(&mut out, |name, _, _| keep(name));
+            let written = out.strip_prefix(b"HTTP/1.1 200 OK\r\n".as_slice());
+            assert_eq!(
+                written.map(String::from_utf8_lossy),
+                Some(String::from_utf8_lossy(&expected(keep)))
+            );
+        }
     }
 
     #[test]

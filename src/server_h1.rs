@@ -502,17 +502,14 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let mut has_date = false;
     // The upstream's fields as received (hop-by-hop ones already left out), except those
     // Meridian sets itself.
-    for (name, value) in answer.upstream.iter() {
+    answer.upstream.write_lines(&mut out, |name, _, _| {
         if answer.replaces(name) {
-            continue;
+            return false;
         }
         has_length |= name.eq_ignore_ascii_case(b"content-length");
         has_date |= name.eq_ignore_ascii_case(b"date");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
+        true
+    });
     let Answer {
         response,
         region,

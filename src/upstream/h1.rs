@@ -736,38 +736,38 @@ fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
+    fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
-    };
-    let mut client_header = |name: &[u8], value: &[u8], kind: Option<Known>| {
-        // Expect: 100-continue is answered to the client (hyper does, when the body is
-        // first read); the upstream gets the body as it comes, without being asked first.
-        if !matches!(
+    }
+    // Expect: 100-continue is answered to the client (hyper does, when the body is first
+    // read); the upstream gets the body as it comes, without being asked first.
+    let forwarded = |kind: Option<Known>| {
+        !matches!(
             kind,
             Some(Known::ContentLength | Known::TransferEncoding | Known::Expect)
         ) && !overrides.replaces_kind(kind)
-        {
-            line(name, value);
-        }
     };
     match headers {
         HeadersRef::Map(map) => {
             for (name, value) in map {
                 let name = name.as_str().as_bytes();
-                client_header(name, value.as_bytes(), known(name));
+                if forwarded(known(name)) {
+                    line(out, name, value.as_bytes());
+                }
             }
         }
         HeadersRef::Raw(fields) => {
-            for (name, value, kind) in fields.iter_known() {
-                client_header(name, value, kind);
-            }
+            let recorded = fields.present().is_some();
+            fields.write_lines(out, |name, _, kind| {
+                forwarded(if recorded { kind } else { known(name) })
+            });
         }
     }
     for (name, value) in overrides.iter() {
-        line(name.as_str().as_bytes(), value.as_bytes());
+        line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match body {
         BodyKind::None => {}
