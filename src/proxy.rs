@@ -1136,9 +1136,10 @@ fn set_forwarding_headers(
     }
     .unwrap_or_default();
     crate::headers::push_ip(&mut forwarded_for, peer);
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
-        overrides.set(Overridden::ForwardedFor, value);
-    }
+    // SAFETY: visible ASCII only (what a HeaderValue may hold): values taken as text
+    // (`joined` keeps only those), ", " and an address; not checked a second time.
+    let value = unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from(forwarded_for)) };
+    overrides.set(Overridden::ForwardedFor, value);
     if !(peer_trusted
         && present.has(Known::ForwardedProto)
         && headers.first(Known::ForwardedProto).is_some())
@@ -1176,7 +1177,8 @@ fn new_request_id() -> HeaderValue {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+    // SAFETY: hex digits only, which a HeaderValue may hold; not checked a second time.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::copy_from_slice(&text)) }
 }
 
 #[cfg(test)]
