@@ -579,6 +579,10 @@ async fn forward(
 /// A request body that can be sent more than once when small enough.
 enum ReplayBody {
     Buffered(Bytes),
+    /// Read whole on the way in (Meridian's own HTTP/1.1 loop reads small bodies so) but
+    /// past the route's replay limit: sent at most once, as a streamed body is; `None` once
+    /// sent. The limit decides what is replayed, not how the body happened to be read.
+    Once(Option<Bytes>),
     /// Streamed from the client; `None` once sent.
     Streaming(Option<StreamedBody>, Arc<AtomicBool>),
 }
@@ -601,7 +605,9 @@ impl ReplayBody {
                     limit: max_body,
                 }));
             }
-            // Already in memory: kept whole whatever the replay limit.
+            ClientBody::Full(bytes) if bytes.len() as u64 > replay_limit => {
+                return Ok(Self::Once(Some(bytes)));
+            }
             ClientBody::Full(bytes) => return Ok(Self::Buffered(bytes)),
             ClientBody::Incoming(body) => body,
         };
@@ -655,12 +661,16 @@ impl ReplayBody {
     fn next(&mut self) -> Option<UpstreamBody> {
         match self {
             Self::Buffered(bytes) => Some(Either::Left(bytes.clone())),
+            Self::Once(bytes) => bytes.take().map(Either::Left),
             Self::Streaming(body, _) => body.take().map(Either::Right),
         }
     }
 
     fn replayable(&self) -> bool {
-        matches!(self, Self::Buffered(_) | Self::Streaming(Some(_), _))
+        matches!(
+            self,
+            Self::Buffered(_) | Self::Once(Some(_)) | Self::Streaming(Some(_), _)
+        )
     }
 
     /// Whether the streamed body was cut off at the route's limit.
@@ -668,10 +678,12 @@ impl ReplayBody {
         matches!(self, Self::Streaming(_, flag) if flag.load(Ordering::Relaxed))
     }
 
-    /// Give an unsent streaming body back (nothing reached the upstream).
+    /// Give an unsent body back (nothing reached the upstream).
     fn restore(&mut self, body: UpstreamBody) {
-        if let (Self::Streaming(slot, _), Either::Right(streamed)) = (self, body) {
-            *slot = Some(streamed);
+        match (self, body) {
+            (Self::Streaming(slot, _), Either::Right(streamed)) => *slot = Some(streamed),
+            (Self::Once(slot), Either::Left(bytes)) => *slot = Some(bytes),
+            _ => {}
         }
     }
 }

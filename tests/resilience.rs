@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Backends, Client, get, start_proxy};
+use bytes::Bytes;
+use common::{Backends, Client, get, raw_exchange, start_proxy};
 use http::Method;
 use meridian::demo::RegionBackend;
 use meridian::server::RunningServer;
@@ -555,6 +556,61 @@ routes:
         (200, "eu-west-1")
     );
     assert_eq!(backends.eu.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_body_past_the_replay_limit_is_sent_once_however_it_arrived() {
+    let backends = Backends::start().await;
+    backends.us.control.status.store(503, Ordering::SeqCst);
+    let config = backends.fill(
+        "
+local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
+admin: { bind: null }
+{REGIONS}
+clusters:
+  api: { endpoints: { us-east-1: [\"{US}\"], eu-west-1: [\"{EU}\"] }, outlier_detection: { enabled: false } }
+routes:
+  - name: api
+    hosts: [\"*\"]
+    cluster: api
+    max_replay_body: 100
+    retries: { attempts: 2, retry_on: [503] }
+",
+    );
+    let proxy = start_proxy(&config).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let mut client = Client::connect(addr, None).await;
+    let put = |len: usize| Bytes::from(vec![b'x'; len]);
+
+    // Within the limit: kept, so the idempotent PUT goes again, whole, to the next region.
+    let answer = client
+        .request_with_body(Method::PUT, "a.test", "/echo", &[], put(100))
+        .await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.region()),
+        (200, "eu-west-1")
+    );
+    assert_eq!(answer.json()["body"], "x".repeat(100));
+    assert_eq!(backends.hits()[..2], [1, 1]);
+
+    // Past it, with a Content-Length (read whole on the way in all the same): sent once, so
+    // the upstream's 503 is the answer.
+    let answer = client
+        .request_with_body(Method::PUT, "a.test", "/echo", &[], put(512))
+        .await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(backends.hits()[..2], [2, 1]);
+
+    // Past it, chunked (streamed): the same.
+    let chunked = format!(
+        "PUT /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n200\r\n{}\r\n0\r\n\r\n",
+        "x".repeat(512)
+    );
+    let (answer, _) = raw_exchange(addr, chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(backends.hits()[..2], [3, 1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
