@@ -502,7 +502,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let mut has_date = false;
     // The upstream's fields as received (hop-by-hop ones already left out), except those
     // Meridian sets itself.
-    answer.upstream.write_lines(&mut out, |name, _, _| {
+    answer.upstream.write_lines(&mut out, |name, _| {
         if answer.replaces(name) {
             return false;
         }

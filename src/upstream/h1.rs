@@ -761,7 +761,7 @@ fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
         }
         HeadersRef::Raw(fields) => {
             let recorded = fields.present().is_some();
-            fields.write_lines(out, |name, _, kind| {
+            fields.write_lines(out, |name, kind| {
                 forwarded(if recorded { kind } else { known(name) })
             });
         }
