@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -249,6 +250,15 @@ routes:
   - {{ name: bench, hosts: ["*"], cluster: bench }}
 """)
     return conf
+
+
+def difference_interval(a, b, resamples=2000):
+    """median(a) - median(b), and the 5th and 95th percentiles of that difference when the runs
+    of each side are resampled with replacement (a bootstrap; seeded, so a table is repeatable)."""
+    rng = random.Random(0)
+    diffs = sorted(statistics.median(rng.choices(a, k=len(a))) - statistics.median(rng.choices(b, k=len(b)))
+                   for _ in range(resamples))
+    return statistics.median(a) - statistics.median(b), diffs[resamples // 20], diffs[resamples - 1 - resamples // 20]
 
 
 def rotated(order, rep):
@@ -501,6 +511,7 @@ def main():
             for rep in range(latency_reps):
                 for name in rotated(order, rep):
                     wait_quiet()
+                    oha(ports[name], rate, warm)
                     got = oha(ports[name], rate, seconds)
                     runs.setdefault((name, rate), []).append(got)
                     print(f"rep {rep + 1} {name} @ {rate}/s: {got}", flush=True)
@@ -528,6 +539,7 @@ def main():
             for protocol in ("h2c", "h2"):
                 for name in (("meridian", "nginx") if rep % 2 == 0 else ("nginx", "meridian")):
                     wait_quiet()
+                    oha(PORTS[f"{name}-{protocol}"], H2_RATE, warm, protocol)
                     got = oha(PORTS[f"{name}-{protocol}"], H2_RATE, seconds, protocol)
                     h2_runs.setdefault((name, protocol), []).append(got)
                     print(f"rep {rep + 1} {name} {protocol} @ {H2_RATE}/s: {got}", flush=True)
@@ -593,7 +605,7 @@ def main():
             lines.append(f"| {LABELS.get(name, name)} | {instructions[name]:,.0f} | "
                          f"{instructions[name] / instructions['nginx']:.2f} |")
     lines += ["", f"Open-loop latency added over direct (oha, latency-corrected; median of {latency_reps} interleaved "
-              f"runs of {seconds} s per target and rate; the backend direct row is the baseline's own "
+              f"runs of {seconds} s per target and rate, each after {warm} s at the same rate; the backend direct row is the baseline's own "
               f"percentiles; the last column is the p99 of each single run, min–max), µs:", "",
               "| target | rate | p50 | p90 | p99 | p99 of single runs |", "|---|---|---|---|---|---|"]
     for rate in (5000, 15000):
@@ -604,6 +616,16 @@ def main():
             got = (" | ".join(f"{base[k]:.0f}" for k in ("p50", "p90", "p99")) if name == "direct"
                    else added(latency[(name, rate)], base))
             lines.append(f"| {LABELS.get(name, name)} | {rate}/s | {got} | {min(spread):.0f}–{max(spread):.0f} |")
+    lines += ["", "Meridian's added latency minus nginx's (the medians above), with the 90% interval of that "
+              "difference over 2,000 resamples of the runs (an interval that spans zero means these runs cannot "
+              "tell the two apart), µs:", "", "| rate | p50 | p90 | p99 |", "|---|---|---|---|"]
+    for rate in (5000, 15000):
+        cells = []
+        for k in ("p50", "p90", "p99"):
+            diff, low, high = difference_interval([r[k] for r in runs[("meridian", rate)]],
+                                                  [r[k] for r in runs[("nginx", rate)]])
+            cells.append(f"{diff:+.0f} ({low:+.0f} to {high:+.0f})")
+        lines.append(f"| {rate}/s | {' | '.join(cells)} |")
     lines += ["", "HTTP/2 from the client (h2load -t1 -c50 -m10; prior knowledge, or TLS 1.3 with ALPN h2 and a "
               "P-256 certificate); HTTP/1.1 keep-alive to the same backend:", "",
               "| target | protocol | req/s | × nginx | proxy CPU µs/request | × nginx | mean request time µs |",
@@ -618,7 +640,8 @@ def main():
                          f"{statistics.median(r['mean_us']):.0f} |")
     base = latency[("direct", H2_RATE)]
     lines += ["", f"HTTP/2 open-loop latency at {H2_RATE}/s (oha --http2, 50 connections, latency-corrected; "
-              f"median of {reps} runs), added over the same run's HTTP/1.1 direct baseline, µs:", "",
+              f"median of {reps} runs, each after {warm} s at the same rate), added over the same run's HTTP/1.1 "
+              "direct baseline, µs:", "",
               "| target | protocol | p50 | p90 | p99 |", "|---|---|---|---|---|"]
     for protocol in ("h2c", "h2"):
         for name in ("meridian", "nginx"):
