@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side load harness: the same nginx backend direct, through Meridian, nginx and HAProxy.
 
-    python3 benches/load/run.py            # full run (about 20 minutes), writes benches/load/results.md
+    python3 benches/load/run.py            # full run (about 35 minutes), writes benches/load/results.md
     python3 benches/load/run.py --quick    # 1 repetition of 3 s, for trying it out
     python3 benches/load/run.py --pgo      # measure the profile-guided build (benches/pgo.py)
 
