@@ -225,10 +225,7 @@ impl Fields {
                 run = start..end;
             } else {
                 run = 0..0;
-                out.extend_from_slice(name);
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
+                crate::headers::put_field(out, name, value);
             }
         }
         out.extend_from_slice(&head[run]);

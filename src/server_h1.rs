@@ -28,7 +28,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::fields::Fields;
-use crate::headers::{Known, X_MERIDIAN_REGION, X_REQUEST_ID, known, plain_length};
+use crate::headers::{
+    Known, X_MERIDIAN_REGION, X_REQUEST_ID, known, plain_length, put_content_length, put_field,
+};
 use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
 use crate::sniff::{FramingLog, Sniffer};
@@ -533,20 +535,14 @@ async fn write_response<I: AsyncWrite + Unpin>(
         }
         has_length |= name == header::CONTENT_LENGTH;
         has_date |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in [
         (X_MERIDIAN_REGION, region.as_ref()),
         (X_REQUEST_ID, request_id.as_ref()),
     ] {
         if let Some(value) = value {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     // 1xx, 204 and 304 never carry a body; HEAD announces the length a GET would get.
@@ -557,7 +553,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     if !has_length && !no_body {
         match body.size_hint().exact() {
             Some(n) if !head_method || n > 0 => {
-                crate::headers::put_content_length(&mut out, n);
+                put_content_length(&mut out, n);
             }
             Some(_) => {}
             None if head_method => {}
@@ -618,10 +614,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 {
                     out.extend_from_slice(b"0\r\n");
                     for (name, value) in &fields {
-                        out.extend_from_slice(name.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b"\r\n");
+                        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
                     }
                     out.extend_from_slice(b"\r\n");
                     chunked = false;

@@ -23,7 +23,7 @@ use super::pool::UpstreamBody;
 use crate::fields::{Fields, HeadersRef};
 #[cfg(test)]
 use crate::headers::Overridden;
-use crate::headers::{Known, Overrides, known};
+use crate::headers::{Known, Overrides, known, put_content_length, put_field};
 use crate::spare::{self, UPSTREAM_READS};
 
 /// Most bytes a response head may take.
@@ -736,12 +736,6 @@ fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
     // Expect: 100-continue is answered to the client (hyper does, when the body is first
     // read); the upstream gets the body as it comes, without being asked first.
     let forwarded = |kind: Option<Known>| {
@@ -755,7 +749,7 @@ fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
             for (name, value) in map {
                 let name = name.as_str().as_bytes();
                 if forwarded(known(name)) {
-                    line(out, name, value.as_bytes());
+                    put_field(out, name, value.as_bytes());
                 }
             }
         }
@@ -767,12 +761,12 @@ fn write_head(out: &mut Vec<u8>, request: Outgoing<'_>, body: BodyKind) {
         }
     }
     for (name, value) in overrides.iter() {
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match body {
         BodyKind::None => {}
         BodyKind::Length(n) => {
-            crate::headers::put_content_length(out, n);
+            put_content_length(out, n);
         }
         BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
