@@ -39,6 +39,14 @@ H2_RATE = 5000  # HTTP/2 open-loop latency is measured at this rate only
 # process limit, which cannot be raised here (20,000).
 HAPROXY_MAX_IDLE = 9900
 LOADGEN_CPU, SERVER_CPU = "0", "1"
+# The harness pins every process (above); benches/pgo.py's training turns this off, so it
+# also runs where CPU 1 may not be there (a container build limited to one CPU).
+PIN = True
+
+
+def pinned(cpu):
+    """The `taskset` prefix that puts a command on `cpu`, or none when PIN is off."""
+    return ["taskset", "-c", cpu] if PIN else []
 # A second nginx reference that does per request what Meridian does besides proxying: the
 # forwarding headers, a request id, the loop guard and the region response header. The
 # targets are against plain nginx; this row shows what the extra work costs nginx.
@@ -53,17 +61,20 @@ def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def ensure_tools():
-    missing = [pkg for tool, pkg in [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk"),
-                                     ("h2load", "nghttp2-client"), ("openssl", "openssl"),
-                                     ("valgrind", "valgrind")]
-               if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+# The harness's tools: (command, Debian package that has it).
+HARNESS_TOOLS = [("nginx", "nginx-light"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("h2load", "nghttp2-client"),
+                 ("openssl", "openssl"), ("valgrind", "valgrind"), ("taskset", "util-linux")]
+
+
+def ensure_tools(tools=HARNESS_TOOLS, oha=True):
+    """Installs the missing ones of `tools` with apt-get, and oha with cargo when `oha`."""
+    missing = [pkg for tool, pkg in tools if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
         print(f"installing {missing} with apt-get", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if shutil.which("oha") is None and not (Path.home() / ".cargo/bin/oha").exists():
+    if oha and shutil.which("oha") is None and not (Path.home() / ".cargo/bin/oha").exists():
         print("installing oha with cargo", flush=True)
         subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
 
@@ -132,7 +143,7 @@ class Processes:
 
     def start(self, name, cmd, port, env=None):
         log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], stdout=log, stderr=log,
+        proc = subprocess.Popen([*pinned(SERVER_CPU), *cmd], stdout=log, stderr=log,
                                 env={**os.environ, **(env or {})})
         self.procs[name] = proc
         wait_port(port)
@@ -277,7 +288,7 @@ def wrk(port, seconds, connections=50, script=None):
     whole geo path: trusted peer, XFF parse, GeoIP lookup, region ranking. `script`: a wrk Lua
     script (see `post_script`)."""
     lua = ["-s", str(script)] if script else []
-    out = sh("taskset", "-c", LOADGEN_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *lua,
+    out = sh(*pinned(LOADGEN_CPU), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *lua,
              "-H", "X-Forwarded-For: 198.51.100.7", f"http://127.0.0.1:{port}/").stdout
     requests = 0
     for line in out.splitlines():
@@ -329,7 +340,7 @@ def oha(port, rate, seconds, protocol="http/1.1"):
     h2 = ["--http2"] if protocol != "http/1.1" else []
     tls = ["--insecure"] if protocol == "h2" else []
     scheme = "https" if protocol == "h2" else "http"
-    out = sh("taskset", "-c", LOADGEN_CPU, oha_bin(), "--no-tui", "--output-format", "json", "-z", f"{seconds}s",
+    out = sh(*pinned(LOADGEN_CPU), oha_bin(), "--no-tui", "--output-format", "json", "-z", f"{seconds}s",
              "-q", str(rate), "--latency-correction", "-c", "50", *h2, *tls, "-H", "X-Forwarded-For: 198.51.100.7",
              f"{scheme}://127.0.0.1:{port}/").stdout
     data = json.loads(out)
@@ -341,7 +352,7 @@ def h2load(port, tls, seconds):
     """HTTP/2 closed loop: h2load on CPU 0, 50 connections with 10 streams each, prior knowledge
     (h2c) or ALPN over TLS 1.3. Returns (requests, mean request time in µs)."""
     scheme = "https" if tls else "http"
-    out = sh("taskset", "-c", LOADGEN_CPU, "h2load", "-t1", "-c50", "-m10", "-D", str(seconds),
+    out = sh(*pinned(LOADGEN_CPU), "h2load", "-t1", "-c50", "-m10", "-D", str(seconds),
              "--warm-up-time=0", "-H", "x-forwarded-for: 198.51.100.7", f"{scheme}://127.0.0.1:{port}/").stdout
     requests, mean = 0, 0.0
     for line in out.splitlines():
