@@ -114,6 +114,15 @@ def rss_kb(pid):
     return 0
 
 
+def cpu_model():
+    """The processor's name: the figures move with it (the kernel's cost per system call and
+    context switch above all), so each table says which one it was measured on."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "processor unknown"
+
+
 def busy_fraction(interval=0.5):
     """CPU used by everything on the machine, in cores, over `interval`."""
     def read():
@@ -577,7 +586,7 @@ def main():
     haproxy_cpu = statistics.median(results["haproxy"]["cpu_us"])
     nginx_rps = statistics.median(results["nginx"]["rps"])
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({os.uname().machine}, Linux "
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_model()}, {os.uname().machine}, Linux "
         f"{os.uname().release}); {versions['meridian']} ({build}; current_thread runtime), {versions['nginx']}, "
         f"{versions['haproxy']}. Load generator on CPU 0, proxy and backend (nginx, one worker, 100-byte body) "
         f"on CPU 1; wrk -t1 -c50, {reps} × {seconds} s after {warm} s warm-up, order rotated; medians (min–max). "
