@@ -47,6 +47,8 @@ PIN = True
 def pinned(cpu):
     """The `taskset` prefix that puts a command on `cpu`, or none when PIN is off."""
     return ["taskset", "-c", cpu] if PIN else []
+
+
 # A second nginx reference that does per request what Meridian does besides proxying: the
 # forwarding headers, a request id, the loop guard and the region response header. The
 # targets are against plain nginx; this row shows what the extra work costs nginx.
