@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ValueIter};
 
-use crate::headers::{Known, Present, known};
+use crate::headers::{Known, Present, known, put_field};
 
 /// Where one field's name and value are in the head, and which known header it is.
 #[derive(Debug, Clone, Copy)]
@@ -206,10 +206,11 @@ impl Fields {
         // The run of canonical lines not yet copied, as a range of the head.
         let mut run = 0..0;
         for span in &self.spans {
-            let (name, value) = (self.name_of(span), self.value_of(span));
+            let name = self.name_of(span);
             if !keep(name, span.kind) {
                 continue;
             }
+            let value = self.value_of(span);
             let start = span.name as usize;
             let colon = start + name.len();
             let end = span.value as usize + value.len() + 2;
@@ -225,7 +226,7 @@ impl Fields {
                 run = start..end;
             } else {
                 run = 0..0;
-                crate::headers::put_field(out, name, value);
+                put_field(out, name, value);
             }
         }
         out.extend_from_slice(&head[run]);
