@@ -130,7 +130,7 @@ pub fn return_freed_memory() {
         let _ = LAST_LOOK.try_with(|l| l.set(Some((now, seen))));
     }
     if look == Look::Idle {
-        crate::spare::let_go();
+        crate::http1::buffers::let_go();
         // SAFETY: mi_collect only walks and trims the calling thread's heap and the arenas'
         // free pages; no pointers are passed.
         unsafe { mi::mi_collect(true) };
@@ -185,21 +185,21 @@ mod tests {
             let past = Instant::now() - IDLE_CHECK * 2;
             // Requests since the last look: the spares stay.
             LAST_LOOK.set(Some((past, REQUESTS.get())));
-            crate::spare::put(
-                &crate::spare::CLIENT_READS,
+            crate::http1::buffers::put(
+                &crate::http1::buffers::CLIENT_READS,
                 bytes::BytesMut::with_capacity(4096),
             );
             note_request();
             return_freed_memory();
-            assert!(crate::spare::take(&crate::spare::CLIENT_READS).is_some());
+            assert!(crate::http1::buffers::take(&crate::http1::buffers::CLIENT_READS).is_some());
             // None since: they go.
             LAST_LOOK.set(Some((past, REQUESTS.get())));
-            crate::spare::put(
-                &crate::spare::CLIENT_READS,
+            crate::http1::buffers::put(
+                &crate::http1::buffers::CLIENT_READS,
                 bytes::BytesMut::with_capacity(4096),
             );
             return_freed_memory();
-            assert!(crate::spare::take(&crate::spare::CLIENT_READS).is_none());
+            assert!(crate::http1::buffers::take(&crate::http1::buffers::CLIENT_READS).is_none());
         })
         .join()
         .expect("the test thread panicked");

@@ -42,7 +42,7 @@ pub fn forwarded_for(data: &[u8]) {
 
 /// A PROXY protocol header.
 pub fn proxy_header(data: &[u8]) {
-    let _ = crate::proxy_protocol::source(data);
+    let _ = crate::edge::proxy_protocol::source(data);
 }
 
 /// An HTTP/1.1 request head → the strict checks.
@@ -76,28 +76,29 @@ pub fn request_head(data: &[u8]) {
         }
     }
     // The same head as Meridian's own HTTP/1.1 loop keeps it: fields as received.
-    let mut fields = crate::fields::Fields::with_capacity(data.clone(), request.headers.len());
+    let mut fields =
+        crate::http1::raw_fields::Fields::with_capacity(data.clone(), request.headers.len());
     for h in request.headers.iter() {
         let name = h.name.as_bytes();
-        fields.push_known(name, h.value, crate::headers::known(name));
+        fields.push_known(name, h.value, crate::http1::headers::known(name));
     }
     // Looking only at the headers found present must judge exactly as looking at all, and
     // the fields exactly as the map.
-    let headers = crate::fields::HeadersRef::Map(&map);
-    let raw = crate::fields::HeadersRef::Raw(&fields);
-    let present = crate::headers::Present::of(headers);
-    assert_eq!(present, crate::headers::Present::of(raw));
-    let judged = crate::strict::check_request(&method, version, &uri, headers, present);
-    let all = crate::headers::Present::ALL;
+    let headers = crate::http1::raw_fields::HeadersRef::Map(&map);
+    let raw = crate::http1::raw_fields::HeadersRef::Raw(&fields);
+    let present = crate::http1::headers::Present::of(headers);
+    assert_eq!(present, crate::http1::headers::Present::of(raw));
+    let judged = crate::http1::strict::check_request(&method, version, &uri, headers, present);
+    let all = crate::http1::headers::Present::ALL;
     assert_eq!(
         judged,
-        crate::strict::check_request(&method, version, &uri, headers, all)
+        crate::http1::strict::check_request(&method, version, &uri, headers, all)
     );
     assert_eq!(
         judged,
-        crate::strict::check_request(&method, version, &uri, raw, present)
+        crate::http1::strict::check_request(&method, version, &uri, raw, present)
     );
-    let _ = crate::routes::normalize_host(
+    let _ = crate::table::routes::normalize_host(
         map.get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or(""),
@@ -107,6 +108,6 @@ pub fn request_head(data: &[u8]) {
 /// An upstream's answer (head, interim heads, chunked or delimited body) → Meridian's
 /// HTTP/1.1 response reader, as if to a GET and to a HEAD.
 pub fn upstream_response(data: &[u8]) {
-    let _ = crate::upstream::h1::read_answer_from(data, false);
-    let _ = crate::upstream::h1::read_answer_from(data, true);
+    let _ = crate::http1::client::read_answer_from(data, false);
+    let _ = crate::http1::client::read_answer_from(data, true);
 }

@@ -3,6 +3,7 @@
 //! Loading stops at the model; [`crate::table::compile`] checks meaning (references, CIDRs,
 //! durations, ranges) and builds the routing table, collecting every problem in one pass.
 
+pub mod import;
 mod model;
 mod problems;
 mod yaml;

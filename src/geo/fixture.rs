@@ -228,8 +228,11 @@ mod tests {
         let fixture = include_str!("../../config/geoip/demo-fixture.yaml");
         let built = build(fixture, Path::new("demo-fixture.yaml")).unwrap();
         let built = GeoDb::from_bytes(built, Path::new("built")).unwrap();
-        let shipped =
-            GeoDb::from_bytes(crate::demo::DEMO_GEOIP.to_vec(), Path::new("shipped")).unwrap();
+        let shipped = GeoDb::from_bytes(
+            crate::control::demo::DEMO_GEOIP.to_vec(),
+            Path::new("shipped"),
+        )
+        .unwrap();
         let parsed: Fixture = parse_document(fixture).unwrap().value;
         for net in &parsed.networks {
             let ip = net.cidr.parse::<IpNet>().unwrap().network();

@@ -145,7 +145,7 @@ impl GeoResolver {
         }
         let mut last = (peer, AddrSource::Peer);
         for value in forwarded_for.rev() {
-            let Some(text) = crate::headers::as_text(value) else {
+            let Some(text) = crate::http1::headers::as_text(value) else {
                 return last;
             };
             for entry in text.rsplit(',') {

@@ -4,14 +4,15 @@
 //! The request path checks connections out of the pool and reports outcomes; control tasks
 //! (one detector per cluster, one health loop per endpoint) own every state change.
 
-pub mod h1;
+pub mod discovery;
+pub mod endpoints;
 pub mod health;
 pub mod outlier;
 pub mod pool;
 
 use prometheus::IntCounter;
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Counters per cluster: what the data path refused, retried or reported, and what the
 /// control tasks did. Prometheus handles resolved once, kept across reloads with the cluster.

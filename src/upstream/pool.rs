@@ -23,11 +23,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::h1::{self, Connection, Framing};
+use crate::http1::client::{self as h1, Connection, Framing};
 
 /// A request body: buffered (replayable, handed over as it is, without a `Full` wrapper to
 /// collect again) or streamed from the client.
-pub type UpstreamBody = Either<Bytes, crate::body::StreamedBody>;
+pub type UpstreamBody = Either<Bytes, crate::http1::body::StreamedBody>;
 
 /// The limits of one cluster's pool.
 #[derive(Debug, Clone, PartialEq)]

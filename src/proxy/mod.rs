@@ -3,6 +3,8 @@
 //! Every request loads the current table once and finishes on it, even if a reload swaps in
 //! another meanwhile. Errors are values of [`ProxyError`], turned into a response in one place.
 
+pub mod websocket;
+
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,29 +19,29 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use crate::access_log::{self, AccessRecord};
-use crate::body::StreamedBody;
 use crate::config::AccessLogFormat;
-use crate::decision::{
-    DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
-};
-use crate::fields::{Fields, HeadersRef};
 use crate::geo::{AddrSource, CountryCode};
-use crate::headers::{Known, Present};
-use crate::headers::{Overridden, Overrides};
-use crate::headers::{
+use crate::http1::body::StreamedBody;
+use crate::http1::client::{ExchangeError, Outgoing, UpstreamHead};
+use crate::http1::headers::{Known, Present};
+use crate::http1::headers::{Overridden, Overrides};
+use crate::http1::headers::{
     X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION, X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW,
     X_MERIDIAN_REGION, X_REQUEST_ID, strip_hop_by_hop,
 };
-use crate::retry::{AttemptFailure, parse_retry_after};
-use crate::routes::ClusterId;
-use crate::routes::normalize_host;
+use crate::http1::raw_fields::{Fields, HeadersRef};
+use crate::http1::strict::Malformed;
+use crate::route::decision::{
+    DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
+};
 use crate::steer::RegionId;
-use crate::strict::Malformed;
+use crate::table::retry::{AttemptFailure, parse_retry_after};
+use crate::table::routes::ClusterId;
+use crate::table::routes::normalize_host;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 use crate::table::{EndpointState, TableHandle};
+use crate::telemetry::access_log::{self, AccessRecord};
 use crate::upstream::ClusterStats;
-use crate::upstream::h1::{ExchangeError, Outgoing, UpstreamHead};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
     CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
@@ -265,7 +267,7 @@ pub async fn handle(
     peer: SocketAddr,
     scheme: Scheme,
     redirect_https: Option<u16>,
-    framing: Option<Arc<crate::sniff::FramingLog>>,
+    framing: Option<Arc<crate::http1::framing::FramingLog>>,
     req: Request<ClientBody>,
     raw: Option<Fields>,
 ) -> Result<Box<Answer>, Infallible> {
@@ -364,7 +366,7 @@ pub fn redirect_to_https(uri: &Uri, headers: HeadersRef<'_>, port: u16) -> Respo
         .or_else(|| {
             headers
                 .first(Known::Host)
-                .and_then(crate::headers::as_text)
+                .and_then(crate::http1::headers::as_text)
                 .map(|h| normalize_host(h).into_owned())
         })
         .unwrap_or_default();
@@ -434,7 +436,13 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let present = Present::of(headers);
-    crate::strict::check_request(&parts.method, parts.version, &parts.uri, headers, present)?;
+    crate::http1::strict::check_request(
+        &parts.method,
+        parts.version,
+        &parts.uri,
+        headers,
+        present,
+    )?;
     let raw_host = request_host(parts.version, &parts.uri, headers)?;
     let host = normalize_host(raw_host.to_str().unwrap_or_default());
     let mut rng = fastrand::Rng::new();
@@ -475,7 +483,7 @@ async fn forward(
         .flatten();
     if present.has(Known::HopByHop) {
         match raw.as_mut() {
-            Some(fields) => crate::headers::strip_hop_by_hop_fields(fields),
+            Some(fields) => crate::http1::headers::strip_hop_by_hop_fields(fields),
             None => strip_hop_by_hop(&mut parts.headers),
         }
     }
@@ -521,7 +529,7 @@ async fn forward(
         trace.endpoint = Some(decision.endpoint.address);
         let request_id = overrides.get(Overridden::RequestId).cloned();
         overrides.apply(&mut parts.headers);
-        let mut response = Box::pin(crate::websocket::forward(
+        let mut response = Box::pin(crate::proxy::websocket::forward(
             &table.regions[decision.region as usize].name,
             &decision,
             parts,
@@ -614,7 +622,7 @@ impl ReplayBody {
         if body.is_end_stream() {
             return Ok(Self::Buffered(Bytes::new()));
         }
-        if let Some(n) = crate::strict::content_length(headers) {
+        if let Some(n) = crate::http1::strict::content_length(headers) {
             if n > max_body {
                 return Err(ProxyError::Malformed(Malformed::BodyTooLarge {
                     limit: max_body,
@@ -913,7 +921,7 @@ impl Last {
         table: &RoutingTable,
         region: RegionId,
         endpoint: &Endpoint,
-        route: &crate::routes::Route,
+        route: &crate::table::routes::Route,
     ) -> Result<(Box<Answer>, RegionId), ProxyError> {
         let (per_try_timeout, response_idle) =
             (route.retries.per_try_timeout, route.response_idle_timeout);
@@ -1105,7 +1113,7 @@ fn set_visited(
 fn joined<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<String> {
     let mut out: Option<String> = None;
     for v in values {
-        let Some(text) = crate::headers::as_text(v) else {
+        let Some(text) = crate::http1::headers::as_text(v) else {
             continue;
         };
         match &mut out {
@@ -1147,7 +1155,7 @@ fn set_forwarding_headers(
         None
     }
     .unwrap_or_default();
-    crate::headers::push_ip(&mut forwarded_for, peer);
+    crate::http1::headers::push_ip(&mut forwarded_for, peer);
     // SAFETY: visible ASCII only (what a HeaderValue may hold): values taken as text
     // (`joined` keeps only those), ", " and an address; not checked a second time.
     let value = unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from(forwarded_for)) };
@@ -1196,7 +1204,7 @@ fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+    use crate::http1::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
     #[test]
     fn request_ids_are_128_random_bits_in_lowercase_hex() {

@@ -8,8 +8,8 @@
 
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::fields::HeadersRef;
-use crate::headers::{Known, Present, as_text, plain_length};
+use crate::http1::headers::{Known, Present, as_text, plain_length};
+use crate::http1::raw_fields::HeadersRef;
 
 /// Longest request target accepted (bytes).
 pub const MAX_URI_BYTES: usize = 8 * 1024;

@@ -27,14 +27,14 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::fields::Fields;
-use crate::headers::{
+use crate::edge::listen::serve_io;
+use crate::http1::buffers::{self as spare, CLIENT_READS};
+use crate::http1::framing::{FramingLog, Sniffer};
+use crate::http1::headers::{
     Known, X_MERIDIAN_REGION, X_REQUEST_ID, known, plain_length, put_content_length, put_field,
 };
+use crate::http1::raw_fields::Fields;
 use crate::proxy::{Answer, ClientBody, ProxyBody};
-use crate::server::serve_io;
-use crate::sniff::{FramingLog, Sniffer};
-use crate::spare::{self, CLIENT_READS};
 use crate::table::TableHandle;
 
 /// First read of a request head; grown only for larger heads.
@@ -332,7 +332,7 @@ fn request_timeout_answer() -> Vec<u8> {
     let mut out = b"HTTP/1.1 408 Request Timeout\r\nx-meridian-error: request-timeout\r\n\
         content-length: 0\r\nconnection: close\r\ndate: "
         .to_vec();
-    crate::date::write_now(&mut out);
+    crate::http1::date::write_now(&mut out);
     out.extend_from_slice(b"\r\n\r\n");
     out
 }
@@ -356,7 +356,7 @@ async fn read_head<I: AsyncRead + Unpin>(
 ) -> std::io::Result<HeadRead> {
     let mut scanned = 0;
     loop {
-        if let Some(at) = crate::scan::head_end(&buf[scanned..]) {
+        if let Some(at) = crate::http1::delimiters::head_end(&buf[scanned..]) {
             let len = scanned + at + 4;
             return Ok(if len > max {
                 HeadRead::HandOff
@@ -566,7 +566,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let bodiless = head_method || no_body;
     if !has_date {
         out.extend_from_slice(b"date: ");
-        crate::date::write_now(&mut out);
+        crate::http1::date::write_now(&mut out);
         out.extend_from_slice(b"\r\n");
     }
     if !keep {

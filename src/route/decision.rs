@@ -7,17 +7,17 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::fields::HeadersRef;
 use crate::geo::{AddrSource, Location};
-use crate::headers::{Known, Present};
-use crate::routes::Route;
+use crate::http1::headers::{Known, Present};
+use crate::http1::raw_fields::HeadersRef;
 use crate::steer::{self, NoRegion, RegionId, RegionOrder};
+use crate::table::routes::Route;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 
 /// What the decision needs from a request.
 pub struct RequestFacts<'a> {
     pub peer: IpAddr,
-    /// Normalised host (see [`crate::routes::normalize_host`]).
+    /// Normalised host (see [`crate::table::routes::normalize_host`]).
     pub host: &'a str,
     pub path: &'a str,
     pub method: &'a Method,
@@ -34,7 +34,7 @@ pub struct RouteDecision<'t> {
     pub location: Location,
     pub route: &'t Route,
     pub cluster: &'t Cluster,
-    pub cluster_id: crate::routes::ClusterId,
+    pub cluster_id: crate::table::routes::ClusterId,
     pub order: RegionOrder,
     pub region: RegionId,
     pub panic: bool,
@@ -78,8 +78,8 @@ pub struct Visited {
 impl Visited {
     pub fn from_headers(table: &RoutingTable, headers: HeadersRef<'_>) -> Self {
         let mut visited = Self::default();
-        for value in headers.values(crate::headers::Known::Visited) {
-            let Some(text) = crate::headers::as_text(value) else {
+        for value in headers.values(crate::http1::headers::Known::Visited) {
+            let Some(text) = crate::http1::headers::as_text(value) else {
                 continue;
             };
             for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -132,7 +132,11 @@ pub fn decide_for_route<'t>(
     let forwarded_for = facts
         .present
         .has(Known::ForwardedFor)
-        .then(|| facts.headers.values(crate::headers::Known::ForwardedFor))
+        .then(|| {
+            facts
+                .headers
+                .values(crate::http1::headers::Known::ForwardedFor)
+        })
         .into_iter()
         .flatten();
     let (client, client_source) = table.geo.client_addr(facts.peer, forwarded_for);

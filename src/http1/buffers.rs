@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, ReadBuf};
 thread_local! {
     /// Client connections' request-head buffers (see `server_h1`).
     pub(crate) static CLIENT_READS: Spares =
-        const { Spares::new(crate::server_h1::FIRST_READ / 2, 16) };
+        const { Spares::new(crate::http1::server::FIRST_READ / 2, 16) };
     /// Upstream connections' response buffers (see `upstream::h1`).
     pub(crate) static UPSTREAM_READS: Spares =
-        const { Spares::new(crate::upstream::h1::READ_SIZE / 2, 16) };
+        const { Spares::new(crate::http1::client::READ_SIZE / 2, 16) };
 }
 
 /// Drop the calling thread's spares; called when the thread goes idle, so the allocator can

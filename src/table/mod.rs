@@ -3,6 +3,9 @@
 //! The control path builds a whole new table from a config (collecting every problem in one
 //! pass) and swaps it in through `ArcSwap`; the request path only ever loads the current one.
 
+pub mod retry;
+pub mod routes;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,13 +28,13 @@ use crate::config::{
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoPoint, GeoResolver, Location, LocationSource,
 };
-use crate::metrics::{Metrics, RequestMetrics};
-use crate::retry::RetryPolicy;
-use crate::routes::{
+use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
+use crate::table::retry::RetryPolicy;
+use crate::table::routes::{
     ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteMetrics,
     RouteSet, RouteTarget,
 };
-use crate::steer::{self, Candidate, MAX_REGIONS, RegionHealth, RegionId, RegionOrder, Steering};
+use crate::telemetry::metrics::{Metrics, RequestMetrics};
 use crate::tls::{MinVersion, TlsSpec};
 use crate::upstream::ClusterStats;
 use crate::upstream::health::HealthPolicy;
@@ -168,7 +171,7 @@ impl Candidate for Arc<Endpoint> {
     }
 }
 
-pub use crate::endpoints::{EndpointSet, EndpointSource, Members};
+pub use crate::upstream::endpoints::{EndpointSet, EndpointSource, Members};
 
 /// DNS discovery settings, compiled.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,10 +10,10 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use regex::Regex;
 
-use crate::fields::HeadersRef;
-use crate::metrics::RequestMetrics;
-use crate::retry::RetryPolicy;
+use crate::http1::raw_fields::HeadersRef;
 use crate::steer::{RegionId, Steering};
+use crate::table::retry::RetryPolicy;
+use crate::telemetry::metrics::RequestMetrics;
 
 /// Index of a cluster in the routing table.
 pub type ClusterId = usize;
@@ -61,7 +61,7 @@ impl HeaderMatch {
             HeaderValueMatch::Exact(want) => values.any(|v| v == want.as_bytes()),
             HeaderValueMatch::Prefix(want) => values.any(|v| v.starts_with(want.as_bytes())),
             HeaderValueMatch::Regex(re) => {
-                values.any(|v| crate::headers::as_text(v).is_some_and(|s| re.is_match(s)))
+                values.any(|v| crate::http1::headers::as_text(v).is_some_and(|s| re.is_match(s)))
             }
         }
     }
@@ -302,7 +302,12 @@ mod tests {
             requests: AtomicU64::new(0),
             metrics: RouteMetrics {
                 per_cluster: Vec::new(),
-                no_cluster: RequestMetrics::new(&crate::metrics::Metrics::new(), name, "", ""),
+                no_cluster: RequestMetrics::new(
+                    &crate::telemetry::metrics::Metrics::new(),
+                    name,
+                    "",
+                    "",
+                ),
             },
         }
     }

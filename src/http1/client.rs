@@ -19,12 +19,12 @@ use hyper::body::Frame;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::pool::UpstreamBody;
-use crate::fields::{Fields, HeadersRef};
+use crate::http1::buffers::{self as spare, UPSTREAM_READS};
 #[cfg(test)]
-use crate::headers::Overridden;
-use crate::headers::{Known, Overrides, known, put_content_length, put_field};
-use crate::spare::{self, UPSTREAM_READS};
+use crate::http1::headers::Overridden;
+use crate::http1::headers::{Known, Overrides, known, put_content_length, put_field};
+use crate::http1::raw_fields::{Fields, HeadersRef};
+use crate::upstream::pool::UpstreamBody;
 
 /// Most bytes a response head may take.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -34,7 +34,7 @@ pub const MAX_RESPONSE_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Bytes asked of the socket per read. Buffers of upstream connections that went idle are
-/// kept per thread for the next exchange ([`crate::spare`]): an idle pooled connection keeps
+/// kept per thread for the next exchange ([`crate::http1::buffers`]): an idle pooled connection keeps
 /// only its socket.
 pub(crate) const READ_SIZE: usize = 8 * 1024;
 /// A buffered body up to this size goes out in the same write as the head.
@@ -217,7 +217,7 @@ impl Connection {
             }
             Either::Right(streamed) => {
                 let mut out = Vec::with_capacity(HEAD_ROOM);
-                let length = crate::strict::content_length(headers);
+                let length = crate::http1::strict::content_length(headers);
                 write_head(
                     &mut out,
                     request,
@@ -247,7 +247,7 @@ impl Connection {
     /// answers first.
     async fn send_streamed(
         &mut self,
-        mut body: crate::body::StreamedBody,
+        mut body: crate::http1::body::StreamedBody,
         chunked: bool,
     ) -> Result<(), ExchangeError> {
         enum Next {
@@ -564,7 +564,7 @@ pub(crate) fn parse_head(
             // Plain digits only: the value is passed on as received, and `+5` (which Rust's
             // parser takes) would be framed differently by the next reader.
             let value = value.trim_ascii();
-            match crate::headers::plain_length(value) {
+            match crate::http1::headers::plain_length(value) {
                 Some(n) => Framing::Length(n),
                 None => {
                     return Err(ExchangeError::BadHead(format!(
@@ -857,7 +857,7 @@ pub(crate) fn decode_chunked(
                     *state = ChunkState::Done;
                     continue;
                 }
-                let Some(end) = crate::scan::head_end(buf) else {
+                let Some(end) = crate::http1::delimiters::head_end(buf) else {
                     if buf.len() > MAX_TRAILERS {
                         return Err("trailers too large");
                     }
@@ -872,7 +872,7 @@ pub(crate) fn decode_chunked(
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
-    crate::scan::crlf(buf)
+    crate::http1::delimiters::crlf(buf)
 }
 
 /// The fields of a trailer section, without those that may not be sent as trailers

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, Problem};
+use crate::edge::listen::Server;
 use crate::geo::FileIdentity;
-use crate::server::Server;
 use crate::table::{CompileContext, RoutingTable};
 
 /// Quiet time after a file event before reloading: editors and ConfigMap swaps write in bursts.
@@ -215,7 +215,7 @@ impl Server {
         &self,
         path: &Path,
         trigger: Trigger,
-        serving: &mut crate::server::Serving,
+        serving: &mut crate::edge::listen::Serving,
     ) -> Result<ReloadResult, ReloadError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             ReloadError::Config(ConfigError::Read {
@@ -247,12 +247,13 @@ impl Server {
             if serving.listeners.iter().any(|l| l.spec == *spec) {
                 continue;
             }
-            let listener =
-                crate::server::bind_listener(spec.bind).map_err(|source| ReloadError::Bind {
+            let listener = crate::edge::listen::bind_listener(spec.bind).map_err(|source| {
+                ReloadError::Bind {
                     name: spec.name.clone(),
                     addr: spec.bind,
                     source,
-                })?;
+                }
+            })?;
             new_listeners.push((spec.clone(), listener));
         }
         if table.admin_bind != current.admin_bind {

@@ -16,11 +16,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::decision::{RequestFacts, decide_for_route, find_route};
-use crate::reload::Trigger;
-use crate::routes::normalize_host;
-use crate::server::Server;
+use crate::control::reload::Trigger;
+use crate::edge::listen::Server;
+use crate::route::decision::{RequestFacts, decide_for_route, find_route};
 use crate::steer;
+use crate::table::routes::normalize_host;
 use crate::table::{Endpoint, RoutingTable};
 
 /// The status page, served from the binary.
@@ -74,7 +74,7 @@ pub async fn handle(
             ),
             Err(e) => {
                 let status = match e {
-                    crate::reload::ReloadError::NoConfigFile => StatusCode::CONFLICT,
+                    crate::control::reload::ReloadError::NoConfigFile => StatusCode::CONFLICT,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 json_response(status, json!({ "result": "failed", "error": e.to_string(), "status": server.reload_status().as_ref() }))
@@ -259,8 +259,10 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         host: &host,
         path,
         method: &method,
-        headers: crate::fields::HeadersRef::Map(&headers),
-        present: crate::headers::Present::of(crate::fields::HeadersRef::Map(&headers)),
+        headers: crate::http1::raw_fields::HeadersRef::Map(&headers),
+        present: crate::http1::headers::Present::of(crate::http1::raw_fields::HeadersRef::Map(
+            &headers,
+        )),
     };
     let location = table.geo.locate(ip);
     let client = json!({

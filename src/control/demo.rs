@@ -23,14 +23,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, EndpointConfig};
+use crate::edge::listen::{self as server, RunningServer};
 use crate::geo::GeoDb;
-use crate::server::{self, RunningServer};
 use crate::table;
 
 /// The demo config; its endpoints are replaced by the in-process backends.
-pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
 /// The demo GeoIP database, built from `config/geoip/demo-fixture.yaml`.
-pub const DEMO_GEOIP: &[u8] = include_bytes!("../config/geoip/demo-city.mmdb");
+pub const DEMO_GEOIP: &[u8] = include_bytes!("../../config/geoip/demo-city.mmdb");
 /// The regions the demo runs backends for.
 pub const DEMO_REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
 

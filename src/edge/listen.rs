@@ -23,13 +23,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::Metrics;
-use crate::reload::ReloadStatus;
-use crate::send_timeout::SendTimeout;
-use crate::sniff::{FramingLog, Sniffer};
+use crate::control::reload::ReloadStatus;
+use crate::edge::send_timeout::SendTimeout;
+use crate::http1::framing::{FramingLog, Sniffer};
 use crate::table::{
     Endpoint, EndpointSet, EndpointSource, ListenerSpec, RoutingTable, TableHandle,
 };
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::outlier::Detector;
 
 /// Largest request head hyper will buffer (HTTP/1.1).
@@ -204,7 +204,7 @@ impl Server {
                 // keep-alive connection holds a pointer instead.
                 let table = table.clone();
                 let scheme = scheme.clone();
-                crate::server_h1::boxed(move || async move {
+                crate::http1::server::boxed(move || async move {
                     crate::proxy::handle(
                         table,
                         peer,
@@ -271,9 +271,10 @@ pub async fn start_with(
         metrics.geoip_build_epoch.set(db.build_epoch() as i64);
     }
     let hash = match &config_path {
-        Some(path) => {
-            crate::reload::content_hash(&std::fs::read_to_string(path).unwrap_or_default(), &table)
-        }
+        Some(path) => crate::control::reload::content_hash(
+            &std::fs::read_to_string(path).unwrap_or_default(),
+            &table,
+        ),
         None => String::new(),
     };
     let status = ReloadStatus::initial(table.generation, &hash);
@@ -337,7 +338,7 @@ pub async fn start_with(
             let for_admin = server.clone();
             let make_service = move |peer: SocketAddr, _: Option<Arc<FramingLog>>| {
                 let server = for_admin.clone();
-                service_fn(move |req| crate::admin::handle(server.clone(), peer, req))
+                service_fn(move |req| crate::control::admin::handle(server.clone(), peer, req))
             };
             server.tracker.spawn(accept_loop(
                 listener,
@@ -429,7 +430,7 @@ async fn serve_tls<S, B>(
     match own_http1 {
         Some(own) if !h2 => {
             let context = own.context(peer, framing);
-            crate::server_h1::serve(tls_stream, context, builder, service, shutdown).await
+            crate::http1::server::serve(tls_stream, context, builder, service, shutdown).await
         }
         _ => {
             let io = TokioIo::new(Sniffer::new(tls_stream, framing));
@@ -464,7 +465,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
         .iter()
         .any(|c| c.regions.iter().any(|s| s.has_dns()));
     let resolver = if needs_dns {
-        match crate::discovery::resolver(&table.dns) {
+        match crate::upstream::discovery::resolver(&table.dns) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
                 tracing::error!("{e}; endpoints given by name stay empty");
@@ -522,7 +523,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
                 if !matches!(source, EndpointSource::Dns { .. }) {
                     continue;
                 }
-                let counters = crate::discovery::LookupCounters {
+                let counters = crate::upstream::discovery::LookupCounters {
                     ok: table
                         .metrics
                         .dns_lookups
@@ -533,7 +534,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
                         .with_label_values(&[cluster.name.as_str(), "failed"]),
                 };
                 let for_joined = (set.clone(), check.clone());
-                tracker.spawn(crate::discovery::run(
+                tracker.spawn(crate::upstream::discovery::run(
                     resolver.clone(),
                     set.clone(),
                     index,
@@ -602,8 +603,8 @@ impl OwnHttp1 {
         &self,
         peer: SocketAddr,
         framing: Option<Arc<FramingLog>>,
-    ) -> crate::server_h1::ConnectionContext {
-        crate::server_h1::ConnectionContext {
+    ) -> crate::http1::server::ConnectionContext {
+        crate::http1::server::ConnectionContext {
             table: self.table.clone(),
             peer,
             scheme: self.scheme.clone(),
@@ -665,7 +666,12 @@ async fn accept_loop<F, S, B>(
                     tracing::debug!(client = %peer, "PROXY protocol listener: peer not trusted, closed");
                     return;
                 }
-                match Box::pin(crate::proxy_protocol::read_header(&mut stream, pp.timeout)).await {
+                match Box::pin(crate::edge::proxy_protocol::read_header(
+                    &mut stream,
+                    pp.timeout,
+                ))
+                .await
+                {
                     Ok(Some(client)) => peer = client,
                     Ok(None) => {}
                     Err(e) => {
@@ -690,7 +696,8 @@ async fn accept_loop<F, S, B>(
                 None => match own_http1 {
                     Some(own) => {
                         let context = own.context(peer, framing);
-                        crate::server_h1::serve(stream, context, builder, service, shutdown).await
+                        crate::http1::server::serve(stream, context, builder, service, shutdown)
+                            .await
                     }
                     // Boxed: hyper's connection state would otherwise size every connection
                     // task, Meridian's own HTTP/1.1 ones included.

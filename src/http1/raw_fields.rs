@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, ValueIter};
 
-use crate::headers::{Known, Present, known, put_field};
+use crate::http1::headers::{Known, Present, known, put_field};
 
 /// Where one field's name and value are in the head, and which known header it is.
 #[derive(Debug, Clone, Copy)]

@@ -12,8 +12,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::decision::RouteDecision;
 use crate::proxy::{ProxyBody, ProxyError};
+use crate::route::decision::RouteDecision;
 use crate::table::EndpointState;
 
 /// Counts the session against its endpoint while it lasts.

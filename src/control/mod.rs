@@ -1,0 +1,5 @@
+//! Lifecycle, reload, admin and the demo.
+
+pub mod admin;
+pub mod demo;
+pub mod reload;

@@ -1,0 +1,3 @@
+//! The routing decision.
+
+pub mod decision;
