@@ -15,7 +15,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
-use crate::table::{DnsSettings, Endpoint, EndpointSet, EndpointSource};
+use crate::upstream::endpoints::{DnsSettings, Endpoint, EndpointSet, EndpointSource};
 
 /// Why the resolver could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! The endpoints of one cluster in one region: fixed addresses and DNS names, and the member
+//! Endpoints and their live state (in flight, health, ejection), and the endpoints of one
+//! cluster in one region: fixed addresses and DNS names, and the member
 //! list the request path picks from.
 //!
 //! Members live behind an `ArcSwap`: DNS discovery replaces the list when a name's addresses
@@ -6,14 +7,15 @@
 //! `Endpoint` (and so its health, ejection and load state).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::uri::Authority;
 
 use crate::config::LoadBalancer;
-use crate::steer::{self, RegionHealth, RegionId};
-use crate::table::{Endpoint, EndpointState};
+use crate::steer::{self, Candidate, RegionHealth, RegionId};
 
 /// Where a region's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +242,131 @@ impl EndpointSet {
         )
         .and_then(|i| members.endpoints.get(i).cloned())
     }
+}
+
+/// What the control path learns about an endpoint; kept in an `Arc` so it can outlive a table.
+///
+/// The request path reads the flags and bumps `in_flight`; the outlier detector and health
+/// checker own every other write.
+#[derive(Debug)]
+pub struct EndpointState {
+    pub in_flight: AtomicU32,
+    /// The active health checks' verdict (healthy until they say otherwise).
+    pub healthy: AtomicBool,
+    /// Taken out of rotation by outlier detection.
+    pub ejected: AtomicBool,
+    /// Times ejected; the next ejection lasts base × (this + 1).
+    pub ejections: AtomicU32,
+    pub consecutive_5xx: AtomicU32,
+    pub consecutive_gateway_errors: AtomicU32,
+    /// A failure was seen since the detector's last sweep.
+    pub failed_since_sweep: AtomicBool,
+    ejected_until: Mutex<Option<tokio::time::Instant>>,
+    /// Tries sent to this endpoint, and those that failed (5xx or no response).
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    /// Recent success rate in basis points (0–10000), an exponentially weighted average.
+    pub success_rate: AtomicU32,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway_errors: AtomicU32::new(0),
+            failed_since_sweep: AtomicBool::new(false),
+            ejected_until: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            success_rate: AtomicU32::new(10_000),
+        }
+    }
+}
+
+impl EndpointState {
+    /// Record one try's outcome for the admin API (the outlier detector has its own view).
+    pub fn record_outcome(&self, ok: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let sample: u32 = if ok { 10_000 } else { 0 };
+        // Weight 1/16: about the last few dozen tries.
+        let _ = self
+            .success_rate
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(((i64::from(r) * 15 + i64::from(sample)) / 16) as u32)
+            });
+    }
+
+    pub fn ejected_until(&self) -> Option<tokio::time::Instant> {
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_ejected_until(&self, until: Option<tokio::time::Instant>) {
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// `ip:port` for the upstream URI, built once.
+    pub authority: Authority,
+    pub weight: u32,
+    pub region: RegionId,
+    pub state: Arc<EndpointState>,
+}
+
+impl Endpoint {
+    pub fn new(
+        address: SocketAddr,
+        weight: u32,
+        region: RegionId,
+        state: Arc<EndpointState>,
+    ) -> Self {
+        Self {
+            address,
+            // An ip:port is always a valid authority.
+            authority: Authority::try_from(address.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("invalid")),
+            weight,
+            region,
+            state,
+        }
+    }
+
+    /// Takes traffic: weight above zero, passing health checks, not ejected.
+    pub fn is_usable(&self) -> bool {
+        self.weight > 0
+            && self.state.healthy.load(Ordering::Relaxed)
+            && !self.state.ejected.load(Ordering::Relaxed)
+    }
+}
+
+impl Candidate for Arc<Endpoint> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn is_healthy(&self) -> bool {
+        self.state.healthy.load(Ordering::Relaxed) && !self.state.ejected.load(Ordering::Relaxed)
+    }
+    fn in_flight(&self) -> u32 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// DNS discovery settings, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSettings {
+    /// Empty: the system's resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterStats;
-use crate::table::{Endpoint, EndpointSet};
+use crate::upstream::endpoints::{Endpoint, EndpointSet};
 
 /// The checks of one cluster, compiled.
 #[derive(Debug, Clone, PartialEq)]

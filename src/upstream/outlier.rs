@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterStats;
-use crate::table::{Endpoint, EndpointSet};
+use crate::upstream::endpoints::{Endpoint, EndpointSet};
 
 /// Reports waiting for the detector before new ones are dropped.
 pub const OUTCOME_CHANNEL_CAPACITY: usize = 4096;
@@ -279,7 +279,7 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::EndpointState;
+    use crate::upstream::endpoints::EndpointState;
 
     fn endpoint(port: u16, region: u8) -> Arc<Endpoint> {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
