@@ -1,0 +1,370 @@
+//! The exchange with retries: one try after another within the route's retry policy and budget,
+//! each against the region and endpoint the decision (or its retry target) names.
+
+use super::*;
+
+/// Counts a request against an endpoint while it is outstanding.
+pub struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    pub(super) fn new(state: &Arc<EndpointState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One attempt's result.
+pub(super) enum Tried {
+    Answered(UpstreamHead, PooledConn, AttemptGuards),
+    Failed {
+        failure: AttemptFailure,
+        detail: String,
+        /// The body, when it was never sent.
+        unsent: Option<UpstreamBody>,
+    },
+    Refused(Overflow),
+}
+
+impl Tried {
+    pub(super) fn summary(&self) -> String {
+        match self {
+            Self::Answered(head, _, _) => head.status.as_u16().to_string(),
+            Self::Failed { failure, .. } => format!("{failure:?}"),
+            Self::Refused(overflow) => format!("overflow {}", overflow.as_str()),
+        }
+    }
+}
+
+/// Try, and retry within the route's policy: other endpoints first, then later regions.
+pub(super) async fn attempts(
+    table: &RoutingTable,
+    decision: &RouteDecision<'_>,
+    request: Outgoing<'_>,
+    mut body: ReplayBody,
+    rng: &mut fastrand::Rng,
+    trace: &mut Trace,
+) -> Result<(Box<Answer>, RegionId), ProxyError> {
+    let route = decision.route;
+    let cluster = decision.cluster;
+    let policy = &route.retries;
+    let mut region = decision.region;
+    let mut endpoint = decision.endpoint.clone();
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut retries = 0u32;
+    let _active = Counted::new(&cluster.active_requests);
+    // Taken at the first retry and kept until the request ends: a request that is retrying
+    // counts against the budget for as long as it lasts, so retries of retries stay bounded.
+    let mut retry_slot: Option<Counted<'_>> = None;
+    loop {
+        let Some(attempt_body) = body.next() else {
+            return Err(ProxyError::Upstream {
+                endpoint: endpoint.address,
+                region: table.region_name(region).to_owned(),
+                detail: "the request body was already sent and cannot be replayed".into(),
+            });
+        };
+        trace.tries += 1;
+        trace.endpoint = Some(endpoint.address);
+        trace.region = Some(region);
+        let tried_now = try_once(
+            cluster,
+            &endpoint,
+            request,
+            attempt_body,
+            policy.per_try_timeout,
+        )
+        .await;
+        if let Some(lines) = &mut trace.explain {
+            lines.push(format!(
+                "try {}: {} in {} -> {}",
+                trace.tries,
+                endpoint.address,
+                table.region_name(region),
+                tried_now.summary()
+            ));
+        }
+        let (failure, retry_after, last) = match tried_now {
+            Tried::Refused(overflow) => {
+                ClusterStats::bump(match overflow {
+                    Overflow::MaxRequests => &cluster.stats.overflow_max_requests,
+                    Overflow::MaxPendingRequests => &cluster.stats.overflow_max_pending_requests,
+                });
+                tracing::info!(cluster = %cluster.name, limit = overflow.as_str(), "circuit breaker overflow");
+                return Err(ProxyError::Overflow {
+                    cluster: cluster.name.clone(),
+                    overflow,
+                });
+            }
+            Tried::Answered(response, conn, guards) => {
+                let status = response.status.as_u16();
+                cluster.stats.attempts_response.inc();
+                endpoint.state.record_outcome(status < 500);
+                cluster.reporter.report(&endpoint, Outcome::Status(status));
+                let failure = AttemptFailure::Status(status);
+                if !policy.covers(failure) {
+                    return Ok((
+                        stream_response(response, conn, guards, route.response_idle_timeout),
+                        region,
+                    ));
+                }
+                let retry_after = parse_retry_after(response.fields.get("retry-after"));
+                (failure, retry_after, Last::Response(response, conn, guards))
+            }
+            Tried::Failed {
+                failure,
+                detail,
+                unsent,
+            } => {
+                if body.exceeded() {
+                    return Err(ProxyError::Malformed(Malformed::BodyTooLarge {
+                        limit: route.max_body,
+                    }));
+                }
+                cluster.reporter.report(&endpoint, Outcome::LocalFailure);
+                endpoint.state.record_outcome(false);
+                match failure {
+                    AttemptFailure::PerTryTimeout => cluster.stats.attempts_timeout.inc(),
+                    AttemptFailure::Reset | AttemptFailure::Status(_) => {
+                        cluster.stats.attempts_reset.inc()
+                    }
+                    AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream => {
+                        cluster.stats.attempts_connect_failure.inc()
+                    }
+                }
+                if let Some(unsent) = unsent {
+                    body.restore(unsent);
+                }
+                (failure, None, Last::Error(failure, detail))
+            }
+        };
+        let give_up = retries >= policy.attempts
+            || !policy.may_retry(failure, &request.parts.method, body.replayable());
+        // A try that never reached an upstream cost no upstream anything: retrying it cannot
+        // amplify an outage, so only tries that did reach one draw on the budget.
+        let budget_ok = give_up
+            || !failure.reached_upstream()
+            || policy.budget_allows(
+                cluster.active_requests.load(Ordering::Relaxed),
+                cluster.active_retries.load(Ordering::Relaxed),
+            );
+        if !budget_ok {
+            ClusterStats::bump(&cluster.stats.retry_budget_exhausted);
+            tracing::info!(cluster = %cluster.name, route = %route.name, "retry budget exhausted: not retrying");
+        }
+        let next = if give_up || !budget_ok {
+            None
+        } else {
+            // Only a request that retries pays for remembering what it tried.
+            tried.push(endpoint.clone());
+            retry_target(
+                cluster,
+                &decision.order,
+                region,
+                decision.panic,
+                &tried,
+                rng,
+            )
+        };
+        let Some((next_region, next_endpoint)) = next else {
+            return last.finish(table, region, &endpoint, route);
+        };
+        drop(last);
+        if retry_slot.is_none() {
+            retry_slot = Some(Counted::new(&cluster.active_retries));
+        }
+        retries += 1;
+        ClusterStats::bump(&cluster.stats.retries);
+        tracing::debug!(
+            cluster = %cluster.name, route = %route.name, retry = retries, ?failure,
+            from = %endpoint.address, to = %next_endpoint.address, region = %table.region_name(next_region),
+            "retrying"
+        );
+        tokio::time::sleep(policy.backoff(retries, retry_after, rng)).await;
+        region = next_region;
+        endpoint = next_endpoint.clone();
+    }
+}
+
+/// What the last attempt left, for the client when no retry follows.
+// Lives on the stack for one attempt; boxing the common case would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Last {
+    Response(UpstreamHead, PooledConn, AttemptGuards),
+    Error(AttemptFailure, String),
+}
+
+impl Last {
+    pub(super) fn finish(
+        self,
+        table: &RoutingTable,
+        region: RegionId,
+        endpoint: &Endpoint,
+        route: &crate::table::routes::Route,
+    ) -> Result<(Box<Answer>, RegionId), ProxyError> {
+        let (per_try_timeout, response_idle) =
+            (route.retries.per_try_timeout, route.response_idle_timeout);
+        let region_name = table.region_name(region).to_owned();
+        match self {
+            Self::Response(response, conn, guards) => Ok((
+                stream_response(response, conn, guards, response_idle),
+                region,
+            )),
+            Self::Error(AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream, detail) => {
+                Err(ProxyError::Connect {
+                    endpoint: endpoint.address,
+                    region: region_name,
+                    detail,
+                })
+            }
+            Self::Error(AttemptFailure::PerTryTimeout, _) => Err(ProxyError::Timeout {
+                endpoint: endpoint.address,
+                region: region_name,
+                after: per_try_timeout.unwrap_or_default(),
+            }),
+            Self::Error(_, detail) => Err(ProxyError::Upstream {
+                endpoint: endpoint.address,
+                region: region_name,
+                detail,
+            }),
+        }
+    }
+}
+
+/// The upstream's response, its body streamed through and its connection returned to the
+/// pool once read.
+pub(super) fn stream_response(
+    head: UpstreamHead,
+    conn: PooledConn,
+    guards: AttemptGuards,
+    response_idle: Duration,
+) -> Box<Answer> {
+    let UpstreamHead {
+        status,
+        version,
+        fields,
+        framing,
+    } = head;
+    let mut response = Response::new(Either::Left(UpstreamResponseBody::new(
+        framing,
+        conn,
+        guards,
+        response_idle,
+    )));
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    Box::new(Answer {
+        response,
+        upstream: fields,
+        region: None,
+        request_id: None,
+    })
+}
+
+/// Holds one unit of a gauge (active requests, retries in flight) while alive.
+pub(super) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(super) fn new(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One attempt: admission, a pooled connection, the request, the response head.
+pub(super) async fn try_once(
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    request: Outgoing<'_>,
+    body: UpstreamBody,
+    per_try_timeout: Option<Duration>,
+) -> Tried {
+    let permit = match cluster.pool.admit() {
+        Ok(permit) => permit,
+        Err(overflow) => return Tried::Refused(overflow),
+    };
+    let in_flight = InFlight::new(&endpoint.state);
+    // RFC 9110 §9.2.2: a request the upstream closed on without answering may be sent again
+    // automatically only when repeating it is harmless.
+    let idempotent = request.parts.method.is_idempotent();
+    let exchange = async {
+        let mut body = body;
+        // A reused keep-alive connection may have been closed by the upstream meanwhile; if
+        // the request did not get through on it, send it once more on a fresh connection.
+        for _ in 0..2 {
+            let mut conn = match cluster.pool.checkout(endpoint.address).await {
+                Ok(conn) => conn,
+                Err(CheckoutError::Overflow(o)) => return Err(Err(o)),
+                Err(e) => {
+                    return Err(Ok((
+                        AttemptFailure::ConnectFailure,
+                        e.to_string(),
+                        Some(body),
+                    )));
+                }
+            };
+            conn.start_request();
+            match conn.conn.exchange(request, body).await {
+                Ok(response) => return Ok((response, conn)),
+                Err((e, again)) => {
+                    let reused = conn.reused;
+                    conn.discard();
+                    let stale = reused
+                        && match e {
+                            ExchangeError::NotSent(_) => true,
+                            ExchangeError::ClosedBeforeAnswer => idempotent,
+                            _ => false,
+                        };
+                    match again {
+                        Some(unsent) if stale => body = unsent,
+                        Some(unsent) if matches!(e, ExchangeError::NotSent(_)) => {
+                            return Err(Ok((
+                                AttemptFailure::ConnectFailure,
+                                e.to_string(),
+                                Some(unsent),
+                            )));
+                        }
+                        _ => return Err(Ok((AttemptFailure::Reset, e.to_string(), None))),
+                    }
+                }
+            }
+        }
+        Err(Ok((
+            AttemptFailure::Reset,
+            "the upstream closed two connections in a row".into(),
+            None,
+        )))
+    };
+    tokio::pin!(exchange);
+    let result = match per_try_timeout {
+        Some(limit) => match tokio::time::timeout(limit, exchange.as_mut()).await {
+            Ok(result) => result,
+            Err(_) => Err(Ok((
+                AttemptFailure::PerTryTimeout,
+                format!("no answer within {limit:?}"),
+                None,
+            ))),
+        },
+        None => exchange.await,
+    };
+    match result {
+        Ok((response, conn)) => Tried::Answered(response, conn, (permit, in_flight)),
+        Err(Err(overflow)) => Tried::Refused(overflow),
+        Err(Ok((failure, detail, unsent))) => Tried::Failed {
+            failure,
+            detail,
+            unsent,
+        },
+    }
+}

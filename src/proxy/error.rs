@@ -1,0 +1,111 @@
+//! The proxy's one error type and its single mapping to a status and a client message.
+
+use super::*;
+
+/// Why Meridian answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request has no Host header or authority")]
+    MissingHost,
+    #[error("the Host header is not valid: {0:?}")]
+    BadHost(HeaderValue),
+    #[error("the request body could not be read: {0}")]
+    BadBody(#[source] hyper::Error),
+    #[error("{0}")]
+    Malformed(#[from] Malformed),
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+    #[error("cluster `{cluster}` is at its {} limit", .overflow.as_str())]
+    Overflow { cluster: String, overflow: Overflow },
+    #[error("connect to {endpoint} ({region}) failed: {detail}")]
+    Connect {
+        endpoint: SocketAddr,
+        region: String,
+        detail: String,
+    },
+    #[error("upstream {endpoint} ({region}) failed: {detail}")]
+    Upstream {
+        endpoint: SocketAddr,
+        region: String,
+        detail: String,
+    },
+    #[error("upstream {endpoint} ({region}) did not answer within {after:?}")]
+    Timeout {
+        endpoint: SocketAddr,
+        region: String,
+        after: Duration,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingHost | Self::BadHost(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::Malformed(m) => m.status(),
+            Self::Decision(DecisionError::NoRoute { .. }) => StatusCode::NOT_FOUND,
+            Self::Decision(DecisionError::NoEndpoint { .. } | DecisionError::RegionLoop { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Short reason for the `x-meridian-error` header and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingHost => "missing-host",
+            Self::BadHost(_) => "bad-host",
+            Self::BadBody(_) => "bad-body",
+            Self::Malformed(m) => m.code(),
+            Self::Decision(DecisionError::NoRoute { .. }) => "no-route",
+            Self::Decision(DecisionError::NoEndpoint { .. }) => "no-healthy-endpoint",
+            Self::Decision(DecisionError::RegionLoop { .. }) => "region-loop",
+            Self::Overflow { .. } => "overflow",
+            Self::Connect { .. } => "upstream-connect-failure",
+            Self::Upstream { .. } => "upstream-reset",
+            Self::Timeout { .. } => "upstream-timeout",
+        }
+    }
+
+    /// What the client is told: enough to act on, without upstream addresses.
+    fn client_message(&self) -> String {
+        match self {
+            Self::Connect { region, .. } => format!("could not connect to an upstream in {region}"),
+            Self::Upstream { region, .. } => {
+                format!("the upstream in {region} failed before answering")
+            }
+            Self::Timeout { region, after, .. } => {
+                format!("the upstream in {region} did not answer within {after:?}")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = format!("meridian: {}\n", self.client_message());
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(X_MERIDIAN_ERROR, HeaderValue::from_static(self.code()));
+        if let Self::Overflow { overflow, .. } = &self {
+            headers.insert(
+                X_MERIDIAN_OVERFLOW,
+                HeaderValue::from_static(overflow.as_str()),
+            );
+        }
+        // After a framing error nothing more on this connection can be trusted.
+        if matches!(
+            self,
+            Self::Malformed(_) | Self::BadBody(_) | Self::MissingHost | Self::BadHost(_)
+        ) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

@@ -1,0 +1,201 @@
+//! One request past the handler's entry: request filters (strict checks, route match), the
+//! decision, the upstream request, then the exchange (`attempt`) or the WebSocket splice.
+
+use super::*;
+
+/// An HTTP/1.1 WebSocket handshake: GET with `Connection: upgrade` and `Upgrade: websocket`.
+/// Every other upgrade (h2c included) is stripped as a hop-by-hop header, never forwarded.
+pub(super) fn is_websocket(parts: &http::request::Parts, headers: HeadersRef<'_>) -> bool {
+    let has_token = |kind: Known, token: &str| {
+        headers.values(kind).any(|v| {
+            v.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    parts.method == http::Method::GET
+        && parts.version == Version::HTTP_11
+        && has_token(Known::Connection, "upgrade")
+        && has_token(Known::Upgrade, "websocket")
+}
+
+/// The request's host as a header value (cheap to clone: it shares the request's bytes).
+pub(super) fn request_host(
+    version: Version,
+    uri: &Uri,
+    headers: HeadersRef<'_>,
+) -> Result<HeaderValue, ProxyError> {
+    // HTTP/2 and absolute-form requests carry the authority in the URI; it wins. An
+    // HTTP/1.1 request must carry Host all the same (RFC 9112 §3.2); strict checks have
+    // made sure the two agree.
+    if let Some(authority) = uri.authority() {
+        if version == Version::HTTP_11 && headers.first(Known::Host).is_none() {
+            return Err(ProxyError::MissingHost);
+        }
+        return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
+    }
+    let value = headers.value(Known::Host).ok_or(ProxyError::MissingHost)?;
+    if value.is_empty() || value.to_str().is_err() {
+        return Err(ProxyError::BadHost(value.clone()));
+    }
+    Ok(value.clone())
+}
+
+pub(super) async fn forward(
+    table: &RoutingTable,
+    peer: SocketAddr,
+    scheme: Scheme,
+    req: Request<ClientBody>,
+    mut raw: Option<Fields>,
+    started: Instant,
+    trace: &mut Trace,
+) -> Result<Box<Answer>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let headers = HeadersRef::of(&parts.headers, raw.as_ref());
+    let present = Present::of(headers);
+    crate::http1::strict::check_request(
+        &parts.method,
+        parts.version,
+        &parts.uri,
+        headers,
+        present,
+    )?;
+    let raw_host = request_host(parts.version, &parts.uri, headers)?;
+    let host = normalize_host(raw_host.to_str().unwrap_or_default());
+    let mut rng = fastrand::Rng::new();
+    let facts = RequestFacts {
+        peer: peer.ip(),
+        host: &host,
+        path: parts.uri.path(),
+        method: &parts.method,
+        headers,
+        present,
+    };
+    let (route_index, route) = find_route(table, &facts)?;
+    trace.route = Some(route_index);
+    let decision = decide_for_route(table, route, &facts, &mut rng, None)?;
+    trace.cluster = Some(decision.cluster_id);
+    trace.region = Some(decision.region);
+    trace.client = Some(decision.client);
+    trace.country = decision.location.country;
+    table.count_geo_lookup(decision.location.source);
+    let peer_trusted = table.geo.is_trusted(peer.ip());
+    if peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1") {
+        trace.explain = Some(vec![explain_decision(table, &decision)]);
+    }
+    tracing::debug!(
+        client = %decision.client,
+        client.country = ?decision.location.country.map(|c| c.to_string()),
+        route = %decision.route.name,
+        region = %table.region_name(decision.region),
+        endpoint = %decision.endpoint.address,
+        panic = decision.panic,
+        "routing"
+    );
+
+    // Only hyper's requests can upgrade (the own HTTP/1.1 loop hands those to hyper).
+    let websocket = present.has(Known::Upgrade) && raw.is_none() && is_websocket(&parts, headers);
+    let client_upgrade = websocket
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    if present.has(Known::HopByHop) {
+        match raw.as_mut() {
+            Some(fields) => crate::http1::headers::strip_hop_by_hop_fields(fields),
+            None => strip_hop_by_hop(&mut parts.headers),
+        }
+    }
+    if present.has(Known::Debug) {
+        match raw.as_mut() {
+            Some(fields) => fields
+                .retain(|name| !name.eq_ignore_ascii_case(X_MERIDIAN_DEBUG.as_str().as_bytes())),
+            None => {
+                parts.headers.remove(X_MERIDIAN_DEBUG);
+            }
+        }
+    }
+    let headers = HeadersRef::of(&parts.headers, raw.as_ref());
+    let mut overrides = Overrides::default();
+    set_forwarding_headers(
+        &mut overrides,
+        headers,
+        present,
+        peer.ip(),
+        peer_trusted,
+        &scheme,
+        &raw_host,
+    );
+    set_visited(
+        &mut overrides,
+        headers,
+        peer_trusted && present.has(Known::Visited),
+        &table.regions[table.local_region as usize].header,
+    );
+    // A Host the Connection header named was stripped with the hop-by-hop headers.
+    let host_sent = present.has(Known::Host)
+        && !(present.has(Known::HopByHop) && headers.first(Known::Host).is_none());
+    if parts.version == Version::HTTP_2 || !host_sent {
+        // HTTP/2 goes upstream as HTTP/1.1: Host is the :authority we routed by, whatever a
+        // `host` header said.
+        overrides.set(Overridden::Host, raw_host.clone());
+    }
+    if table.access_log != AccessLogFormat::Off {
+        trace.request_id = overrides.get(Overridden::RequestId).cloned();
+    }
+    if let Some(client_upgrade) = client_upgrade {
+        trace.tries = 1;
+        trace.endpoint = Some(decision.endpoint.address);
+        let request_id = overrides.get(Overridden::RequestId).cloned();
+        overrides.apply(&mut parts.headers);
+        let mut response = Box::pin(crate::proxy::websocket::forward(
+            &table.regions[decision.region as usize].name,
+            &decision,
+            parts,
+            client_upgrade,
+        ))
+        .await?;
+        response.headers_mut().insert(
+            X_MERIDIAN_REGION,
+            table.regions[decision.region as usize].header.clone(),
+        );
+        if let Some(id) = request_id {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        return Ok(response.into());
+    }
+    let route = decision.route;
+    let deadline = started + route.timeout;
+    // In a block of its own: the exchange borrows the overrides until it is dropped.
+    let (mut answer, region) = {
+        let exchange = async {
+            let body = ReplayBody::new(
+                body,
+                headers,
+                route.max_replay_body,
+                route.max_body,
+                route.body_idle_timeout,
+            )
+            .await?;
+            let request = Outgoing {
+                parts: &parts,
+                headers,
+                overrides: &overrides,
+            };
+            attempts(table, &decision, request, body, &mut rng, trace).await
+        };
+        // Pinned where it is: handing the (large) future to the timeout by value would copy it.
+        tokio::pin!(exchange);
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    endpoint: decision.endpoint.address,
+                    region: table.region_name(decision.region).to_owned(),
+                    after: route.timeout,
+                });
+            }
+        }
+    };
+    // Hop-by-hop fields were left out when the head was read.
+    answer.region = Some(table.regions[region as usize].header.clone());
+    answer.request_id = overrides.take(Overridden::RequestId);
+    Ok(answer)
+}
