@@ -21,6 +21,14 @@ pub mod upstream;
 // Shorter paths kept for the command line, integration tests, benches and fuzz targets.
 pub use config::import;
 pub use control::{admin, demo, reload};
-pub use edge::listen as server;
 pub use http1::{headers, raw_fields as fields};
 pub use route::decision;
+
+/// The lifecycle and the listener limits under one path.
+pub mod server {
+    pub use crate::control::lifecycle::*;
+    pub use crate::edge::listen::{
+        H2_KEEP_ALIVE_INTERVAL, H2_KEEP_ALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_BYTES,
+        MAX_HEADERS,
+    };
+}

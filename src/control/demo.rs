@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, EndpointConfig};
-use crate::edge::listen::{self as server, RunningServer};
+use crate::control::lifecycle::{self as server, RunningServer};
 use crate::geo::GeoDb;
 use crate::table;
 

@@ -2,4 +2,5 @@
 
 pub mod admin;
 pub mod demo;
+pub mod lifecycle;
 pub mod reload;

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, Problem};
-use crate::edge::listen::Server;
+use crate::control::lifecycle::Server;
 use crate::geo::FileIdentity;
 use crate::table::{CompileContext, RoutingTable};
 
@@ -215,7 +215,7 @@ impl Server {
         &self,
         path: &Path,
         trigger: Trigger,
-        serving: &mut crate::edge::listen::Serving,
+        serving: &mut crate::control::lifecycle::Serving,
     ) -> Result<ReloadResult, ReloadError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             ReloadError::Config(ConfigError::Read {

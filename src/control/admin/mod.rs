@@ -16,8 +16,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::control::lifecycle::Server;
 use crate::control::reload::Trigger;
-use crate::edge::listen::Server;
 use crate::route::decision::{RequestFacts, decide_for_route, find_route};
 use crate::steer;
 use crate::table::routes::normalize_host;
