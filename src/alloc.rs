@@ -119,7 +119,7 @@ pub fn note_request() {
 /// last looked (at most every `IDLE_CHECK`): its spare read buffers are dropped (a few of them
 /// spread over many pages would keep those) and mimalloc frees and purges what is unused at
 /// once. Called whenever a runtime thread parks; a thread that keeps serving keeps its pages.
-pub fn return_freed_memory() {
+pub fn return_freed_memory(release_thread_caches: fn()) {
     let now = Instant::now();
     let Ok(seen) = REQUESTS.try_with(Cell::get) else {
         return;
@@ -130,7 +130,7 @@ pub fn return_freed_memory() {
         let _ = LAST_LOOK.try_with(|l| l.set(Some((now, seen))));
     }
     if look == Look::Idle {
-        crate::http1::buffers::let_go();
+        release_thread_caches();
         // SAFETY: mi_collect only walks and trims the calling thread's heap and the arenas'
         // free pages; no pointers are passed.
         unsafe { mi::mi_collect(true) };
@@ -181,7 +181,7 @@ mod tests {
     fn a_thread_that_serves_keeps_its_spares_and_an_idle_one_lets_them_go() {
         // A fresh thread: its first look is idle and gives back.
         std::thread::spawn(|| {
-            return_freed_memory();
+            return_freed_memory(crate::http1::buffers::let_go);
             let past = Instant::now() - IDLE_CHECK * 2;
             // Requests since the last look: the spares stay.
             LAST_LOOK.set(Some((past, REQUESTS.get())));
@@ -190,7 +190,7 @@ mod tests {
                 bytes::BytesMut::with_capacity(4096),
             );
             note_request();
-            return_freed_memory();
+            return_freed_memory(crate::http1::buffers::let_go);
             assert!(crate::http1::buffers::take(&crate::http1::buffers::CLIENT_READS).is_some());
             // None since: they go.
             LAST_LOOK.set(Some((past, REQUESTS.get())));
@@ -198,7 +198,7 @@ mod tests {
                 &crate::http1::buffers::CLIENT_READS,
                 bytes::BytesMut::with_capacity(4096),
             );
-            return_freed_memory();
+            return_freed_memory(crate::http1::buffers::let_go);
             assert!(crate::http1::buffers::take(&crate::http1::buffers::CLIENT_READS).is_none());
         })
         .join()

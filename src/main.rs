@@ -222,7 +222,7 @@ fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime:
     };
     builder
         .enable_all()
-        .on_thread_park(meridian::alloc::return_freed_memory)
+        .on_thread_park(|| meridian::alloc::return_freed_memory(meridian::http1::buffers::let_go))
         .build()
         .context("cannot start the async runtime")
 }

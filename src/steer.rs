@@ -9,8 +9,7 @@ use std::fmt;
 use crate::config::{LoadBalancer, SteeringMode};
 use crate::geo::{ContinentCode, CountryCode, GeoPoint, Location};
 
-/// Index of a region in the routing table.
-pub type RegionId = u8;
+pub use crate::geo::RegionId;
 
 /// Regions per table; orders are fixed-size arrays so building one never allocates.
 pub const MAX_REGIONS: usize = 64;

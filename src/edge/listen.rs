@@ -14,6 +14,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -106,12 +107,14 @@ pub(crate) fn serve_listener(
             crate::http1::server::boxed(move || async move {
                 crate::proxy::handle(
                     table,
-                    peer,
-                    scheme,
-                    redirect,
-                    framing,
+                    crate::proxy::RequestContext {
+                        peer,
+                        scheme,
+                        redirect_https: redirect,
+                        framing,
+                        raw: None,
+                    },
                     req.map(crate::proxy::ClientBody::Incoming),
-                    None,
                 )
                 .await
                 .map(crate::proxy::Answer::into_response)
@@ -214,8 +217,8 @@ async fn serve_tls<S, B>(
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     match own_http1 {
         Some(own) if !h2 => {
-            let context = own.context(peer, framing);
-            crate::http1::server::serve(tls_stream, context, builder, service, shutdown).await
+            own.serve(tls_stream, peer, framing, builder, service, shutdown)
+                .await
         }
         _ => {
             let io = TokioIo::new(Sniffer::new(tls_stream, framing));
@@ -292,21 +295,56 @@ pub(crate) struct OwnHttp1 {
 }
 
 impl OwnHttp1 {
-    fn context(
-        &self,
+    /// Serve a connection with Meridian's own HTTP/1.1 loop, which hands it to hyper
+    /// (`service`) at the first request it does not take itself.
+    async fn serve<I, S, B>(
+        self,
+        io: I,
         peer: SocketAddr,
         framing: Option<Arc<FramingLog>>,
-    ) -> crate::http1::server::ConnectionContext {
-        crate::http1::server::ConnectionContext {
-            table: self.table.clone(),
+        builder: Arc<auto::Builder<TokioExecutor>>,
+        service: S,
+        shutdown: CancellationToken,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let context = crate::http1::server::ConnectionContext {
             peer,
-            scheme: self.scheme.clone(),
-            redirect_https: self.redirect_https,
             framing,
             header_read_timeout: self.header_read_timeout,
             max_head: MAX_HEADER_BYTES,
             max_headers: MAX_HEADERS,
-        }
+        };
+        let OwnHttp1 {
+            table,
+            scheme,
+            redirect_https,
+            ..
+        } = self;
+        let handler = move |request, fields| {
+            crate::proxy::handle(
+                table.clone(),
+                crate::proxy::RequestContext {
+                    peer,
+                    scheme: scheme.clone(),
+                    redirect_https,
+                    // Requests taken here carry no Transfer-Encoding: nothing to watch.
+                    framing: None,
+                    raw: Some(fields),
+                },
+                request,
+            )
+        };
+        let stop = shutdown.clone();
+        let hand_off = move |io| async move { serve_io(&builder, io, service, stop, peer).await };
+        crate::http1::server::serve(io, context, handler, hand_off, shutdown).await
     }
 }
 
@@ -388,8 +426,7 @@ pub(crate) async fn accept_loop<F, S, B>(
                 }
                 None => match own_http1 {
                     Some(own) => {
-                        let context = own.context(peer, framing);
-                        crate::http1::server::serve(stream, context, builder, service, shutdown)
+                        own.serve(stream, peer, framing, builder, service, shutdown)
                             .await
                     }
                     // Boxed: hyper's connection state would otherwise size every connection

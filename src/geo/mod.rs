@@ -15,7 +15,8 @@ use ipnet::IpNet;
 pub use codes::{ContinentCode, CountryCode};
 pub use db::{FileIdentity, GeoDb, GeoError};
 
-use crate::steer::RegionId;
+/// Index of a region in the routing table (a CIDR override may name one).
+pub type RegionId = u8;
 
 /// How the client's location was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,6 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+/// A request body: buffered (replayable, handed over as it is, without a `Full` wrapper to
+/// collect again) or streamed from the client.
+pub type UpstreamBody = http_body_util::Either<bytes::Bytes, StreamedBody>;
+
 /// Raised when a streamed body passes its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body passed the route's limit of {0} bytes")]

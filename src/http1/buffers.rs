@@ -15,13 +15,17 @@ use std::thread::LocalKey;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
 
+/// First read of a request head; grown only for larger heads.
+pub(crate) const FIRST_READ: usize = 1024;
+
+/// Bytes asked of an upstream connection per read (and the room a spare must have).
+pub(crate) const READ_SIZE: usize = 8 * 1024;
+
 thread_local! {
-    /// Client connections' request-head buffers (see `server_h1`).
-    pub(crate) static CLIENT_READS: Spares =
-        const { Spares::new(crate::http1::server::FIRST_READ / 2, 16) };
-    /// Upstream connections' response buffers (see `upstream::h1`).
-    pub(crate) static UPSTREAM_READS: Spares =
-        const { Spares::new(crate::http1::client::READ_SIZE / 2, 16) };
+    /// Client connections' request-head buffers (see `http1::server`).
+    pub(crate) static CLIENT_READS: Spares = const { Spares::new(FIRST_READ / 2, 16) };
+    /// Upstream connections' response buffers (see `http1::client`).
+    pub(crate) static UPSTREAM_READS: Spares = const { Spares::new(READ_SIZE / 2, 16) };
 }
 
 /// Drop the calling thread's spares; called when the thread goes idle, so the allocator can

@@ -19,12 +19,12 @@ use hyper::body::Frame;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::http1::buffers::{self as spare, UPSTREAM_READS};
+use crate::http1::body::UpstreamBody;
+use crate::http1::buffers::{self as spare, READ_SIZE, UPSTREAM_READS};
 #[cfg(test)]
 use crate::http1::headers::Overridden;
 use crate::http1::headers::{Known, Overrides, known, put_content_length, put_field};
 use crate::http1::raw_fields::{Fields, HeadersRef};
-use crate::upstream::pool::UpstreamBody;
 
 /// Most bytes a response head may take.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -33,10 +33,9 @@ pub const MAX_RESPONSE_HEADERS: usize = 100;
 /// Longest chunk-size line (with extensions) or trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
-/// Bytes asked of the socket per read. Buffers of upstream connections that went idle are
-/// kept per thread for the next exchange ([`crate::http1::buffers`]): an idle pooled connection keeps
-/// only its socket.
-pub(crate) const READ_SIZE: usize = 8 * 1024;
+// Bytes asked of the socket per read: `READ_SIZE`. Buffers of upstream connections that went
+// idle are kept per thread for the next exchange ([`crate::http1::buffers`]): an idle pooled
+// connection keeps only its socket.
 /// A buffered body up to this size goes out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 /// What a request head is first given room for; a larger one grows the buffer.

@@ -1,5 +1,6 @@
 //! HTTP/1.1 as Meridian speaks it itself.
 
+pub mod answer;
 pub mod body;
 pub mod buffers;
 pub mod client;

@@ -19,62 +19,51 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header;
-use http::uri::Scheme;
-use http::{Method, Request, Response, Uri, Version};
-use hyper::body::{Body, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::{Method, Request, Uri, Version};
+use hyper::body::Body;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::edge::listen::serve_io;
-use crate::http1::buffers::{self as spare, CLIENT_READS};
+use crate::http1::answer::{Answer, ClientBody};
+use crate::http1::buffers::{self as spare, CLIENT_READS, FIRST_READ};
 use crate::http1::framing::{FramingLog, Sniffer};
 use crate::http1::headers::{
     Known, X_MERIDIAN_REGION, X_REQUEST_ID, known, plain_length, put_content_length, put_field,
 };
 use crate::http1::raw_fields::Fields;
-use crate::proxy::{Answer, ClientBody, ProxyBody};
-use crate::table::TableHandle;
-
-/// First read of a request head; grown only for larger heads.
-pub(crate) const FIRST_READ: usize = 1024;
 
 /// Largest request body this loop reads itself (by Content-Length, whole, before the request
 /// is handled; as much as the proxy keeps for replaying a request by default). Larger bodies
 /// go to hyper and are streamed.
 const MAX_OWN_BODY: u64 = 64 * 1024;
 
-/// What the handler needs to know about a connection.
+/// What the loop needs to know about a connection.
 #[derive(Clone)]
 pub(crate) struct ConnectionContext {
-    pub table: TableHandle,
     pub peer: SocketAddr,
-    pub scheme: Scheme,
-    pub redirect_https: Option<u16>,
     pub framing: Option<Arc<FramingLog>>,
     pub header_read_timeout: Duration,
     pub max_head: usize,
     pub max_headers: usize,
 }
 
-/// Serve one client connection: requests this module can answer are answered here, and the
-/// first one it cannot hands the connection to hyper.
-pub(crate) async fn serve<I, S, B>(
+/// Serve one client connection: requests this module can answer are answered here by
+/// `handler`, and the first one it cannot goes, with the connection and every byte read so
+/// far, to `hand_off` (hyper's server, in practice).
+pub(crate) async fn serve<I, H, F, B, O, OF>(
     mut io: I,
     context: ConnectionContext,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    service: S,
+    handler: H,
+    hand_off: O,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    H: Fn(Request<ClientBody>, Fields) -> F,
+    F: Future<Output = Result<Box<Answer<B>>, Infallible>>,
+    B: Body<Data = Bytes, Error = Box<dyn StdError + Send + Sync>> + Unpin,
+    O: FnOnce(HandedOff<I>) -> OF,
+    OF: Future<Output = ()>,
 {
     let mut buf = BytesMut::new();
     // One shutdown waiter and one timer for the connection's life, not one of each per
@@ -128,14 +117,7 @@ pub(crate) async fn serve<I, S, B>(
                 }
                 None => buf,
             };
-            return Box::pin(serve_io(
-                &builder,
-                prefixed(read, io, context.framing),
-                service,
-                shutdown,
-                context.peer,
-            ))
-            .await;
+            return Box::pin(hand_off(prefixed(read, io, context.framing))).await;
         };
         drop(head);
         let body = if body_len == 0 {
@@ -172,18 +154,7 @@ pub(crate) async fn serve<I, S, B>(
         let_go_if_grown(&mut buf, &mut grown);
         let head_method = parts.method == Method::HEAD;
         let request = Request::from_parts(parts, body);
-        let handler = boxed(|| {
-            crate::proxy::handle(
-                context.table.clone(),
-                context.peer,
-                context.scheme.clone(),
-                context.redirect_https,
-                // Requests taken here carry no Transfer-Encoding: nothing to watch.
-                None,
-                request,
-                Some(fields),
-            )
-        });
+        let handler = boxed(|| handler(request, fields));
         // As with hyper (without half-close): a client that goes away mid-request takes the
         // request with it, so the upstream is not kept busy for nobody.
         // Biased: the answer is looked at first, and no random draw is made per poll.
@@ -484,13 +455,16 @@ fn parse_simple(
 }
 
 /// Write the response; `Ok(true)` when the connection may carry another request.
-async fn write_response<I: AsyncWrite + Unpin>(
+async fn write_response<I: AsyncWrite + Unpin, B>(
     io: &mut I,
-    answer: Box<Answer>,
+    answer: Box<Answer<B>>,
     head_method: bool,
     keep: bool,
     trailers_accepted: bool,
-) -> std::io::Result<bool> {
+) -> std::io::Result<bool>
+where
+    B: Body<Data = Bytes, Error = Box<dyn StdError + Send + Sync>> + Unpin,
+{
     use std::io::Write as _;
     let mut out = Vec::with_capacity(512);
     let status = answer.response.status();
@@ -643,18 +617,20 @@ async fn write_response<I: AsyncWrite + Unpin>(
 
 type FrameResult = Option<Result<hyper::body::Frame<Bytes>, Box<dyn StdError + Send + Sync>>>;
 
-fn poll_frame(body: &mut ProxyBody, cx: &mut Context<'_>) -> Poll<FrameResult> {
+fn poll_frame<B>(body: &mut B, cx: &mut Context<'_>) -> Poll<FrameResult>
+where
+    B: Body<Data = Bytes, Error = Box<dyn StdError + Send + Sync>> + Unpin,
+{
     Pin::new(body).poll_frame(cx)
 }
 
 /// The connection for hyper: the bytes already read, then the rest. Framing is watched from
 /// here on: the requests this module took before carried no body, so there is nothing to
 /// record for them.
-fn prefixed<I>(
-    read: BytesMut,
-    io: I,
-    framing: Option<Arc<FramingLog>>,
-) -> TokioIo<Sniffer<Prefixed<I>>> {
+/// A connection handed to hyper: the bytes already read, then the rest, framing watched.
+pub(crate) type HandedOff<I> = TokioIo<Sniffer<Prefixed<I>>>;
+
+fn prefixed<I>(read: BytesMut, io: I, framing: Option<Arc<FramingLog>>) -> HandedOff<I> {
     TokioIo::new(Sniffer::new(
         Prefixed {
             prefix: read.freeze(),
@@ -665,7 +641,7 @@ fn prefixed<I>(
 }
 
 /// Bytes already read, then the connection.
-struct Prefixed<I> {
+pub(crate) struct Prefixed<I> {
     prefix: Bytes,
     io: I,
 }

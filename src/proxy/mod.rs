@@ -32,7 +32,7 @@ use http::header::{self, HeaderValue};
 use http::uri::Scheme;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tokio::time::Instant;
 
 use crate::config::AccessLogFormat;
@@ -84,85 +84,37 @@ pub struct Trace {
     pub explain: Option<Vec<String>>,
 }
 
-/// The handler's answer: the response and, for a proxied one, the upstream's header fields
-/// as received (see `fields`). They come before the response's own headers, which replace
-/// upstream fields of the same name.
-pub struct Answer {
-    pub response: Response<ProxyBody>,
-    pub upstream: Fields,
-    /// `x-meridian-region` and `x-request-id` of a proxied answer: kept out of the map so
-    /// the common answer needs none (they replace upstream fields of their names).
-    pub region: Option<HeaderValue>,
-    pub request_id: Option<HeaderValue>,
-}
+/// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
+pub type Answer = crate::http1::answer::Answer<ProxyBody>;
+pub use crate::http1::answer::ClientBody;
 
-/// Answers travel boxed: a few hundred bytes that would otherwise be copied at every layer
-/// they pass on the way from the upstream exchange to the client's socket.
-impl From<Response<ProxyBody>> for Box<Answer> {
-    fn from(response: Response<ProxyBody>) -> Self {
-        Box::new(Answer {
-            response,
-            upstream: Fields::default(),
-            region: None,
-            request_id: None,
-        })
-    }
-}
-
-impl Answer {
-    /// One response with every header in its map, for hyper to write.
-    pub fn into_response(self: Box<Self>) -> Response<ProxyBody> {
-        let Self {
-            mut response,
-            upstream,
-            region,
-            request_id,
-        } = *self;
-        let headers = response.headers_mut();
-        if let Some(region) = region {
-            headers.insert(X_MERIDIAN_REGION, region);
-        }
-        if let Some(id) = request_id {
-            headers.insert(X_REQUEST_ID, id);
-        }
-        if !upstream.is_empty() {
-            upstream.merge_into(headers);
-        }
-        response
-    }
-
-    /// Whether a field of the upstream's answer gives way to a header Meridian sets.
-    pub fn replaces(&self, name: &[u8]) -> bool {
-        (self.region.is_some() && name.eq_ignore_ascii_case(X_MERIDIAN_REGION.as_str().as_bytes()))
-            || (self.request_id.is_some()
-                && name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()))
-            || self
-                .response
-                .headers()
-                .keys()
-                .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
-    }
-}
-
-/// A client request's body: hyper's, or none at all (requests read by `server_h1`, which
-/// takes only requests without one).
-pub enum ClientBody {
-    Incoming(Incoming),
-    /// Read whole by Meridian's own HTTP/1.1 loop (a small Content-Length body).
-    Full(Bytes),
-    Empty,
+/// What the connection knows about one request: transport facts that travel with it from the
+/// listener through the phases, so none of them is a parameter of its own.
+pub struct RequestContext {
+    /// The client (after the PROXY protocol, when the listener speaks it).
+    pub peer: SocketAddr,
+    pub scheme: Scheme,
+    /// Set on a listener that answers every request with a redirect to this https port.
+    pub redirect_https: Option<u16>,
+    /// The framing watcher of a connection served by hyper (HTTP/1.1 smuggling defence).
+    pub framing: Option<Arc<crate::http1::framing::FramingLog>>,
+    /// The head's fields as received, for a request read by Meridian's own HTTP/1.1 loop.
+    pub raw: Option<Fields>,
 }
 
 /// The request handler: always answers, never fails.
 pub async fn handle(
     table: TableHandle,
-    peer: SocketAddr,
-    scheme: Scheme,
-    redirect_https: Option<u16>,
-    framing: Option<Arc<crate::http1::framing::FramingLog>>,
+    context: RequestContext,
     req: Request<ClientBody>,
-    raw: Option<Fields>,
 ) -> Result<Box<Answer>, Infallible> {
+    let RequestContext {
+        peer,
+        scheme,
+        redirect_https,
+        framing,
+        raw,
+    } = context;
     crate::alloc::note_request();
     // Taken for every request, in order, before anything else can return.
     let had_both =

@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Either;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -25,9 +24,7 @@ use tokio::time::Instant;
 
 use crate::http1::client::{self as h1, Connection, Framing};
 
-/// A request body: buffered (replayable, handed over as it is, without a `Full` wrapper to
-/// collect again) or streamed from the client.
-pub type UpstreamBody = Either<Bytes, crate::http1::body::StreamedBody>;
+pub use crate::http1::body::UpstreamBody;
 
 /// The limits of one cluster's pool.
 #[derive(Debug, Clone, PartialEq)]

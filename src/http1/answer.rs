@@ -1,0 +1,83 @@
+//! What Meridian's own HTTP/1.1 loop and the handler it calls exchange: the request body as
+//! the loop read it, and the answer with the upstream's header fields as they arrived (written
+//! out without building a header map). The handler's body type is the loop's type parameter,
+//! so this layer knows nothing of the proxy.
+
+use bytes::Bytes;
+use http::Response;
+use http::header::HeaderValue;
+use hyper::body::Incoming;
+
+use crate::http1::headers::{X_MERIDIAN_REGION, X_REQUEST_ID};
+use crate::http1::raw_fields::Fields;
+
+/// The handler's answer: the response and, for a proxied one, the upstream's header fields
+/// as received (see `raw_fields`). They come before the response's own headers, which replace
+/// upstream fields of the same name.
+pub struct Answer<B> {
+    pub response: Response<B>,
+    pub upstream: Fields,
+    /// `x-meridian-region` and `x-request-id` of a proxied answer: kept out of the map so
+    /// the common answer needs none (they replace upstream fields of their names).
+    pub region: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+}
+
+/// Answers travel boxed: a few hundred bytes that would otherwise be copied at every layer
+/// they pass on the way from the upstream exchange to the client's socket.
+impl<B> From<Response<B>> for Box<Answer<B>> {
+    fn from(response: Response<B>) -> Self {
+        Box::new(Answer {
+            response,
+            upstream: Fields::default(),
+            region: None,
+            request_id: None,
+        })
+    }
+}
+
+impl<B> Answer<B> {
+    /// One response with every header in its map, for hyper to write.
+    // Takes the box it travels in, so callers can map `Box<Answer>` straight to a response.
+    #[allow(clippy::boxed_local)]
+    pub fn into_response(self: Box<Self>) -> Response<B> {
+        let Self {
+            mut response,
+            upstream,
+            region,
+            request_id,
+        } = *self;
+        let headers = response.headers_mut();
+        if let Some(region) = region {
+            headers.insert(X_MERIDIAN_REGION, region);
+        }
+        if let Some(id) = request_id {
+            headers.insert(X_REQUEST_ID, id);
+        }
+        if !upstream.is_empty() {
+            upstream.merge_into(headers);
+        }
+        response
+    }
+
+    /// Whether a field of the upstream's answer gives way to a header Meridian sets.
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        (self.region.is_some() && name.eq_ignore_ascii_case(X_MERIDIAN_REGION.as_str().as_bytes()))
+            || (self.request_id.is_some()
+                && name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()))
+            || self
+                .response
+                .headers()
+                .keys()
+                .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+/// A client request's body: hyper's, or none at all (requests read by `http1::server`, which
+/// takes only requests without one).
+pub enum ClientBody {
+    Incoming(Incoming),
+    /// Read whole by Meridian's own HTTP/1.1 loop (a small Content-Length body).
+    Full(Bytes),
+    Empty,
+}
