@@ -2,6 +2,9 @@
 //!
 //! Loading stops at the model; [`crate::table::compile`] checks meaning (references, CIDRs,
 //! durations, ranges) and builds the routing table, collecting every problem in one pass.
+//!
+//! The lowest layer: uses nothing else of the crate. `import` turns Istio resources into a
+//! config.
 
 pub mod import;
 mod model;

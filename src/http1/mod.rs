@@ -1,4 +1,11 @@
-//! HTTP/1.1 as Meridian speaks it itself.
+//! Meridian's own HTTP/1.1: the client-connection loop (`server`), the upstream client codec
+//! (`client`), header fields as received (`raw_fields`), the header names Meridian reads and
+//! sets (`headers`), the strict request checks (`strict`), the framing watcher below hyper
+//! (`framing`), per-thread read buffers (`buffers`), the Date header and request bodies.
+//!
+//! Called by `edge` (the loop), `upstream` (the client) and `proxy`. Uses nothing else of the
+//! crate: the handler and the hand-off to hyper come in as type parameters, so every
+//! smuggling defence sits behind this one boundary.
 
 pub mod answer;
 pub mod body;

@@ -2,6 +2,11 @@
 //!
 //! Every request loads the current table once and finishes on it, even if a reload swaps in
 //! another meanwhile. Errors are values of [`ProxyError`], turned into a response in one place.
+//!
+//! The phases: request filters and the decision (`forward`), the upstream request
+//! (`rewrite`), the exchange with retries (`attempt`, `replay`), then the response filters
+//! and the log (here). Called by `edge`; uses `route` and everything below it, never `edge`
+//! or `control`.
 
 mod attempt;
 mod error;

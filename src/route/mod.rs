@@ -1,3 +1,5 @@
-//! The routing decision.
+//! The routing decision: client address → location → route → region order → region (spill)
+//! → endpoint. A pure function of a table and a request head; called by `proxy`, the admin
+//! API's explain and the benchmark. Uses `table` and the layers below it.
 
 pub mod decision;

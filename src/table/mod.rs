@@ -2,6 +2,11 @@
 //!
 //! The control path builds a whole new table from a config (collecting every problem in one
 //! pass) and swaps it in through `ArcSwap`; the request path only ever loads the current one.
+//!
+//! Layer: uses `upstream` (the runtime state a table hands on across reloads: endpoint state,
+//! pools, outlier reporters), `steer`, `telemetry`, `geo`, `tls`, `http1` and `config`.
+//! Read by `route`, `proxy`, `edge` and `control`; built by `compile`, which only `control`
+//! (and `meridian check`) calls.
 
 pub mod compile;
 pub mod retry;

@@ -3,6 +3,9 @@
 //!
 //! The request path checks connections out of the pool and reports outcomes; control tasks
 //! (one detector per cluster, one health loop per endpoint) own every state change.
+//!
+//! Layer: uses `steer`, `telemetry`, `http1` (the client codec), `tls`, `geo` and `config`;
+//! used by `table` (which holds pools and endpoint sets), `route`, `proxy` and `control`.
 
 pub mod discovery;
 pub mod endpoints;
