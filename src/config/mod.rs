@@ -9,12 +9,14 @@
 pub mod import;
 mod model;
 mod problems;
+mod retries;
 mod yaml;
 
 use std::path::Path;
 
 pub use model::*;
 pub use problems::{ConfigError, Problem, Problems};
+pub use retries::*;
 pub use yaml::{LineIndex, Parsed, YamlPath, parse_document, parse_values, to_yaml};
 
 /// A parsed config with the line index of its source, ready to compile.

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::retries::RetryConfig;
+
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_OVERPROVISIONING: f64 = 1.4;
 pub const DEFAULT_ROUTE_TIMEOUT: &str = "15s";
@@ -420,115 +422,6 @@ impl HealthCheckConfig {
 pub enum StatusRangeConfig {
     Code(u16),
     Text(String),
-}
-
-/// Retry policy of a route, Istio/Envoy meanings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RetryConfig {
-    /// Retries after the first try (total tries = 1 + attempts).
-    #[serde(default = "RetryConfig::default_attempts")]
-    pub attempts: u32,
-    /// Bounds each try; the route timeout bounds them all. Default: the route timeout.
-    #[serde(default)]
-    pub per_try_timeout: Option<String>,
-    /// `5xx`, `gateway-error`, `connect-failure`, `reset`, `refused-stream`, `retriable-4xx`,
-    /// or status codes such as `503`.
-    #[serde(default = "RetryConfig::default_retry_on")]
-    pub retry_on: Vec<RetryOnConfig>,
-    #[serde(default)]
-    pub backoff: BackoffConfig,
-    #[serde(default)]
-    pub budget: RetryBudgetConfig,
-    /// Retry POST, PATCH and other non-idempotent requests even after they reached an upstream.
-    #[serde(default)]
-    pub retry_non_idempotent: bool,
-}
-
-impl RetryConfig {
-    fn default_attempts() -> u32 {
-        2
-    }
-    fn default_retry_on() -> Vec<RetryOnConfig> {
-        ["connect-failure", "refused-stream", "reset"]
-            .iter()
-            .map(|s| RetryOnConfig::Condition((*s).to_owned()))
-            .chain(std::iter::once(RetryOnConfig::Code(503)))
-            .collect()
-    }
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            attempts: Self::default_attempts(),
-            per_try_timeout: None,
-            retry_on: Self::default_retry_on(),
-            backoff: BackoffConfig::default(),
-            budget: RetryBudgetConfig::default(),
-            retry_non_idempotent: false,
-        }
-    }
-}
-
-/// A retry condition name or a status code.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum RetryOnConfig {
-    Code(u16),
-    Condition(String),
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct BackoffConfig {
-    #[serde(default = "BackoffConfig::default_base")]
-    pub base: String,
-    #[serde(default = "BackoffConfig::default_max")]
-    pub max: String,
-}
-
-impl BackoffConfig {
-    fn default_base() -> String {
-        "25ms".to_owned()
-    }
-    fn default_max() -> String {
-        "250ms".to_owned()
-    }
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self {
-            base: Self::default_base(),
-            max: Self::default_max(),
-        }
-    }
-}
-
-/// Retries in flight per cluster ≤ max(min_concurrency, percent × active requests).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RetryBudgetConfig {
-    #[serde(default = "RetryBudgetConfig::default_percent")]
-    pub percent: f64,
-    #[serde(default = "RetryBudgetConfig::default_min_concurrency")]
-    pub min_concurrency: u32,
-}
-
-impl RetryBudgetConfig {
-    fn default_percent() -> f64 {
-        20.0
-    }
-    fn default_min_concurrency() -> u32 {
-        3
-    }
-}
-
-impl Default for RetryBudgetConfig {
-    fn default() -> Self {
-        Self {
-            percent: Self::default_percent(),
-            min_concurrency: Self::default_min_concurrency(),
-        }
-    }
 }
 
 /// An endpoint: either `"ip:port"` or `{ address: "ip:port", weight: 2 }`.
