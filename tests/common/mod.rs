@@ -15,6 +15,8 @@ use meridian::server::{self, RunningServer};
 use meridian::table;
 use tokio::net::{TcpSocket, TcpStream};
 
+pub mod dns;
+
 pub const REGIONS_YAML: &str = "regions:
   us-east-1:      { lat: 38.9, lon: -77.4 }
   eu-west-1:      { lat: 53.3, lon: -6.3 }
