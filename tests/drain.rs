@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::process::signal;
 use common::{Backends, Client, get};
 
 fn free_port() -> u16 {
@@ -49,16 +50,6 @@ async fn wait_for_exit(mut running: Running) -> std::process::ExitStatus {
         .await
         .unwrap()
         .unwrap()
-}
-
-fn signal(child: &Child, name: &str) {
-    assert!(
-        Command::new("kill")
-            .args([name, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 /// Start `meridian run` on free ports; returns (process, proxy, admin).
@@ -138,7 +129,7 @@ async fn sigterm_lets_every_started_request_finish() {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    signal(&running.0, "-TERM");
+    signal(running.0.id(), libc::SIGTERM).unwrap();
     let signalled = Instant::now();
     stop.store(true, Ordering::SeqCst);
 
@@ -180,10 +171,10 @@ async fn a_second_signal_exits_at_once() {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    signal(&running.0, "-TERM");
+    signal(running.0.id(), libc::SIGTERM).unwrap();
     wait_until_draining(admin).await;
     let second = Instant::now();
-    signal(&running.0, "-TERM");
+    signal(running.0.id(), libc::SIGTERM).unwrap();
     let exit = wait_for_exit(running).await;
     assert!(exit.success());
     assert!(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::require_program;
 use common::{Backends, get};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -188,8 +189,9 @@ routes:
     assert_eq!(response.headers()["x-meridian-region"], "us-east-1");
 
     // TLS 1.1 is refused; the same client speaking TLS 1.2 is served (openssl as the client).
+    let openssl = require_program("openssl", "openssl");
     let s_client = |version: &str| {
-        let out = std::process::Command::new("openssl")
+        let out = std::process::Command::new(&openssl)
             .args([
                 "s_client",
                 "-connect",

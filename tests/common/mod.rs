@@ -16,6 +16,7 @@ use meridian::table;
 use tokio::net::{TcpSocket, TcpStream};
 
 pub mod dns;
+pub mod process;
 
 pub const REGIONS_YAML: &str = "regions:
   us-east-1:      { lat: 38.9, lon: -77.4 }
