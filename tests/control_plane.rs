@@ -187,6 +187,15 @@ async fn configmap_symlink_swap_is_picked_up() {
         status.last.as_ref().unwrap().trigger,
         reload::Trigger::FileChange
     );
+    let reloads = |result: &str| {
+        proxy
+            .server
+            .metrics
+            .reloads
+            .with_label_values(&[result, "file_change"])
+            .get()
+    };
+    assert_eq!((reloads("applied"), reloads("failed")), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +212,7 @@ async fn a_reload_does_not_set_off_another() {
             .server
             .metrics
             .reloads
-            .with_label_values(&[result])
+            .with_label_values(&[result, "file_change"])
             .get()
     };
 
@@ -260,7 +269,7 @@ async fn a_bad_config_never_replaces_a_good_one() {
     );
     let metrics = get(admin, "admin", "/metrics", &[]).await.body;
     assert!(
-        metrics.contains("meridian_config_reloads_total{result=\"failed\"} 1"),
+        metrics.contains("meridian_config_reloads_total{result=\"failed\",trigger=\"admin\"} 1"),
         "{metrics}"
     );
 
