@@ -723,3 +723,62 @@ routes:
         "ap-southeast-1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_refuse_durations_outside_their_range() {
+    const HUGE: &str = "18446744073709551615s";
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    let endpoint = backends.us.addr.to_string();
+    let config = |value: &dyn Fn(&str) -> String| {
+        common::durations_config(&endpoint, "\"127.0.0.1:0\"", value)
+    };
+    std::fs::write(&path, config(&|_| "1s".to_owned()).0).unwrap();
+    let proxy = start_from(&path).await;
+    let (addr, admin) = (proxy.proxy_addr().unwrap(), proxy.admin.unwrap());
+    let mut client = Client::connect(addr, None).await;
+    assert_eq!(client.get("a.test", "/", &[]).await.region(), "us-east-1");
+
+    let mut refused = 0;
+    for (field, min) in common::DURATION_FIELDS {
+        let zero = (*min != "0s").then_some("0s");
+        for bad in std::iter::once(HUGE).chain(zero) {
+            let (text, lines) = config(&|p| if p == *field { bad } else { "1s" }.to_owned());
+            write_atomically(&path, &text);
+            let (status, body) = admin_post(admin, "/reload").await;
+            assert_eq!(status, 422, "{field}: {bad} must be refused: {body}");
+            refused += 1;
+            let error = body["error"].as_str().unwrap();
+            let want = format!("meridian.yaml:{}: {field}: `{bad}` is too", lines[field]);
+            assert!(error.contains(&want), "missing `{want}` in {error}");
+            // The table in service keeps serving, on the open connection and on new ones.
+            assert_eq!(client.get("a.test", "/", &[]).await.region(), "us-east-1");
+            assert_eq!(get(addr, "a.test", "/", &[]).await.region(), "us-east-1");
+        }
+    }
+    let config_json = admin_json(admin, "/config").await;
+    assert_eq!(config_json["generation"], 1);
+    let metrics = get(admin, "admin", "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains(&format!(
+            "meridian_config_reloads_total{{result=\"failed\",trigger=\"admin\"}} {refused}"
+        )),
+        "{metrics}"
+    );
+
+    // The longest value of every field is applied and serves.
+    write_atomically(&path, &config(&|_| common::LONGEST_DURATION.to_owned()).0);
+    let (status, body) = admin_post(admin, "/reload").await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    // The listener's timeouts changed, so it was replaced.
+    let addr = proxy.server.listener_addrs().await[0].1;
+    let mut client = Client::connect(addr, None).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("a.test", "/", &[]).await.region(), "us-east-1");
+    }
+}
