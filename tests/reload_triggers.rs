@@ -195,17 +195,22 @@ async fn sighup_is_counted_as_a_signal() {
             .unwrap()
             .success()
     );
+    // The reload's record is written last, after the swap and the count.
+    let config = async || -> serde_json::Value {
+        serde_json::from_str(&get(running.admin, "admin", "/config", &[]).await.body).unwrap()
+    };
     eventually("the signalled reload", async || {
-        running.reloads("applied", Some("signal")).await == 1
+        !config().await["last_reload"].is_null()
     })
     .await;
-    let config: serde_json::Value =
-        serde_json::from_str(&get(running.admin, "admin", "/config", &[]).await.body).unwrap();
+    let config = config().await;
+    assert_eq!(config["last_reload"]["trigger"], "signal", "{config}");
+    assert_eq!(config["last_reload"]["result"], "applied", "{config}");
     assert_eq!(
         config["generation"], 2,
         "SIGHUP reloads even when nothing changed"
     );
-    assert_eq!(config["last_reload"]["trigger"], "signal", "{config}");
+    assert_eq!(running.reloads("applied", Some("signal")).await, 1);
     let metrics = get(running.admin, "admin", "/metrics", &[]).await.body;
     assert_eq!(
         count_reloads(&metrics, "applied", None)
