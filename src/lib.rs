@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod body;
 pub mod config;
 pub mod date;
+pub mod deadline;
 pub mod decision;
 pub mod demo;
 pub mod discovery;

@@ -240,8 +240,14 @@ async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()
             tick.tick().await;
         }
     });
+    // Listening before anything is bound: a SIGHUP sent once the admin port answers reloads.
+    let hangup = reload::Hangup::listen();
     let running = server::start_with(table, Some(config)).await?;
-    reload::spawn_watchers(running.server.clone(), reload::DEFAULT_POLL_INTERVAL);
+    reload::spawn_watchers_with(
+        running.server.clone(),
+        reload::DEFAULT_POLL_INTERVAL,
+        hangup,
+    );
     shutdown.recv().await;
     // /readyz turns 503 at once; listeners keep accepting for drain_delay so load balancers
     // notice first; then in-flight requests get up to drain_timeout. A second signal ends it.

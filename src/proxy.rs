@@ -538,7 +538,7 @@ async fn forward(
         return Ok(response.into());
     }
     let route = decision.route;
-    let deadline = started + route.timeout;
+    let deadline = crate::deadline::after(started, route.timeout);
     // In a block of its own: the exchange borrows the overrides until it is dropped.
     let (mut answer, region) = {
         let exchange = async {

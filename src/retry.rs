@@ -146,7 +146,7 @@ impl RetryPolicy {
             .backoff_base
             .saturating_mul(factor as u32)
             .min(self.backoff_max);
-        ceiling.mul_f64(rng.f64())
+        crate::deadline::fraction(ceiling, rng.f64())
     }
 
     /// The retry budget: requests that are retrying may not exceed

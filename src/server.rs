@@ -77,8 +77,10 @@ pub(crate) struct Serving {
     pub listeners: Vec<ActiveListener>,
     /// Cancels the outlier detectors and health checks of the table in service.
     pub control_tasks: CancellationToken,
-    /// Content hash of the config (and GeoIP file) in service.
+    /// Content hash of the config (and the files it names) in service.
     pub hash: String,
+    /// Content hash of the last config refused since then: watchers do not refuse it again.
+    pub refused: Option<String>,
 }
 
 /// A running Meridian: the table in service, its listeners, and everything reload needs.
@@ -272,7 +274,8 @@ pub async fn start_with(
     }
     let hash = match &config_path {
         Some(path) => {
-            crate::reload::content_hash(&std::fs::read_to_string(path).unwrap_or_default(), &table)
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            crate::reload::content_hash(&text, &crate::reload::named_files(&table.config))
         }
         None => String::new(),
     };
@@ -312,6 +315,7 @@ pub async fn start_with(
             listeners: Vec::new(),
             control_tasks: control_tasks.clone(),
             hash,
+            refused: None,
         }),
         status: ArcSwap::from_pointee(status),
         shutdown,
@@ -554,7 +558,8 @@ fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
         .http1()
         // Without a timer hyper silently never fires the header read timeout.
         .timer(TokioTimer::new())
-        .header_read_timeout(spec.header_read_timeout)
+        // hyper adds this to the clock unchecked: hold it to the longest a config can set.
+        .header_read_timeout(spec.header_read_timeout.min(crate::config::MAX_DURATION))
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     builder

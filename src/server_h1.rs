@@ -89,7 +89,7 @@ pub(crate) async fn serve<I, S, B>(
     let mut grown = false;
     loop {
         // Wait for a head; between requests nothing is allocated.
-        let deadline = tokio::time::Instant::now() + context.header_read_timeout;
+        let deadline = crate::deadline::from_now(context.header_read_timeout);
         let read = loop {
             tokio::select! {
                 biased;
@@ -142,7 +142,7 @@ pub(crate) async fn serve<I, S, B>(
             ClientBody::Empty
         } else {
             // The body's own deadline, counted from the end of its head.
-            let body_deadline = tokio::time::Instant::now() + context.header_read_timeout;
+            let body_deadline = crate::deadline::from_now(context.header_read_timeout);
             match read_body(
                 &mut io,
                 &mut buf,

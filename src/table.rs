@@ -18,9 +18,9 @@ use regex::Regex;
 use tokio::sync::mpsc;
 
 use crate::config::{
-    AccessLogFormat, ClusterConfig, Config, ConfigError, HealthCheckConfig, ListenerTlsConfig,
-    LoadBalancer, LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig,
-    RouteConfig, StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
+    AccessLogFormat, ClusterConfig, Config, ConfigError, DurationRange, HealthCheckConfig,
+    ListenerTlsConfig, LoadBalancer, LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig,
+    RetryOnConfig, RouteConfig, StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoPoint, GeoResolver, Location, LocationSource,
@@ -422,13 +422,14 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    fn duration(&mut self, at: YamlPath, text: &str) -> Option<Duration> {
-        match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() => {
-                self.problems.at(at, "must be longer than zero");
+    /// A duration field: parsed, and inside the field's documented range.
+    fn duration(&mut self, at: YamlPath, text: &str, range: DurationRange) -> Option<Duration> {
+        match humantime::parse_duration(text).map(|d| range.check(text, d)) {
+            Ok(Ok(d)) => Some(d),
+            Ok(Err(message)) => {
+                self.problems.at(at, message);
                 None
             }
-            Ok(d) => Some(d),
             Err(e) => {
                 self.problems.at(
                     at,
@@ -478,14 +479,8 @@ impl<'a> Compiler<'a> {
 
     /// A drain duration; zero is allowed (no delay).
     fn drain_duration(&mut self, key: &str, text: &str) -> Duration {
-        match humantime::parse_duration(text) {
-            Ok(d) => d,
-            Err(e) => {
-                self.problems
-                    .at(root().key(key), format!("`{text}` is not a duration ({e})"));
-                Duration::ZERO
-            }
-        }
+        self.duration(root().key(key), text, DurationRange::DELAY)
+            .unwrap_or(Duration::ZERO)
     }
 
     fn dns(&mut self) -> DnsSettings {
@@ -507,10 +502,10 @@ impl<'a> Compiler<'a> {
             }
         }
         let min_ttl = self
-            .duration(at.key("min_ttl"), &d.min_ttl)
+            .duration(at.key("min_ttl"), &d.min_ttl, DurationRange::DNS_TTL)
             .unwrap_or(Duration::from_secs(5));
         let max_ttl = self
-            .duration(at.key("max_ttl"), &d.max_ttl)
+            .duration(at.key("max_ttl"), &d.max_ttl, DurationRange::DNS_TTL)
             .unwrap_or(Duration::from_secs(300));
         if min_ttl > max_ttl {
             self.problems
@@ -642,8 +637,16 @@ impl<'a> Compiler<'a> {
                     format!("{b} is bound by another listener"),
                 );
             }
-            let timeout = self.duration(here.key("header_read_timeout"), &l.header_read_timeout);
-            let send_timeout = self.duration(here.key("send_timeout"), &l.send_timeout);
+            let timeout = self.duration(
+                here.key("header_read_timeout"),
+                &l.header_read_timeout,
+                DurationRange::TIMEOUT,
+            );
+            let send_timeout = self.duration(
+                here.key("send_timeout"),
+                &l.send_timeout,
+                DurationRange::TIMEOUT,
+            );
             if let (Some(bind), Some(header_read_timeout), Some(send_timeout)) =
                 (bind, timeout, send_timeout)
             {
@@ -846,7 +849,11 @@ impl<'a> Compiler<'a> {
                 );
             }
             let connect_timeout = self
-                .duration(here.key("connect_timeout"), &cluster.connect_timeout)
+                .duration(
+                    here.key("connect_timeout"),
+                    &cluster.connect_timeout,
+                    DurationRange::TIMEOUT,
+                )
                 .unwrap_or(Duration::from_secs(1));
             let previous = self
                 .previous
@@ -965,7 +972,11 @@ impl<'a> Compiler<'a> {
             }
         }
         let idle_timeout = self
-            .duration(at.key("idle_timeout"), &c.idle_timeout)
+            .duration(
+                at.key("idle_timeout"),
+                &c.idle_timeout,
+                DurationRange::TIMEOUT,
+            )
             .unwrap_or(Duration::from_secs(60));
         let limits = PoolLimits {
             max_connections: c.max_connections as usize,
@@ -1008,9 +1019,17 @@ impl<'a> Compiler<'a> {
                     .at(at.key(key), format!("{value} is outside 0..100 (percent)"));
             }
         }
-        let interval = self.duration(at.key("interval"), &o.interval);
-        let base = self.duration(at.key("base_ejection_time"), &o.base_ejection_time);
-        let max = self.duration(at.key("max_ejection_time"), &o.max_ejection_time);
+        let interval = self.duration(at.key("interval"), &o.interval, DurationRange::PERIOD);
+        let base = self.duration(
+            at.key("base_ejection_time"),
+            &o.base_ejection_time,
+            DurationRange::TIMEOUT,
+        );
+        let max = self.duration(
+            at.key("max_ejection_time"),
+            &o.max_ejection_time,
+            DurationRange::TIMEOUT,
+        );
         if o.enabled && o.consecutive_5xx == 0 && o.consecutive_gateway_errors == 0 {
             self.problems.at(
                 at.clone(),
@@ -1052,10 +1071,10 @@ impl<'a> Compiler<'a> {
                 ),
             }
         }
-        let interval = self.duration(at.key("interval"), &h.interval);
-        let timeout = self.duration(at.key("timeout"), &h.timeout);
+        let interval = self.duration(at.key("interval"), &h.interval, DurationRange::PERIOD);
+        let timeout = self.duration(at.key("timeout"), &h.timeout, DurationRange::TIMEOUT);
         let jitter = match &h.jitter {
-            Some(j) => self.duration(at.key("jitter"), j),
+            Some(j) => self.duration(at.key("jitter"), j, DurationRange::DELAY),
             None => Some(Duration::ZERO),
         };
         Some(Arc::new(HealthPolicy {
@@ -1083,7 +1102,7 @@ impl<'a> Compiler<'a> {
         policy.per_try_timeout = r
             .per_try_timeout
             .as_ref()
-            .and_then(|t| self.duration(at.key("per_try_timeout"), t));
+            .and_then(|t| self.duration(at.key("per_try_timeout"), t, DurationRange::TIMEOUT));
         for (i, condition) in r.retry_on.iter().enumerate() {
             match condition {
                 RetryOnConfig::Code(code) if (100..=599).contains(code) => policy.on_statuses.push(*code),
@@ -1100,10 +1119,18 @@ impl<'a> Compiler<'a> {
                 ),
             }
         }
-        if let Some(base) = self.duration(at.key("backoff").key("base"), &r.backoff.base) {
+        if let Some(base) = self.duration(
+            at.key("backoff").key("base"),
+            &r.backoff.base,
+            DurationRange::TIMEOUT,
+        ) {
             policy.backoff_base = base;
         }
-        if let Some(max) = self.duration(at.key("backoff").key("max"), &r.backoff.max) {
+        if let Some(max) = self.duration(
+            at.key("backoff").key("max"),
+            &r.backoff.max,
+            DurationRange::TIMEOUT,
+        ) {
             policy.backoff_max = max;
         }
         if !(0.0..=100.0).contains(&r.budget.percent) {
@@ -1145,13 +1172,21 @@ impl<'a> Compiler<'a> {
             let methods = self.methods(&here, r);
             let target = self.target(&here, r, clusters);
             let steering = self.steering(here.key("steering"), &r.steering);
-            let timeout = self.duration(here.key("timeout"), &r.timeout);
+            let timeout = self.duration(here.key("timeout"), &r.timeout, DurationRange::TIMEOUT);
             let retries = self.retries(here.key("retries"), &r.retries);
             let body_idle_timeout = self
-                .duration(here.key("body_idle_timeout"), &r.body_idle_timeout)
+                .duration(
+                    here.key("body_idle_timeout"),
+                    &r.body_idle_timeout,
+                    DurationRange::TIMEOUT,
+                )
                 .unwrap_or(Duration::from_secs(30));
             let response_idle_timeout = self
-                .duration(here.key("response_idle_timeout"), &r.response_idle_timeout)
+                .duration(
+                    here.key("response_idle_timeout"),
+                    &r.response_idle_timeout,
+                    DurationRange::TIMEOUT,
+                )
                 .unwrap_or(Duration::from_secs(60));
             if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
                 let metrics = self.route_metrics(&r.name, &target, clusters);

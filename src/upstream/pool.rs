@@ -436,7 +436,7 @@ impl<G: Unpin> Body for UpstreamResponseBody<G> {
                     this.finish();
                 } else if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle_timeout);
+                        .reset(crate::deadline::from_now(this.idle_timeout));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
