@@ -31,7 +31,7 @@ use crate::headers::{
     X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION, X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW,
     X_MERIDIAN_REGION, X_REQUEST_ID, strip_hop_by_hop,
 };
-use crate::retry::{AttemptFailure, parse_retry_after};
+use crate::retry::{AttemptFailure, BudgetVerdict, TryCost, parse_retry_after};
 use crate::routes::ClusterId;
 use crate::routes::normalize_host;
 use crate::steer::RegionId;
@@ -853,19 +853,7 @@ async fn attempts(
         };
         let give_up = retries >= policy.attempts
             || !policy.may_retry(failure, &request.parts.method, body.replayable());
-        // A try that never reached an upstream cost no upstream anything: retrying it cannot
-        // amplify an outage, so only tries that did reach one draw on the budget.
-        let budget_ok = give_up
-            || !failure.reached_upstream()
-            || policy.budget_allows(
-                cluster.active_requests.load(Ordering::Relaxed),
-                cluster.active_retries.load(Ordering::Relaxed),
-            );
-        if !budget_ok {
-            ClusterStats::bump(&cluster.stats.retry_budget_exhausted);
-            tracing::info!(cluster = %cluster.name, route = %route.name, "retry budget exhausted: not retrying");
-        }
-        let next = if give_up || !budget_ok {
+        let next = if give_up {
             None
         } else {
             // Only a request that retries pays for remembering what it tried.
@@ -882,14 +870,17 @@ async fn attempts(
         let Some((next_region, next_endpoint)) = next else {
             return last.finish(table, region, &endpoint, route);
         };
-        drop(last);
-        if retry_slot.is_none() {
-            retry_slot = Some(Counted::new(&cluster.active_retries));
+        let verdict = admit_retry(cluster, policy, failure, &endpoint, &mut retry_slot).await;
+        if verdict == BudgetVerdict::Exhausted {
+            ClusterStats::bump(&cluster.stats.retry_budget_exhausted);
+            tracing::info!(cluster = %cluster.name, route = %route.name, "retry budget exhausted: not retrying");
+            return last.finish(table, region, &endpoint, route);
         }
+        drop(last);
         retries += 1;
         ClusterStats::bump(&cluster.stats.retries);
         tracing::debug!(
-            cluster = %cluster.name, route = %route.name, retry = retries, ?failure,
+            cluster = %cluster.name, route = %route.name, retry = retries, ?failure, budget = ?verdict,
             from = %endpoint.address, to = %next_endpoint.address, region = %table.region_name(next_region),
             "retrying"
         );
@@ -972,6 +963,68 @@ fn stream_response(
         region: None,
         request_id: None,
     })
+}
+
+/// Ask the retry budget whether the request may retry the try that failed with `failure`
+/// against `endpoint`; when it may, the request takes its place among those retrying (once,
+/// kept until it ends), in the same step as the budget is read, so requests that fail
+/// together cannot all pass on one reading.
+///
+/// A reset the budget would refuse costs one look at its endpoint: when it no longer takes
+/// connections it died with the try, nothing running holds the request, and the retry is
+/// free like that of a try that never left. All the requests a killed endpoint held reset at
+/// the same moment, far more of them than a budget sized for steady failures admits.
+async fn admit_retry<'c>(
+    cluster: &'c Cluster,
+    policy: &crate::retry::RetryPolicy,
+    failure: AttemptFailure,
+    endpoint: &Endpoint,
+    slot: &mut Option<Counted<'c>>,
+) -> BudgetVerdict {
+    let cost = if failure.reached_upstream() {
+        TryCost::Work
+    } else {
+        TryCost::Nothing
+    };
+    let verdict = take_retry_place(cluster, policy, cost, slot);
+    if verdict == BudgetVerdict::Exhausted
+        && failure == AttemptFailure::Reset
+        && cluster.pool.refuses_connections(endpoint.address).await
+    {
+        return take_retry_place(cluster, policy, TryCost::Nothing, slot);
+    }
+    verdict
+}
+
+/// The budget's verdict on a retry that cost `cost`, taking the request's place among those
+/// retrying when admitted and it holds none yet.
+fn take_retry_place<'c>(
+    cluster: &'c Cluster,
+    policy: &crate::retry::RetryPolicy,
+    cost: TryCost,
+    slot: &mut Option<Counted<'c>>,
+) -> BudgetVerdict {
+    let active = cluster.active_requests.load(Ordering::Relaxed);
+    if slot.is_some() {
+        // Already counted among those retrying: the others are the rest.
+        let others = cluster
+            .active_retries
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        return policy.budget(cost, active, others);
+    }
+    let mut verdict = BudgetVerdict::Exhausted;
+    let taken =
+        cluster
+            .active_retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |others| {
+                verdict = policy.budget(cost, active, others);
+                (verdict != BudgetVerdict::Exhausted).then_some(others + 1)
+            });
+    if taken.is_ok() {
+        *slot = Some(Counted(&cluster.active_retries));
+    }
+    verdict
 }
 
 /// Holds one unit of a gauge (active requests, retries in flight) while alive.

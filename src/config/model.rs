@@ -504,7 +504,9 @@ impl Default for BackoffConfig {
     }
 }
 
-/// Retries in flight per cluster ≤ max(min_concurrency, percent × active requests).
+/// Retries in flight per cluster ≤ max(min_concurrency, percent × active requests); retries
+/// of tries that never reached an upstream, or died with an endpoint that has stopped taking
+/// connections, are free.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RetryBudgetConfig {
     #[serde(default = "RetryBudgetConfig::default_percent")]
