@@ -31,7 +31,7 @@ use crate::headers::{
     X_MERIDIAN_DEBUG, X_MERIDIAN_DECISION, X_MERIDIAN_ERROR, X_MERIDIAN_OVERFLOW,
     X_MERIDIAN_REGION, X_REQUEST_ID, strip_hop_by_hop,
 };
-use crate::retry::{AttemptFailure, BudgetVerdict, TryCost, parse_retry_after};
+use crate::retry::{AttemptFailure, BudgetVerdict, PerTryTimeout, TryCost, parse_retry_after};
 use crate::routes::ClusterId;
 use crate::routes::normalize_host;
 use crate::steer::RegionId;
@@ -780,14 +780,50 @@ async fn attempts(
         trace.tries += 1;
         trace.endpoint = Some(endpoint.address);
         trace.region = Some(region);
-        let tried_now = try_once(
-            cluster,
-            &endpoint,
-            request,
-            attempt_body,
-            policy.per_try_timeout,
-        )
-        .await;
+        let tried_now = {
+            let exchange = try_once(cluster, &endpoint, request, attempt_body);
+            // In a block: a try given up is dropped, with its connection and permits, before
+            // the next one starts.
+            tokio::pin!(exchange);
+            match policy.per_try_timeout {
+                None => exchange.await,
+                Some(limit) => match tokio::time::timeout(limit.after(), exchange.as_mut()).await {
+                    Ok(tried) => tried,
+                    Err(_) => {
+                        // The default deadline only moves a request on: with nowhere to go,
+                        // the try keeps the rest of the route timeout.
+                        let give_up_try = match limit {
+                            PerTryTimeout::Strict(_) => true,
+                            PerTryTimeout::MoveOn(_) => {
+                                retries < policy.attempts
+                                    && policy.may_retry(
+                                        AttemptFailure::PerTryTimeout,
+                                        &request.parts.method,
+                                        body.replayable(),
+                                    )
+                                    && retry_could_go(
+                                        decision,
+                                        region,
+                                        &tried,
+                                        &endpoint,
+                                        retry_slot.is_some(),
+                                        rng,
+                                    )
+                            }
+                        };
+                        if give_up_try {
+                            Tried::Failed {
+                                failure: AttemptFailure::PerTryTimeout,
+                                detail: format!("no answer within {:?}", limit.after()),
+                                unsent: None,
+                            }
+                        } else {
+                            exchange.await
+                        }
+                    }
+                },
+            }
+        };
         if let Some(lines) = &mut trace.explain {
             lines.push(format!(
                 "try {}: {} in {} -> {}",
@@ -924,7 +960,7 @@ impl Last {
             Self::Error(AttemptFailure::PerTryTimeout, _) => Err(ProxyError::Timeout {
                 endpoint: endpoint.address,
                 region: region_name,
-                after: per_try_timeout.unwrap_or_default(),
+                after: per_try_timeout.map(|t| t.after()).unwrap_or_default(),
             }),
             Self::Error(_, detail) => Err(ProxyError::Upstream {
                 endpoint: endpoint.address,
@@ -963,6 +999,37 @@ fn stream_response(
         region: None,
         request_id: None,
     })
+}
+
+/// Whether a retry could go now from a try against `endpoint` in `region` that is past its
+/// default per-try deadline: there is an endpoint this request has not tried, and room in
+/// the retry budget (read, not taken: the retry takes its place once decided).
+fn retry_could_go(
+    decision: &RouteDecision<'_>,
+    region: RegionId,
+    tried: &[Arc<Endpoint>],
+    endpoint: &Arc<Endpoint>,
+    slot_held: bool,
+    rng: &mut fastrand::Rng,
+) -> bool {
+    let cluster = decision.cluster;
+    let retrying = cluster.active_retries.load(Ordering::Relaxed);
+    let others = if slot_held {
+        retrying.saturating_sub(1)
+    } else {
+        retrying
+    };
+    let room = decision.route.retries.budget(
+        TryCost::Work,
+        cluster.active_requests.load(Ordering::Relaxed),
+        others,
+    ) != BudgetVerdict::Exhausted;
+    if !room {
+        return false;
+    }
+    let mut seen = tried.to_vec();
+    seen.push(endpoint.clone());
+    retry_target(cluster, &decision.order, region, decision.panic, &seen, rng).is_some()
 }
 
 /// Ask the retry budget whether the request may retry the try that failed with `failure`
@@ -1049,7 +1116,6 @@ async fn try_once(
     endpoint: &Arc<Endpoint>,
     request: Outgoing<'_>,
     body: UpstreamBody,
-    per_try_timeout: Option<Duration>,
 ) -> Tried {
     let permit = match cluster.pool.admit() {
         Ok(permit) => permit,
@@ -1107,19 +1173,7 @@ async fn try_once(
             None,
         )))
     };
-    tokio::pin!(exchange);
-    let result = match per_try_timeout {
-        Some(limit) => match tokio::time::timeout(limit, exchange.as_mut()).await {
-            Ok(result) => result,
-            Err(_) => Err(Ok((
-                AttemptFailure::PerTryTimeout,
-                format!("no answer within {limit:?}"),
-                None,
-            ))),
-        },
-        None => exchange.await,
-    };
-    match result {
+    match exchange.await {
         Ok((response, conn)) => Tried::Answered(response, conn, (permit, in_flight)),
         Err(Err(overflow)) => Tried::Refused(overflow),
         Err(Ok((failure, detail, unsent))) => Tried::Failed {

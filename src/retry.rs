@@ -51,12 +51,31 @@ pub enum BudgetVerdict {
     Exhausted,
 }
 
+/// How long one try may run before the attempt loop stops waiting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerTryTimeout {
+    /// Set in the config (Istio's `perTryTimeout`): a try that runs this long fails.
+    Strict(Duration),
+    /// The default while retries are on: a try that runs this long is given up only for a
+    /// retry that can go now; otherwise it keeps the rest of the route timeout.
+    MoveOn(Duration),
+}
+
+impl PerTryTimeout {
+    /// How long after the try's start.
+    pub fn after(&self) -> Duration {
+        match self {
+            Self::Strict(d) | Self::MoveOn(d) => *d,
+        }
+    }
+}
+
 /// A route's retry policy, compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first try.
     pub attempts: u32,
-    pub per_try_timeout: Option<Duration>,
+    pub per_try_timeout: Option<PerTryTimeout>,
     pub on_5xx: bool,
     pub on_gateway_error: bool,
     pub on_connect_failure: bool,
@@ -124,8 +143,9 @@ impl RetryPolicy {
             AttemptFailure::ConnectFailure => self.on_connect_failure,
             AttemptFailure::RefusedStream => self.on_refused_stream,
             AttemptFailure::Reset => self.on_reset,
-            // A try that timed out is a gateway error (504) to the retry logic, as in Envoy.
-            AttemptFailure::PerTryTimeout => self.on_5xx || self.on_gateway_error,
+            // A try that timed out is a gateway error (504) to the retry logic, and an upstream
+            // that did not answer at all to `reset`, as in Envoy.
+            AttemptFailure::PerTryTimeout => self.on_5xx || self.on_gateway_error || self.on_reset,
             AttemptFailure::Status(code) => {
                 (self.on_5xx && (500..=599).contains(&code))
                     || (self.on_gateway_error && matches!(code, 502..=504))
@@ -202,6 +222,14 @@ impl RetryPolicy {
             TryCost::Work => BudgetVerdict::Exhausted,
         }
     }
+}
+
+/// The per-try timeout of a route that sets none: the first try and every retry get an
+/// equal share of the route timeout, so an upstream that hangs (a stopped process whose
+/// kernel still accepts) leaves time for the retries. Without retries the route timeout
+/// alone bounds the one try.
+pub fn default_per_try_timeout(route_timeout: Duration, attempts: u32) -> Option<PerTryTimeout> {
+    (attempts > 0).then(|| PerTryTimeout::MoveOn(route_timeout / attempts.saturating_add(1)))
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).
@@ -319,6 +347,39 @@ mod tests {
                 "{percent}% floor {floor}, {cost:?}, {active} active, {others} others retrying"
             );
         }
+    }
+
+    #[test]
+    fn per_try_timeout_defaults_to_an_equal_share_of_the_route_timeout() {
+        let s = Duration::from_secs;
+        let move_on = |d| Some(PerTryTimeout::MoveOn(d));
+        let cases = [
+            (s(15), 2, move_on(s(5))),
+            (s(3), 3, move_on(Duration::from_millis(750))),
+            (s(3), 0, None),
+            (s(1), 10, move_on(Duration::from_nanos(90_909_090))),
+            (s(1), u32::MAX, move_on(Duration::ZERO)),
+        ];
+        for (route, attempts, want) in cases {
+            assert_eq!(
+                default_per_try_timeout(route, attempts),
+                want,
+                "{route:?} {attempts}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_per_try_timeout_is_retried_on_reset_as_on_gateway_errors() {
+        let mut p = RetryPolicy::none();
+        assert!(!p.covers(AttemptFailure::PerTryTimeout));
+        p.enable("reset");
+        assert!(p.covers(AttemptFailure::PerTryTimeout));
+        assert!(RetryPolicy::default().covers(AttemptFailure::PerTryTimeout));
+        assert!(
+            !RetryPolicy::default().may_retry(AttemptFailure::PerTryTimeout, &Method::POST, true),
+            "it may have reached the upstream"
+        );
     }
 
     #[test]

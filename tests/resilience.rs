@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::{Backends, Client, get, raw_exchange, start_proxy};
 use http::Method;
 use meridian::demo::RegionBackend;
+use meridian::retry::PerTryTimeout;
 use meridian::server::RunningServer;
 use meridian::upstream::ClusterStats;
 
@@ -903,4 +904,118 @@ async fn resets_from_a_backend_that_still_listens_stay_within_the_budget() {
     assert_eq!(reset as u64, IN_FLIGHT as u64 - retries);
     assert_eq!(ClusterStats::get(&s.retry_budget_exhausted), reset as u64);
     assert_eq!(eu.hits(), retries);
+}
+
+#[tokio::test]
+async fn a_frozen_backend_costs_one_share_of_the_route_timeout_not_all_of_it() {
+    // Accepts connections and reads nothing: a stopped process whose kernel still listens.
+    let frozen = tokio::net::TcpListener::bind(ANY).await.unwrap();
+    let frozen_addr = frozen.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = frozen.accept().await {
+            held.push(s);
+        }
+    });
+    let eu = RegionBackend::start("eu-west-1", ANY.parse().unwrap())
+        .await
+        .unwrap();
+    // No per_try_timeout: two retries share the 1.2 s route timeout with the first try, 400 ms each.
+    let proxy = start_proxy(&two_regions(frozen_addr, eu.addr, ", timeout: 1200ms")).await;
+    let started = Instant::now();
+    let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (answer.status.as_u16(), answer.region()),
+        (200, "eu-west-1"),
+        "{:?} after {took:?}",
+        answer.headers.get("x-meridian-error")
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+    let s = stats(&proxy, 0);
+    assert_eq!(
+        (
+            ClusterStats::get(&s.attempts_timeout),
+            ClusterStats::get(&s.retries)
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn per_try_timeout_defaults_to_a_share_of_the_route_timeout_when_retries_are_on() {
+    let config = format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+{}
+clusters:
+  api: {{ endpoints: {{ us-east-1: [\"127.0.0.1:9\"] }} }}
+routes:
+  - {{ name: defaults, hosts: [a.test], cluster: api }}
+  - {{ name: short, hosts: [b.test], cluster: api, timeout: 3s, retries: {{ attempts: 3 }} }}
+  - {{ name: explicit, hosts: [c.test], cluster: api, retries: {{ per_try_timeout: 2s }} }}
+  - {{ name: once, hosts: [d.test], cluster: api, retries: {{ attempts: 0 }} }}
+",
+        common::REGIONS_YAML
+    );
+    let loaded = meridian::config::load_str(&config, std::path::Path::new("test.yaml")).unwrap();
+    let table = match meridian::table::compile(&loaded, Default::default()) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    let per_try: Vec<_> = table
+        .routes
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.retries.per_try_timeout))
+        .collect();
+    let ms = Duration::from_millis;
+    assert_eq!(
+        per_try,
+        [
+            ("defaults", Some(PerTryTimeout::MoveOn(ms(5_000)))),
+            ("short", Some(PerTryTimeout::MoveOn(ms(750)))),
+            ("explicit", Some(PerTryTimeout::Strict(ms(2_000)))),
+            ("once", None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_default_per_try_timeout_never_ends_a_request_with_nowhere_else_to_go() {
+    let backends = Backends::start().await;
+    // One endpoint that takes 500 ms; each try's share of the 900 ms route timeout is 300 ms.
+    let config = backends.fill(
+        "
+local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
+admin: { bind: null }
+{REGIONS}
+clusters:
+  api: { endpoints: { us-east-1: [\"{US}\"] } }
+routes:
+  - { name: api, hosts: [\"*\"], cluster: api, timeout: 900ms }
+",
+    );
+    let proxy = start_proxy(&config).await;
+    let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/delay/500", &[]).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}",
+        answer.headers.get("x-meridian-error")
+    );
+    let s = stats(&proxy, 0);
+    assert_eq!(
+        (
+            ClusterStats::get(&s.attempts_timeout),
+            ClusterStats::get(&s.retries),
+            backends.us.hits()
+        ),
+        (0, 0, 1)
+    );
 }
