@@ -26,7 +26,7 @@ use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoPoint, GeoResolver, Location, LocationSource,
 };
 use crate::metrics::{Metrics, RequestMetrics};
-use crate::retry::RetryPolicy;
+use crate::retry::{PerTryTimeout, RetryPolicy, default_per_try_timeout};
 use crate::routes::{
     ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteMetrics,
     RouteSet, RouteTarget,
@@ -1102,7 +1102,8 @@ impl<'a> Compiler<'a> {
         policy.per_try_timeout = r
             .per_try_timeout
             .as_ref()
-            .and_then(|t| self.duration(at.key("per_try_timeout"), t, DurationRange::TIMEOUT));
+            .and_then(|t| self.duration(at.key("per_try_timeout"), t, DurationRange::TIMEOUT))
+            .map(PerTryTimeout::Strict);
         for (i, condition) in r.retry_on.iter().enumerate() {
             match condition {
                 RetryOnConfig::Code(code) if (100..=599).contains(code) => policy.on_statuses.push(*code),
@@ -1173,7 +1174,11 @@ impl<'a> Compiler<'a> {
             let target = self.target(&here, r, clusters);
             let steering = self.steering(here.key("steering"), &r.steering);
             let timeout = self.duration(here.key("timeout"), &r.timeout, DurationRange::TIMEOUT);
-            let retries = self.retries(here.key("retries"), &r.retries);
+            let mut retries = self.retries(here.key("retries"), &r.retries);
+            if r.retries.per_try_timeout.is_none() {
+                retries.per_try_timeout =
+                    timeout.and_then(|t| default_per_try_timeout(t, retries.attempts));
+            }
             let body_idle_timeout = self
                 .duration(
                     here.key("body_idle_timeout"),

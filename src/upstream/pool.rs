@@ -187,6 +187,25 @@ impl ClusterPool {
             .map_err(|_| Overflow::MaxRequests)
     }
 
+    /// Whether `addr` has stopped taking connections: one TCP connect (no TLS, nothing sent,
+    /// closed at once) was refused, failed or did not finish within the connect timeout. It
+    /// takes a place under `max_connections` while it lasts; with none free the answer is no,
+    /// as it is whenever the endpoint might still be running.
+    pub async fn refuses_connections(&self, addr: SocketAddr) -> bool {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            return false;
+        };
+        let _slot = ConnSlot {
+            permit: Some(permit),
+            released: self.released.clone(),
+        };
+        let connect = TcpStream::connect(addr);
+        !matches!(
+            tokio::time::timeout(self.limits.connect_timeout, connect).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// An idle, open connection to `addr`, dropping closed and expired ones on the way.
     fn take_idle(&self, addr: SocketAddr) -> Option<IdleConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
