@@ -46,6 +46,8 @@ pub enum Malformed {
     BadHost,
     #[error("the method has lowercase letters; methods are case-sensitive (`get` is not `GET`)")]
     LowercaseMethod,
+    #[error("a tab sets off the value of Content-Length or Transfer-Encoding")]
+    TabInFraming,
 }
 
 impl Malformed {

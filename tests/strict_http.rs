@@ -569,6 +569,22 @@ async fn malformed_hosts_and_methods_never_reach_a_backend() {
             "lowercase extension method",
             "purge /echo HTTP/1.1\nHost: a.test\n\n",
         ),
+        (
+            "TE after a tab",
+            "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding:\tchunked\n\n2\nok\n0\n\n",
+        ),
+        (
+            "TE before a tab",
+            "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\t\n\n2\nok\n0\n\n",
+        ),
+        (
+            "CL after a tab",
+            "POST /echo HTTP/1.1\nHost: a.test\nContent-Length:\t2\n\nok",
+        ),
+        (
+            "CL after a tab, large body",
+            "POST /echo HTTP/1.1\nHost: a.test\nContent-Length:\t900\n\n",
+        ),
     ] {
         cases.push((name.to_string(), req(head), "400"));
     }
@@ -617,10 +633,20 @@ async fn malformed_hosts_and_methods_never_reach_a_backend() {
         assert!(reply.starts_with("HTTP/1.1 200"), "{host}: {reply}");
         assert_eq!(backends.us.hits(), n, "{host}");
     }
-    for (method, head) in [(
-        "PURGE",
-        "PURGE /echo HTTP/1.1\nHost: a.test\nConnection: close\n\n",
-    )] {
+    for (method, head) in [
+        (
+            "PURGE",
+            "PURGE /echo HTTP/1.1\nHost: a.test\nConnection: close\n\n",
+        ),
+        (
+            "POST",
+            "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding:  chunked \nConnection: close\n\n2\nok\n0\n\n",
+        ),
+        (
+            "POST",
+            "POST /echo HTTP/1.1\nHost: a.test\nContent-Length:2\nConnection: close\n\nok",
+        ),
+    ] {
         let before = backends.us.hits();
         let (reply, _) = exchange(addr, &req(head)).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{head}: {reply}");
