@@ -56,8 +56,6 @@ pub type ProxyBody = Either<UpstreamResponseBody<AttemptGuards>, Full<Bytes>>;
 pub enum ProxyError {
     #[error("the request has no Host header or authority")]
     MissingHost,
-    #[error("the Host header is not valid: {0:?}")]
-    BadHost(HeaderValue),
     #[error("the request body could not be read: {0}")]
     BadBody(#[source] hyper::Error),
     #[error("{0}")]
@@ -89,7 +87,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::BadHost(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Malformed(m) => m.status(),
             Self::Decision(DecisionError::NoRoute { .. }) => StatusCode::NOT_FOUND,
             Self::Decision(DecisionError::NoEndpoint { .. } | DecisionError::RegionLoop { .. }) => {
@@ -105,7 +103,6 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingHost => "missing-host",
-            Self::BadHost(_) => "bad-host",
             Self::BadBody(_) => "bad-body",
             Self::Malformed(m) => m.code(),
             Self::Decision(DecisionError::NoRoute { .. }) => "no-route",
@@ -151,7 +148,7 @@ impl ProxyError {
         // After a framing error nothing more on this connection can be trusted.
         if matches!(
             self,
-            Self::Malformed(_) | Self::BadBody(_) | Self::MissingHost | Self::BadHost(_)
+            Self::Malformed(_) | Self::BadBody(_) | Self::MissingHost
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -271,17 +268,17 @@ pub async fn handle(
 ) -> Result<Box<Answer>, Infallible> {
     crate::alloc::note_request();
     // Taken for every request, in order, before anything else can return.
-    let had_both =
-        req.version() <= http::Version::HTTP_11 && framing.is_some_and(|log| log.next_had_both());
+    let refused = match req.version() <= http::Version::HTTP_11 {
+        true => framing.and_then(|log| log.next_refusal()),
+        false => None,
+    };
     if let Some(port) = redirect_https {
         let headers = HeadersRef::of(req.headers(), raw.as_ref());
         return Ok(redirect_to_https(req.uri(), headers, port).into());
     }
-    if had_both {
-        tracing::debug!(client = %peer, "Content-Length with Transfer-Encoding: refused");
-        return Ok(ProxyError::Malformed(Malformed::LengthAndChunked)
-            .into_response()
-            .into());
+    if let Some(malformed) = refused {
+        tracing::debug!(client = %peer, error = %malformed, "request framing refused");
+        return Ok(ProxyError::Malformed(malformed).into_response().into());
     }
     let started = Instant::now();
     // Every request finishes on the table it started with, whatever reloads happen meanwhile.
@@ -358,6 +355,17 @@ pub async fn handle(
 
 /// A plain listener with `redirect_https`: 308 to the same URL over https.
 pub fn redirect_to_https(uri: &Uri, headers: HeadersRef<'_>, port: u16) -> Response<ProxyBody> {
+    // The Location is built from the client's Host: one that is not `host[:port]` could
+    // point it anywhere.
+    let authority = match uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => headers.first(Known::Host),
+    };
+    if !authority.is_some_and(crate::strict::valid_authority) {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    }
     let host = uri
         .authority()
         .map(|a| a.host().to_owned())
@@ -415,11 +423,8 @@ fn request_host(
         }
         return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::MissingHost);
     }
-    let value = headers.value(Known::Host).ok_or(ProxyError::MissingHost)?;
-    if value.is_empty() || value.to_str().is_err() {
-        return Err(ProxyError::BadHost(value.clone()));
-    }
-    Ok(value.clone())
+    // The strict checks have held it to `host[:port]`: nothing more to look at.
+    headers.value(Known::Host).ok_or(ProxyError::MissingHost)
 }
 
 async fn forward(

@@ -249,7 +249,8 @@ impl Server {
         }
     }
 
-    /// Start the outlier detectors and health checks of `table`; they stop when `token` does.
+    /// Start the outlier detectors, pool reapers and health checks of `table`; they stop when
+    /// `token` does.
     pub(crate) fn spawn_control_tasks(&self, table: &RoutingTable, token: &CancellationToken) {
         spawn_control_tasks(table, token, &self.tracker);
     }
@@ -460,7 +461,8 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// One outlier detector per cluster and one health-check loop per endpoint.
+/// One outlier detector and one idle-connection reaper per cluster, and one health-check loop
+/// per endpoint.
 fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, tracker: &TaskTracker) {
     let region_names: Vec<String> = table.regions.iter().map(|r| r.name.clone()).collect();
     let needs_dns = table
@@ -479,6 +481,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
         None
     };
     for cluster in &table.clusters {
+        tracker.spawn(cluster.pool.clone().reap(shutdown.clone()));
         let reports = cluster
             .reports
             .lock()

@@ -452,6 +452,13 @@ fn parse_simple(
             return None;
         }
         if kind == Some(Known::ContentLength) {
+            // A tab around the value is refused where hyper serves (see `sniff`).
+            let line = (name.as_ptr() as usize)
+                .checked_sub(head.as_ptr() as usize)
+                .and_then(|at| head.get(at..));
+            if line.is_none_or(|line| crate::sniff::tab_after_name(line, name.len())) {
+                return None;
+            }
             // One, plain digits, small: anything else is hyper's (and the strict checks').
             match plain_length(h.value) {
                 Some(n) if body_len.is_none() && n <= MAX_OWN_BODY => body_len = Some(n),

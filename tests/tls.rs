@@ -250,6 +250,12 @@ routes:
     let answer = get(http, "a.test", "/x?y=1", &[]).await;
     assert_eq!(answer.status, 308);
     assert_eq!(answer.headers["location"], "https://a.test:8443/x?y=1");
+    // A Host that is not `host[:port]` would point the Location elsewhere.
+    for host in ["evil.test/x?", "evil.test#", "a.test:99999"] {
+        let answer = get(http, host, "/x", &[]).await;
+        assert_eq!(answer.status, 400, "{host}");
+        assert!(!answer.headers.contains_key("location"), "{host}");
+    }
 }
 
 #[test]
