@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod edge;
 pub mod fuzzing;
 pub mod geo;
@@ -23,6 +24,7 @@ pub use config::import;
 pub use control::{admin, demo, reload};
 pub use http1::{headers, raw_fields as fields};
 pub use route::decision;
+pub use table::retry;
 
 /// The lifecycle and the listener limits under one path.
 pub mod server {

@@ -118,9 +118,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { listen, admin } => {
             runtime()?.block_on(async {
+                let mut shutdown = ShutdownSignal::listen();
                 let demo = demo::start(listen, admin).await?;
                 println!("{}", demo.instructions());
-                shutdown_signal().await;
+                shutdown.recv().await;
                 demo.shutdown().await;
                 anyhow::Ok(())
             })?;
@@ -128,9 +129,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Backend { region, listen } => {
             runtime()?.block_on(async {
+                let mut shutdown = ShutdownSignal::listen();
                 let backend = demo::RegionBackend::start(&region, listen).await?;
                 println!("backend {region} listening on {}", backend.addr);
-                shutdown_signal().await;
+                shutdown.recv().await;
                 backend.stop().await;
                 anyhow::Ok(())
             })?;
@@ -228,6 +230,7 @@ fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime:
 }
 
 async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()> {
+    let mut shutdown = ShutdownSignal::listen();
     // Wakes an idle runtime twice a second, so `alloc::return_freed_memory` runs after a
     // burst ends.
     tokio::spawn(async {
@@ -237,9 +240,15 @@ async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()
             tick.tick().await;
         }
     });
+    // Listening before anything is bound: a SIGHUP sent once the admin port answers reloads.
+    let hangup = reload::Hangup::listen();
     let running = server::start_with(table, Some(config)).await?;
-    reload::spawn_watchers(running.server.clone(), reload::DEFAULT_POLL_INTERVAL);
-    shutdown_signal().await;
+    reload::spawn_watchers_with(
+        running.server.clone(),
+        reload::DEFAULT_POLL_INTERVAL,
+        hangup,
+    );
+    shutdown.recv().await;
     // /readyz turns 503 at once; listeners keep accepting for drain_delay so load balancers
     // notice first; then in-flight requests get up to drain_timeout. A second signal ends it.
     let (delay, timeout) = {
@@ -257,30 +266,38 @@ async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()
     };
     tokio::select! {
         _ = drain => tracing::info!("drained"),
-        _ = shutdown_signal() => tracing::warn!("second signal: exiting without waiting"),
+        _ = shutdown.recv() => tracing::warn!("second signal: exiting without waiting"),
     }
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C. SIGTERM is listened for from `listen` on, which runs before anything is
+/// served: a SIGTERM sent as soon as a port accepts is kept for `recv` instead of meeting the
+/// default action (ending the process undrained), and a second one sent while draining is not
+/// lost between two waits.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    /// Must run inside the runtime.
+    fn listen() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = &mut self.term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

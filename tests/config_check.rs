@@ -1,6 +1,8 @@
 //! `meridian check` and `meridian run` on good and bad configs, through the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::process::Command;
 
 fn meridian(args: &[&str]) -> (bool, String, String) {
@@ -190,4 +192,87 @@ fn backend_command_answers_with_its_region() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(reply.contains("Hello from eu-west-1"), "{reply}");
+}
+
+/// The largest number of seconds a duration can be written with: it parses, but no clock
+/// reaches it.
+const HUGE: &str = "18446744073709551615s";
+
+/// Just under a field's smallest value.
+fn below(min: &str) -> Option<&'static str> {
+    match min {
+        "1ms" => Some("999us"),
+        "10ms" => Some("9ms"),
+        "100ms" => Some("99ms"),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_duration_field_is_checked_against_its_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, value: &dyn Fn(&str) -> String| {
+        let (text, lines) = common::durations_config("127.0.0.1:9", "null", value);
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let (ok, _, stderr) = meridian(&["check", "-c", file.to_str().unwrap()]);
+        (ok, stderr, lines)
+    };
+    let min = |path: &str| {
+        common::DURATION_FIELDS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, min)| (*min).to_owned())
+            .unwrap()
+    };
+
+    // Both ends of every range are valid.
+    let (ok, stderr, _) = check("smallest.yaml", &min);
+    assert!(ok, "{stderr}");
+    let (ok, stderr, _) = check("longest.yaml", &|_| common::LONGEST_DURATION.to_owned());
+    assert!(ok, "{stderr}");
+
+    // Past either end, every field is reported with its line.
+    // File, the bad value of each field (none: its smallest, which is valid), what is wrong.
+    type Case<'a> = (&'a str, &'a dyn Fn(&str) -> Option<String>, &'a str);
+    let cases: [Case; 4] = [
+        ("huge.yaml", &|_| Some(HUGE.to_owned()), "too long"),
+        (
+            "a-day-and-more.yaml",
+            &|_| Some("24h 1ms".to_owned()),
+            "too long",
+        ),
+        (
+            "zero.yaml",
+            &|p| (min(p) != "0s").then(|| "0s".to_owned()),
+            "too short",
+        ),
+        (
+            "below.yaml",
+            &|p| below(&min(p)).map(str::to_owned),
+            "too short",
+        ),
+    ];
+    for (name, bad, what) in cases {
+        let (ok, stderr, lines) = check(name, &|p| bad(p).unwrap_or_else(|| min(p)));
+        assert!(!ok, "{name} must fail:\n{stderr}");
+        let expected: Vec<&str> = common::DURATION_FIELDS
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| bad(p).is_some())
+            .collect();
+        assert!(
+            stderr.contains(&format!("({} problems)", expected.len())),
+            "{name}: {stderr}"
+        );
+        for path in expected {
+            let want = format!("{name}:{}: {path}: `", lines[path]);
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(&want))
+                .unwrap_or_else(|| panic!("missing `{want}` in:\n{stderr}"));
+            assert!(line.contains(what), "{line}");
+            assert!(line.contains(" to 24h"), "the range is named: {line}");
+        }
+    }
 }

@@ -175,18 +175,27 @@ async fn configmap_symlink_swap_is_picked_up() {
     std::os::unix::fs::symlink("..2026_v2", mount.join("..data_tmp")).unwrap();
     std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
 
-    eventually(
-        "the new config in service",
-        Duration::from_secs(10),
-        async || get(addr, "a.test", "/", &[]).await.region() == "eu-west-1",
-    )
+    // The reload's record is written last, after the swap and the count.
+    eventually("the reload recorded", Duration::from_secs(10), async || {
+        proxy.server.reload_status().last.is_some()
+    })
     .await;
+    assert_eq!(get(addr, "a.test", "/", &[]).await.region(), "eu-west-1");
     let status = proxy.server.reload_status();
     assert_eq!(status.generation, 2);
     assert_eq!(
         status.last.as_ref().unwrap().trigger,
         reload::Trigger::FileChange
     );
+    let reloads = |result: &str| {
+        proxy
+            .server
+            .metrics
+            .reloads
+            .with_label_values(&[result, "file_change"])
+            .get()
+    };
+    assert_eq!((reloads("applied"), reloads("failed")), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,18 +212,17 @@ async fn a_reload_does_not_set_off_another() {
             .server
             .metrics
             .reloads
-            .with_label_values(&[result])
+            .with_label_values(&[result, "file_change"])
             .get()
     };
 
     write_atomically(&path, &config_only(&backends, "eu-west-1"));
-    eventually(
-        "the new config in service",
-        Duration::from_secs(10),
-        async || get(addr, "a.test", "/", &[]).await.region() == "eu-west-1",
-    )
+    // Counted after the swap: once counted, the new table serves.
+    eventually("the reload counted", Duration::from_secs(10), async || {
+        reloads("applied") == 1
+    })
     .await;
-    assert_eq!(reloads("applied"), 1);
+    assert_eq!(get(addr, "a.test", "/", &[]).await.region(), "eu-west-1");
     // Reading the file, as the reload itself and an operator's `cat` do, is not a change.
     assert!(!std::fs::read_to_string(&path).unwrap().is_empty());
     // Nothing signals "no reload happened": watch for several debounce periods instead.
@@ -260,7 +268,7 @@ async fn a_bad_config_never_replaces_a_good_one() {
     );
     let metrics = get(admin, "admin", "/metrics", &[]).await.body;
     assert!(
-        metrics.contains("meridian_config_reloads_total{result=\"failed\"} 1"),
+        metrics.contains("meridian_config_reloads_total{result=\"failed\",trigger=\"admin\"} 1"),
         "{metrics}"
     );
 
@@ -713,4 +721,63 @@ routes:
         get(addr, "a.test", "/", &from).await.region(),
         "ap-southeast-1"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_refuse_durations_outside_their_range() {
+    const HUGE: &str = "18446744073709551615s";
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    let endpoint = backends.us.addr.to_string();
+    let config = |value: &dyn Fn(&str) -> String| {
+        common::durations_config(&endpoint, "\"127.0.0.1:0\"", value)
+    };
+    std::fs::write(&path, config(&|_| "1s".to_owned()).0).unwrap();
+    let proxy = start_from(&path).await;
+    let (addr, admin) = (proxy.proxy_addr().unwrap(), proxy.admin.unwrap());
+    let mut client = Client::connect(addr, None).await;
+    assert_eq!(client.get("a.test", "/", &[]).await.region(), "us-east-1");
+
+    let mut refused = 0;
+    for (field, min) in common::DURATION_FIELDS {
+        let zero = (*min != "0s").then_some("0s");
+        for bad in std::iter::once(HUGE).chain(zero) {
+            let (text, lines) = config(&|p| if p == *field { bad } else { "1s" }.to_owned());
+            write_atomically(&path, &text);
+            let (status, body) = admin_post(admin, "/reload").await;
+            assert_eq!(status, 422, "{field}: {bad} must be refused: {body}");
+            refused += 1;
+            let error = body["error"].as_str().unwrap();
+            let want = format!("meridian.yaml:{}: {field}: `{bad}` is too", lines[field]);
+            assert!(error.contains(&want), "missing `{want}` in {error}");
+            // The table in service keeps serving, on the open connection and on new ones.
+            assert_eq!(client.get("a.test", "/", &[]).await.region(), "us-east-1");
+            assert_eq!(get(addr, "a.test", "/", &[]).await.region(), "us-east-1");
+        }
+    }
+    let config_json = admin_json(admin, "/config").await;
+    assert_eq!(config_json["generation"], 1);
+    let metrics = get(admin, "admin", "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains(&format!(
+            "meridian_config_reloads_total{{result=\"failed\",trigger=\"admin\"}} {refused}"
+        )),
+        "{metrics}"
+    );
+
+    // The longest value of every field is applied and serves.
+    write_atomically(&path, &config(&|_| common::LONGEST_DURATION.to_owned()).0);
+    let (status, body) = admin_post(admin, "/reload").await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    // The listener's timeouts changed, so it was replaced.
+    let addr = proxy.server.listener_addrs().await[0].1;
+    let mut client = Client::connect(addr, None).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("a.test", "/", &[]).await.region(), "us-east-1");
+    }
 }

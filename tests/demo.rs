@@ -1,10 +1,14 @@
 //! `meridian demo` starts, and every curl line it prints does what it says.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use common::process::{require_program, signal};
 
 /// Kills the demo if the test fails before stopping it.
 struct Running(Option<Child>);
@@ -20,6 +24,8 @@ impl Drop for Running {
 
 #[test]
 fn demo_curl_lines_do_what_they_say() {
+    // The printed lines run through bash, which finds curl where this does.
+    let curl = require_program("curl", "curl");
     let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .env("MERIDIAN_LOG", "warn")
@@ -81,7 +87,7 @@ fn demo_curl_lines_do_what_they_say() {
         .iter()
         .find_map(|l| l.trim().strip_prefix("admin  "))
         .unwrap();
-    let out = Command::new("curl")
+    let out = Command::new(&curl)
         .args(["-sS", "--max-time", "10", &format!("{admin}readyz")])
         .output()
         .unwrap();
@@ -89,20 +95,14 @@ fn demo_curl_lines_do_what_they_say() {
 
     // SIGTERM: drains and exits cleanly.
     let mut child = running.0.take().unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(child.id(), libc::SIGTERM).unwrap();
     let (done_tx, done_rx) = mpsc::channel();
     let pid = child.id();
     std::thread::spawn(move || {
         let _ = done_tx.send(child.wait());
     });
     let Ok(exit) = done_rx.recv_timeout(Duration::from_secs(20)) else {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+        let _ = signal(pid, libc::SIGKILL);
         panic!("demo did not exit after SIGTERM");
     };
     let exit = exit.unwrap();

@@ -1,117 +1,19 @@
-//! End to end: DNS discovery against a real DNS server on loopback (Debian's dnsmasq).
+//! End to end: DNS discovery against a real DNS server on loopback (tests/common/dns.rs: in this
+//! process, answers with a 1 s TTL that the test changes while the proxy runs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::dns::DnsServer;
 use common::{Client, start_proxy};
 use meridian::demo::RegionBackend;
 
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
-
-/// dnsmasq answering from a hosts file with a 1 s TTL; killed when dropped.
-struct Dns {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Dns {
-    fn start(hosts: &Path) -> Self {
-        assert!(
-            Path::new(DNSMASQ).exists(),
-            "install Debian's dnsmasq-base (.ci/run does)"
-        );
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(DNSMASQ)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--conf-file=/dev/null",
-                "--pid-file=",
-                "--user=root",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--local-ttl=1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--addn-hosts={}", hosts.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let dns = Self {
-            child: Some(child),
-            port,
-        };
-        dns.wait_ready();
-        dns
-    }
-
-    /// Until dnsmasq answers a query: a proxy started before it listens would see its first
-    /// lookups lost and wait out the resolver's timeouts.
-    fn wait_ready(&self) {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        // A query for api.eu.test, type A, class IN, recursion desired.
-        let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in ["api", "eu", "test"] {
-            query.push(label.len() as u8);
-            query.extend_from_slice(label.as_bytes());
-        }
-        query.extend_from_slice(&[0, 0, 1, 0, 1]);
-        let started = Instant::now();
-        let mut answer = [0u8; 512];
-        loop {
-            socket.send_to(&query, ("127.0.0.1", self.port)).unwrap();
-            if let Ok((n, _)) = socket.recv_from(&mut answer)
-                && n >= 2
-                && answer[..2] == [0x12, 0x34]
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "dnsmasq never answered"
-            );
-        }
-    }
-
-    /// Re-read the hosts file (SIGHUP).
-    fn reload(&self) {
-        let pid = self.child.as_ref().unwrap().id();
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        self.stop();
-    }
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
 }
 
 /// Three backends of one region on 127.0.0.2-4, all on the same port (a name gives one port).
@@ -133,10 +35,7 @@ async fn backends() -> Vec<RegionBackend> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_dns_answers_and_survive_a_dead_dns_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = dir.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.2 api.eu.test\n127.0.0.3 api.eu.test\n").unwrap();
-    let mut dns = Dns::start(&hosts);
+    let mut dns = DnsServer::start(&[("api.eu.test", &[ip("127.0.0.2"), ip("127.0.0.3")])]).await;
     let backends = backends().await;
     let port = backends[0].addr.port();
     let fallback = RegionBackend::start("us-east-1", "127.0.0.1:0".parse().unwrap())
@@ -160,7 +59,7 @@ clusters:
 routes:
   - {{ name: api, hosts: [\"*\"], cluster: api }}
 ",
-        dns.port,
+        dns.addr.port(),
         common::REGIONS_YAML,
         fallback.addr
     ))
@@ -196,8 +95,7 @@ routes:
     );
 
     // The answer changes to a third address: traffic moves after the TTL, with no failure.
-    std::fs::write(&hosts, "127.0.0.4 api.eu.test\n").unwrap();
-    dns.reload();
+    dns.set("api.eu.test", &[ip("127.0.0.4")]).await;
     let started = Instant::now();
     loop {
         let answer = client.get("a.test", "/", &[]).await;
@@ -228,7 +126,7 @@ routes:
     assert_eq!(after[2], moved[2] + 20);
 
     // The DNS server stops answering: the last addresses keep serving.
-    dns.stop();
+    dns.stop().await;
     let failures_before = proxy
         .table
         .load()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::process::signal;
 use common::{Backends, Client, get};
 
 fn free_port() -> u16 {
@@ -51,18 +52,26 @@ async fn wait_for_exit(mut running: Running) -> std::process::ExitStatus {
         .unwrap()
 }
 
-fn signal(child: &Child, name: &str) {
-    assert!(
-        Command::new("kill")
-            .args([name, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+/// Start `meridian run` on free ports and wait until its admin port accepts; returns
+/// (process, proxy, admin).
+async fn start(
+    backends: &Backends,
+    drain: &str,
+) -> (Running, std::net::SocketAddr, std::net::SocketAddr) {
+    let (running, proxy, admin) = launch(backends, drain);
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "meridian did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (running, proxy, admin)
 }
 
-/// Start `meridian run` on free ports; returns (process, proxy, admin).
-async fn start(
+/// Spawn `meridian run` on free ports without waiting; returns (process, proxy, admin).
+fn launch(
     backends: &Backends,
     drain: &str,
 ) -> (Running, std::net::SocketAddr, std::net::SocketAddr) {
@@ -98,15 +107,30 @@ routes:
         std::net::SocketAddr::from(([127, 0, 0, 1], proxy)),
         std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
     );
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(admin).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "meridian did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     (Running(child, dir), proxy, admin)
+}
+
+/// A SIGTERM as soon as the process accepts connections drains and exits 0: the signal is
+/// listened for before anything is served, so it never meets the default action (ending the
+/// process undrained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_start_drains() {
+    let backends = Backends::start().await;
+    // Several starts: the gap between serving and listening for the signal was narrow.
+    for attempt in 0..5 {
+        let (running, _, admin) = launch(&backends, "drain_delay: 0s\ndrain_timeout: 1s");
+        let started = Instant::now();
+        // No sleep between tries: the signal goes out as soon as the port accepts.
+        while std::net::TcpStream::connect(admin).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "meridian did not start"
+            );
+        }
+        signal(running.0.id(), libc::SIGTERM).unwrap();
+        let exit = wait_for_exit(running).await;
+        assert!(exit.success(), "start {attempt}: {exit:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +162,7 @@ async fn sigterm_lets_every_started_request_finish() {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    signal(&running.0, "-TERM");
+    signal(running.0.id(), libc::SIGTERM).unwrap();
     let signalled = Instant::now();
     stop.store(true, Ordering::SeqCst);
 
@@ -180,10 +204,10 @@ async fn a_second_signal_exits_at_once() {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    signal(&running.0, "-TERM");
+    signal(running.0.id(), libc::SIGTERM).unwrap();
     wait_until_draining(admin).await;
     let second = Instant::now();
-    signal(&running.0, "-TERM");
+    signal(running.0.id(), libc::SIGTERM).unwrap();
     let exit = wait_for_exit(running).await;
     assert!(exit.success());
     assert!(

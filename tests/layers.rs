@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first. A module may use its own layer and the layers before it, never one after.
 const LAYERS: &[&str] = &[
     "alloc",     // the global allocator
+    "deadline",  // deadlines from configured durations that saturate instead of panicking
     "config",    // the config model, YAML with lines, problems, Istio import
     "tls",       // certificates and rustls configurations
     "http1",     // Meridian's own HTTP/1.1: server loop, client codec, fields, strict checks

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::{Backends, Client, get, raw_exchange, start_proxy};
 use http::Method;
 use meridian::demo::RegionBackend;
+use meridian::retry::PerTryTimeout;
 use meridian::server::RunningServer;
 use meridian::upstream::ClusterStats;
 
@@ -724,4 +725,297 @@ routes:
     assert_eq!(answer.status, 503, "two hops is past max_region_hops 1");
     assert!(answer.body.contains("2 hops"), "{}", answer.body);
     assert_eq!(backends.eu.hits(), 0);
+}
+
+type Held = Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>;
+
+/// A backend that reads each request and holds it unanswered. `kill` does what the death of
+/// its process does: the listener closes, then every held connection drops at once, half with
+/// a reset (SO_LINGER 0) and half with a plain close. `break_connections` drops them the same
+/// way but keeps listening: a live backend that broke its connections.
+struct Holder {
+    addr: SocketAddr,
+    held: Held,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Holder {
+    async fn start() -> Self {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind(ANY).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Held::default();
+        let keep = held.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    keep.lock().unwrap().push(stream);
+                });
+            }
+        });
+        Self { addr, held, accept }
+    }
+
+    /// Wait (bounded) until `n` requests are held.
+    async fn until_holding(&self, n: usize) {
+        let held = self.held.clone();
+        eventually(
+            &format!("{n} requests held"),
+            Duration::from_secs(5),
+            || held.lock().unwrap().len() >= n,
+        )
+        .await;
+    }
+
+    /// Drop every held connection at once; how many there were.
+    fn break_connections(&self) -> usize {
+        let held: Vec<_> = self.held.lock().unwrap().drain(..).collect();
+        let n = held.len();
+        for (i, stream) in held.into_iter().enumerate() {
+            if i % 2 == 0 {
+                stream.set_zero_linger().unwrap();
+            }
+            drop(stream);
+        }
+        n
+    }
+
+    /// Close the listener, then break every connection.
+    async fn kill(mut self) -> usize {
+        self.accept.abort();
+        // Resolves once the accept task, and with it the listener, is gone.
+        let _ = (&mut self.accept).await;
+        self.break_connections()
+    }
+}
+
+/// `n` GETs in flight at once, each on its own client connection.
+fn spawn_gets(proxy: SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle<common::Answer>> {
+    (0..n)
+        .map(|_| tokio::spawn(async move { get(proxy, "a.test", "/", &[]).await }))
+        .collect()
+}
+
+/// Nearest region `us-east-1` (the proxy's own; loopback clients have no location), then
+/// `eu-west-1`. Default retries and retry budget.
+fn two_regions(us: SocketAddr, eu: SocketAddr, route: &str) -> String {
+    format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+{}
+clusters:
+  api:
+    endpoints: {{ us-east-1: [\"{us}\"], eu-west-1: [\"{eu}\"] }}
+routes:
+  - {{ name: api, hosts: [\"*\"], cluster: api{route} }}
+",
+        common::REGIONS_YAML
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_with_requests_in_flight_costs_no_client_errors() {
+    const RUNS: usize = 20;
+    const IN_FLIGHT: usize = 30;
+    let mut errors = Vec::new();
+    let mut counts = Vec::new();
+    for run in 0..RUNS {
+        let eu = RegionBackend::start("eu-west-1", ANY.parse().unwrap())
+            .await
+            .unwrap();
+        let us = Holder::start().await;
+        let proxy = start_proxy(&two_regions(us.addr, eu.addr, "")).await;
+        let requests = spawn_gets(proxy.proxy_addr().unwrap(), IN_FLIGHT);
+        us.until_holding(IN_FLIGHT).await;
+        assert_eq!(us.kill().await, IN_FLIGHT);
+        for request in requests {
+            let answer = request.await.unwrap();
+            if (answer.status.as_u16(), answer.region()) != (200, "eu-west-1") {
+                errors.push(format!(
+                    "run {run}: {} {:?}",
+                    answer.status,
+                    answer.headers.get("x-meridian-error")
+                ));
+            }
+        }
+        let s = stats(&proxy, 0);
+        counts.push((
+            ClusterStats::get(&s.attempts_reset),
+            ClusterStats::get(&s.retries),
+        ));
+        proxy.shutdown(Duration::ZERO).await;
+        eu.stop().await;
+    }
+    assert!(
+        errors.is_empty(),
+        "{} client errors in {RUNS} kills of {IN_FLIGHT} requests in flight, first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    let want = (IN_FLIGHT as u64, IN_FLIGHT as u64);
+    assert!(
+        counts.iter().all(|c| *c == want),
+        "(resets, retries) per run, want {want:?}: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_from_a_backend_that_still_listens_stay_within_the_budget() {
+    const IN_FLIGHT: usize = 30;
+    let eu = RegionBackend::start("eu-west-1", ANY.parse().unwrap())
+        .await
+        .unwrap();
+    // Retried requests hold their places in the budget while the others decide.
+    eu.control.delay_ms.store(1_000, Ordering::SeqCst);
+    let us = Holder::start().await;
+    let proxy = start_proxy(&two_regions(us.addr, eu.addr, "")).await;
+    let requests = spawn_gets(proxy.proxy_addr().unwrap(), IN_FLIGHT);
+    us.until_holding(IN_FLIGHT).await;
+    assert_eq!(us.break_connections(), IN_FLIGHT);
+    let mut served = 0;
+    let mut reset = 0;
+    for request in requests {
+        let answer = request.await.unwrap();
+        match (answer.status.as_u16(), answer.region()) {
+            (200, "eu-west-1") => served += 1,
+            (502, _) => {
+                assert_eq!(answer.headers["x-meridian-error"], "upstream-reset");
+                reset += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    let s = stats(&proxy, 0);
+    let retries = ClusterStats::get(&s.retries);
+    // 30 requests active: 20 % is 6 retrying at once, never fewer than min_concurrency 3.
+    assert!((3..=6).contains(&retries), "{retries} retries");
+    assert_eq!(served, retries);
+    assert_eq!(reset as u64, IN_FLIGHT as u64 - retries);
+    assert_eq!(ClusterStats::get(&s.retry_budget_exhausted), reset as u64);
+    assert_eq!(eu.hits(), retries);
+}
+
+#[tokio::test]
+async fn a_frozen_backend_costs_one_share_of_the_route_timeout_not_all_of_it() {
+    // Accepts connections and reads nothing: a stopped process whose kernel still listens.
+    let frozen = tokio::net::TcpListener::bind(ANY).await.unwrap();
+    let frozen_addr = frozen.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = frozen.accept().await {
+            held.push(s);
+        }
+    });
+    let eu = RegionBackend::start("eu-west-1", ANY.parse().unwrap())
+        .await
+        .unwrap();
+    // No per_try_timeout: two retries share the 1.2 s route timeout with the first try, 400 ms each.
+    let proxy = start_proxy(&two_regions(frozen_addr, eu.addr, ", timeout: 1200ms")).await;
+    let started = Instant::now();
+    let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (answer.status.as_u16(), answer.region()),
+        (200, "eu-west-1"),
+        "{:?} after {took:?}",
+        answer.headers.get("x-meridian-error")
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+    let s = stats(&proxy, 0);
+    assert_eq!(
+        (
+            ClusterStats::get(&s.attempts_timeout),
+            ClusterStats::get(&s.retries)
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn per_try_timeout_defaults_to_a_share_of_the_route_timeout_when_retries_are_on() {
+    let config = format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+{}
+clusters:
+  api: {{ endpoints: {{ us-east-1: [\"127.0.0.1:9\"] }} }}
+routes:
+  - {{ name: defaults, hosts: [a.test], cluster: api }}
+  - {{ name: short, hosts: [b.test], cluster: api, timeout: 3s, retries: {{ attempts: 3 }} }}
+  - {{ name: explicit, hosts: [c.test], cluster: api, retries: {{ per_try_timeout: 2s }} }}
+  - {{ name: once, hosts: [d.test], cluster: api, retries: {{ attempts: 0 }} }}
+",
+        common::REGIONS_YAML
+    );
+    let loaded = meridian::config::load_str(&config, std::path::Path::new("test.yaml")).unwrap();
+    let table = match meridian::table::compile(&loaded, Default::default()) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    let per_try: Vec<_> = table
+        .routes
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.retries.per_try_timeout))
+        .collect();
+    let ms = Duration::from_millis;
+    assert_eq!(
+        per_try,
+        [
+            ("defaults", Some(PerTryTimeout::MoveOn(ms(5_000)))),
+            ("short", Some(PerTryTimeout::MoveOn(ms(750)))),
+            ("explicit", Some(PerTryTimeout::Strict(ms(2_000)))),
+            ("once", None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_default_per_try_timeout_never_ends_a_request_with_nowhere_else_to_go() {
+    let backends = Backends::start().await;
+    // One endpoint that takes 500 ms; each try's share of the 900 ms route timeout is 300 ms.
+    let config = backends.fill(
+        "
+local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
+admin: { bind: null }
+{REGIONS}
+clusters:
+  api: { endpoints: { us-east-1: [\"{US}\"] } }
+routes:
+  - { name: api, hosts: [\"*\"], cluster: api, timeout: 900ms }
+",
+    );
+    let proxy = start_proxy(&config).await;
+    let answer = get(proxy.proxy_addr().unwrap(), "a.test", "/delay/500", &[]).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}",
+        answer.headers.get("x-meridian-error")
+    );
+    let s = stats(&proxy, 0);
+    assert_eq!(
+        (
+            ClusterStats::get(&s.attempts_timeout),
+            ClusterStats::get(&s.retries),
+            backends.us.hits()
+        ),
+        (0, 0, 1)
+    );
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
+use common::process::require_program;
 use common::{Backends, Client, start_proxy};
 use http::Method;
 use serde_json::{Value, json};
@@ -63,16 +64,14 @@ async fn call(addr: SocketAddr, method: Method, path: &str, body: Value) -> Valu
 
 impl Driver {
     async fn start() -> Self {
-        assert!(
-            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
-            "install Debian's chromium and chromium-driver (.ci/run does)"
-        );
+        let chromedriver = require_program(CHROMEDRIVER, "chromium-driver");
+        let chromium = require_program(CHROMIUM, "chromium");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(CHROMEDRIVER)
+        let child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -127,7 +126,7 @@ impl Driver {
             "/session",
             json!({ "capabilities": { "alwaysMatch": {
                 "browserName": "chrome",
-                "goog:chromeOptions": { "binary": CHROMIUM, "args": args }
+                "goog:chromeOptions": { "binary": chromium, "args": args }
             }}}),
         )
         .await;

@@ -474,3 +474,342 @@ async fn both_framings_are_refused_after_requests_without_a_body() {
         );
     }
 }
+
+/// Every host goes to the backend, so a refused Host is refused by the check, not by routing.
+const CONFIG_ANY_HOST: &str = "
+local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\", header_read_timeout: 2s }]
+admin: { bind: null }
+access_log: { enabled: false }
+{REGIONS}
+clusters:
+  api: { endpoints: { us-east-1: [\"{US}\"] }, outlier_detection: { enabled: false } }
+routes:
+  - { name: any, hosts: [\"*\"], cluster: api, max_body: 1000, retries: { attempts: 0 } }
+";
+
+/// Host values that are not `host[:port]`, as raw bytes.
+const BAD_HOSTS: &[&[u8]] = &[
+    b"a b.test",
+    b"a/b.test",
+    b"a,b.test",
+    b"a?b.test",
+    b"a#b.test",
+    b"a\\b.test",
+    b"a.test:abc",
+    b"a.test:99999",
+    b"[::1",
+    b"..",
+    b"a\"b.test",
+    b"a.test:0",
+    b"a.test:",
+    b"a.test:+80",
+    b"a.test:8080:1",
+    b"a@b.test",
+    b"a..b.test",
+    b".a.test",
+    b".",
+    b":80",
+    b"a%2eb.test",
+    b"a\tb.test",
+    b"a{b}.test",
+    b"\xc3\xa9.test",
+    b"[::1]x",
+    b"[::1]:",
+    b"[v1.x]",
+    b"[1.2.3.4]",
+    b"[::1%25eth0]",
+];
+
+#[tokio::test]
+async fn malformed_hosts_and_methods_never_reach_a_backend() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(CONFIG_ANY_HOST)).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let mut cases: Vec<(String, Vec<u8>, &str)> = Vec::new();
+    for host in BAD_HOSTS {
+        let mut bytes = b"GET /echo HTTP/1.1\r\nHost: ".to_vec();
+        bytes.extend_from_slice(host);
+        bytes.extend_from_slice(b"\r\n\r\n");
+        cases.push((
+            format!("Host {:?}", host.escape_ascii().to_string()),
+            bytes,
+            "400",
+        ));
+        // The same in HTTP/1.0, which hyper serves rather than the own loop.
+        let mut bytes = b"GET /echo HTTP/1.0\r\nHost: ".to_vec();
+        bytes.extend_from_slice(host);
+        bytes.extend_from_slice(b"\r\n\r\n");
+        cases.push((
+            format!("HTTP/1.0 Host {:?}", host.escape_ascii().to_string()),
+            bytes,
+            "400",
+        ));
+    }
+    for (name, head) in [
+        (
+            "absolute-form, port out of range",
+            "GET http://a.test:99999/echo HTTP/1.1\nHost: a.test:99999\n\n",
+        ),
+        (
+            "absolute-form, userinfo",
+            "GET http://u@a.test/echo HTTP/1.1\nHost: u@a.test\n\n",
+        ),
+        ("lowercase get", "get /echo HTTP/1.1\nHost: a.test\n\n"),
+        ("mixed-case Get", "Get /echo HTTP/1.1\nHost: a.test\n\n"),
+        (
+            "lowercase post",
+            "post /echo HTTP/1.1\nHost: a.test\nContent-Length: 2\n\nok",
+        ),
+        (
+            "lowercase get in HTTP/1.0",
+            "get /echo HTTP/1.0\nHost: a.test\n\n",
+        ),
+        (
+            "lowercase extension method",
+            "purge /echo HTTP/1.1\nHost: a.test\n\n",
+        ),
+        (
+            "TE after a tab",
+            "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding:\tchunked\n\n2\nok\n0\n\n",
+        ),
+        (
+            "TE before a tab",
+            "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding: chunked\t\n\n2\nok\n0\n\n",
+        ),
+        (
+            "CL after a tab",
+            "POST /echo HTTP/1.1\nHost: a.test\nContent-Length:\t2\n\nok",
+        ),
+        (
+            "CL after a tab, large body",
+            "POST /echo HTTP/1.1\nHost: a.test\nContent-Length:\t900\n\n",
+        ),
+    ] {
+        cases.push((name.to_string(), req(head), "400"));
+    }
+    let mut failures = Vec::new();
+    for (name, bytes, want) in &cases {
+        let (reply, closed) = exchange(addr, bytes).await;
+        let status = reply.split(' ').nth(1).unwrap_or("");
+        if !status.starts_with(want) || !closed {
+            failures.push(format!(
+                "{name}: want {want}, got {:?} closed={closed}",
+                reply.lines().next()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(
+        backends.hits(),
+        [0, 0, 0],
+        "a refused request reached a backend"
+    );
+
+    // What is well formed still goes through, once each.
+    let good_hosts = [
+        "a.test",
+        "A.Test",
+        "a.test.",
+        "a.test:8080",
+        "a.test:65535",
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:8080",
+        "[2001:db8::ffff:1.2.3.4]",
+        "a-b_c~d.test",
+        "xn--bcher-kva.example",
+        "localhost",
+    ];
+    for (n, host) in (1..).zip(good_hosts) {
+        let (reply, _) = exchange(
+            addr,
+            &req(&format!(
+                "GET /echo HTTP/1.1\nHost: {host}\nConnection: close\n\n"
+            )),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{host}: {reply}");
+        assert_eq!(backends.us.hits(), n, "{host}");
+    }
+    for (method, head) in [
+        (
+            "PURGE",
+            "PURGE /echo HTTP/1.1\nHost: a.test\nConnection: close\n\n",
+        ),
+        (
+            "POST",
+            "POST /echo HTTP/1.1\nHost: a.test\nTransfer-Encoding:  chunked \nConnection: close\n\n2\nok\n0\n\n",
+        ),
+        (
+            "POST",
+            "POST /echo HTTP/1.1\nHost: a.test\nContent-Length:2\nConnection: close\n\nok",
+        ),
+    ] {
+        let before = backends.us.hits();
+        let (reply, _) = exchange(addr, &req(head)).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{head}: {reply}");
+        assert_eq!(backends.us.hits(), before + 1, "{head}");
+        let json: serde_json::Value =
+            serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(json["method"], method, "{head}");
+    }
+}
+
+/// An h2 client connection to `addr`.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(stream).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// How a hand-framed HTTP/2 request ended.
+#[derive(Debug, PartialEq)]
+enum H2End {
+    /// Response headers, by the first byte of their block (an indexed `:status`).
+    Status(u8),
+    Reset(u32),
+    GoAway(u32),
+}
+
+/// Send one HTTP/2 GET whose `:authority` is exactly `authority`, framed by hand (HPACK
+/// literals, no Huffman coding), so values an HTTP/2 client library would refuse to send can
+/// be sent; say how its stream ended.
+async fn h2_get_with_raw_authority(addr: std::net::SocketAddr, authority: &[u8]) -> H2End {
+    assert!(authority.len() < 127, "one-byte HPACK length");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // :method GET, :scheme http, :path / (static table), then :authority as a literal.
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, authority.len() as u8];
+    block.extend_from_slice(authority);
+    let len = (block.len() as u32).to_be_bytes();
+    out.extend_from_slice(&[len[1], len[2], len[3], 1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    stream.write_all(&out).await.unwrap();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let code = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap());
+            match head[3] {
+                4 if head[4] & 1 == 0 => {
+                    stream
+                        .write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                }
+                1 if stream_id == 1 => return H2End::Status(payload[0]),
+                3 if stream_id == 1 => return H2End::Reset(code(0)),
+                7 => return H2End::GoAway(code(4)),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), read)
+        .await
+        .expect("the stream was neither answered nor reset")
+}
+
+#[tokio::test]
+async fn malformed_authorities_over_http2_never_reach_a_backend() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&backends.fill(CONFIG_ANY_HOST)).await;
+    let addr = proxy.proxy_addr().unwrap();
+    // The values an HTTP/2 stack lets through as :authority (it refuses the rest itself).
+    let bad = [
+        "a,b.test",
+        "a.test:abc",
+        "a.test:99999",
+        "..",
+        "a.test:0",
+        "a.test:",
+        "a.test:+80",
+        "a@b.test",
+        "a..b.test",
+        ".",
+        "a!b.test",
+        "a;b.test",
+    ];
+    let (mut send, _conn) = h2_client(addr).await;
+    for authority in bad {
+        send = send.ready().await.unwrap();
+        let request = http::Request::get(format!("http://{authority}/echo"))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            request.uri().authority().unwrap().as_str(),
+            authority,
+            "sent as given"
+        );
+        let (response, _) = send.send_request(request, true).unwrap();
+        let status = response.await.map(|r| r.status().as_u16());
+        assert_eq!(status.ok(), Some(400), "{authority}");
+    }
+    // A request without :authority is routed by its host header, which is held to the same.
+    for host in ["a.test:99999", "a b.test"] {
+        send = send.ready().await.unwrap();
+        let request = http::Request::get("/echo")
+            .header("host", host)
+            .body(())
+            .unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let status = response.await.map(|r| r.status().as_u16());
+        assert_eq!(status.ok(), Some(400), "host {host}");
+    }
+    // Lowercase methods are not GET here either.
+    send = send.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method(http::Method::from_bytes(b"get").unwrap())
+        .uri("http://a.test/echo")
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.map(|r| r.status().as_u16()).ok(), Some(400));
+    // Every other value, sent as it is: refused as a malformed request by the HTTP/2 stack
+    // (a reset stream) or answered 400 by Meridian.
+    const STATUS_400: u8 = 0x80 | 12;
+    for authority in BAD_HOSTS {
+        let end = h2_get_with_raw_authority(addr, authority).await;
+        assert!(
+            matches!(end, H2End::Status(STATUS_400) | H2End::Reset(_)),
+            "{}: {end:?}",
+            authority.escape_ascii()
+        );
+    }
+    assert_eq!(
+        h2_get_with_raw_authority(addr, b"a.test").await,
+        H2End::Status(0x80 | 8),
+        "the hand-framed request itself is good (200)"
+    );
+    assert_eq!(backends.us.hits(), 1);
+    assert_eq!(
+        h2_get_with_raw_authority(addr, b"a.test:99999").await,
+        H2End::Status(STATUS_400)
+    );
+    assert_eq!(
+        backends.hits(),
+        [1, 0, 0],
+        "a refused request reached a backend"
+    );
+
+    for (n, authority) in (2..).zip(["a.test", "a.test:8443", "[::1]:8443", "10.0.0.1"]) {
+        send = send.ready().await.unwrap();
+        let request = http::Request::get(format!("http://{authority}/echo"))
+            .body(())
+            .unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200, "{authority}");
+        assert_eq!(backends.us.hits(), n, "{authority}");
+    }
+}

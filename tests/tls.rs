@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::require_program;
 use common::{Backends, get};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -188,8 +189,9 @@ routes:
     assert_eq!(response.headers()["x-meridian-region"], "us-east-1");
 
     // TLS 1.1 is refused; the same client speaking TLS 1.2 is served (openssl as the client).
+    let openssl = require_program("openssl", "openssl");
     let s_client = |version: &str| {
-        let out = std::process::Command::new("openssl")
+        let out = std::process::Command::new(&openssl)
             .args([
                 "s_client",
                 "-connect",
@@ -248,6 +250,12 @@ routes:
     let answer = get(http, "a.test", "/x?y=1", &[]).await;
     assert_eq!(answer.status, 308);
     assert_eq!(answer.headers["location"], "https://a.test:8443/x?y=1");
+    // A Host that is not `host[:port]` would point the Location elsewhere.
+    for host in ["evil.test/x?", "evil.test#", "a.test:99999"] {
+        let answer = get(http, host, "/x", &[]).await;
+        assert_eq!(answer.status, 400, "{host}");
+        assert!(!answer.headers.contains_key("location"), "{host}");
+    }
 }
 
 #[test]

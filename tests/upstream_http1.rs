@@ -24,6 +24,8 @@ struct Seen {
     accepted: AtomicUsize,
     /// Connections the proxy closed (EOF read while waiting for a request).
     closed_by_proxy: AtomicUsize,
+    /// Connections the upstream closed after an answer that the proxy then closed too.
+    closed_after_upstream: AtomicUsize,
     /// Answers whose writing failed (the proxy closed the connection while it was sent).
     write_failed: AtomicUsize,
     /// Request heads and bodies, in arrival order.
@@ -172,6 +174,8 @@ where
             let mut sink = [0u8; 65536];
             while let Ok(k) = stream.read(&mut sink).await {
                 if k == 0 {
+                    seen.closed_after_upstream.fetch_add(1, Ordering::SeqCst);
+                    seen.changed.notify_waiters();
                     break;
                 }
             }
@@ -992,4 +996,147 @@ async fn a_host_the_connection_header_names_is_put_back_for_the_upstream() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     let head = seen.requests.lock().unwrap()[0].0.to_ascii_lowercase();
     assert_eq!(head.matches("\r\nhost: a.test\r\n").count(), 1, "{head}");
+}
+
+/// Wait (at most 3 s) until the cluster's pool holds no connection.
+async fn until_no_connections(proxy: &meridian::server::RunningServer) {
+    for _ in 0..300 {
+        if proxy.table.load().clusters[0].pool.open_connections() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the pool still counts a connection");
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_are_closed_once_idle_timeout_passes() {
+    // Answers wait until three requests are in, so three connections open at once.
+    let arrived = Arc::new(tokio::sync::Barrier::new(3));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    {
+        let (arrived, seen) = (arrived.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                seen.accepted.fetch_add(1, Ordering::SeqCst);
+                let (arrived, seen) = (arrived.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut first = true;
+                    // Answer every request, keeping the connection, until the proxy closes it.
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            seen.closed_by_proxy.fetch_add(1, Ordering::SeqCst);
+                            seen.changed.notify_waiters();
+                            return;
+                        }
+                        if std::mem::take(&mut first) {
+                            arrived.wait().await;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let proxy = start_proxy(&config(upstream, "connection_pool: { idle_timeout: 1s }")).await;
+    let addr = proxy.proxy_addr().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        tasks.push(tokio::spawn(async move {
+            common::get(addr, "a.test", "/", &[]).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // Reused while fresh: one more request takes a pooled connection.
+    assert_eq!(common::get(addr, "a.test", "/", &[]).await.status, 200);
+    let last_use = tokio::time::Instant::now();
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.closed_by_proxy.load(Ordering::SeqCst), 0);
+    // Nothing else arrives: Meridian closes all three itself once they have idled 1 s.
+    seen.until("idle pooled connections outlived idle_timeout", |s| {
+        s.closed_by_proxy.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    // The last one closed is the one used last (loose: it went back to the pool a little
+    // before the client had its answer).
+    assert!(
+        last_use.elapsed() >= Duration::from_millis(500),
+        "closed {:?} after the last use, well before idle_timeout",
+        last_use.elapsed()
+    );
+    until_no_connections(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closes_is_closed_without_waiting_for_a_request() {
+    // The upstream answers with keep-alive, and closes its side only when told to, while the
+    // connection idles in the pool; then it waits for the proxy to close its own.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let close = Arc::new(tokio::sync::Notify::new());
+    {
+        let (seen, close) = (seen.clone(), close.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                seen.accepted.fetch_add(1, Ordering::SeqCst);
+                let (seen, close) = (seen.clone(), close.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    stream.write_all(answer).await.unwrap();
+                    close.notified().await;
+                    stream.shutdown().await.unwrap();
+                    if let Ok(0) = stream.read(&mut buf).await {
+                        seen.closed_after_upstream.fetch_add(1, Ordering::SeqCst);
+                        seen.changed.notify_waiters();
+                    }
+                });
+            }
+        });
+    }
+    let proxy = start_proxy(&config(upstream, "connection_pool: { idle_timeout: 60s }")).await;
+    let answer = common::get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        proxy.table.load().clusters[0].pool.open_connections(),
+        1,
+        "pooled"
+    );
+    close.notify_one();
+    // No request follows; the proxy's side must not sit in CLOSE-WAIT until one does.
+    seen.until("the proxy kept a connection the upstream had closed", |s| {
+        s.closed_after_upstream.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    until_no_connections(&proxy).await;
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closes_as_it_answers_is_not_pooled() {
+    // Keep-alive announced, then the upstream closes at once: the close is there by the time
+    // the answer has been read, and the connection is not put back.
+    let (upstream, seen) = scripted(|_, _| Reply {
+        close: true,
+        ..reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    })
+    .await;
+    let proxy = start_proxy(&config(upstream, "connection_pool: { idle_timeout: 60s }")).await;
+    let answer = common::get(proxy.proxy_addr().unwrap(), "a.test", "/", &[]).await;
+    assert_eq!(answer.status, 200);
+    seen.until("the proxy kept a connection the upstream had closed", |s| {
+        s.closed_after_upstream.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    until_no_connections(&proxy).await;
 }

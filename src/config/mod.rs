@@ -6,6 +6,7 @@
 //! The lowest layer: uses nothing else of the crate. `import` turns Istio resources into a
 //! config.
 
+mod durations;
 pub mod import;
 mod model;
 mod problems;
@@ -14,6 +15,7 @@ mod yaml;
 
 use std::path::Path;
 
+pub use durations::{DurationRange, MAX_DURATION};
 pub use model::*;
 pub use problems::{ConfigError, Problem, Problems};
 pub use retries::*;

@@ -9,7 +9,9 @@ pub struct RetryConfig {
     /// Retries after the first try (total tries = 1 + attempts).
     #[serde(default = "RetryConfig::default_attempts")]
     pub attempts: u32,
-    /// Bounds each try; the route timeout bounds them all. Default: the route timeout.
+    /// Bounds each try strictly; the route timeout bounds them all. Default, with retries on:
+    /// an equal share of the route timeout per try (timeout ÷ (1 + attempts)), past which a
+    /// try is given up only for a retry that can go; without retries: the route timeout.
     #[serde(default)]
     pub per_try_timeout: Option<String>,
     /// `5xx`, `gateway-error`, `connect-failure`, `reset`, `refused-stream`, `retriable-4xx`,
@@ -85,7 +87,9 @@ impl Default for BackoffConfig {
     }
 }
 
-/// Retries in flight per cluster ≤ max(min_concurrency, percent × active requests).
+/// Retries in flight per cluster ≤ max(min_concurrency, percent × active requests); retries
+/// of tries that never reached an upstream, or died with an endpoint that has stopped taking
+/// connections, are free.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RetryBudgetConfig {
     #[serde(default = "RetryBudgetConfig::default_percent")]

@@ -54,8 +54,10 @@ pub(crate) struct Serving {
     pub listeners: Vec<ActiveListener>,
     /// Cancels the outlier detectors and health checks of the table in service.
     pub control_tasks: CancellationToken,
-    /// Content hash of the config (and GeoIP file) in service.
+    /// Content hash of the config (and the files it names) in service.
     pub hash: String,
+    /// Content hash of the last config refused since then: watchers do not refuse it again.
+    pub refused: Option<String>,
 }
 
 /// A running Meridian: the table in service, its listeners, and everything reload needs.
@@ -135,7 +137,8 @@ impl Server {
         )
     }
 
-    /// Start the outlier detectors and health checks of `table`; they stop when `token` does.
+    /// Start the outlier detectors, pool reapers and health checks of `table`; they stop when
+    /// `token` does.
     pub(crate) fn spawn_control_tasks(&self, table: &RoutingTable, token: &CancellationToken) {
         spawn_control_tasks(table, token, &self.tracker);
     }
@@ -159,10 +162,13 @@ pub async fn start_with(
         metrics.geoip_build_epoch.set(db.build_epoch() as i64);
     }
     let hash = match &config_path {
-        Some(path) => crate::control::reload::content_hash(
-            &std::fs::read_to_string(path).unwrap_or_default(),
-            &table,
-        ),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            crate::control::reload::content_hash(
+                &text,
+                &crate::control::reload::named_files(&table.config),
+            )
+        }
         None => String::new(),
     };
     let status = ReloadStatus::initial(table.generation, &hash);
@@ -201,6 +207,7 @@ pub async fn start_with(
             listeners: Vec::new(),
             control_tasks: control_tasks.clone(),
             hash,
+            refused: None,
         }),
         status: ArcSwap::from_pointee(status),
         shutdown,
@@ -249,7 +256,8 @@ pub async fn start_with(
     })
 }
 
-/// One outlier detector per cluster and one health-check loop per endpoint.
+/// One outlier detector and one idle-connection reaper per cluster, and one health-check loop
+/// per endpoint.
 fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, tracker: &TaskTracker) {
     let region_names: Vec<String> = table.regions.iter().map(|r| r.name.clone()).collect();
     let needs_dns = table
@@ -268,6 +276,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
         None
     };
     for cluster in &table.clusters {
+        tracker.spawn(cluster.pool.clone().reap(shutdown.clone()));
         let reports = cluster
             .reports
             .lock()

@@ -1,25 +1,34 @@
 //! Hot reload: read the config again, compile it beside the table in service, and swap only
 //! when the new table is whole, keeping endpoint state and unchanged listeners.
 //!
-//! Triggers: a change in the config's (or GeoIP file's) directory — watching the directory is
-//! what catches a Kubernetes ConfigMap's `..data` symlink swap — debounced and compared by
-//! content hash; a poll as a fallback; SIGHUP; and `POST /reload` on the admin listener.
+//! Triggers: a change to the config file or to a file it names (GeoIP database, certificates
+//! and keys, admin token), seen through their directories — watching a directory is what
+//! catches a Kubernetes ConfigMap's `..data` symlink swap — with events on every other name in
+//! those directories ignored; debounced, and compared by content hash with what was last
+//! applied and last refused, so a broken file is refused once, not on every event. A poll as a
+//! fallback; SIGHUP; and `POST /reload` on the admin listener, both of which always reload.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::config::{ConfigError, Problem};
+use crate::config::{Config, ConfigError, LoadedConfig, Problem};
 use crate::control::lifecycle::Server;
 use crate::geo::FileIdentity;
-use crate::table::{CompileContext, RoutingTable};
+use crate::table::CompileContext;
 
 /// Quiet time after a file event before reloading: editors and ConfigMap swaps write in bursts.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The longest a stream of events may put a reload off.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+/// The name kubelet swaps to update a mounted ConfigMap or Secret.
+const CONFIGMAP_DATA: &str = "..data";
 /// How often the files are checked even without an event.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -38,6 +47,17 @@ impl Trigger {
     /// Explicit requests reload even when nothing changed; watchers only on change.
     fn forced(&self) -> bool {
         matches!(self, Self::Signal | Self::Admin)
+    }
+
+    /// The `trigger` label of `meridian_config_reloads_total`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::FileChange => "file_change",
+            Self::Poll => "poll",
+            Self::Signal => "signal",
+            Self::Admin => "admin",
+        }
     }
 }
 
@@ -130,22 +150,25 @@ pub enum ReloadError {
     },
 }
 
-/// SHA-256 of the config text and the identity of the GeoIP file it names: equal hashes mean
-/// there is nothing to reload.
-pub fn content_hash(text: &str, table: &RoutingTable) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(text.as_bytes());
-    let mut files: Vec<&Path> = Vec::new();
-    if let Some(db) = &table.geo.database {
-        files.push(db.path());
-    }
-    // Certificates and keys count too: replacing them is a reload.
-    for tls in table.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-        for (cert, key) in &tls.certificates {
-            files.push(cert);
-            files.push(key);
+/// The files a config names whose replacement is a reload: the GeoIP database, listener
+/// certificates and keys, the admin token.
+pub fn named_files(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config.geo.database.iter().cloned().collect();
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for c in &tls.certificates {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
         }
     }
+    files.extend(config.admin.token_file.iter().cloned());
+    files
+}
+
+/// SHA-256 of the config text and the identity (size, time) of the files it names: equal
+/// hashes mean there is nothing new to load.
+pub fn content_hash(text: &str, files: &[PathBuf]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
     for file in files {
         if let Some(identity) = FileIdentity::of(file) {
             hasher.update(format!("\0{}\0{:?}", identity.len, identity.modified).as_bytes());
@@ -178,8 +201,14 @@ impl Server {
         };
         self.metrics
             .reloads
-            .with_label_values(&[result.as_str()])
+            .with_label_values(&[result.as_str(), trigger.as_str()])
             .inc();
+        if result == ReloadResult::Unchanged {
+            // Nothing was looked at anew: `/config` keeps the last outcome (a refused file's
+            // problems stay on show while it sits there).
+            tracing::debug!(?trigger, "config unchanged");
+            return outcome;
+        }
         let current = self.status.load();
         let table = self.table.load();
         let mut status = ReloadStatus {
@@ -202,7 +231,7 @@ impl Server {
             Ok(ReloadResult::Applied) => {
                 tracing::info!(?trigger, generation = table.generation, "config reloaded")
             }
-            Ok(_) => tracing::debug!(?trigger, "config unchanged"),
+            Ok(_) => {}
             Err(e) => tracing::error!(
                 ?trigger,
                 "config reload failed; the previous config keeps serving: {e}"
@@ -217,29 +246,59 @@ impl Server {
         trigger: Trigger,
         serving: &mut crate::control::lifecycle::Serving,
     ) -> Result<ReloadResult, ReloadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            ReloadError::Config(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        })?;
         let current = self.table.load_full();
-        // The GeoIP file counts as part of the content: a new database is a reload too.
-        let unchanged_hash = content_hash(&text, &current);
-        if !trigger.forced() && unchanged_hash == serving.hash {
+        let (parsed, hash) = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let parsed = crate::config::load_str(&text, path);
+                // The files the new text names count as content: a new database is a reload,
+                // and so is a fixed database under a config that was refused for it.
+                let files = match &parsed {
+                    Ok(loaded) => named_files(&loaded.config),
+                    Err(_) => named_files(&current.config),
+                };
+                (parsed, content_hash(&text, &files))
+            }
+            Err(source) => {
+                // A missing or unreadable file is refused once too, until it changes.
+                let hash = format!("unreadable: {}", source.kind());
+                let parsed = Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                (parsed, hash)
+            }
+        };
+        let seen = hash == serving.hash || serving.refused.as_ref() == Some(&hash);
+        if !trigger.forced() && seen {
             return Ok(ReloadResult::Unchanged);
         }
-        let loaded = crate::config::load_str(&text, path)?;
+        match self.apply(parsed, &current, hash.clone(), serving).await {
+            Err(ReloadError::Config(e)) => {
+                serving.refused = Some(hash);
+                Err(ReloadError::Config(e))
+            }
+            other => other,
+        }
+    }
+
+    /// Compile what was read beside the table in service and swap it in when it is whole.
+    async fn apply(
+        &self,
+        parsed: Result<LoadedConfig, ConfigError>,
+        current: &Arc<crate::table::RoutingTable>,
+        hash: String,
+        serving: &mut crate::control::lifecycle::Serving,
+    ) -> Result<ReloadResult, ReloadError> {
+        let loaded = parsed?;
         let table = crate::table::compile(
             &loaded,
             CompileContext {
                 generation: current.generation + 1,
                 metrics: self.metrics.clone(),
-                previous: Some(&current),
+                previous: Some(current),
                 database: None,
             },
         )?;
-        let hash = content_hash(&text, &table);
 
         // Bind new listeners before swapping, so a port in use fails the reload cleanly.
         let mut new_listeners = Vec::new();
@@ -267,6 +326,7 @@ impl Server {
             self.metrics.geoip_build_epoch.set(db.build_epoch() as i64);
         }
         serving.hash = hash;
+        serving.refused = None;
 
         // Listeners: keep the unchanged, close the removed, serve the new.
         let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut serving.listeners)
@@ -300,81 +360,178 @@ impl Server {
     }
 }
 
-/// Watch the config file's directory (and the GeoIP file's), poll as a fallback, and reload on
-/// SIGHUP, until the server shuts down.
+/// SIGHUP, listened for from the moment this is made. Make it before the server reports ready:
+/// a signal sent after that is then never lost, nor (before any handler is installed) fatal.
+pub struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Listen for SIGHUP; call inside the runtime.
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+                .ok();
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGHUP; never, when there is none to listen for.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+            self.signal = None;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// Watch the config file and the files it names, poll as a fallback, and reload on SIGHUP,
+/// until the server shuts down.
 pub fn spawn_watchers(server: Arc<Server>, poll_interval: Duration) {
+    spawn_watchers_with(server, poll_interval, Hangup::listen());
+}
+
+/// [`spawn_watchers`] with a SIGHUP listener made earlier (see [`Hangup`]).
+pub fn spawn_watchers_with(server: Arc<Server>, poll_interval: Duration, mut hangup: Hangup) {
     let Some(config_path) = server.config_path.clone() else {
         return;
     };
+    let watch_set = move |server: &Server| {
+        WatchSet::new(&config_path, &named_files(&server.table.load().config))
+    };
+    let set = Arc::new(ArcSwap::from_pointee(watch_set(&server)));
     let (tx, mut rx) = mpsc::channel::<()>(64);
-    let mut dirs: Vec<PathBuf> = vec![parent_dir(&config_path)];
-    {
-        let table = server.table.load();
-        let mut files: Vec<PathBuf> = table
-            .geo
-            .database
-            .iter()
-            .map(|db| db.path().to_path_buf())
-            .collect();
-        for tls in table.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-            for (cert, key) in &tls.certificates {
-                files.push(cert.clone());
-                files.push(key.clone());
-            }
-        }
-        for file in files {
-            let dir = parent_dir(&file);
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
-        }
-    }
     let watcher = {
-        let tx = tx.clone();
+        let set = set.clone();
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| may_change_content(&e.kind)) {
+            if event.is_ok_and(|e| set.load().wants(&e)) {
                 // A full channel already has a wake-up pending: dropping this one loses nothing.
                 let _ = tx.try_send(());
             }
         })
     };
-    let watcher = match watcher {
-        Ok(mut w) => {
-            use notify::Watcher;
-            for dir in &dirs {
-                if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; relying on polling and SIGHUP");
-                }
-            }
-            Some(w)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "file watching unavailable; relying on polling and SIGHUP");
-            None
-        }
-    };
+    let mut watcher = watcher
+        .map_err(|e| {
+            tracing::warn!(error = %e, "file watching unavailable; relying on polling and SIGHUP")
+        })
+        .ok();
+    let mut watching = Vec::new();
+    watch_dirs(&mut watcher, &set.load(), &mut watching);
     let shutdown = server.shutdown.clone();
     let tracker = server.tracker.clone();
     tracker.spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
         let mut poll = tokio::time::interval(poll_interval);
         poll.tick().await;
-        let mut hangup = hangup_signal();
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Some(()) = rx.recv() => {
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
-                    Trigger::FileChange
-                }
+                Some(()) = rx.recv() => tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    // A signal while the events settle reloads at once, and is what asked.
+                    _ = hangup.next() => Trigger::Signal,
+                    _ = settle(&mut rx, DEBOUNCE, DEBOUNCE_MAX) => Trigger::FileChange,
+                },
                 _ = poll.tick() => Trigger::Poll,
-                _ = next_hangup(&mut hangup) => Trigger::Signal,
+                _ = hangup.next() => Trigger::Signal,
             };
-            let _ = server.reload(trigger).await;
+            if let Ok(ReloadResult::Applied) = server.reload(trigger).await {
+                // The new config may name other files.
+                let next = watch_set(&server);
+                if next != **set.load() {
+                    watch_dirs(&mut watcher, &next, &mut watching);
+                    set.store(Arc::new(next));
+                }
+            }
         }
     });
+}
+
+/// Wait until events stop for `quiet`, or `longest` after the first: a burst (an editor's
+/// save, a ConfigMap swap) is one reload, and a steady stream cannot put it off for ever.
+async fn settle(events: &mut mpsc::Receiver<()>, quiet: Duration, longest: Duration) {
+    let give_up = crate::deadline::from_now(longest);
+    loop {
+        let wait = crate::deadline::from_now(quiet).min(give_up);
+        match tokio::time::timeout_at(wait, events.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The paths whose events can mean new content, and the directories they show up in.
+#[derive(Debug, Default, PartialEq)]
+struct WatchSet {
+    dirs: Vec<PathBuf>,
+    paths: HashSet<PathBuf>,
+}
+
+impl WatchSet {
+    /// Each file by its name in its directory, and that directory's `..data`: a mounted
+    /// ConfigMap or Secret changes only by swapping that symlink.
+    fn new(config_path: &Path, named: &[PathBuf]) -> Self {
+        let mut set = Self::default();
+        for file in std::iter::once(config_path).chain(named.iter().map(PathBuf::as_path)) {
+            let Some(name) = file.file_name() else {
+                continue;
+            };
+            let dir = normal(&parent_dir(file));
+            set.paths.insert(dir.join(name));
+            set.paths.insert(dir.join(CONFIGMAP_DATA));
+            if !set.dirs.contains(&dir) {
+                set.dirs.push(dir);
+            }
+        }
+        set
+    }
+
+    /// Whether `event` can change what a reload reads. Anything else in a watched directory
+    /// (a log file written beside the config, an editor's swap file) is not.
+    fn wants(&self, event: &notify::Event) -> bool {
+        may_change_content(&event.kind)
+            && event.paths.iter().any(|p| self.paths.contains(&normal(p)))
+    }
+}
+
+/// Absolute, without `.` components: the form the watcher reports paths in.
+fn normal(path: &Path) -> PathBuf {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .components()
+        .collect()
+}
+
+/// Watch the directories of `set` not watched yet.
+fn watch_dirs(
+    watcher: &mut Option<notify::RecommendedWatcher>,
+    set: &WatchSet,
+    watching: &mut Vec<PathBuf>,
+) {
+    use notify::Watcher;
+    let Some(w) = watcher else {
+        return;
+    };
+    for dir in &set.dirs {
+        if watching.contains(dir) {
+            continue;
+        }
+        match w.watch(dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => watching.push(dir.clone()),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; relying on polling and SIGHUP")
+            }
+        }
+    }
 }
 
 /// Whether a file event can mean new content. Opening or reading a file cannot, and acting on
@@ -396,41 +553,136 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
-
-#[cfg(unix)]
-async fn next_hangup(signal: &mut Hangup) {
-    match signal {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn next_hangup(_: &mut Hangup) {
-    std::future::pending::<()>().await
-}
-
 #[cfg(test)]
 mod tests {
     use notify::event::{
         AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode,
     };
 
-    use super::may_change_content;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    use super::{WatchSet, may_change_content, settle};
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        notify::Event {
+            kind,
+            paths: paths.iter().map(PathBuf::from).collect(),
+            attrs: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_the_config_the_files_it_names_and_configmap_swaps_are_watched() {
+        let set = WatchSet::new(
+            Path::new("/etc/meridian/meridian.yaml"),
+            &[
+                PathBuf::from("/etc/meridian/token"),
+                PathBuf::from("/var/lib/geoip/city.mmdb"),
+            ],
+        );
+        assert_eq!(
+            set.dirs,
+            [
+                PathBuf::from("/etc/meridian"),
+                PathBuf::from("/var/lib/geoip")
+            ]
+        );
+        let write = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let cases = [
+            (event(write, &["/etc/meridian/meridian.yaml"]), true),
+            (event(write, &["/etc/meridian/./meridian.yaml"]), true),
+            (event(write, &["/etc/meridian/token"]), true),
+            (event(write, &["/var/lib/geoip/city.mmdb"]), true),
+            // kubelet's swap: a new symlink renamed over `..data`.
+            (
+                event(
+                    renamed,
+                    &["/etc/meridian/..data_tmp", "/etc/meridian/..data"],
+                ),
+                true,
+            ),
+            (
+                event(
+                    renamed,
+                    &["/var/lib/geoip/..data_tmp", "/var/lib/geoip/..data"],
+                ),
+                true,
+            ),
+            // Neighbours: a log beside the config, an editor's files, the swap's own pieces.
+            (event(write, &["/etc/meridian/meridian.log"]), false),
+            (event(write, &["/etc/meridian/.meridian.yaml.swp"]), false),
+            (
+                event(
+                    EventKind::Create(CreateKind::File),
+                    &["/etc/meridian/..data_tmp"],
+                ),
+                false,
+            ),
+            (event(write, &["/var/lib/geoip/other.mmdb"]), false),
+            // The right name in another directory.
+            (event(write, &["/tmp/meridian.yaml"]), false),
+            // Reading the config is not a change.
+            (
+                event(
+                    EventKind::Access(AccessKind::Read),
+                    &["/etc/meridian/meridian.yaml"],
+                ),
+                false,
+            ),
+        ];
+        for (event, wanted) in cases {
+            assert_eq!(set.wants(&event), wanted, "{event:?}");
+        }
+    }
+
+    #[test]
+    fn a_relative_config_path_matches_the_absolute_paths_events_carry() {
+        let set = WatchSet::new(Path::new("meridian.yaml"), &[]);
+        let cwd = std::env::current_dir().unwrap();
+        let write = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let here = cwd.join("meridian.yaml");
+        let dotted = cwd.join(".").join("meridian.yaml");
+        for path in [&here, &dotted] {
+            assert!(set.wants(&notify::Event::new(write).add_path(path.clone())));
+        }
+        assert!(!set.wants(&notify::Event::new(write).add_path(cwd.join("other.yaml"))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_settles_after_a_quiet_period() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let started = Instant::now();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                let _ = tx.send(()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Keep the channel open, silent.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        settle(&mut rx, Duration::from_millis(200), Duration::from_secs(2)).await;
+        // The last event came at 100 ms; 200 ms of quiet after it.
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_cannot_put_a_reload_off_for_ever() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let started = Instant::now();
+        tokio::spawn(async move {
+            for _ in 0..1000 {
+                let _ = tx.send(()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        settle(&mut rx, Duration::from_millis(200), Duration::from_secs(2)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
 
     #[test]
     fn opening_and_reading_are_not_changes() {

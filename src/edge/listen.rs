@@ -251,7 +251,8 @@ fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
         .http1()
         // Without a timer hyper silently never fires the header read timeout.
         .timer(TokioTimer::new())
-        .header_read_timeout(spec.header_read_timeout)
+        // hyper adds this to the clock unchecked: hold it to the longest a config can set.
+        .header_read_timeout(spec.header_read_timeout.min(crate::config::MAX_DURATION))
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     builder

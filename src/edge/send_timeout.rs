@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 /// `inner` with a deadline on each blocked write. The timer is armed when a write first
 /// blocks and disarmed by any progress; it is allocated the first time a write blocks, so a
@@ -36,7 +36,7 @@ impl<S> SendTimeout<S> {
     fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if !self.armed {
             self.armed = true;
-            let deadline = Instant::now() + self.timeout;
+            let deadline = crate::deadline::from_now(self.timeout);
             match &mut self.timer {
                 Some(timer) => timer.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -128,6 +128,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn a_write_blocked_past_the_timeout_fails_and_progress_resets_it() {
@@ -154,5 +155,15 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(blocked.elapsed(), Duration::from_secs(60));
         assert!(err.to_string().contains("send_timeout"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_past_the_clock_never_fires_and_never_panics() {
+        let (near, _far) = tokio::io::duplex(16);
+        let mut conn = SendTimeout::new(near, Duration::MAX);
+        conn.write_all(&[1; 16]).await.unwrap();
+        // The pipe is full: the write blocks and arms the timer at the far end of time.
+        let write = tokio::time::timeout(Duration::from_secs(86_400), conn.write_all(&[2; 16]));
+        assert!(write.await.is_err(), "still waiting a day later");
     }
 }

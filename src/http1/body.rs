@@ -75,7 +75,7 @@ impl Body for StreamedBody {
                 }
                 let timeout = self.idle_timeout;
                 if let Some(idle) = self.idle.as_mut() {
-                    idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    idle.as_mut().reset(crate::deadline::from_now(timeout));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -9,7 +9,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -150,14 +150,16 @@ impl Connection {
     }
 
     /// Check an idle connection without waiting: still open, and the upstream sent nothing
-    /// unasked (a close, a stray byte or a TLS alert all mean it cannot be reused).
-    pub fn is_open(&mut self) -> bool {
+    /// unasked (a close, a stray byte or a TLS alert all mean it cannot be reused). While it
+    /// is, `waker` stays with the socket, to be woken when it turns readable (how the pool
+    /// watches an idle connection). No system call unless the socket is readable.
+    pub fn is_open(&mut self, waker: &Waker) -> bool {
         if !self.reusable || !self.buf.is_empty() || !self.rest.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(waker);
         matches!(
             Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf),
             Poll::Pending

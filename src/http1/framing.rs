@@ -2,9 +2,12 @@
 //!
 //! hyper quietly drops a Content-Length that comes with `Transfer-Encoding: chunked`, so the
 //! handler cannot see that a request carried both — a request-smuggling signature an edge
-//! proxy must refuse. This reader watches the bytes of each HTTP/1.1 request head on their way
-//! to hyper and records, per request and in order, whether it had both; the handler takes one
-//! record per request. It follows Content-Length and chunked bodies to find the next head; on
+//! proxy must refuse. Nor can it see a tab around a framing header's value, which httparse
+//! trims as the whitespace RFC 9112 allows there but which servers in front of or behind
+//! Meridian may not (nginx answers `Transfer-Encoding:<TAB>chunked` with 501): read as
+//! chunked here and as no body there, one request would be two. This reader watches the bytes
+//! of each HTTP/1.1 request head on their way to hyper and records, per request and in order,
+//! what it saw; the handler takes one record per request. It follows Content-Length and chunked bodies to find the next head; on
 //! anything it cannot read it stops watching, which only means later requests on that
 //! connection are judged by hyper's own rules (and hyper refuses what it cannot read).
 
@@ -15,28 +18,41 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::http1::strict::Malformed;
+
 /// Longest head followed (past it, hyper answers 431 anyway).
 const MAX_HEAD: usize = 80 * 1024;
 
-/// Per request, in order: whether its head had both Content-Length and Transfer-Encoding.
+/// What one request head showed of its framing that hyper's parser hides from the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Plain,
+    /// Content-Length and Transfer-Encoding both.
+    LengthAndChunked,
+    /// A tab around the value of Content-Length or Transfer-Encoding.
+    TabInFraming,
+}
+
+/// Per request, in order: what its head showed (see [`Seen`]).
 #[derive(Debug, Default)]
-pub struct FramingLog(Mutex<VecDeque<bool>>);
+pub struct FramingLog(Mutex<VecDeque<Seen>>);
 
 impl FramingLog {
-    /// The record of the next request (false when nothing was recorded).
-    pub fn next_had_both(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
-            .unwrap_or(false)
+    /// Why the next request must be refused, if its head showed a reason.
+    pub fn next_refusal(&self) -> Option<Malformed> {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        match seen {
+            None | Some(Seen::Plain) => None,
+            Some(Seen::LengthAndChunked) => Some(Malformed::LengthAndChunked),
+            Some(Seen::TabInFraming) => Some(Malformed::TabInFraming),
+        }
     }
 
     /// Records one head; false once too many are waiting (then watching stops: bytes that
     /// are not requests, such as a WebSocket session after its upgrade, cannot grow the log).
-    fn push(&self, both: bool) -> bool {
+    fn push(&self, seen: Seen) -> bool {
         let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        log.push_back(both);
+        log.push_back(seen);
         log.len() < MAX_PENDING
     }
 }
@@ -209,13 +225,18 @@ impl<T> Sniffer<T> {
             return State::Stopped;
         };
         // Most heads name neither framing header: no second parse for them.
-        let (has_cl, has_te) = framing_header_lines(head);
+        let lines = framing_header_lines(head);
         if head.starts_with(b"PRI * HTTP/2.0") {
             // HTTP/2 (prior knowledge): frames, not heads, from here on.
             return State::Stopped;
         }
-        if !has_cl && !has_te {
-            return match log.push(false) {
+        if lines.tab {
+            // Refused, and the connection closes after it: nothing more to follow.
+            log.push(Seen::TabInFraming);
+            return State::Stopped;
+        }
+        if !lines.length && !lines.chunked {
+            return match log.push(Seen::Plain) {
                 true => State::Head(Vec::new()),
                 false => State::Stopped,
             };
@@ -237,7 +258,11 @@ impl<T> Sniffer<T> {
                 chunked = true;
             }
         }
-        if !log.push(length.is_some() && chunked) {
+        let seen = match length.is_some() && chunked {
+            true => Seen::LengthAndChunked,
+            false => Seen::Plain,
+        };
+        if !log.push(seen) {
             return State::Stopped;
         }
         match (chunked, length) {
@@ -263,23 +288,58 @@ fn te_is_chunked(request: &httparse::Request<'_, '_>) -> bool {
     )
 }
 
-/// Whether a header line of `head` starts with `Content-Length` and whether one starts with
-/// `Transfer-Encoding` (ignoring ASCII case). A header name only ever starts a line (folded
-/// lines are refused), so one pass over the line starts answers both, and the first byte
-/// settles most lines.
-fn framing_header_lines(head: &[u8]) -> (bool, bool) {
+/// What the header lines of a head say about its framing headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FramingLines {
+    /// A line starts with `Content-Length` (ignoring ASCII case).
+    length: bool,
+    /// A line starts with `Transfer-Encoding`.
+    chunked: bool,
+    /// A `Content-Length:` or `Transfer-Encoding:` line has a tab.
+    tab: bool,
+}
+
+/// The framing header lines of `head`. A header name only ever starts a line (folded lines
+/// are refused), so one pass over the line starts answers all, and the first byte settles
+/// most lines.
+fn framing_header_lines(head: &[u8]) -> FramingLines {
     const CL: &[u8] = b"content-length";
     const TE: &[u8] = b"transfer-encoding";
-    let (mut cl, mut te) = (false, false);
+    let mut found = FramingLines::default();
     for nl in memchr::memchr_iter(b'\n', head) {
         let line = &head[nl + 1..];
-        match line.first().map(u8::to_ascii_lowercase) {
-            Some(b'c') => cl |= line.len() >= CL.len() && line[..CL.len()].eq_ignore_ascii_case(CL),
-            Some(b't') => te |= line.len() >= TE.len() && line[..TE.len()].eq_ignore_ascii_case(TE),
-            _ => {}
+        let (name, seen) = match line.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') => (CL, &mut found.length),
+            Some(b't') => (TE, &mut found.chunked),
+            _ => continue,
+        };
+        if line.len() < name.len() || !line[..name.len()].eq_ignore_ascii_case(name) {
+            continue;
         }
+        *seen = true;
+        found.tab |= tab_after_name(line, name.len());
     }
-    (cl, te)
+    found
+}
+
+/// Whether the field named by `name`, a slice of `head` as httparse hands it out, has a tab
+/// before the end of its line; also when `name` cannot be placed in `head`.
+pub(crate) fn tab_in_field(head: &[u8], name: &[u8]) -> bool {
+    let line = (name.as_ptr() as usize)
+        .checked_sub(head.as_ptr() as usize)
+        .and_then(|at| head.get(at..));
+    line.is_none_or(|line| tab_after_name(line, name.len()))
+}
+
+/// Whether the header line at the start of `line`, whose name is `name_len` bytes long, is
+/// exactly that name (a colon follows) and has a tab before its end.
+pub(crate) fn tab_after_name(line: &[u8], name_len: usize) -> bool {
+    if line.get(name_len) != Some(&b':') {
+        return false;
+    }
+    let rest = &line[name_len..];
+    let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+    memchr::memchr(b'\t', &rest[..end]).is_some()
 }
 
 /// Where the head in `buf` ends (past its empty line), as hyper's parser (httparse) sees it:
@@ -348,23 +408,65 @@ mod tests {
 
     #[test]
     fn framing_headers_are_found_at_line_starts_in_any_case() {
+        let lines = |length, chunked, tab| FramingLines {
+            length,
+            chunked,
+            tab,
+        };
         let head = b"POST /content-length HTTP/1.1\r\nHost: a\r\nX-Note: transfer-encoding\r\ncOnTeNt-LeNgTh: 3\r\n\r\n";
         assert_eq!(
             framing_header_lines(head),
-            (true, false),
+            lines(true, false, false),
             "a value or the path is not a name"
         );
         assert_eq!(
             framing_header_lines(b"GET / HTTP/1.1\nTransfer-Encoding: chunked\n\n"),
-            (false, true)
+            lines(false, true, false)
         );
         assert_eq!(
             framing_header_lines(b"GET / HTTP/1.1\r\nC\r\nT\r\n\r\n"),
-            (false, false)
+            lines(false, false, false)
         );
+        // Tabs count on the framing lines only, before or after the value.
+        for (head, want) in [
+            (
+                &b"POST / HTTP/1.1\r\nTransfer-Encoding:\tchunked\r\n\r\n"[..],
+                lines(false, true, true),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\t\r\n\r\n",
+                lines(false, true, true),
+            ),
+            (
+                b"POST / HTTP/1.1\nContent-Length:\t3\n\n",
+                lines(true, false, true),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nX-A:\tb\r\n\r\n",
+                lines(true, false, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Lengthy:\t3\r\n\r\n",
+                lines(true, false, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding:  chunked \r\n\r\n",
+                lines(false, true, false),
+            ),
+        ] {
+            assert_eq!(framing_header_lines(head), want, "{}", head.escape_ascii());
+        }
     }
 
+    /// Per head fed: whether it had both framings.
     fn sniff(chunks: &[&[u8]]) -> Vec<bool> {
+        sniff_seen(chunks)
+            .into_iter()
+            .map(|s| s == Seen::LengthAndChunked)
+            .collect()
+    }
+
+    fn sniff_seen(chunks: &[&[u8]]) -> Vec<Seen> {
         let log = Arc::new(FramingLog::default());
         let mut s = Sniffer::new((), Some(log.clone()));
         for c in chunks {
@@ -375,6 +477,24 @@ mod tests {
             out.push(b);
         }
         out
+    }
+
+    #[test]
+    fn a_tab_around_a_framing_value_is_recorded_and_ends_the_watch() {
+        let tab = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let next = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(sniff_seen(&[tab, next]), [Seen::TabInFraming]);
+        let ok =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        assert_eq!(sniff_seen(&[ok, next]), [Seen::Plain, Seen::Plain]);
+        let log = FramingLog::default();
+        log.push(Seen::TabInFraming);
+        log.push(Seen::LengthAndChunked);
+        log.push(Seen::Plain);
+        assert_eq!(log.next_refusal(), Some(Malformed::TabInFraming));
+        assert_eq!(log.next_refusal(), Some(Malformed::LengthAndChunked));
+        assert_eq!(log.next_refusal(), None);
+        assert_eq!(log.next_refusal(), None, "nothing recorded");
     }
 
     #[test]

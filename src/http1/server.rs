@@ -78,7 +78,7 @@ pub(crate) async fn serve<I, H, F, B, O, OF>(
     let mut grown = false;
     loop {
         // Wait for a head; between requests nothing is allocated.
-        let deadline = tokio::time::Instant::now() + context.header_read_timeout;
+        let deadline = crate::deadline::from_now(context.header_read_timeout);
         let read = loop {
             tokio::select! {
                 biased;
@@ -124,7 +124,7 @@ pub(crate) async fn serve<I, H, F, B, O, OF>(
             ClientBody::Empty
         } else {
             // The body's own deadline, counted from the end of its head.
-            let body_deadline = tokio::time::Instant::now() + context.header_read_timeout;
+            let body_deadline = crate::deadline::from_now(context.header_read_timeout);
             match read_body(
                 &mut io,
                 &mut buf,
@@ -423,6 +423,10 @@ fn parse_simple(
             return None;
         }
         if kind == Some(Known::ContentLength) {
+            // A tab around the value is refused where hyper serves (see `framing`).
+            if crate::http1::framing::tab_in_field(head, name) {
+                return None;
+            }
             // One, plain digits, small: anything else is hyper's (and the strict checks').
             match plain_length(h.value) {
                 Some(n) if body_len.is_none() && n <= MAX_OWN_BODY => body_len = Some(n),

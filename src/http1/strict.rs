@@ -3,8 +3,11 @@
 //! hyper accepts several framings an edge proxy must refuse (request smuggling vectors): both
 //! Content-Length and Transfer-Encoding, codings other than a lone `chunked`, repeated
 //! Transfer-Encoding, duplicate Host, an absolute URI that disagrees with Host, and header names
-//! that other servers read as framing or forwarding headers once `_` becomes `-`. A pure function over the
-//! parsed head, so every rule is unit-tested.
+//! that other servers read as framing or forwarding headers once `_` becomes `-`. It also routes
+//! by any Host and takes `get` for a method of its own: the authority must be `host[:port]`
+//! ([`valid_authority`]) and a method may not have lowercase letters. Pure functions over the
+//! parsed head, so every rule is unit-tested; the proxy's handler calls [`check_request`] for
+//! every request, HTTP/1.1 and HTTP/2 alike.
 
 use http::{Method, StatusCode, Uri, Version};
 
@@ -39,6 +42,12 @@ pub enum Malformed {
     BodyTooLarge { limit: u64 },
     #[error("CONNECT is not served: Meridian is not a forward proxy")]
     Connect,
+    #[error("the Host or :authority is not a valid host[:port]")]
+    BadHost,
+    #[error("the method has lowercase letters; methods are case-sensitive (`get` is not `GET`)")]
+    LowercaseMethod,
+    #[error("a tab sets off the value of Content-Length or Transfer-Encoding")]
+    TabInFraming,
 }
 
 impl Malformed {
@@ -56,6 +65,7 @@ impl Malformed {
             Self::UriTooLong => "uri-too-long",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::Connect => "method-not-allowed",
+            Self::BadHost => "bad-host",
             _ => "malformed-request",
         }
     }
@@ -94,6 +104,11 @@ pub fn check_request(
     if method == Method::CONNECT {
         return Err(Malformed::Connect);
     }
+    // A backend that folds case would serve `get` as the GET Meridian did not judge it to be
+    // (retries, route method matches); nginx refuses it too.
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Malformed::LowercaseMethod);
+    }
     let uri_len = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0)
         + uri.authority().map(|a| a.as_str().len()).unwrap_or(0);
     if uri_len > MAX_URI_BYTES {
@@ -130,6 +145,14 @@ pub fn check_request(
     if more_hosts {
         return Err(Malformed::RepeatedHost);
     }
+    // What the request is routed by: the URI's authority (HTTP/2, absolute-form), else Host.
+    let routed_by = match uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => host,
+    };
+    if routed_by.is_some_and(|a| !valid_authority(a)) {
+        return Err(Malformed::BadHost);
+    }
     // HTTP/1.1 absolute-form: route by the URI authority only if Host says the same.
     if version <= Version::HTTP_11
         && let (Some(authority), Some(host)) = (uri.authority(), host)
@@ -138,6 +161,77 @@ pub fn check_request(
         return Err(Malformed::HostMismatch);
     }
     Ok(())
+}
+
+/// What each byte is in a Host: a name byte (RFC 3986's unreserved characters), a dot, the
+/// colon before a port, or none of these. RFC 3986's sub-delims (`,` `;` `!` `$` `&` `'` `(`
+/// `)` `*` `+` `=`) and percent-encoding are refused: no DNS name has them, and servers split,
+/// decode or compare them differently (`a,b` reads as a list to some), so a Host with them
+/// would be read one way here and another way behind.
+const HOST_BYTE: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'.' => DOT,
+            b':' => COLON,
+            _ if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~') => NAME,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+const NAME: u8 = 1;
+const DOT: u8 = 2;
+const COLON: u8 = 3;
+
+/// Whether a Host value or :authority is `host[:port]`: a name of name bytes (see
+/// [`HOST_BYTE`]) with no empty label (one final dot allowed), which covers IPv4 addresses, or
+/// a bracketed IPv6 address; and a port, when there is a colon, of 1 to 5 digits from 1 to
+/// 65535. Userinfo, zone identifiers and IPvFuture are refused. Runs on every request: one
+/// pass, no allocation.
+pub fn valid_authority(authority: &[u8]) -> bool {
+    if let [b'[', rest @ ..] = authority {
+        let Some(end) = rest.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let ip = std::str::from_utf8(&rest[..end])
+            .is_ok_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        return ip
+            && match &rest[end + 1..] {
+                [] => true,
+                [b':', port @ ..] => valid_port(port),
+                _ => false,
+            };
+    }
+    // The byte before the first counts as a dot, so a leading dot is an empty label.
+    let mut after_dot = true;
+    for (at, &b) in authority.iter().enumerate() {
+        match HOST_BYTE[b as usize] {
+            NAME => after_dot = false,
+            DOT if !after_dot => after_dot = true,
+            COLON => return at > 0 && valid_port(&authority[at + 1..]),
+            _ => return false,
+        }
+    }
+    !authority.is_empty()
+}
+
+/// A port: 1 to 5 digits, from 1 to 65535.
+fn valid_port(port: &[u8]) -> bool {
+    if port.is_empty() || port.len() > 5 {
+        return false;
+    }
+    let mut value: u32 = 0;
+    for &b in port {
+        if !b.is_ascii_digit() {
+            return false;
+        }
+        value = value * 10 + u32::from(b - b'0');
+    }
+    (1..=65535).contains(&value)
 }
 
 /// A name that is one of [`SENSITIVE`] once its underscores are dashes, lowercased as
@@ -206,6 +300,131 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn authorities_are_host_and_port() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"a.test", true),
+            (b"A.Test", true),
+            (b"a.test.", true),
+            (b"a", true),
+            (b"localhost:1", true),
+            (b"a.test:8080", true),
+            (b"a.test:65535", true),
+            (b"a.test:080", true),
+            (b"a-b_c~d.test", true),
+            (b"xn--bcher-kva.example", true),
+            (b"127.0.0.1", true),
+            (b"127.0.0.1:80", true),
+            (b"[::1]", true),
+            (b"[::1]:8443", true),
+            (b"[2001:db8::1]", true),
+            (b"[2001:db8::ffff:1.2.3.4]", true),
+            (b"", false),
+            (b"a b.test", false),
+            (b"a/b.test", false),
+            (b"a,b.test", false),
+            (b"a?b.test", false),
+            (b"a#b.test", false),
+            (b"a\\b.test", false),
+            (b"a\"b.test", false),
+            (b"a'b.test", false),
+            (b"a;b.test", false),
+            (b"a!b.test", false),
+            (b"a{b}.test", false),
+            (b"a\tb.test", false),
+            (b"a%2eb.test", false),
+            (b"\xc3\xa9.test", false),
+            (b"a.test\0", false),
+            (b"a.test:abc", false),
+            (b"a.test:99999", false),
+            (b"a.test:65536", false),
+            (b"a.test:0", false),
+            (b"a.test:00000", false),
+            (b"a.test:000080", false),
+            (b"a.test:", false),
+            (b"a.test:+80", false),
+            (b"a.test:-1", false),
+            (b"a.test: 80", false),
+            (b"a.test:8080:1", false),
+            (b":80", false),
+            (b"a@b.test", false),
+            (b"user:pw@b.test", false),
+            (b"..", false),
+            (b".", false),
+            (b".a.test", false),
+            (b"a..b.test", false),
+            (b"a.test..", false),
+            (b"[::1", false),
+            (b"::1", false),
+            (b"[::1]x", false),
+            (b"[::1]:", false),
+            (b"[::1]:99999", false),
+            (b"[::1]]", false),
+            (b"[]", false),
+            (b"[v1.x]", false),
+            (b"[1.2.3.4]", false),
+            (b"[::1%25eth0]", false),
+            (b"[a.test]", false),
+        ];
+        for (authority, want) in cases {
+            assert_eq!(
+                valid_authority(authority),
+                *want,
+                "{}",
+                authority.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_and_methods_are_checked_where_the_request_is_routed() {
+        let v11 = Version::HTTP_11;
+        let origin: Uri = "/".parse().unwrap();
+        let host = |h: &str| head(&[("host", h)]);
+        assert_eq!(
+            check(&Method::GET, v11, &origin, &host("a.test:99999")),
+            Err(Malformed::BadHost)
+        );
+        assert_eq!(
+            check(&Method::GET, v11, &origin, &host("a.test:443")),
+            Ok(())
+        );
+        // HTTP/1.0 may go without Host; one that is there is held to the same.
+        assert_eq!(
+            check(&Method::GET, Version::HTTP_10, &origin, &HeaderMap::new()),
+            Ok(())
+        );
+        assert_eq!(
+            check(&Method::GET, Version::HTTP_10, &origin, &host("a,b")),
+            Err(Malformed::BadHost)
+        );
+        // HTTP/2: the :authority is what counts; a host header beside it is replaced upstream.
+        let h2 = Version::HTTP_2;
+        let bad: Uri = "http://a.test:0/".parse().unwrap();
+        let good: Uri = "http://a.test/".parse().unwrap();
+        assert_eq!(
+            check(&Method::GET, h2, &bad, &HeaderMap::new()),
+            Err(Malformed::BadHost)
+        );
+        assert_eq!(check(&Method::GET, h2, &good, &host("a b")), Ok(()));
+        assert_eq!(
+            check(&Method::GET, h2, &origin, &host("a b")),
+            Err(Malformed::BadHost)
+        );
+        for method in ["get", "Get", "post", "purge", "m-search"] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(
+                check(&method, v11, &origin, &host("a.test")),
+                Err(Malformed::LowercaseMethod),
+                "{method}"
+            );
+        }
+        for method in ["GET", "PURGE", "PROPFIND", "M-SEARCH"] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(check(&method, v11, &origin, &host("a.test")), Ok(()));
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! each against the region and endpoint the decision (or its retry target) names.
 
 use super::*;
+use crate::table::retry::RetryPolicy;
 
 /// Counts a request against an endpoint while it is outstanding.
 pub struct InFlight(Arc<EndpointState>);
@@ -72,14 +73,50 @@ pub(super) async fn attempts(
         trace.tries += 1;
         trace.endpoint = Some(endpoint.address);
         trace.region = Some(region);
-        let tried_now = try_once(
-            cluster,
-            &endpoint,
-            request,
-            attempt_body,
-            policy.per_try_timeout,
-        )
-        .await;
+        let tried_now = {
+            let exchange = try_once(cluster, &endpoint, request, attempt_body);
+            // In a block: a try given up is dropped, with its connection and permits, before
+            // the next one starts.
+            tokio::pin!(exchange);
+            match policy.per_try_timeout {
+                None => exchange.await,
+                Some(limit) => match tokio::time::timeout(limit.after(), exchange.as_mut()).await {
+                    Ok(tried) => tried,
+                    Err(_) => {
+                        // The default deadline only moves a request on: with nowhere to go,
+                        // the try keeps the rest of the route timeout.
+                        let give_up_try = match limit {
+                            PerTryTimeout::Strict(_) => true,
+                            PerTryTimeout::MoveOn(_) => {
+                                retries < policy.attempts
+                                    && policy.may_retry(
+                                        AttemptFailure::PerTryTimeout,
+                                        &request.parts.method,
+                                        body.replayable(),
+                                    )
+                                    && retry_could_go(
+                                        decision,
+                                        region,
+                                        &tried,
+                                        &endpoint,
+                                        retry_slot.is_some(),
+                                        rng,
+                                    )
+                            }
+                        };
+                        if give_up_try {
+                            Tried::Failed {
+                                failure: AttemptFailure::PerTryTimeout,
+                                detail: format!("no answer within {:?}", limit.after()),
+                                unsent: None,
+                            }
+                        } else {
+                            exchange.await
+                        }
+                    }
+                },
+            }
+        };
         if let Some(lines) = &mut trace.explain {
             lines.push(format!(
                 "try {}: {} in {} -> {}",
@@ -145,19 +182,7 @@ pub(super) async fn attempts(
         };
         let give_up = retries >= policy.attempts
             || !policy.may_retry(failure, &request.parts.method, body.replayable());
-        // A try that never reached an upstream cost no upstream anything: retrying it cannot
-        // amplify an outage, so only tries that did reach one draw on the budget.
-        let budget_ok = give_up
-            || !failure.reached_upstream()
-            || policy.budget_allows(
-                cluster.active_requests.load(Ordering::Relaxed),
-                cluster.active_retries.load(Ordering::Relaxed),
-            );
-        if !budget_ok {
-            ClusterStats::bump(&cluster.stats.retry_budget_exhausted);
-            tracing::info!(cluster = %cluster.name, route = %route.name, "retry budget exhausted: not retrying");
-        }
-        let next = if give_up || !budget_ok {
+        let next = if give_up {
             None
         } else {
             // Only a request that retries pays for remembering what it tried.
@@ -174,14 +199,17 @@ pub(super) async fn attempts(
         let Some((next_region, next_endpoint)) = next else {
             return last.finish(table, region, &endpoint, route);
         };
-        drop(last);
-        if retry_slot.is_none() {
-            retry_slot = Some(Counted::new(&cluster.active_retries));
+        let verdict = admit_retry(cluster, policy, failure, &endpoint, &mut retry_slot).await;
+        if verdict == BudgetVerdict::Exhausted {
+            ClusterStats::bump(&cluster.stats.retry_budget_exhausted);
+            tracing::info!(cluster = %cluster.name, route = %route.name, "retry budget exhausted: not retrying");
+            return last.finish(table, region, &endpoint, route);
         }
+        drop(last);
         retries += 1;
         ClusterStats::bump(&cluster.stats.retries);
         tracing::debug!(
-            cluster = %cluster.name, route = %route.name, retry = retries, ?failure,
+            cluster = %cluster.name, route = %route.name, retry = retries, ?failure, budget = ?verdict,
             from = %endpoint.address, to = %next_endpoint.address, region = %table.region_name(next_region),
             "retrying"
         );
@@ -225,7 +253,7 @@ impl Last {
             Self::Error(AttemptFailure::PerTryTimeout, _) => Err(ProxyError::Timeout {
                 endpoint: endpoint.address,
                 region: region_name,
-                after: per_try_timeout.unwrap_or_default(),
+                after: per_try_timeout.map(|t| t.after()).unwrap_or_default(),
             }),
             Self::Error(_, detail) => Err(ProxyError::Upstream {
                 endpoint: endpoint.address,
@@ -266,6 +294,99 @@ pub(super) fn stream_response(
     })
 }
 
+/// Whether a retry could go now from a try against `endpoint` in `region` that is past its
+/// default per-try deadline: there is an endpoint this request has not tried, and room in
+/// the retry budget (read, not taken: the retry takes its place once decided).
+fn retry_could_go(
+    decision: &RouteDecision<'_>,
+    region: RegionId,
+    tried: &[Arc<Endpoint>],
+    endpoint: &Arc<Endpoint>,
+    slot_held: bool,
+    rng: &mut fastrand::Rng,
+) -> bool {
+    let cluster = decision.cluster;
+    let retrying = cluster.active_retries.load(Ordering::Relaxed);
+    let others = if slot_held {
+        retrying.saturating_sub(1)
+    } else {
+        retrying
+    };
+    let room = decision.route.retries.budget(
+        TryCost::Work,
+        cluster.active_requests.load(Ordering::Relaxed),
+        others,
+    ) != BudgetVerdict::Exhausted;
+    if !room {
+        return false;
+    }
+    let mut seen = tried.to_vec();
+    seen.push(endpoint.clone());
+    retry_target(cluster, &decision.order, region, decision.panic, &seen, rng).is_some()
+}
+
+/// Ask the retry budget whether the request may retry the try that failed with `failure`
+/// against `endpoint`; when it may, the request takes its place among those retrying (once,
+/// kept until it ends), in the same step as the budget is read, so requests that fail
+/// together cannot all pass on one reading.
+///
+/// A reset the budget would refuse costs one look at its endpoint: when it no longer takes
+/// connections it died with the try, nothing running holds the request, and the retry is
+/// free like that of a try that never left. All the requests a killed endpoint held reset at
+/// the same moment, far more of them than a budget sized for steady failures admits.
+async fn admit_retry<'c>(
+    cluster: &'c Cluster,
+    policy: &RetryPolicy,
+    failure: AttemptFailure,
+    endpoint: &Endpoint,
+    slot: &mut Option<Counted<'c>>,
+) -> BudgetVerdict {
+    let cost = if failure.reached_upstream() {
+        TryCost::Work
+    } else {
+        TryCost::Nothing
+    };
+    let verdict = take_retry_place(cluster, policy, cost, slot);
+    if verdict == BudgetVerdict::Exhausted
+        && failure == AttemptFailure::Reset
+        && cluster.pool.refuses_connections(endpoint.address).await
+    {
+        return take_retry_place(cluster, policy, TryCost::Nothing, slot);
+    }
+    verdict
+}
+
+/// The budget's verdict on a retry that cost `cost`, taking the request's place among those
+/// retrying when admitted and it holds none yet.
+fn take_retry_place<'c>(
+    cluster: &'c Cluster,
+    policy: &RetryPolicy,
+    cost: TryCost,
+    slot: &mut Option<Counted<'c>>,
+) -> BudgetVerdict {
+    let active = cluster.active_requests.load(Ordering::Relaxed);
+    if slot.is_some() {
+        // Already counted among those retrying: the others are the rest.
+        let others = cluster
+            .active_retries
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        return policy.budget(cost, active, others);
+    }
+    let mut verdict = BudgetVerdict::Exhausted;
+    let taken =
+        cluster
+            .active_retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |others| {
+                verdict = policy.budget(cost, active, others);
+                (verdict != BudgetVerdict::Exhausted).then_some(others + 1)
+            });
+    if taken.is_ok() {
+        *slot = Some(Counted(&cluster.active_retries));
+    }
+    verdict
+}
+
 /// Holds one unit of a gauge (active requests, retries in flight) while alive.
 pub(super) struct Counted<'a>(&'a AtomicUsize);
 
@@ -288,7 +409,6 @@ pub(super) async fn try_once(
     endpoint: &Arc<Endpoint>,
     request: Outgoing<'_>,
     body: UpstreamBody,
-    per_try_timeout: Option<Duration>,
 ) -> Tried {
     let permit = match cluster.pool.admit() {
         Ok(permit) => permit,
@@ -346,19 +466,7 @@ pub(super) async fn try_once(
             None,
         )))
     };
-    tokio::pin!(exchange);
-    let result = match per_try_timeout {
-        Some(limit) => match tokio::time::timeout(limit, exchange.as_mut()).await {
-            Ok(result) => result,
-            Err(_) => Err(Ok((
-                AttemptFailure::PerTryTimeout,
-                format!("no answer within {limit:?}"),
-                None,
-            ))),
-        },
-        None => exchange.await,
-    };
-    match result {
+    match exchange.await {
         Ok((response, conn)) => Tried::Answered(response, conn, (permit, in_flight)),
         Err(Err(overflow)) => Tried::Refused(overflow),
         Err(Ok((failure, detail, unsent))) => Tried::Failed {

@@ -7,8 +7,6 @@ use super::*;
 pub enum ProxyError {
     #[error("the request has no Host header or authority")]
     MissingHost,
-    #[error("the Host header is not valid: {0:?}")]
-    BadHost(HeaderValue),
     #[error("the request body could not be read: {0}")]
     BadBody(#[source] hyper::Error),
     #[error("{0}")]
@@ -40,7 +38,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::BadHost(_) | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::Malformed(m) => m.status(),
             Self::Decision(DecisionError::NoRoute { .. }) => StatusCode::NOT_FOUND,
             Self::Decision(DecisionError::NoEndpoint { .. } | DecisionError::RegionLoop { .. }) => {
@@ -56,7 +54,6 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingHost => "missing-host",
-            Self::BadHost(_) => "bad-host",
             Self::BadBody(_) => "bad-body",
             Self::Malformed(m) => m.code(),
             Self::Decision(DecisionError::NoRoute { .. }) => "no-route",
@@ -102,7 +99,7 @@ impl ProxyError {
         // After a framing error nothing more on this connection can be trusted.
         if matches!(
             self,
-            Self::Malformed(_) | Self::BadBody(_) | Self::MissingHost | Self::BadHost(_)
+            Self::Malformed(_) | Self::BadBody(_) | Self::MissingHost
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

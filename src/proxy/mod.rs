@@ -56,7 +56,9 @@ use crate::route::decision::{
     DecisionError, RequestFacts, RouteDecision, decide_for_route, find_route, retry_target,
 };
 use crate::steer::RegionId;
-use crate::table::retry::{AttemptFailure, parse_retry_after};
+use crate::table::retry::{
+    AttemptFailure, BudgetVerdict, PerTryTimeout, TryCost, parse_retry_after,
+};
 use crate::table::routes::ClusterId;
 use crate::table::routes::normalize_host;
 use crate::table::{Cluster, Endpoint, RoutingTable};
@@ -122,17 +124,17 @@ pub async fn handle(
     } = context;
     crate::alloc::note_request();
     // Taken for every request, in order, before anything else can return.
-    let had_both =
-        req.version() <= http::Version::HTTP_11 && framing.is_some_and(|log| log.next_had_both());
+    let refused = match req.version() <= http::Version::HTTP_11 {
+        true => framing.and_then(|log| log.next_refusal()),
+        false => None,
+    };
     if let Some(port) = redirect_https {
         let headers = HeadersRef::of(req.headers(), raw.as_ref());
         return Ok(redirect_to_https(req.uri(), headers, port).into());
     }
-    if had_both {
-        tracing::debug!(client = %peer, "Content-Length with Transfer-Encoding: refused");
-        return Ok(ProxyError::Malformed(Malformed::LengthAndChunked)
-            .into_response()
-            .into());
+    if let Some(malformed) = refused {
+        tracing::debug!(client = %peer, error = %malformed, "request framing refused");
+        return Ok(ProxyError::Malformed(malformed).into_response().into());
     }
     let started = Instant::now();
     // Every request finishes on the table it started with, whatever reloads happen meanwhile.

@@ -4,6 +4,17 @@ use super::*;
 
 /// A plain listener with `redirect_https`: 308 to the same URL over https.
 pub fn redirect_to_https(uri: &Uri, headers: HeadersRef<'_>, port: u16) -> Response<ProxyBody> {
+    // The Location is built from the client's Host: one that is not `host[:port]` could
+    // point it anywhere.
+    let authority = match uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => headers.first(Known::Host),
+    };
+    if !authority.is_some_and(crate::http1::strict::valid_authority) {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    }
     let host = uri
         .authority()
         .map(|a| a.host().to_owned())

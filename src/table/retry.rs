@@ -27,12 +27,55 @@ impl AttemptFailure {
     }
 }
 
+/// What a failed try cost the upstreams, which decides whether retrying it draws on the
+/// budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryCost {
+    /// No running upstream holds any work for it: it never reached one (connect failure,
+    /// refused stream), or the endpoint it reached has stopped taking connections since, and
+    /// the try died with it.
+    Nothing,
+    /// A running upstream may have worked on it: a response, a per-try timeout, or a reset
+    /// from an endpoint that still takes connections.
+    Work,
+}
+
+/// The retry budget's answer for one retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetVerdict {
+    /// Admitted without drawing on the budget: the failed try cost nothing.
+    Free,
+    /// Admitted within the budget.
+    Within,
+    /// Refused: as many requests are retrying as the budget allows.
+    Exhausted,
+}
+
+/// How long one try may run before the attempt loop stops waiting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerTryTimeout {
+    /// Set in the config (Istio's `perTryTimeout`): a try that runs this long fails.
+    Strict(Duration),
+    /// The default while retries are on: a try that runs this long is given up only for a
+    /// retry that can go now; otherwise it keeps the rest of the route timeout.
+    MoveOn(Duration),
+}
+
+impl PerTryTimeout {
+    /// How long after the try's start.
+    pub fn after(&self) -> Duration {
+        match self {
+            Self::Strict(d) | Self::MoveOn(d) => *d,
+        }
+    }
+}
+
 /// A route's retry policy, compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first try.
     pub attempts: u32,
-    pub per_try_timeout: Option<Duration>,
+    pub per_try_timeout: Option<PerTryTimeout>,
     pub on_5xx: bool,
     pub on_gateway_error: bool,
     pub on_connect_failure: bool,
@@ -100,8 +143,9 @@ impl RetryPolicy {
             AttemptFailure::ConnectFailure => self.on_connect_failure,
             AttemptFailure::RefusedStream => self.on_refused_stream,
             AttemptFailure::Reset => self.on_reset,
-            // A try that timed out is a gateway error (504) to the retry logic, as in Envoy.
-            AttemptFailure::PerTryTimeout => self.on_5xx || self.on_gateway_error,
+            // A try that timed out is a gateway error (504) to the retry logic, and an upstream
+            // that did not answer at all to `reset`, as in Envoy.
+            AttemptFailure::PerTryTimeout => self.on_5xx || self.on_gateway_error || self.on_reset,
             AttemptFailure::Status(code) => {
                 (self.on_5xx && (500..=599).contains(&code))
                     || (self.on_gateway_error && matches!(code, 502..=504))
@@ -146,16 +190,46 @@ impl RetryPolicy {
             .backoff_base
             .saturating_mul(factor as u32)
             .min(self.backoff_max);
-        ceiling.mul_f64(rng.f64())
+        crate::deadline::fraction(ceiling, rng.f64())
     }
 
-    /// The retry budget: requests that are retrying may not exceed
-    /// max(min_concurrency, percent × active requests). `active_retries` includes the asking
-    /// request when it is already retrying.
-    pub fn budget_allows(&self, active_requests: usize, active_retries: usize) -> bool {
+    /// Requests that may be retrying at once while `active_requests` are in flight against
+    /// the cluster: `budget_percent` of them, rounded down, but never fewer than
+    /// `budget_min_concurrency`.
+    pub fn budget_limit(&self, active_requests: usize) -> usize {
+        // The cast saturates, and a share that is not a number counts as none.
         let share = (active_requests as f64 * self.budget_percent / 100.0).floor() as usize;
-        active_retries < share.max(self.budget_min_concurrency as usize)
+        share.max(self.budget_min_concurrency as usize)
     }
+
+    /// The retry budget's answer for retrying a try that cost `cost`, with `active_requests`
+    /// requests in flight against the cluster and `others_retrying` requests other than the
+    /// asking one retrying. A try that cost nothing is retried free; one that did is retried
+    /// only while the retrying requests, the asking one included, stay within
+    /// [`Self::budget_limit`]. So upstreams that are still running see at most the requests
+    /// plus that many retries, however many tries died with a dead endpoint.
+    pub fn budget(
+        &self,
+        cost: TryCost,
+        active_requests: usize,
+        others_retrying: usize,
+    ) -> BudgetVerdict {
+        match cost {
+            TryCost::Nothing => BudgetVerdict::Free,
+            TryCost::Work if others_retrying < self.budget_limit(active_requests) => {
+                BudgetVerdict::Within
+            }
+            TryCost::Work => BudgetVerdict::Exhausted,
+        }
+    }
+}
+
+/// The per-try timeout of a route that sets none: the first try and every retry get an
+/// equal share of the route timeout, so an upstream that hangs (a stopped process whose
+/// kernel still accepts) leaves time for the retries. Without retries the route timeout
+/// alone bounds the one try.
+pub fn default_per_try_timeout(route_timeout: Duration, attempts: u32) -> Option<PerTryTimeout> {
+    (attempts > 0).then(|| PerTryTimeout::MoveOn(route_timeout / attempts.saturating_add(1)))
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).
@@ -227,12 +301,85 @@ mod tests {
     }
 
     #[test]
-    fn budget_has_a_floor_and_a_share() {
-        let p = RetryPolicy::default();
-        assert!(p.budget_allows(1, 2));
-        assert!(!p.budget_allows(1, 3), "min concurrency 3");
-        assert!(p.budget_allows(100, 19));
-        assert!(!p.budget_allows(100, 20), "20% of 100");
+    fn budget_has_a_floor_and_a_share_and_charges_only_work() {
+        use BudgetVerdict::{Exhausted, Free, Within};
+        use TryCost::{Nothing, Work};
+        // (percent, min_concurrency, cost, active requests, others retrying, verdict)
+        let cases: &[(f64, u32, TryCost, usize, usize, BudgetVerdict)] = &[
+            // The floor rules while the share is smaller.
+            (20.0, 3, Work, 1, 0, Within),
+            (20.0, 3, Work, 1, 2, Within),
+            (20.0, 3, Work, 1, 3, Exhausted),
+            (20.0, 3, Work, 6, 2, Within),
+            (20.0, 3, Work, 6, 3, Exhausted),
+            // 20 % of 14 is 2.8: rounded down, so the floor of 3 still rules.
+            (20.0, 3, Work, 14, 3, Exhausted),
+            // The share rules once it is larger.
+            (20.0, 3, Work, 100, 19, Within),
+            (20.0, 3, Work, 100, 20, Exhausted),
+            // Thirty requests whose tries all broke at once: 6 may retry on the budget...
+            (20.0, 3, Work, 30, 5, Within),
+            (20.0, 3, Work, 30, 6, Exhausted),
+            // ...and every one whose try died with its endpoint retries free, at any load.
+            (20.0, 3, Nothing, 30, 6, Free),
+            (20.0, 3, Nothing, 30, 29, Free),
+            (20.0, 3, Nothing, 1, 1_000, Free),
+            // No share, no floor: nothing retries on the budget.
+            (0.0, 0, Work, 1_000, 0, Exhausted),
+            (0.0, 0, Nothing, 1_000, 0, Free),
+            (0.0, 2, Work, 1_000, 1, Within),
+            (0.0, 2, Work, 1_000, 2, Exhausted),
+            (100.0, 0, Work, 10, 9, Within),
+            (100.0, 0, Work, 10, 10, Exhausted),
+            // Extremes neither overflow nor panic.
+            (100.0, u32::MAX, Work, usize::MAX, usize::MAX - 1, Within),
+            (f64::NAN, 3, Work, 100, 3, Exhausted),
+        ];
+        for &(percent, floor, cost, active, others, want) in cases {
+            let p = RetryPolicy {
+                budget_percent: percent,
+                budget_min_concurrency: floor,
+                ..RetryPolicy::default()
+            };
+            assert_eq!(
+                p.budget(cost, active, others),
+                want,
+                "{percent}% floor {floor}, {cost:?}, {active} active, {others} others retrying"
+            );
+        }
+    }
+
+    #[test]
+    fn per_try_timeout_defaults_to_an_equal_share_of_the_route_timeout() {
+        let s = Duration::from_secs;
+        let move_on = |d| Some(PerTryTimeout::MoveOn(d));
+        let cases = [
+            (s(15), 2, move_on(s(5))),
+            (s(3), 3, move_on(Duration::from_millis(750))),
+            (s(3), 0, None),
+            (s(1), 10, move_on(Duration::from_nanos(90_909_090))),
+            (s(1), u32::MAX, move_on(Duration::ZERO)),
+        ];
+        for (route, attempts, want) in cases {
+            assert_eq!(
+                default_per_try_timeout(route, attempts),
+                want,
+                "{route:?} {attempts}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_per_try_timeout_is_retried_on_reset_as_on_gateway_errors() {
+        let mut p = RetryPolicy::none();
+        assert!(!p.covers(AttemptFailure::PerTryTimeout));
+        p.enable("reset");
+        assert!(p.covers(AttemptFailure::PerTryTimeout));
+        assert!(RetryPolicy::default().covers(AttemptFailure::PerTryTimeout));
+        assert!(
+            !RetryPolicy::default().may_retry(AttemptFailure::PerTryTimeout, &Method::POST, true),
+            "it may have reached the upstream"
+        );
     }
 
     #[test]

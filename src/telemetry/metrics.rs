@@ -163,8 +163,8 @@ impl Metrics {
             reloads: counter(
                 &registry,
                 CONFIG_RELOADS_TOTAL,
-                "Config reloads by result.",
-                &["result"],
+                "Config reloads by result and by what asked for them.",
+                &["result", "trigger"],
             ),
             generation,
             geo_lookups: counter(
@@ -265,7 +265,7 @@ mod tests {
         r.observe(200, 0.02);
         r.observe(503, 0.5);
         crate::upstream::ClusterStats::new(&m, "api").retries.inc();
-        m.reloads.with_label_values(&["success"]).inc();
+        m.reloads.with_label_values(&["applied", "signal"]).inc();
         let text = m.render();
         assert!(
             text.contains(
@@ -275,6 +275,8 @@ mod tests {
         );
         assert!(text.contains(r#"http_request_duration_seconds_count{cluster="api",code="503",region="eu-west-1",route="api"} 1"#));
         assert!(text.contains(r#"meridian_retries_total{cluster="api"} 1"#));
-        assert!(text.contains(r#"meridian_config_reloads_total{result="success"} 1"#));
+        assert!(
+            text.contains(r#"meridian_config_reloads_total{result="applied",trigger="signal"} 1"#)
+        );
     }
 }

@@ -153,11 +153,11 @@ pub async fn run(
         let jitter = if policy.jitter.is_zero() {
             Duration::ZERO
         } else {
-            policy.jitter.mul_f64(fastrand::f64())
+            crate::deadline::fraction(policy.jitter, fastrand::f64())
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(policy.interval + jitter) => {}
+            _ = tokio::time::sleep(policy.interval.saturating_add(jitter)) => {}
         }
     }
 }

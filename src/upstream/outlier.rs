@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterStats;
+use crate::deadline;
 use crate::upstream::endpoints::{Endpoint, EndpointSet};
 
 /// Reports waiting for the detector before new ones are dropped.
@@ -120,7 +121,7 @@ impl Detector {
         stats: Arc<ClusterStats>,
         now: Instant,
     ) -> Self {
-        let next_sweep = now + policy.interval;
+        let next_sweep = deadline::after(now, policy.interval);
         Self {
             policy,
             cluster,
@@ -199,7 +200,7 @@ impl Detector {
                 .max_ejection_time
                 .max(self.policy.base_ejection_time),
         );
-        state.set_ejected_until(Some(now + length));
+        state.set_ejected_until(Some(deadline::after(now, length)));
         state.ejected.store(true, Ordering::Relaxed);
         state.consecutive_5xx.store(0, Ordering::Relaxed);
         state.consecutive_gateway_errors.store(0, Ordering::Relaxed);
@@ -237,7 +238,7 @@ impl Detector {
                             });
                 }
             }
-            self.next_sweep = now + self.policy.interval;
+            self.next_sweep = deadline::after(now, self.policy.interval);
         }
     }
 
@@ -435,6 +436,29 @@ mod tests {
         }
         // after the first ejection only 50% are healthy, below 60%: the second stays
         assert_eq!(eps.iter().filter(|e| ejected(e)).count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_and_sweep_times_past_the_clock_saturate() {
+        let a = endpoint(1, 0);
+        let mut p = policy();
+        p.interval = Duration::MAX;
+        p.base_ejection_time = Duration::from_secs(u64::MAX);
+        p.max_ejection_time = Duration::MAX;
+        let mut d = detector(p, vec![vec![a.clone()]]);
+        // Ejected many times before: base × times is past any clock too.
+        a.state.ejections.store(7, Ordering::Relaxed);
+        let now = Instant::now();
+        for _ in 0..3 {
+            d.record(&a, Outcome::Status(503), now);
+        }
+        assert!(ejected(&a));
+        let until = a.state.ejected_until().unwrap();
+        assert!(until > now + Duration::from_secs(86_400 * 365), "{until:?}");
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        d.sweep(Instant::now());
+        assert!(ejected(&a), "still ejected a day later");
+        assert!(d.next_deadline() > Instant::now());
     }
 
     #[tokio::test]

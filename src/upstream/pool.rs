@@ -4,7 +4,9 @@
 //! A checkout reuses an idle connection to the endpoint, opens a new one while the cluster is
 //! under `max_connections`, or waits — but only while fewer than `max_pending_requests` wait;
 //! past that the caller gets an overflow at once, never an unbounded queue. A connection goes
-//! back to the pool when its response body has been read to the end.
+//! back to the pool when its response body has been read to the end. Idle connections are
+//! closed by the pool's reaper ([`ClusterPool::reap`], a control task of the server) once
+//! they have idled `idle_timeout`, or as soon as the upstream closes them.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -12,8 +14,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::http1::client::{self as h1, Connection, Framing};
 
@@ -92,8 +95,76 @@ impl Drop for ConnSlot {
 struct IdleConn {
     conn: Box<Connection>,
     slot: ConnSlot,
+    watch: Watch,
     uses: u32,
     since: Instant,
+}
+
+/// A pool's idle connections, per endpoint.
+#[derive(Default)]
+struct IdleConns {
+    /// Oldest first: reuse takes the newest, expiry and the cap close the oldest.
+    /// Looked up per request: hashed with foldhash (addresses come from config and
+    /// discovery, never from clients).
+    by_addr: foldhash::HashMap<SocketAddr, VecDeque<IdleConn>>,
+    /// The reaper found nothing to wait for: the next connection to go idle must wake it,
+    /// so that it sets its timer. (One that comes later expires later: no need to.)
+    reaper_unarmed: bool,
+}
+
+/// Wakes a pool's reaper: when an idle socket turns readable (see [`Watch`]), and when the
+/// first connection goes idle.
+#[derive(Default)]
+struct ReaperSignal(Notify);
+
+/// What a connection's socket is watched with while it idles. Its waker is left with the
+/// socket when the connection goes back to the pool; the socket turning readable (the
+/// upstream closed it, or sent something unasked) sets `readable` and wakes the reaper. So a
+/// close is heard as it happens, and a checkout or a sweep reads a flag instead of probing
+/// the socket. Made once per connection.
+struct Watch {
+    state: Arc<WatchState>,
+    waker: Waker,
+}
+
+struct WatchState {
+    readable: AtomicBool,
+    reaper: Arc<ReaperSignal>,
+}
+
+impl Wake for WatchState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.readable.store(true, Ordering::Release);
+        self.reaper.0.notify_one();
+    }
+}
+
+impl Watch {
+    fn new(reaper: &Arc<ReaperSignal>) -> Self {
+        let state = Arc::new(WatchState {
+            readable: AtomicBool::new(false),
+            reaper: reaper.clone(),
+        });
+        Self {
+            waker: Waker::from(state.clone()),
+            state,
+        }
+    }
+
+    /// Whether the socket turned readable since the connection went idle.
+    fn fired(&self) -> bool {
+        self.state.readable.load(Ordering::Acquire)
+    }
+
+    /// Whether `conn` is still open, leaving the waker with its socket if so.
+    fn arm(&self, conn: &mut Connection) -> bool {
+        self.state.readable.store(false, Ordering::Release);
+        conn.is_open(&self.waker)
+    }
 }
 
 /// One cluster's connections and limits.
@@ -104,12 +175,10 @@ pub struct ClusterPool {
     connections: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     pending: AtomicUsize,
-    /// Oldest first: reuse takes the newest, expiry and the cap close the oldest.
-    /// Looked up per request: hashed with foldhash (addresses come from config and
-    /// discovery, never from clients).
-    idle: Mutex<foldhash::HashMap<SocketAddr, VecDeque<IdleConn>>>,
+    idle: Mutex<IdleConns>,
     /// Signalled when a connection goes idle or closes, for waiting checkouts.
     released: Arc<Notify>,
+    reaper: Arc<ReaperSignal>,
 }
 
 impl std::fmt::Debug for ClusterPool {
@@ -129,6 +198,7 @@ pub struct PooledConn {
     /// keep-alive connection rather than a sick endpoint).
     pub reused: bool,
     slot: ConnSlot,
+    watch: Watch,
     uses: u32,
     addr: SocketAddr,
     pool: Arc<ClusterPool>,
@@ -156,10 +226,83 @@ impl ClusterPool {
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             requests: Arc::new(Semaphore::new(limits.max_requests.max(1))),
             pending: AtomicUsize::new(0),
-            idle: Mutex::new(foldhash::HashMap::default()),
+            idle: Mutex::new(IdleConns::default()),
             released: Arc::new(Notify::new()),
+            reaper: Arc::new(ReaperSignal::default()),
             limits,
         })
+    }
+
+    /// Close idle connections once they have idled `idle_timeout`, and those the upstream
+    /// closed (or sent anything unasked) as soon as that happens, so none waits in CLOSE-WAIT
+    /// for a checkout that may never come. Sleeps until the oldest idle connection expires or
+    /// an idle socket turns readable; a sweep reads each idle connection's time and [`Watch`]
+    /// flag under the pool's lock, and probes only the sockets that turned readable. Runs
+    /// until `shutdown`; a reload starts another for the pools it keeps.
+    pub async fn reap(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let next = self.sweep();
+            let expiry = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // A wake this task may have taken goes to the reaper that follows it.
+                    self.reaper.0.notify_one();
+                    return;
+                }
+                () = self.reaper.0.notified() => {}
+                () = expiry => {}
+            }
+        }
+    }
+
+    /// Close the idle connections that expired or are no longer open, and say when the next
+    /// of those kept expires. The closed ones are dropped after the lock is let go.
+    fn sweep(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let timeout = self.limits.idle_timeout;
+        let mut closed = Vec::new();
+        let mut next: Option<Instant> = None;
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.by_addr.retain(|_, list| {
+                // Round once, in place: the kept keep their order.
+                for _ in 0..list.len() {
+                    let Some(mut conn) = list.pop_front() else {
+                        break;
+                    };
+                    // Readable is not always closed: TLS may have had a record of its own
+                    // to read (a session ticket). A connection still open is watched again.
+                    if now.duration_since(conn.since) < timeout
+                        && (!conn.watch.fired() || conn.watch.arm(&mut conn.conn))
+                    {
+                        list.push_back(conn);
+                    } else {
+                        closed.push(conn);
+                    }
+                }
+                // Oldest first: the front expires first.
+                if let Some(first) = list.front() {
+                    let at = first.since + timeout;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+                // An endpoint with nothing idle is not kept (discovery may have removed it).
+                !list.is_empty()
+            });
+            idle.reaper_unarmed = next.is_none();
+        }
+        if !closed.is_empty() {
+            tracing::debug!(
+                closed = closed.len(),
+                "idle upstream connections closed (expired or closed by the upstream)"
+            );
+        }
+        next
     }
 
     pub fn limits(&self) -> &PoolLimits {
@@ -184,12 +327,34 @@ impl ClusterPool {
             .map_err(|_| Overflow::MaxRequests)
     }
 
+    /// Whether `addr` has stopped taking connections: one TCP connect (no TLS, nothing sent,
+    /// closed at once) was refused, failed or did not finish within the connect timeout. It
+    /// takes a place under `max_connections` while it lasts; with none free the answer is no,
+    /// as it is whenever the endpoint might still be running.
+    pub async fn refuses_connections(&self, addr: SocketAddr) -> bool {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            return false;
+        };
+        let _slot = ConnSlot {
+            permit: Some(permit),
+            released: self.released.clone(),
+        };
+        let connect = TcpStream::connect(addr);
+        !matches!(
+            tokio::time::timeout(self.limits.connect_timeout, connect).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// An idle, open connection to `addr`, dropping closed and expired ones on the way.
     fn take_idle(&self, addr: SocketAddr) -> Option<IdleConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.by_addr.get_mut(&addr)?;
         while let Some(mut conn) = list.pop_back() {
-            if conn.since.elapsed() < self.limits.idle_timeout && conn.conn.is_open() {
+            // A socket that turned readable while idle is looked at closer (see `sweep`).
+            if conn.since.elapsed() < self.limits.idle_timeout
+                && (!conn.watch.fired() || conn.conn.is_open(Waker::noop()))
+            {
                 return Some(conn);
             }
         }
@@ -199,7 +364,7 @@ impl ClusterPool {
     /// Close one idle connection to another endpoint, to make room under `max_connections`.
     fn evict_idle(&self, except: SocketAddr) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for (addr, list) in idle.iter_mut() {
+        for (addr, list) in idle.by_addr.iter_mut() {
             if *addr != except && list.pop_front().is_some() {
                 return true;
             }
@@ -214,6 +379,7 @@ impl ClusterPool {
             conn: idle.conn,
             reused: true,
             slot: idle.slot,
+            watch: idle.watch,
             uses: idle.uses,
             addr,
             pool: self.clone(),
@@ -305,6 +471,7 @@ impl ClusterPool {
             conn: Box::new(Connection::new(stream)),
             reused: false,
             slot,
+            watch: Watch::new(&self.reaper),
             uses: 0,
             addr,
             pool: self.clone(),
@@ -318,40 +485,43 @@ impl PooledConn {
         self.uses += 1;
     }
 
-    /// Put the connection back for reuse, unless it has served its quota or its last
-    /// exchange left it unusable. Expired idle connections and those past the per-endpoint
-    /// cap are closed on the way.
+    /// Put the connection back for reuse, unless it has served its quota, its last exchange
+    /// left it unusable or the upstream already closed it. Expired idle connections and those
+    /// past the per-endpoint cap are closed on the way.
     pub fn release(self) {
         let pool = self.pool.clone();
         let limit = pool.limits.max_requests_per_connection;
         let spent = limit > 0 && self.uses >= limit;
-        if !spent && self.conn.is_reusable() {
-            let mut conn = self.conn;
-            conn.shrink();
-            let now = Instant::now();
-            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let list = idle.entry(self.addr).or_default();
-            while list
-                .front()
-                .is_some_and(|c| now.duration_since(c.since) >= pool.limits.idle_timeout)
-            {
-                list.pop_front();
-            }
-            while !list.is_empty() && list.len() >= pool.limits.max_idle_per_endpoint {
-                list.pop_front();
-            }
-            if pool.limits.max_idle_per_endpoint > 0 {
-                list.push_back(IdleConn {
-                    conn,
-                    slot: self.slot,
-                    uses: self.uses,
-                    since: now,
-                });
-                // A waiting checkout may take it. (A connection not kept wakes them as its
-                // slot drops.)
-                pool.released.notify_waiters();
-            }
+        let mut conn = self.conn;
+        if spent || pool.limits.max_idle_per_endpoint == 0 || !self.watch.arm(&mut conn) {
+            return;
         }
+        conn.shrink();
+        let now = Instant::now();
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::take(&mut idle.reaper_unarmed) {
+            pool.reaper.0.notify_one();
+        }
+        let list = idle.by_addr.entry(self.addr).or_default();
+        while list
+            .front()
+            .is_some_and(|c| now.duration_since(c.since) >= pool.limits.idle_timeout)
+        {
+            list.pop_front();
+        }
+        while !list.is_empty() && list.len() >= pool.limits.max_idle_per_endpoint {
+            list.pop_front();
+        }
+        list.push_back(IdleConn {
+            conn,
+            slot: self.slot,
+            watch: self.watch,
+            uses: self.uses,
+            since: now,
+        });
+        // A waiting checkout may take it. (A connection not kept wakes them as its slot
+        // drops.)
+        pool.released.notify_waiters();
     }
 
     /// Close the connection (it failed or its state is unknown); its place is given up.
@@ -433,7 +603,7 @@ impl<G: Unpin> Body for UpstreamResponseBody<G> {
                     this.finish();
                 } else if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle_timeout);
+                        .reset(crate::deadline::from_now(this.idle_timeout));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -469,6 +639,8 @@ impl<G: Unpin> Body for UpstreamResponseBody<G> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     fn limits(max_connections: usize, max_pending: usize) -> PoolLimits {
@@ -504,6 +676,88 @@ mod tests {
             Err(CheckoutError::Overflow(Overflow::MaxPendingRequests)) => {}
             other => panic!("expected overflow, got {:?}", other.err()),
         }
+    }
+
+    /// Yield until `done` holds (bounded): the reaper runs on this same thread.
+    async fn settle(done: impl Fn() -> bool) -> bool {
+        for _ in 0..100 {
+            if done() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        done()
+    }
+
+    #[tokio::test]
+    async fn the_reaper_closes_idle_connections_at_idle_timeout_not_before() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = ClusterPool::new(limits(4, 4));
+        let conn = pool.checkout(addr).await.unwrap();
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        tokio::time::pause();
+        conn.release();
+        let shutdown = CancellationToken::new();
+        let reaper = tokio::spawn(pool.clone().reap(shutdown.clone()));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(
+            !settle(|| pool.open_connections() == 0).await,
+            "closed before idle_timeout"
+        );
+        // (Timers fire on millisecond ticks.)
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(
+            settle(|| pool.open_connections() == 0).await,
+            "kept past idle_timeout"
+        );
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            upstream.read(&mut byte).await.unwrap(),
+            0,
+            "the upstream saw the close"
+        );
+        assert!(pool.idle.lock().unwrap().by_addr.is_empty());
+        shutdown.cancel();
+        reaper.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_reaper_closes_an_idle_connection_the_upstream_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = ClusterPool::new(limits(4, 4));
+        let shutdown = CancellationToken::new();
+        let reaper = tokio::spawn(pool.clone().reap(shutdown.clone()));
+        let (a, b) = (
+            pool.checkout(addr).await.unwrap(),
+            pool.checkout(addr).await.unwrap(),
+        );
+        let (mut first, _) = listener.accept().await.unwrap();
+        let (mut second, _) = listener.accept().await.unwrap();
+        a.release();
+        b.release();
+        assert_eq!(pool.open_connections(), 2);
+        // One upstream closes its side; nothing is checked out, yet the pool lets go of it.
+        first.shutdown().await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), first.read(&mut byte)).await;
+        assert_eq!(closed.unwrap().unwrap(), 0, "the pool closed its side too");
+        assert!(settle(|| pool.open_connections() == 1).await);
+        // The other is still idle, still open, and still reused.
+        let again = pool.checkout(addr).await.unwrap();
+        assert!(again.reused);
+        again.release();
+        second.write_all(b"x").await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), second.read(&mut byte)).await;
+        assert_eq!(
+            closed.unwrap().unwrap(),
+            0,
+            "a byte unasked-for closes it too"
+        );
+        assert!(settle(|| pool.open_connections() == 0).await);
+        shutdown.cancel();
+        reaper.await.unwrap();
     }
 
     #[tokio::test]

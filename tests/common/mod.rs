@@ -15,6 +15,9 @@ use meridian::server::{self, RunningServer};
 use meridian::table;
 use tokio::net::{TcpSocket, TcpStream};
 
+pub mod dns;
+pub mod process;
+
 pub const REGIONS_YAML: &str = "regions:
   us-east-1:      { lat: 38.9, lon: -77.4 }
   eu-west-1:      { lat: 53.3, lon: -6.3 }
@@ -185,4 +188,101 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     .await
     .is_ok_and(|read| read.is_ok());
     (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Every duration field of the config: its YAML path and the smallest value it accepts
+/// (`0s` where zero means "none").
+pub const DURATION_FIELDS: &[(&str, &str)] = &[
+    ("drain_delay", "0s"),
+    ("drain_timeout", "0s"),
+    ("listeners[0].header_read_timeout", "1ms"),
+    ("listeners[0].send_timeout", "1ms"),
+    ("dns.min_ttl", "100ms"),
+    ("dns.max_ttl", "100ms"),
+    ("clusters.api.connect_timeout", "1ms"),
+    ("clusters.api.connection_pool.idle_timeout", "1ms"),
+    ("clusters.api.outlier_detection.interval", "10ms"),
+    ("clusters.api.outlier_detection.base_ejection_time", "1ms"),
+    ("clusters.api.outlier_detection.max_ejection_time", "1ms"),
+    ("clusters.api.health_check.interval", "10ms"),
+    ("clusters.api.health_check.timeout", "1ms"),
+    ("clusters.api.health_check.jitter", "0s"),
+    ("routes[0].timeout", "1ms"),
+    ("routes[0].body_idle_timeout", "1ms"),
+    ("routes[0].response_idle_timeout", "1ms"),
+    ("routes[0].retries.per_try_timeout", "1ms"),
+    ("routes[0].retries.backoff.base", "1ms"),
+    ("routes[0].retries.backoff.max", "1ms"),
+];
+
+/// The longest value any duration field accepts.
+pub const LONGEST_DURATION: &str = "24h";
+
+/// A config that sets every duration field (each on a line of its own) to `value(path)`, with
+/// one cluster of `endpoint` in us-east-1 and the admin listener on `admin`; also the line of
+/// each field, by path.
+pub fn durations_config(
+    endpoint: &str,
+    admin: &str,
+    value: impl Fn(&str) -> String,
+) -> (String, std::collections::HashMap<&'static str, usize>) {
+    let template = format!(
+        "local_region: us-east-1
+drain_delay: <drain_delay>
+drain_timeout: <drain_timeout>
+listeners:
+  - name: http
+    bind: \"127.0.0.1:0\"
+    header_read_timeout: <listeners[0].header_read_timeout>
+    send_timeout: <listeners[0].send_timeout>
+admin: {{ bind: {admin} }}
+access_log: {{ enabled: false }}
+dns:
+  min_ttl: <dns.min_ttl>
+  max_ttl: <dns.max_ttl>
+{REGIONS_YAML}clusters:
+  api:
+    connect_timeout: <clusters.api.connect_timeout>
+    endpoints: {{ us-east-1: [\"{endpoint}\"] }}
+    connection_pool:
+      idle_timeout: <clusters.api.connection_pool.idle_timeout>
+    outlier_detection:
+      interval: <clusters.api.outlier_detection.interval>
+      base_ejection_time: <clusters.api.outlier_detection.base_ejection_time>
+      max_ejection_time: <clusters.api.outlier_detection.max_ejection_time>
+    health_check:
+      path: /healthz
+      interval: <clusters.api.health_check.interval>
+      timeout: <clusters.api.health_check.timeout>
+      jitter: <clusters.api.health_check.jitter>
+routes:
+  - name: api
+    hosts: [\"*\"]
+    cluster: api
+    timeout: <routes[0].timeout>
+    body_idle_timeout: <routes[0].body_idle_timeout>
+    response_idle_timeout: <routes[0].response_idle_timeout>
+    retries:
+      per_try_timeout: <routes[0].retries.per_try_timeout>
+      backoff:
+        base: <routes[0].retries.backoff.base>
+        max: <routes[0].retries.backoff.max>
+"
+    );
+    let mut lines = std::collections::HashMap::new();
+    let mut text = String::new();
+    for (number, line) in template.lines().enumerate() {
+        let mut line = line.to_owned();
+        for (path, _) in DURATION_FIELDS {
+            let marker = format!("<{path}>");
+            if line.contains(&marker) {
+                line = line.replace(&marker, &value(path));
+                lines.insert(*path, number + 1);
+            }
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    assert_eq!(lines.len(), DURATION_FIELDS.len(), "every field placed");
+    (text, lines)
 }

@@ -54,10 +54,10 @@ impl<'a> Compiler<'a> {
             }
         }
         let min_ttl = self
-            .duration(at.key("min_ttl"), &d.min_ttl)
+            .duration(at.key("min_ttl"), &d.min_ttl, DurationRange::DNS_TTL)
             .unwrap_or(Duration::from_secs(5));
         let max_ttl = self
-            .duration(at.key("max_ttl"), &d.max_ttl)
+            .duration(at.key("max_ttl"), &d.max_ttl, DurationRange::DNS_TTL)
             .unwrap_or(Duration::from_secs(300));
         if min_ttl > max_ttl {
             self.problems
@@ -86,7 +86,11 @@ impl<'a> Compiler<'a> {
                 );
             }
             let connect_timeout = self
-                .duration(here.key("connect_timeout"), &cluster.connect_timeout)
+                .duration(
+                    here.key("connect_timeout"),
+                    &cluster.connect_timeout,
+                    DurationRange::TIMEOUT,
+                )
                 .unwrap_or(Duration::from_secs(1));
             let previous = self
                 .previous
@@ -205,7 +209,11 @@ impl<'a> Compiler<'a> {
             }
         }
         let idle_timeout = self
-            .duration(at.key("idle_timeout"), &c.idle_timeout)
+            .duration(
+                at.key("idle_timeout"),
+                &c.idle_timeout,
+                DurationRange::TIMEOUT,
+            )
             .unwrap_or(Duration::from_secs(60));
         let limits = PoolLimits {
             max_connections: c.max_connections as usize,
@@ -252,9 +260,17 @@ impl<'a> Compiler<'a> {
                     .at(at.key(key), format!("{value} is outside 0..100 (percent)"));
             }
         }
-        let interval = self.duration(at.key("interval"), &o.interval);
-        let base = self.duration(at.key("base_ejection_time"), &o.base_ejection_time);
-        let max = self.duration(at.key("max_ejection_time"), &o.max_ejection_time);
+        let interval = self.duration(at.key("interval"), &o.interval, DurationRange::PERIOD);
+        let base = self.duration(
+            at.key("base_ejection_time"),
+            &o.base_ejection_time,
+            DurationRange::TIMEOUT,
+        );
+        let max = self.duration(
+            at.key("max_ejection_time"),
+            &o.max_ejection_time,
+            DurationRange::TIMEOUT,
+        );
         if o.enabled && o.consecutive_5xx == 0 && o.consecutive_gateway_errors == 0 {
             self.problems.at(
                 at.clone(),
@@ -300,10 +316,10 @@ impl<'a> Compiler<'a> {
                 ),
             }
         }
-        let interval = self.duration(at.key("interval"), &h.interval);
-        let timeout = self.duration(at.key("timeout"), &h.timeout);
+        let interval = self.duration(at.key("interval"), &h.interval, DurationRange::PERIOD);
+        let timeout = self.duration(at.key("timeout"), &h.timeout, DurationRange::TIMEOUT);
         let jitter = match &h.jitter {
-            Some(j) => self.duration(at.key("jitter"), j),
+            Some(j) => self.duration(at.key("jitter"), j, DurationRange::DELAY),
             None => Some(Duration::ZERO),
         };
         Some(Arc::new(HealthPolicy {

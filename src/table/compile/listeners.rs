@@ -41,8 +41,16 @@ impl<'a> Compiler<'a> {
                     format!("{b} is bound by another listener"),
                 );
             }
-            let timeout = self.duration(here.key("header_read_timeout"), &l.header_read_timeout);
-            let send_timeout = self.duration(here.key("send_timeout"), &l.send_timeout);
+            let timeout = self.duration(
+                here.key("header_read_timeout"),
+                &l.header_read_timeout,
+                DurationRange::TIMEOUT,
+            );
+            let send_timeout = self.duration(
+                here.key("send_timeout"),
+                &l.send_timeout,
+                DurationRange::TIMEOUT,
+            );
             if let (Some(bind), Some(header_read_timeout), Some(send_timeout)) =
                 (bind, timeout, send_timeout)
             {

@@ -18,15 +18,15 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use crate::config::{
-    ClusterConfig, Config, ConfigError, HealthCheckConfig, ListenerTlsConfig, LoadedConfig,
-    OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig, RouteConfig, StatusRangeConfig,
-    SteeringConfig, SteeringMode, YamlPath,
+    ClusterConfig, Config, ConfigError, DurationRange, HealthCheckConfig, ListenerTlsConfig,
+    LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig, RouteConfig,
+    StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoPoint, GeoResolver, Location, LocationSource,
 };
 use crate::steer::{self, MAX_REGIONS, RegionId, RegionOrder, Steering};
-use crate::table::retry::RetryPolicy;
+use crate::table::retry::{PerTryTimeout, RetryPolicy, default_per_try_timeout};
 use crate::table::routes::{
     ClusterId, HeaderMatch, HeaderValueMatch, HostPattern, PathMatch, Route, RouteMetrics,
     RouteSet, RouteTarget,
@@ -169,13 +169,19 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    pub(super) fn duration(&mut self, at: YamlPath, text: &str) -> Option<Duration> {
-        match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() => {
-                self.problems.at(at, "must be longer than zero");
+    /// A duration field: parsed, and inside the field's documented range.
+    pub(super) fn duration(
+        &mut self,
+        at: YamlPath,
+        text: &str,
+        range: DurationRange,
+    ) -> Option<Duration> {
+        match humantime::parse_duration(text).map(|d| range.check(text, d)) {
+            Ok(Ok(d)) => Some(d),
+            Ok(Err(message)) => {
+                self.problems.at(at, message);
                 None
             }
-            Ok(d) => Some(d),
             Err(e) => {
                 self.problems.at(
                     at,
@@ -198,13 +204,7 @@ impl<'a> Compiler<'a> {
 
     /// A drain duration; zero is allowed (no delay).
     pub(super) fn drain_duration(&mut self, key: &str, text: &str) -> Duration {
-        match humantime::parse_duration(text) {
-            Ok(d) => d,
-            Err(e) => {
-                self.problems
-                    .at(root().key(key), format!("`{text}` is not a duration ({e})"));
-                Duration::ZERO
-            }
-        }
+        self.duration(root().key(key), text, DurationRange::DELAY)
+            .unwrap_or(Duration::ZERO)
     }
 }

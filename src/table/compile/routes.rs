@@ -16,7 +16,8 @@ impl<'a> Compiler<'a> {
         policy.per_try_timeout = r
             .per_try_timeout
             .as_ref()
-            .and_then(|t| self.duration(at.key("per_try_timeout"), t));
+            .and_then(|t| self.duration(at.key("per_try_timeout"), t, DurationRange::TIMEOUT))
+            .map(PerTryTimeout::Strict);
         for (i, condition) in r.retry_on.iter().enumerate() {
             match condition {
                 RetryOnConfig::Code(code) if (100..=599).contains(code) => policy.on_statuses.push(*code),
@@ -33,10 +34,18 @@ impl<'a> Compiler<'a> {
                 ),
             }
         }
-        if let Some(base) = self.duration(at.key("backoff").key("base"), &r.backoff.base) {
+        if let Some(base) = self.duration(
+            at.key("backoff").key("base"),
+            &r.backoff.base,
+            DurationRange::TIMEOUT,
+        ) {
             policy.backoff_base = base;
         }
-        if let Some(max) = self.duration(at.key("backoff").key("max"), &r.backoff.max) {
+        if let Some(max) = self.duration(
+            at.key("backoff").key("max"),
+            &r.backoff.max,
+            DurationRange::TIMEOUT,
+        ) {
             policy.backoff_max = max;
         }
         if !(0.0..=100.0).contains(&r.budget.percent) {
@@ -78,13 +87,25 @@ impl<'a> Compiler<'a> {
             let methods = self.methods(&here, r);
             let target = self.target(&here, r, clusters);
             let steering = self.steering(here.key("steering"), &r.steering);
-            let timeout = self.duration(here.key("timeout"), &r.timeout);
-            let retries = self.retries(here.key("retries"), &r.retries);
+            let timeout = self.duration(here.key("timeout"), &r.timeout, DurationRange::TIMEOUT);
+            let mut retries = self.retries(here.key("retries"), &r.retries);
+            if r.retries.per_try_timeout.is_none() {
+                retries.per_try_timeout =
+                    timeout.and_then(|t| default_per_try_timeout(t, retries.attempts));
+            }
             let body_idle_timeout = self
-                .duration(here.key("body_idle_timeout"), &r.body_idle_timeout)
+                .duration(
+                    here.key("body_idle_timeout"),
+                    &r.body_idle_timeout,
+                    DurationRange::TIMEOUT,
+                )
                 .unwrap_or(Duration::from_secs(30));
             let response_idle_timeout = self
-                .duration(here.key("response_idle_timeout"), &r.response_idle_timeout)
+                .duration(
+                    here.key("response_idle_timeout"),
+                    &r.response_idle_timeout,
+                    DurationRange::TIMEOUT,
+                )
                 .unwrap_or(Duration::from_secs(60));
             if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
                 let metrics = self.route_metrics(&r.name, &target, clusters);
