@@ -124,6 +124,8 @@ pub(crate) async fn serve<I, S, B>(
                     let mut read = BytesMut::with_capacity(head.len() + buf.len());
                     read.extend_from_slice(&head);
                     read.extend_from_slice(&buf);
+                    // The head's read buffer goes now, not with the connection handed over.
+                    drop((head, std::mem::take(&mut buf)));
                     read
                 }
                 None => buf,
@@ -680,6 +682,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // The read buffer the prefix came from goes now, not with the connection.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
