@@ -33,9 +33,14 @@ use crate::headers::{
 };
 use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
+use crate::server_h2::H2Limits;
 use crate::sniff::{FramingLog, Sniffer};
 use crate::spare::{self, CLIENT_READS};
 use crate::table::TableHandle;
+
+/// How an HTTP/2 connection with prior knowledge opens: httparse refuses the version as soon
+/// as it is read, so a connection handed over for it starts with at least this.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 
 /// First read of a request head; grown only for larger heads.
 pub(crate) const FIRST_READ: usize = 1024;
@@ -54,6 +59,8 @@ pub(crate) struct ConnectionContext {
     pub redirect_https: Option<u16>,
     pub framing: Option<Arc<FramingLog>>,
     pub header_read_timeout: Duration,
+    /// What an HTTP/2 connection (one that opens with the preface) is held to.
+    pub h2: H2Limits,
     pub max_head: usize,
     pub max_headers: usize,
 }
@@ -130,6 +137,18 @@ pub(crate) async fn serve<I, S, B>(
                 }
                 None => buf,
             };
+            if read.starts_with(H2_PREFACE_START) {
+                // No Sniffer: HTTP/2 frames its requests itself.
+                let io = TokioIo::new(Prefixed::new(read.freeze(), io));
+                return Box::pin(crate::server_h2::serve(
+                    io,
+                    service,
+                    context.h2,
+                    shutdown,
+                    context.peer,
+                ))
+                .await;
+            }
             return Box::pin(serve_io(
                 &builder,
                 prefixed(read, io, context.framing),
@@ -657,19 +676,19 @@ fn prefixed<I>(
     io: I,
     framing: Option<Arc<FramingLog>>,
 ) -> TokioIo<Sniffer<Prefixed<I>>> {
-    TokioIo::new(Sniffer::new(
-        Prefixed {
-            prefix: read.freeze(),
-            io,
-        },
-        framing,
-    ))
+    TokioIo::new(Sniffer::new(Prefixed::new(read.freeze(), io), framing))
 }
 
 /// Bytes already read, then the connection.
 struct Prefixed<I> {
     prefix: Bytes,
     io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(prefix: Bytes, io: I) -> Self {
+        Self { prefix, io }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
