@@ -191,6 +191,7 @@ impl Server {
         let redirect = spec.redirect_https;
         let h2 = H2Limits {
             send_timeout: spec.send_timeout,
+            idle_timeout: spec.idle_timeout,
         };
         let own_http1 = OwnHttp1 {
             table: self.table.clone(),
@@ -562,7 +563,7 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
 
 /// hyper's HTTP/1.1 server, for the connections Meridian's own loop hands over. HTTP/2
 /// connections never come here: they are served by `server_h2`, which holds them to the
-/// listener's send deadline.
+/// listener's send and idle deadlines.
 fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
@@ -620,6 +621,7 @@ impl OwnHttp1 {
             redirect_https: self.redirect_https,
             framing,
             header_read_timeout: self.header_read_timeout,
+            head_wait: self.header_read_timeout.min(self.h2.idle_timeout),
             h2: self.h2,
             max_head: MAX_HEADER_BYTES,
             max_headers: MAX_HEADERS,

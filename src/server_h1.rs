@@ -58,7 +58,11 @@ pub(crate) struct ConnectionContext {
     pub scheme: Scheme,
     pub redirect_https: Option<u16>,
     pub framing: Option<Arc<FramingLog>>,
+    /// Time allowed for a request body, from the end of its head.
     pub header_read_timeout: Duration,
+    /// Time allowed for each request head, counted from the start of its wait: the head read
+    /// timeout, or the listener's idle timeout when shorter (the wait is also idle time).
+    pub head_wait: Duration,
     /// What an HTTP/2 connection (one that opens with the preface) is held to.
     pub h2: H2Limits,
     pub max_head: usize,
@@ -89,14 +93,14 @@ pub(crate) async fn serve<I, S, B>(
     // deadline of the head being waited for then, so a busy connection never touches the
     // timer wheel between requests.
     let stopping = shutdown.clone().cancelled_owned();
-    let timer = tokio::time::sleep(context.header_read_timeout);
+    let timer = tokio::time::sleep(context.head_wait);
     tokio::pin!(stopping, timer);
     // Set when a large head or body grew the read buffer's allocation: what is left of it is
     // let go once empty (see `let_go_if_grown`), not kept by an idle connection or the spares.
     let mut grown = false;
     loop {
         // Wait for a head; between requests nothing is allocated.
-        let deadline = tokio::time::Instant::now() + context.header_read_timeout;
+        let deadline = tokio::time::Instant::now() + context.head_wait;
         let read = loop {
             tokio::select! {
                 biased;

@@ -1,11 +1,13 @@
-//! HTTP/2 client connections: hyper's HTTP/2 server, with the deadline it lacks.
+//! HTTP/2 client connections: hyper's HTTP/2 server, with the two deadlines it lacks.
 //!
-//! A stream whose answer waits on the client's flow-control window for the listener's
-//! `send_timeout` is reset, and its upstream exchange and circuit-breaker permit are let go
-//! with it. The connection's socket may stay writable all along (a client that opens streams
-//! with a zero window and answers pings), so the connection-wide `send_timeout` never sees
-//! it, and hyper stops polling the answer's body while it waits for window, so nothing in the
-//! body could notice either: each stream's task runs under a deadline here.
+//! - A stream whose answer waits on the client's flow-control window for the listener's
+//!   `send_timeout` is reset, and its upstream exchange and circuit-breaker permit are let
+//!   go with it. The connection's socket may stay writable all along (a client that opens
+//!   streams with a zero window and answers pings), so the connection-wide `send_timeout`
+//!   never sees it, and hyper stops polling the answer's body while it waits for window, so
+//!   nothing in the body could notice either: each stream's task runs under a deadline here.
+//! - A connection with no stream open for the listener's `idle_timeout` is sent GOAWAY and
+//!   closed, as an idle HTTP/1.1 connection is closed between requests.
 //!
 //! `server` hands over TLS connections that chose h2 by ALPN, `server_h1` connections that
 //! open with the HTTP/2 preface. Requests go to the same service as HTTP/1.1 ones; it marks
@@ -17,6 +19,8 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +40,8 @@ use crate::server::{
 pub(crate) struct H2Limits {
     /// A stream's answer waiting this long on the client's window resets the stream.
     pub send_timeout: Duration,
+    /// No stream open for this long: GOAWAY, then close.
+    pub idle_timeout: Duration,
 }
 
 thread_local! {
@@ -87,7 +93,7 @@ impl<B: Body + Unpin> Body for UpstreamBound<B> {
     }
 }
 
-/// Serve one HTTP/2 connection until it ends or shutdown asks it to finish.
+/// Serve one HTTP/2 connection until it ends, idles out, or shutdown asks it to finish.
 pub(crate) async fn serve<I, S, B>(
     io: I,
     service: S,
@@ -104,16 +110,42 @@ pub(crate) async fn serve<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let streams = Arc::new(OpenStreams::new());
     let executor = StreamExecutor {
         send_timeout: limits.send_timeout,
+        streams: streams.clone(),
     };
     let conn = builder(executor).serve_connection(io, service);
     let mut conn = pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let mut stopping = pin!(shutdown.cancelled());
+    let mut idle = pin!(tokio::time::sleep(limits.idle_timeout));
+    // After GOAWAY the connection ends once its streams are done; one that is still there a
+    // whole idle period later, with none open, is dropped.
+    let mut said_goaway = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = &mut stopping, if !said_goaway => {
+                conn.as_mut().graceful_shutdown();
+                said_goaway = true;
+            }
+            () = &mut idle => {
+                let now = Instant::now();
+                match streams.idle_since() {
+                    Some(since) if now.duration_since(since) >= limits.idle_timeout => {
+                        if said_goaway {
+                            tracing::debug!(client = %peer, "HTTP/2 connection still open after GOAWAY; closed");
+                            return;
+                        }
+                        tracing::debug!(client = %peer, "HTTP/2 connection idle; GOAWAY");
+                        conn.as_mut().graceful_shutdown();
+                        said_goaway = true;
+                        idle.as_mut().reset(now + limits.idle_timeout);
+                    }
+                    Some(since) => idle.as_mut().reset(since + limits.idle_timeout),
+                    None => idle.as_mut().reset(now + limits.idle_timeout),
+                }
+            }
         }
     };
     if let Err(e) = result {
@@ -121,7 +153,8 @@ pub(crate) async fn serve<I, S, B>(
     }
 }
 
-/// The HTTP/2 server settings of a proxy listener.
+/// The HTTP/2 server settings of a proxy listener, for one connection (the executor carries
+/// that connection's stream count).
 fn builder(executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
     let mut builder = http2::Builder::new(executor);
     builder
@@ -134,11 +167,58 @@ fn builder(executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
     builder
 }
 
-/// Runs hyper's per-stream tasks of one connection, each under the send deadline. (hyper
-/// would also run a CONNECT tunnel's task through it; Meridian refuses CONNECT.)
+/// Streams of one connection whose tasks are running, and when the last one ended.
+struct OpenStreams {
+    open: AtomicUsize,
+    /// When the connection started: `last_end` counts from here.
+    born: Instant,
+    /// Microseconds from `born` to the end of the last stream, rounded up (0: none has ended).
+    last_end: AtomicU64,
+}
+
+impl OpenStreams {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            born: Instant::now(),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    /// Since when no stream has been open, or `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_micros(self.last_end.load(Ordering::Acquire)))
+    }
+}
+
+/// Counts one stream's task as open while alive.
+struct OpenStream(Arc<OpenStreams>);
+
+impl OpenStream {
+    fn new(streams: Arc<OpenStreams>) -> Self {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        Self(streams)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let ended = self.0.born.elapsed().as_nanos().div_ceil(1000) as u64;
+        self.0.last_end.fetch_max(ended, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs hyper's per-stream tasks of one connection, each under the send deadline and counted
+/// in the connection's open streams. (hyper would also run a CONNECT tunnel's task through it;
+/// Meridian refuses CONNECT.)
 #[derive(Clone)]
 struct StreamExecutor {
     send_timeout: Duration,
+    streams: Arc<OpenStreams>,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
@@ -146,7 +226,8 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, stream: F) {
-        tokio::spawn(under_send_deadline(stream, self.send_timeout));
+        let open = OpenStream::new(self.streams.clone());
+        tokio::spawn(under_send_deadline(stream, self.send_timeout, open));
     }
 }
 
@@ -157,7 +238,11 @@ where
 /// Each time the task stops with nothing marked upstream-bound, it waits on the client. Any
 /// wake that is not this deadline's own is progress (window granted, the stream reset) and
 /// moves the deadline; the timer itself is reset only when it fires early.
-async fn under_send_deadline<F: Future<Output = ()>>(stream: F, send_timeout: Duration) {
+async fn under_send_deadline<F: Future<Output = ()>>(
+    stream: F,
+    send_timeout: Duration,
+    _open: OpenStream,
+) {
     let mut stream = pin!(stream);
     // When the answer's wait on the client started, while it waits on the client.
     let mut waiting_since: Option<Instant> = None;
@@ -210,8 +295,6 @@ async fn under_send_deadline<F: Future<Output = ()>>(stream: F, send_timeout: Du
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
 
     /// A stand-in for hyper's stream task: waits on `gate` (the client's window), marked
     /// upstream-bound while `upstream` says so.
@@ -238,13 +321,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_waiting_on_the_client_is_dropped_after_send_timeout_and_progress_resets_it() {
+        let streams = Arc::new(OpenStreams::new());
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let upstream = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn(under_send_deadline(
             stream_task(rx, upstream.clone(), done.clone()),
             Duration::from_secs(60),
+            OpenStream::new(streams.clone()),
         ));
+        assert!(streams.idle_since().is_none(), "the stream counts as open");
         let started = Instant::now();
         // Progress after 50 s: the 60 s count again from there.
         tokio::time::sleep(Duration::from_secs(50)).await;
@@ -266,5 +352,7 @@ mod tests {
         assert_eq!(waiting.elapsed(), Duration::from_secs(60));
         assert!(started.elapsed() > Duration::from_secs(200));
         assert!(!done.load(Ordering::SeqCst), "dropped, not finished");
+        let idle = streams.idle_since().expect("no stream open any more");
+        assert!(idle >= waiting, "idle since the stream ended");
     }
 }

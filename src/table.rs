@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,9 +19,9 @@ use regex::Regex;
 use tokio::sync::mpsc;
 
 use crate::config::{
-    AccessLogFormat, ClusterConfig, Config, ConfigError, HealthCheckConfig, ListenerTlsConfig,
-    LoadBalancer, LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig, RetryOnConfig,
-    RouteConfig, StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
+    AccessLogFormat, ClusterConfig, Config, ConfigError, DEFAULT_IDLE_TIMEOUT, HealthCheckConfig,
+    ListenerTlsConfig, LoadBalancer, LoadedConfig, OutlierDetectionConfig, Problems, RetryConfig,
+    RetryOnConfig, RouteConfig, StatusRangeConfig, SteeringConfig, SteeringMode, YamlPath,
 };
 use crate::geo::{
     ContinentCode, CountryCode, GeoDb, GeoOverride, GeoPoint, GeoResolver, Location, LocationSource,
@@ -40,6 +41,11 @@ use crate::upstream::pool::{ClusterPool, PoolLimits};
 
 /// Largest endpoint weight accepted.
 pub const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+
+/// Listener `idle_timeout`s accepted: shorter would close connections between a client's
+/// requests, longer keeps idle HTTP/2 connections' memory for nothing.
+pub const IDLE_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(60 * 60);
 
 /// The current table, shared by every listener.
 pub type TableHandle = Arc<ArcSwap<RoutingTable>>;
@@ -235,8 +241,11 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub header_read_timeout: Duration,
-    /// A write to the client blocked this long ends the connection.
+    /// A write to the client blocked this long ends the connection (over HTTP/2, an answer
+    /// waiting this long on the client's flow-control window resets its stream).
     pub send_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
     pub proxy_protocol: bool,
     pub tls: Option<TlsSpec>,
     /// Redirect everything to https on this port.
@@ -644,8 +653,19 @@ impl<'a> Compiler<'a> {
             }
             let timeout = self.duration(here.key("header_read_timeout"), &l.header_read_timeout);
             let send_timeout = self.duration(here.key("send_timeout"), &l.send_timeout);
-            if let (Some(bind), Some(header_read_timeout), Some(send_timeout)) =
-                (bind, timeout, send_timeout)
+            let idle_timeout = self.duration(here.key("idle_timeout"), &l.idle_timeout);
+            if idle_timeout.is_some_and(|d| !IDLE_TIMEOUT_RANGE.contains(&d)) {
+                self.problems.at(
+                    here.key("idle_timeout"),
+                    format!(
+                        "`{}` is out of range: write 1s to 1h (default {DEFAULT_IDLE_TIMEOUT})",
+                        l.idle_timeout
+                    ),
+                );
+            }
+            let idle_timeout = idle_timeout.filter(|d| IDLE_TIMEOUT_RANGE.contains(d));
+            if let (Some(bind), Some(header_read_timeout), Some(send_timeout), Some(idle_timeout)) =
+                (bind, timeout, send_timeout, idle_timeout)
             {
                 let tls = l
                     .tls
@@ -662,6 +682,7 @@ impl<'a> Compiler<'a> {
                     bind,
                     header_read_timeout,
                     send_timeout,
+                    idle_timeout,
                     proxy_protocol: l.proxy_protocol,
                     tls,
                     redirect_https: l.redirect_https.then(|| l.https_port.unwrap_or(443)),

@@ -1,6 +1,7 @@
 //! HTTP/2 at the edge with a real h2 client: :authority wins over host, the stream limit is
-//! advertised, a storm of reset streams is answered with GOAWAY, and answers stalled on a zero
-//! flow-control window are reset after send_timeout (over h2c and TLS).
+//! advertised, a storm of reset streams is answered with GOAWAY, answers stalled on a zero
+//! flow-control window are reset after send_timeout (over h2c and TLS), and idle connections
+//! are sent GOAWAY after idle_timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -334,4 +335,86 @@ async fn zero_window_streams_are_reset_after_send_timeout_over_h2c() {
 #[tokio::test]
 async fn zero_window_streams_are_reset_after_send_timeout_over_tls() {
     zero_window_streams_do_not_starve_other_clients(true).await;
+}
+
+#[tokio::test]
+async fn idle_connections_get_goaway_and_busy_ones_finish_their_answers() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let backends = Backends::start().await;
+    let yaml = backends.fill(CONFIG).replace(
+        "bind: \"127.0.0.1:0\" }",
+        "bind: \"127.0.0.1:0\", idle_timeout: 1s }",
+    );
+    let proxy = start_proxy(&yaml).await;
+    let addr = proxy.proxy_addr().unwrap();
+
+    // One request, then nothing but the pings its connection task answers.
+    let (send, conn) = client(addr).await;
+    let mut idle = send.ready().await.unwrap();
+    let request = Request::get("http://a.test/echo").body(()).unwrap();
+    // Before the request: its stream ends on the proxy's side some time after this.
+    let asked = Instant::now();
+    let (response, _) = idle.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // A stream that takes longer than the idle timeout on another connection.
+    let (busy, busy_conn) = client(addr).await;
+    let mut busy = busy.ready().await.unwrap();
+    let request = Request::get("http://a.test/delay/2500").body(()).unwrap();
+    let (slow, _) = busy.send_request(request, true).unwrap();
+
+    // The idle one is sent GOAWAY (no error) and closed after the idle timeout.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle connection stayed open");
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "closed without a clean GOAWAY: {ended:?}"
+    );
+    assert!(asked.elapsed() >= IDLE, "{:?}", asked.elapsed());
+    assert!(idle.ready().await.is_err(), "no stream after GOAWAY");
+
+    // The busy one's answer arrives whole, past the idle timeout.
+    let response = slow.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut bytes = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the answer is not cut");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes += chunk.len();
+    }
+    assert!(bytes > 0);
+    assert!(asked.elapsed() >= Duration::from_millis(2500));
+    assert!(
+        !busy_conn.is_finished(),
+        "the busy connection is still open"
+    );
+}
+
+#[test]
+fn idle_timeout_out_of_range_is_a_problem_with_its_line() {
+    for (value, want) in [
+        ("0s", "must be longer than zero"),
+        ("500ms", "`500ms` is out of range: write 1s to 1h"),
+        ("2h", "`2h` is out of range: write 1s to 1h"),
+        ("soon", "`soon` is not a duration"),
+    ] {
+        let yaml = CONFIG
+            .replace("{REGIONS}", common::REGIONS_YAML)
+            .replace("{US}", "127.0.0.1:1")
+            .replace(
+                "bind: \"127.0.0.1:0\" }",
+                &format!("bind: \"127.0.0.1:0\", idle_timeout: {value} }}"),
+            );
+        let loaded = meridian::config::load_str(&yaml, Path::new("h2.yaml")).unwrap();
+        let err = meridian::table::compile(&loaded, meridian::table::CompileContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("h2.yaml:3: listeners[0].idle_timeout: {want}")),
+            "{value}: {err}"
+        );
+    }
 }
