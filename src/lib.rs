@@ -29,6 +29,7 @@ pub(crate) mod scan;
 pub mod send_timeout;
 pub mod server;
 pub(crate) mod server_h1;
+pub(crate) mod server_h2;
 pub mod sniff;
 pub mod spare;
 pub mod steer;

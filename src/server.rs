@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
 use crate::send_timeout::SendTimeout;
+use crate::server_h2::{H2Limits, UpstreamBound};
 use crate::sniff::{FramingLog, Sniffer};
 use crate::table::{
     Endpoint, EndpointSet, EndpointSource, ListenerSpec, RoutingTable, TableHandle,
@@ -190,11 +191,16 @@ impl Server {
             Scheme::HTTP
         };
         let redirect = spec.redirect_https;
+        let h2 = H2Limits {
+            send_timeout: spec.send_timeout,
+            idle_timeout: spec.idle_timeout,
+        };
         let own_http1 = OwnHttp1 {
             table: self.table.clone(),
             scheme: scheme.clone(),
             redirect_https: redirect,
             header_read_timeout: spec.header_read_timeout,
+            h2,
         };
         let make_service = move |peer: SocketAddr, framing: Option<Arc<FramingLog>>| {
             let table = table.clone();
@@ -203,10 +209,11 @@ impl Server {
                 let framing = framing.clone();
                 // Boxed: hyper keeps room for the service future for the whole life of a
                 // connection, and the handler's future is several KB; boxed, an idle
-                // keep-alive connection holds a pointer instead.
+                // keep-alive connection holds a pointer instead. Marked upstream-bound, with
+                // its answer's body, for the HTTP/2 send deadline (`server_h2`).
                 let table = table.clone();
                 let scheme = scheme.clone();
-                crate::server_h1::boxed(move || async move {
+                UpstreamBound(crate::server_h1::boxed(move || async move {
                     crate::proxy::handle(
                         table,
                         peer,
@@ -217,8 +224,8 @@ impl Server {
                         None,
                     )
                     .await
-                    .map(crate::proxy::Answer::into_response)
-                })
+                    .map(|answer| answer.into_response().map(UpstreamBound))
+                }))
             })
         };
         let proxy_protocol = spec.proxy_protocol.then(|| {
@@ -239,6 +246,7 @@ impl Server {
                 sniff: true,
                 own_http1: Some(own_http1),
                 send_timeout: spec.send_timeout,
+                h2: Some(h2),
             },
         ));
         ActiveListener {
@@ -407,6 +415,7 @@ async fn serve_tls<S, B>(
     timeout: Duration,
     framing: Option<Arc<FramingLog>>,
     own_http1: Option<OwnHttp1>,
+    h2_limits: Option<H2Limits>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
     shutdown: CancellationToken,
@@ -431,8 +440,12 @@ async fn serve_tls<S, B>(
         }
     };
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    match own_http1 {
-        Some(own) if !h2 => {
+    match (own_http1, h2_limits) {
+        (_, Some(limits)) if h2 => {
+            let io = TokioIo::new(tls_stream);
+            crate::server_h2::serve(io, service, limits, shutdown, peer).await
+        }
+        (Some(own), _) if !h2 => {
             let context = own.context(peer, framing);
             crate::server_h1::serve(tls_stream, context, builder, service, shutdown).await
         }
@@ -555,8 +568,11 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
     }
 }
 
+/// hyper's HTTP/1.1 server, for the connections Meridian's own loop hands over. HTTP/2
+/// connections never come here: they are served by `server_h2`, which holds them to the
+/// listener's send and idle deadlines.
 fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         // Without a timer hyper silently never fires the header read timeout.
@@ -565,14 +581,6 @@ fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(spec.header_read_timeout.min(crate::config::MAX_DURATION))
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        // Ping idle HTTP/2 clients; one that does not answer is closed.
-        .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
 
@@ -594,6 +602,8 @@ pub(crate) struct ConnectionSetup {
     pub own_http1: Option<OwnHttp1>,
     /// A write to the client blocked this long ends the connection (`send_timeout`).
     pub send_timeout: Duration,
+    /// HTTP/2 connections go to `server_h2`, held to these; without, to hyper's own.
+    pub h2: Option<H2Limits>,
 }
 
 /// What `server_h1` needs of a proxy listener.
@@ -603,6 +613,7 @@ pub(crate) struct OwnHttp1 {
     pub scheme: Scheme,
     pub redirect_https: Option<u16>,
     pub header_read_timeout: Duration,
+    pub h2: H2Limits,
 }
 
 impl OwnHttp1 {
@@ -618,6 +629,8 @@ impl OwnHttp1 {
             redirect_https: self.redirect_https,
             framing,
             header_read_timeout: self.header_read_timeout,
+            head_wait: self.header_read_timeout.min(self.h2.idle_timeout),
+            h2: self.h2,
             max_head: MAX_HEADER_BYTES,
             max_headers: MAX_HEADERS,
         }
@@ -665,6 +678,7 @@ async fn accept_loop<F, S, B>(
         let sniff = setup.sniff;
         let own_http1 = setup.own_http1.clone();
         let send_timeout = setup.send_timeout;
+        let h2 = setup.h2;
         let task = async move {
             let mut stream = stream;
             let mut peer = peer;
@@ -690,7 +704,7 @@ async fn accept_loop<F, S, B>(
                 // handshake, the TLS session) must not size every connection's task.
                 Some((acceptor, timeout)) => {
                     Box::pin(serve_tls(
-                        stream, peer, acceptor, timeout, framing, own_http1, builder, service,
+                        stream, peer, acceptor, timeout, framing, own_http1, h2, builder, service,
                         shutdown,
                     ))
                     .await

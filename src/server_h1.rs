@@ -33,9 +33,14 @@ use crate::headers::{
 };
 use crate::proxy::{Answer, ClientBody, ProxyBody};
 use crate::server::serve_io;
+use crate::server_h2::H2Limits;
 use crate::sniff::{FramingLog, Sniffer};
 use crate::spare::{self, CLIENT_READS};
 use crate::table::TableHandle;
+
+/// How an HTTP/2 connection with prior knowledge opens: httparse refuses the version as soon
+/// as it is read, so a connection handed over for it starts with at least this.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 
 /// First read of a request head; grown only for larger heads.
 pub(crate) const FIRST_READ: usize = 1024;
@@ -53,7 +58,13 @@ pub(crate) struct ConnectionContext {
     pub scheme: Scheme,
     pub redirect_https: Option<u16>,
     pub framing: Option<Arc<FramingLog>>,
+    /// Time allowed for a request body, from the end of its head.
     pub header_read_timeout: Duration,
+    /// Time allowed for each request head, counted from the start of its wait: the head read
+    /// timeout, or the listener's idle timeout when shorter (the wait is also idle time).
+    pub head_wait: Duration,
+    /// What an HTTP/2 connection (one that opens with the preface) is held to.
+    pub h2: H2Limits,
     pub max_head: usize,
     pub max_headers: usize,
 }
@@ -82,14 +93,14 @@ pub(crate) async fn serve<I, S, B>(
     // deadline of the head being waited for then, so a busy connection never touches the
     // timer wheel between requests.
     let stopping = shutdown.clone().cancelled_owned();
-    let timer = tokio::time::sleep(context.header_read_timeout);
+    let timer = tokio::time::sleep(context.head_wait);
     tokio::pin!(stopping, timer);
     // Set when a large head or body grew the read buffer's allocation: what is left of it is
     // let go once empty (see `let_go_if_grown`), not kept by an idle connection or the spares.
     let mut grown = false;
     loop {
         // Wait for a head; between requests nothing is allocated.
-        let deadline = crate::deadline::from_now(context.header_read_timeout);
+        let deadline = crate::deadline::from_now(context.head_wait);
         let read = loop {
             tokio::select! {
                 biased;
@@ -124,10 +135,24 @@ pub(crate) async fn serve<I, S, B>(
                     let mut read = BytesMut::with_capacity(head.len() + buf.len());
                     read.extend_from_slice(&head);
                     read.extend_from_slice(&buf);
+                    // The head's read buffer goes now, not with the connection handed over.
+                    drop((head, std::mem::take(&mut buf)));
                     read
                 }
                 None => buf,
             };
+            if read.starts_with(H2_PREFACE_START) {
+                // No Sniffer: HTTP/2 frames its requests itself.
+                let io = TokioIo::new(Prefixed::new(read.freeze(), io));
+                return Box::pin(crate::server_h2::serve(
+                    io,
+                    service,
+                    context.h2,
+                    shutdown,
+                    context.peer,
+                ))
+                .await;
+            }
             return Box::pin(serve_io(
                 &builder,
                 prefixed(read, io, context.framing),
@@ -662,19 +687,19 @@ fn prefixed<I>(
     io: I,
     framing: Option<Arc<FramingLog>>,
 ) -> TokioIo<Sniffer<Prefixed<I>>> {
-    TokioIo::new(Sniffer::new(
-        Prefixed {
-            prefix: read.freeze(),
-            io,
-        },
-        framing,
-    ))
+    TokioIo::new(Sniffer::new(Prefixed::new(read.freeze(), io), framing))
 }
 
 /// Bytes already read, then the connection.
 struct Prefixed<I> {
     prefix: Bytes,
     io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(prefix: Bytes, io: I) -> Self {
+        Self { prefix, io }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
@@ -687,6 +712,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // The read buffer the prefix came from goes now, not with the connection.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)

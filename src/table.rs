@@ -235,8 +235,11 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub header_read_timeout: Duration,
-    /// A write to the client blocked this long ends the connection.
+    /// A write to the client blocked this long ends the connection (over HTTP/2, an answer
+    /// waiting this long on the client's flow-control window resets its stream).
     pub send_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
     pub proxy_protocol: bool,
     pub tls: Option<TlsSpec>,
     /// Redirect everything to https on this port.
@@ -647,8 +650,13 @@ impl<'a> Compiler<'a> {
                 &l.send_timeout,
                 DurationRange::TIMEOUT,
             );
-            if let (Some(bind), Some(header_read_timeout), Some(send_timeout)) =
-                (bind, timeout, send_timeout)
+            let idle_timeout = self.duration(
+                here.key("idle_timeout"),
+                &l.idle_timeout,
+                DurationRange::IDLE,
+            );
+            if let (Some(bind), Some(header_read_timeout), Some(send_timeout), Some(idle_timeout)) =
+                (bind, timeout, send_timeout, idle_timeout)
             {
                 let tls = l
                     .tls
@@ -665,6 +673,7 @@ impl<'a> Compiler<'a> {
                     bind,
                     header_read_timeout,
                     send_timeout,
+                    idle_timeout,
                     proxy_protocol: l.proxy_protocol,
                     tls,
                     redirect_https: l.redirect_https.then(|| l.https_port.unwrap_or(443)),
