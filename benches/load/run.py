@@ -4,6 +4,7 @@
     python3 benches/load/run.py            # full run (about 35 minutes), writes benches/load/results.md
     python3 benches/load/run.py --quick    # 1 repetition of 3 s, for trying it out
     python3 benches/load/run.py --pgo      # measure the profile-guided build (benches/pgo.py)
+    python3 benches/load/run.py --memory   # only the idle-connection memory table (about a minute)
 
 Pinning: the load generator alone on CPU 0; proxy and backend on CPU 1. Each proxy runs one
 worker (Meridian: --worker-threads 0, a tokio current_thread runtime). Proxy CPU per request is
@@ -444,16 +445,155 @@ async def idle_connections(port, count, tls=False):
     return conns
 
 
-async def idle_phase(port, pid, count, tls=False):
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_DATA, H2_HEADERS, H2_SETTINGS, H2_PING, H2_GOAWAY = 0, 1, 4, 6, 7
+H2_END_STREAM, H2_ACK = 0x1, 0x1
+
+
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2_get(tls):
+    """HPACK for GET / on `bench` with the trusted X-Forwarded-For: static-table fields and
+    literals without indexing, so no dynamic table is needed."""
+    def literal(value):
+        return bytes([len(value)]) + value
+    block = (b"\x82\x84" + (b"\x87" if tls else b"\x86") + b"\x01" + literal(b"bench")
+             + b"\x00" + literal(b"x-forwarded-for") + literal(b"198.51.100.7"))
+    return h2_frame(H2_HEADERS, H2_END_STREAM | 0x4, 1, block)
+
+
+async def h2_read_frame(reader, writer):
+    """One frame (kind, flags, stream); settings and pings are answered on the way."""
+    head = await reader.readexactly(9)
+    length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+    stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+    payload = await reader.readexactly(length)
+    if kind == H2_SETTINGS and not flags & H2_ACK:
+        writer.write(h2_frame(H2_SETTINGS, H2_ACK, 0))
+    elif kind == H2_PING and not flags & H2_ACK:
+        writer.write(h2_frame(H2_PING, H2_ACK, 0, payload))
+    return kind, flags, stream
+
+
+async def h2_answer_pings(reader, writer):
+    """Keep an idle HTTP/2 connection alive (the server pings idle clients) until it closes."""
+    try:
+        while True:
+            await h2_read_frame(reader, writer)
+    except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        pass
+
+
+async def idle_h2_connections(port, count, tls=False):
+    """`count` HTTP/2 connections after one request each (stream 1), pings answered while
+    they stay open; prior knowledge, or TLS 1.3 with ALPN h2."""
+    conns = []
+    sem = asyncio.Semaphore(500)
+    context = None
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.set_alpn_protocols(["h2"])
+
+    async def one():
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            writer.write(H2_PREFACE + h2_frame(H2_SETTINGS, 0, 0) + h2_get(tls))
+            await writer.drain()
+            while True:
+                kind, flags, stream = await h2_read_frame(reader, writer)
+                if kind == H2_GOAWAY:
+                    raise RuntimeError("GOAWAY before the answer")
+                if kind in (H2_HEADERS, H2_DATA) and stream == 1 and flags & H2_END_STREAM:
+                    break
+            await writer.drain()
+            # The task is kept with the connection; closing the writer ends it.
+            writer.pinger = asyncio.ensure_future(h2_answer_pings(reader, writer))
+            conns.append(writer)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return conns
+
+
+async def idle_phase(port, pid, count, tls=False, h2=False):
     """RSS before, while `count` keep-alive connections sit idle, and after they closed."""
     before = rss_kb(pid)
-    conns = await idle_connections(port, count, tls)
+    conns = await (idle_h2_connections if h2 else idle_connections)(port, count, tls)
     await asyncio.sleep(1)
     during = rss_kb(pid)
     for w in conns:
         w.close()
     await asyncio.sleep(2)
+    for w in conns:
+        if hasattr(w, "pinger"):
+            w.pinger.cancel()
     return before, during, rss_kb(pid)
+
+
+# The idle-connection kinds of the memory table: (label, port key suffix, tls, h2). The
+# TLS and HTTP/2 ones go to the proxies' HTTP/2 listeners (HTTP/1.1 over TLS by ALPN there).
+IDLE_KINDS = [("", "", False, False), (", h2c", "-h2c", False, True),
+              (", TLS 1.3", "-h2", True, False), (", h2 + TLS 1.3", "-h2", True, True)]
+
+
+def memory_phase(names, ports, pids, idle_count):
+    """RSS (before, with the idle connections, after they closed) per (target, kind): every
+    kind for Meridian and nginx, plain HTTP/1.1 only for the others."""
+    idle = {}
+    for label, suffix, tls, h2 in IDLE_KINDS:
+        for name in names:
+            if suffix and name not in ("meridian", "nginx"):
+                continue
+            count = min(idle_count, HAPROXY_MAX_IDLE) if name == "haproxy" else idle_count
+            port = PORTS[f"{name}{suffix}"] if suffix else ports[name]
+            got = asyncio.run(idle_phase(port, pids[name], count, tls=tls, h2=h2))
+            idle[(name, label)] = (count, got)
+            print(f"{name}{label}: RSS (idle, with {count} connections, after): {got} KB", flush=True)
+    return idle
+
+
+def memory_lines(idle, idle_rss):
+    """The memory table; the first row of each target shows its RSS before any load."""
+    lines = ["Memory: RSS idle, per idle keep-alive connection (one request each, then left open), and two "
+             "seconds after they closed. The rows after a target's first (HTTP/2 with prior knowledge, then "
+             "HTTP/1.1 and HTTP/2 by ALPN over TLS 1.3 on the HTTP/2 listeners) start from the RSS the runs "
+             "before them left:", "",
+             "| target | idle RSS | idle connections | per connection | after close |", "|---|---|---|---|---|"]
+    for (name, label), (count, (before, during, after)) in idle.items():
+        start = idle_rss[name] if not label else before
+        lines.append(f"| {name}{label} | {start / 1024:.1f} MB | {count} | "
+                     f"{(during - before) / count:.2f} KB | {after / 1024:.1f} MB |")
+    return lines
+
+
+def memory_only(args, meridian):
+    """The memory table alone: the nginx backend, Meridian and the nginx reference (no HAProxy,
+    no load before it), printed."""
+    ensure_tools([("nginx", "nginx-light"), ("openssl", "openssl")], oha=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    idle_count = min(args.idle, hard - 1000)
+    tmp = tempfile.mkdtemp(prefix="meridian-memory-")
+    procs = Processes(tmp)
+    names = ("meridian", "nginx")
+    try:
+        procs.start("backend", [nginx_bin(), "-c", str(nginx_conf(tmp, "backend"))], PORTS["backend"])
+        procs.start("meridian", [str(meridian), "run", "-c", str(meridian_conf(tmp)), "--worker-threads", "0"],
+                    PORTS["meridian"], env={"MERIDIAN_LOG": "error"})
+        procs.start("nginx", [nginx_bin(), "-c", str(nginx_conf(tmp, "proxy"))], PORTS["nginx"])
+        for port in ("meridian-h2c", "meridian-h2", "nginx-h2c", "nginx-h2"):
+            wait_port(PORTS[port])
+        pids = {name: procs.procs[name].pid for name in names}
+        ports = {name: PORTS[name] for name in names}
+        idle_rss = {name: rss_kb(pids[name]) for name in names}
+        idle = memory_phase(names, ports, pids, idle_count)
+    finally:
+        procs.stop_all()
+    print("\n" + "\n".join(memory_lines(idle, idle_rss)))
 
 
 def median_range(values):
@@ -472,7 +612,15 @@ def main():
     ap.add_argument("--no-callgrind", action="store_true", help="skip the instruction counts")
     ap.add_argument("--pgo", action="store_true",
                     help="measure the profile-guided build made by benches/pgo.py instead of cargo's")
+    ap.add_argument("--memory", action="store_true", help="only the idle-connection memory table, printed")
+    ap.add_argument("--idle", type=int, default=IDLE_CONNECTIONS, help="idle connections per row (--memory)")
+    ap.add_argument("--binary", help="the meridian binary to measure instead of building one (--memory)")
     args = ap.parse_args()
+    if args.memory:
+        if args.binary:
+            return memory_only(args, Path(args.binary))
+        subprocess.run(["cargo", "build", "--release", "--bin", "meridian"], cwd=ROOT, check=True)
+        return memory_only(args, ROOT / "target/release/meridian")
     reps, seconds, warm = (1, 3, 1) if args.quick else (3, 10, 2)
     # One 10 s run's p99 moves by 300-600 µs between runs of the same proxy at 15,000 req/s
     # (nothing else busy: no steal, no other process), more than the proxies differ: latency
@@ -567,15 +715,7 @@ def main():
                     print(f"rep {rep + 1} {name} {protocol} @ {H2_RATE}/s: {got}", flush=True)
         h2_latency = {key: {k: statistics.median(r[k] for r in got) for k in ("p50", "p90", "p99")}
                       for key, got in h2_runs.items()}
-        idle = {}
-        idle_counts = {"meridian": idle_count, "nginx": idle_count, "haproxy": min(idle_count, HAPROXY_MAX_IDLE)}
-        for name in ("meridian", "nginx", "haproxy"):
-            idle[name] = asyncio.run(idle_phase(ports[name], pids[name], idle_counts[name]))
-            print(f"{name}: RSS (idle, with {idle_counts[name]} connections, after): {idle[name]} KB", flush=True)
-        idle_tls = {}
-        for name in ("meridian", "nginx"):
-            idle_tls[name] = asyncio.run(idle_phase(PORTS[f"{name}-h2"], pids[name], idle_count, tls=True))
-            print(f"{name}: RSS (idle, with {idle_count} TLS connections, after): {idle_tls[name]} KB", flush=True)
+        idle = memory_phase(("meridian", "nginx", "haproxy"), ports, pids, idle_count)
     finally:
         procs.stop_all()
 
@@ -669,18 +809,7 @@ def main():
         for name in ("meridian", "nginx"):
             lines.append(f"| {name} | {'h2 + TLS' if protocol == 'h2' else 'h2c'} | "
                          f"{added(h2_latency[(name, protocol)], base)} |")
-    lines += ["", "Memory: RSS idle, per idle keep-alive connection (one request each, then left open), and two "
-              "seconds after they closed. The TLS 1.3 rows (HTTP/1.1 by ALPN on the HTTP/2 listeners, after all "
-              "other runs) start from the RSS those runs left:", "",
-              "| target | idle RSS | idle connections | per connection | after close |", "|---|---|---|---|---|"]
-    for name in ("meridian", "nginx", "haproxy"):
-        before, during, after = idle[name]
-        lines.append(f"| {name} | {idle_rss[name] / 1024:.1f} MB | {idle_counts[name]} | "
-                     f"{(during - before) / idle_counts[name]:.2f} KB | {after / 1024:.1f} MB |")
-    for name in ("meridian", "nginx"):
-        before, during, after = idle_tls[name]
-        lines.append(f"| {name}, TLS 1.3 | {before / 1024:.1f} MB | {idle_count} | "
-                     f"{(during - before) / idle_count:.2f} KB | {after / 1024:.1f} MB |")
+    lines += [""] + memory_lines(idle, idle_rss)
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print("\n" + text)

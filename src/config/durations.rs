@@ -24,6 +24,12 @@ impl DurationRange {
     pub const DNS_TTL: Self = Self::up_to_a_day(Duration::from_millis(100));
     /// Delays where zero means "none" (drain, health-check jitter).
     pub const DELAY: Self = Self::up_to_a_day(Duration::ZERO);
+    /// Listener idle timeouts: shorter would close connections between a client's requests,
+    /// longer keeps idle HTTP/2 connections' memory for nothing.
+    pub const IDLE: Self = Self {
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(60 * 60),
+    };
 
     const fn up_to_a_day(min: Duration) -> Self {
         Self {

@@ -18,6 +18,7 @@ pub const DEFAULT_ROUTE_TIMEOUT: &str = "15s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
+pub const DEFAULT_IDLE_TIMEOUT: &str = "5m";
 pub const DEFAULT_ENDPOINT_WEIGHT: u32 = 1;
 pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 pub const DEFAULT_MAX_REGION_HOPS: u32 = 1;
@@ -138,6 +139,9 @@ pub struct ListenerConfig {
     /// How long a write to the client may wait for it to read before the connection ends.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: String,
+    /// How long a connection may stay open with no request in progress.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
     /// Expect a PROXY protocol v1/v2 header first (from a trusted peer) on every connection.
     #[serde(default)]
     pub proxy_protocol: bool,
@@ -603,6 +607,9 @@ fn default_header_read_timeout() -> String {
 }
 fn default_send_timeout() -> String {
     DEFAULT_SEND_TIMEOUT.to_owned()
+}
+fn default_idle_timeout() -> String {
+    DEFAULT_IDLE_TIMEOUT.to_owned()
 }
 fn default_endpoint_weight() -> u32 {
     DEFAULT_ENDPOINT_WEIGHT

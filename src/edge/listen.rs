@@ -19,8 +19,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::edge::h2::{H2Limits, UpstreamBound};
 use crate::edge::send_timeout::SendTimeout;
 use crate::http1::framing::{FramingLog, Sniffer};
+use crate::http1::handoff::HandedOff;
 use crate::table::{ListenerSpec, TableHandle};
 
 /// Largest request head hyper will buffer (HTTP/1.1).
@@ -88,11 +90,16 @@ pub(crate) fn serve_listener(
         Scheme::HTTP
     };
     let redirect = spec.redirect_https;
+    let h2 = H2Limits {
+        send_timeout: spec.send_timeout,
+        idle_timeout: spec.idle_timeout,
+    };
     let own_http1 = OwnHttp1 {
         table: handle.clone(),
         scheme: scheme.clone(),
         redirect_https: redirect,
         header_read_timeout: spec.header_read_timeout,
+        h2,
     };
     let make_service = move |peer: SocketAddr, framing: Option<Arc<FramingLog>>| {
         let table = table.clone();
@@ -101,10 +108,11 @@ pub(crate) fn serve_listener(
             let framing = framing.clone();
             // Boxed: hyper keeps room for the service future for the whole life of a
             // connection, and the handler's future is several KB; boxed, an idle
-            // keep-alive connection holds a pointer instead.
+            // keep-alive connection holds a pointer instead. Marked upstream-bound, with
+            // its answer's body, for the HTTP/2 send deadline (`edge::h2`).
             let table = table.clone();
             let scheme = scheme.clone();
-            crate::http1::server::boxed(move || async move {
+            UpstreamBound(crate::http1::server::boxed(move || async move {
                 crate::proxy::handle(
                     table,
                     crate::proxy::RequestContext {
@@ -117,8 +125,8 @@ pub(crate) fn serve_listener(
                     req.map(crate::proxy::ClientBody::Incoming),
                 )
                 .await
-                .map(crate::proxy::Answer::into_response)
-            })
+                .map(|answer| answer.into_response().map(UpstreamBound))
+            }))
         })
     };
     let proxy_protocol = spec.proxy_protocol.then(|| {
@@ -139,6 +147,7 @@ pub(crate) fn serve_listener(
             sniff: true,
             own_http1: Some(own_http1),
             send_timeout: spec.send_timeout,
+            h2: Some(h2),
         },
     ));
     ActiveListener {
@@ -191,6 +200,7 @@ async fn serve_tls<S, B>(
     timeout: Duration,
     framing: Option<Arc<FramingLog>>,
     own_http1: Option<OwnHttp1>,
+    h2_limits: Option<H2Limits>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
     shutdown: CancellationToken,
@@ -215,8 +225,12 @@ async fn serve_tls<S, B>(
         }
     };
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    match own_http1 {
-        Some(own) if !h2 => {
+    match (own_http1, h2_limits) {
+        (_, Some(limits)) if h2 => {
+            let io = TokioIo::new(tls_stream);
+            crate::edge::h2::serve(io, service, limits, shutdown, peer).await
+        }
+        (Some(own), _) if !h2 => {
             own.serve(tls_stream, peer, framing, builder, service, shutdown)
                 .await
         }
@@ -245,8 +259,11 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// hyper's HTTP/1.1 server, for the connections Meridian's own loop hands over. HTTP/2
+/// connections never come here: they are served by `edge::h2`, which holds them to the
+/// listener's send and idle deadlines.
 fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         // Without a timer hyper silently never fires the header read timeout.
@@ -255,14 +272,6 @@ fn proxy_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(spec.header_read_timeout.min(crate::config::MAX_DURATION))
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        // Ping idle HTTP/2 clients; one that does not answer is closed.
-        .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
 
@@ -284,6 +293,8 @@ pub(crate) struct ConnectionSetup {
     pub own_http1: Option<OwnHttp1>,
     /// A write to the client blocked this long ends the connection (`send_timeout`).
     pub send_timeout: Duration,
+    /// HTTP/2 connections go to `edge::h2`, held to these; without, to hyper's own.
+    pub h2: Option<H2Limits>,
 }
 
 /// What `server_h1` needs of a proxy listener.
@@ -293,6 +304,7 @@ pub(crate) struct OwnHttp1 {
     pub scheme: Scheme,
     pub redirect_https: Option<u16>,
     pub header_read_timeout: Duration,
+    pub h2: H2Limits,
 }
 
 impl OwnHttp1 {
@@ -320,6 +332,7 @@ impl OwnHttp1 {
             peer,
             framing,
             header_read_timeout: self.header_read_timeout,
+            head_wait: self.header_read_timeout.min(self.h2.idle_timeout),
             max_head: MAX_HEADER_BYTES,
             max_headers: MAX_HEADERS,
         };
@@ -327,6 +340,7 @@ impl OwnHttp1 {
             table,
             scheme,
             redirect_https,
+            h2,
             ..
         } = self;
         let handler = move |request, fields| {
@@ -344,7 +358,14 @@ impl OwnHttp1 {
             )
         };
         let stop = shutdown.clone();
-        let hand_off = move |io| async move { serve_io(&builder, io, service, stop, peer).await };
+        let hand_off = move |handed: HandedOff<I>| async move {
+            match handed {
+                HandedOff::Http1(io) => serve_io(&builder, io, service, stop, peer).await,
+                HandedOff::Http2(io) => {
+                    Box::pin(crate::edge::h2::serve(io, service, h2, stop, peer)).await
+                }
+            }
+        };
         crate::http1::server::serve(io, context, handler, hand_off, shutdown).await
     }
 }
@@ -390,6 +411,7 @@ pub(crate) async fn accept_loop<F, S, B>(
         let sniff = setup.sniff;
         let own_http1 = setup.own_http1.clone();
         let send_timeout = setup.send_timeout;
+        let h2 = setup.h2;
         let task = async move {
             let mut stream = stream;
             let mut peer = peer;
@@ -420,7 +442,7 @@ pub(crate) async fn accept_loop<F, S, B>(
                 // handshake, the TLS session) must not size every connection's task.
                 Some((acceptor, timeout)) => {
                     Box::pin(serve_tls(
-                        stream, peer, acceptor, timeout, framing, own_http1, builder, service,
+                        stream, peer, acceptor, timeout, framing, own_http1, h2, builder, service,
                         shutdown,
                     ))
                     .await

@@ -1,7 +1,8 @@
 //! Meridian's own HTTP/1.1: the client-connection loop (`server`), the upstream client codec
 //! (`client`), header fields as received (`raw_fields`), the header names Meridian reads and
 //! sets (`headers`), the strict request checks (`strict`), the framing watcher below hyper
-//! (`framing`), per-thread read buffers (`buffers`), the Date header and request bodies.
+//! (`framing`), what the loop hands over to hyper (`handoff`), per-thread read buffers
+//! (`buffers`), the Date header and request bodies.
 //!
 //! Called by `edge` (the loop), `upstream` (the client) and `proxy`. Uses nothing else of the
 //! crate: the handler and the hand-off to hyper come in as type parameters, so every
@@ -14,6 +15,7 @@ pub mod client;
 pub(crate) mod date;
 pub(crate) mod delimiters;
 pub mod framing;
+pub(crate) mod handoff;
 pub mod headers;
 pub mod raw_fields;
 pub(crate) mod server;

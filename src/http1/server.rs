@@ -17,17 +17,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header;
 use http::{Method, Request, Uri, Version};
 use hyper::body::Body;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::http1::answer::{Answer, ClientBody};
 use crate::http1::buffers::{self as spare, CLIENT_READS, FIRST_READ};
-use crate::http1::framing::{FramingLog, Sniffer};
+use crate::http1::framing::FramingLog;
+use crate::http1::handoff::HandedOff;
 use crate::http1::headers::{
     Known, X_MERIDIAN_REGION, X_REQUEST_ID, known, plain_length, put_content_length, put_field,
 };
@@ -43,7 +43,11 @@ const MAX_OWN_BODY: u64 = 64 * 1024;
 pub(crate) struct ConnectionContext {
     pub peer: SocketAddr,
     pub framing: Option<Arc<FramingLog>>,
+    /// Time allowed for a request body, from the end of its head.
     pub header_read_timeout: Duration,
+    /// Time allowed for each request head, counted from the start of its wait: the head read
+    /// timeout, or the listener's idle timeout when shorter (the wait is also idle time).
+    pub head_wait: Duration,
     pub max_head: usize,
     pub max_headers: usize,
 }
@@ -71,14 +75,14 @@ pub(crate) async fn serve<I, H, F, B, O, OF>(
     // deadline of the head being waited for then, so a busy connection never touches the
     // timer wheel between requests.
     let stopping = shutdown.clone().cancelled_owned();
-    let timer = tokio::time::sleep(context.header_read_timeout);
+    let timer = tokio::time::sleep(context.head_wait);
     tokio::pin!(stopping, timer);
     // Set when a large head or body grew the read buffer's allocation: what is left of it is
     // let go once empty (see `let_go_if_grown`), not kept by an idle connection or the spares.
     let mut grown = false;
     loop {
         // Wait for a head; between requests nothing is allocated.
-        let deadline = crate::deadline::from_now(context.header_read_timeout);
+        let deadline = crate::deadline::from_now(context.head_wait);
         let read = loop {
             tokio::select! {
                 biased;
@@ -113,11 +117,13 @@ pub(crate) async fn serve<I, H, F, B, O, OF>(
                     let mut read = BytesMut::with_capacity(head.len() + buf.len());
                     read.extend_from_slice(&head);
                     read.extend_from_slice(&buf);
+                    // The head's read buffer goes now, not with the connection handed over.
+                    drop((head, std::mem::take(&mut buf)));
                     read
                 }
                 None => buf,
             };
-            return Box::pin(hand_off(prefixed(read, io, context.framing))).await;
+            return Box::pin(hand_off(HandedOff::new(read, io, context.framing))).await;
         };
         drop(head);
         let body = if body_len == 0 {
@@ -626,74 +632,6 @@ where
     B: Body<Data = Bytes, Error = Box<dyn StdError + Send + Sync>> + Unpin,
 {
     Pin::new(body).poll_frame(cx)
-}
-
-/// The connection for hyper: the bytes already read, then the rest. Framing is watched from
-/// here on: the requests this module took before carried no body, so there is nothing to
-/// record for them.
-/// A connection handed to hyper: the bytes already read, then the rest, framing watched.
-pub(crate) type HandedOff<I> = TokioIo<Sniffer<Prefixed<I>>>;
-
-fn prefixed<I>(read: BytesMut, io: I, framing: Option<Arc<FramingLog>>) -> HandedOff<I> {
-    TokioIo::new(Sniffer::new(
-        Prefixed {
-            prefix: read.freeze(),
-            io,
-        },
-        framing,
-    ))
-}
-
-/// Bytes already read, then the connection.
-pub(crate) struct Prefixed<I> {
-    prefix: Bytes,
-    io: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -108,8 +108,11 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub header_read_timeout: Duration,
-    /// A write to the client blocked this long ends the connection.
+    /// A write to the client blocked this long ends the connection (over HTTP/2, an answer
+    /// waiting this long on the client's flow-control window resets its stream).
     pub send_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
     pub proxy_protocol: bool,
     pub tls: Option<TlsSpec>,
     /// Redirect everything to https on this port.

@@ -51,8 +51,13 @@ impl<'a> Compiler<'a> {
                 &l.send_timeout,
                 DurationRange::TIMEOUT,
             );
-            if let (Some(bind), Some(header_read_timeout), Some(send_timeout)) =
-                (bind, timeout, send_timeout)
+            let idle_timeout = self.duration(
+                here.key("idle_timeout"),
+                &l.idle_timeout,
+                DurationRange::IDLE,
+            );
+            if let (Some(bind), Some(header_read_timeout), Some(send_timeout), Some(idle_timeout)) =
+                (bind, timeout, send_timeout, idle_timeout)
             {
                 let tls = l
                     .tls
@@ -69,6 +74,7 @@ impl<'a> Compiler<'a> {
                     bind,
                     header_read_timeout,
                     send_timeout,
+                    idle_timeout,
                     proxy_protocol: l.proxy_protocol,
                     tls,
                     redirect_https: l.redirect_https.then(|| l.https_port.unwrap_or(443)),
