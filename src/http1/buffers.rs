@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::thread::LocalKey;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::AsyncRead;
 
 /// First read of a request head; grown only for larger heads.
 pub(crate) const FIRST_READ: usize = 1024;
@@ -87,17 +87,7 @@ pub(crate) fn poll_read_into<R: AsyncRead + ?Sized>(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
-    match io.poll_read(cx, &mut read) {
-        Poll::Ready(Ok(())) => {
-            let n = read.filled().len();
-            // SAFETY: poll_read initialised the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            Poll::Ready(Ok(n))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
-    }
+    tokio_util::io::poll_read_buf(io, cx, buf)
 }
 
 #[cfg(test)]

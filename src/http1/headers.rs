@@ -162,8 +162,7 @@ pub fn put_content_length(out: &mut Vec<u8>, n: u64) {
 /// requires.
 pub fn as_text(value: &[u8]) -> Option<&str> {
     if value.iter().all(|b| (32..127).contains(b) || *b == b'\t') {
-        // SAFETY: every byte was just checked to be ASCII, and ASCII is UTF-8.
-        Some(unsafe { std::str::from_utf8_unchecked(value) })
+        std::str::from_utf8(value).ok()
     } else {
         None
     }
