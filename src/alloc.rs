@@ -2,17 +2,17 @@
 //!
 //! The `mimalloc` crate sends every allocation through `mi_malloc_aligned`. For blocks over
 //! 1 KiB whose size is not a power of two, mimalloc 3 cannot tell that the alignment Rust
-//! asks for (8 for nearly everything) is already given, and over-allocates to align by hand:
-//! about 600 instructions for each boxed request handler. Every mimalloc block is at least
+//! asks for (8 for nearly everything) is already given, and over-allocates to align by hand,
+//! a slow path taken for each boxed request handler. Every mimalloc block is at least
 //! word-aligned, so those requests go to plain `mi_malloc` and only larger alignments take
 //! the aligned entry points.
 //!
 //! It also decides when freed memory goes back to the system: while a thread keeps serving
 //! requests its freed pages stay with the process (handed back, they fault in again a moment
 //! later); once it has served none for half a second they are returned at once. Transparent
-//! huge pages are off for the process: the kernel's khugepaged filled the heap's sparse 2 MiB
-//! regions while the process sat idle (RSS rose 8 MB ten seconds after 10,000 connections
-//! closed), and a huge-page fault can stall a request on compaction.
+//! huge pages are off for the process: khugepaged would fill the heap's sparse 2 MiB regions
+//! while the process sits idle, growing its memory for nothing, and a huge-page fault can stall
+//! a request on compaction.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
@@ -80,9 +80,9 @@ unsafe impl GlobalAlloc for Mimalloc {
 const PURGE_DELAY_OPTION: mi::mi_option_t = 15;
 
 /// How long pages freed under load stay with the process before mimalloc hands them back on
-/// its own (its default is one second). With one second, a thread at a steady 5,000 requests/s
-/// gave back and faulted in again about 30 pages a second (300 faults per 50,000 requests
-/// against nginx's 0-120). An idle thread does not wait for this: see `return_freed_memory`.
+/// its own. mimalloc's default (one second) is short enough that a steadily loaded thread keeps
+/// giving pages back and faulting them in again. An idle thread does not wait for this: see
+/// `return_freed_memory`.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// How often a parking thread looks at whether it has been idle.

@@ -4,6 +4,8 @@
 //! server name (wildcards included, checked the way clients check them), else the first one.
 //! Reloads swap the certificates inside the resolver, so listeners are never rebound and open
 //! connections keep the certificate they started with.
+//!
+//! Errors: [`TlsError`], naming the file, with the PEM or rustls cause as source.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// Oldest TLS version a listener accepts (rustls has nothing older than 1.2).
@@ -31,27 +33,71 @@ pub struct TlsSpec {
     pub min_version: MinVersion,
 }
 
+/// Why certificates or keys could not be loaded: the tls layer's one error type. The text
+/// names the file; the PEM or rustls cause is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} from {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("{} holds no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: {what}: {source}", path.display())]
+    Rustls {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{} does not belong to {}: {source}", key.display(), cert.display())]
+    KeyMismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("no CA certificate to verify upstreams with (set tls.ca_file)")]
+    NoRoots,
+    #[error("cannot set up a TLS client: {0}")]
+    Client(#[source] rustls::Error),
+}
+
 /// Load a certificate chain and its private key from PEM files.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    fn read<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(pem::Error) -> TlsError + 'p {
+        move |source| TlsError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "{} does not belong to {}: {e}",
-            key.display(),
-            cert.display()
-        )
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(read("certificates", cert))?
+        .collect::<Result<_, _>>()
+        .map_err(read("a PEM certificate chain", cert))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(read("a private key", key))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
+        TlsError::Rustls {
+            what: "unsupported private key",
+            path: key.to_path_buf(),
+            source,
+        }
     })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|source| TlsError::KeyMismatch {
+            key: key.to_path_buf(),
+            cert: cert.to_path_buf(),
+            source,
+        })?;
     Ok(Arc::new(certified))
 }
 
@@ -136,18 +182,23 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
-    pub fn new(spec: UpstreamTlsSpec) -> Result<Self, String> {
+    pub fn new(spec: UpstreamTlsSpec) -> Result<Self, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         match &spec.ca_file {
             Some(path) => {
-                for cert in CertificateDer::pem_file_iter(path).map_err(|e| {
-                    format!("cannot read CA certificates from {}: {e}", path.display())
-                })? {
-                    let cert =
-                        cert.map_err(|e| format!("{} is not a PEM file: {e}", path.display()))?;
+                let read = |source| TlsError::Read {
+                    what: "CA certificates",
+                    path: path.clone(),
+                    source,
+                };
+                for cert in CertificateDer::pem_file_iter(path).map_err(read)? {
                     roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+                        .add(cert.map_err(read)?)
+                        .map_err(|source| TlsError::Rustls {
+                            what: "unusable CA certificate",
+                            path: path.clone(),
+                            source,
+                        })?;
                 }
             }
             None => {
@@ -158,13 +209,13 @@ impl UpstreamTls {
             }
         }
         if roots.is_empty() {
-            return Err("no CA certificate to verify upstreams with (set tls.ca_file)".into());
+            return Err(TlsError::NoRoots);
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Client)?
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(Self {
@@ -177,11 +228,9 @@ impl UpstreamTls {
     pub fn server_name(
         &self,
         address: std::net::SocketAddr,
-    ) -> Result<ServerName<'static>, String> {
+    ) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
         match &self.spec.sni {
-            Some(name) => {
-                ServerName::try_from(name.clone()).map_err(|e| format!("tls.sni `{name}`: {e}"))
-            }
+            Some(name) => ServerName::try_from(name.clone()),
             None => Ok(ServerName::IpAddress(address.ip().into())),
         }
     }

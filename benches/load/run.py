@@ -735,7 +735,8 @@ def main():
         "Every request carries X-Forwarded-For from a trusted peer, so Meridian does the full geo path. "
         "\"nginx, Meridian's headers\" is the nginx reference also sending X-Forwarded-Proto, X-Forwarded-Host, "
         "X-Request-Id, the loop guard and Host upstream and adding x-meridian-region and x-request-id to the "
-        "response, as Meridian does; every × column is against plain nginx.",
+        "response, as Meridian does; every × column is against plain nginx. Single measurements behind "
+        "choices in the code are in [notes.md](notes.md).",
         "",
         "| target | req/s | × nginx | proxy CPU µs/request | × nginx | × HAProxy |",
         "|---|---|---|---|---|---|",

@@ -5,6 +5,9 @@
 //!
 //! The lowest layer: uses nothing else of the crate. `import` turns Istio resources into a
 //! config.
+//!
+//! Errors: [`ConfigError`] (a read failure keeps its I/O source; problems carry file and line);
+//! `meridian import istio` alone has [`import::ImportError`].
 
 mod durations;
 pub mod import;

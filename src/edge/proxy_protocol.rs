@@ -22,7 +22,11 @@ pub enum ProxyHeaderError {
     #[error("no PROXY protocol header")]
     Missing,
     #[error("invalid PROXY protocol header: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
+    #[error("invalid PROXY protocol header: {0}")]
+    V1(#[source] ppp::v1::BinaryParseError),
+    #[error("invalid PROXY protocol header: {0}")]
+    V2(#[source] ppp::v2::ParseError),
     #[error("the PROXY protocol header did not arrive within {0:?}")]
     Timeout(Duration),
     #[error("reading the PROXY protocol header failed: {0}")]
@@ -56,9 +60,7 @@ async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, ProxyHeaderE
         // v1 ends at CRLF; read byte by byte so no HTTP byte is taken.
         while !buf.ends_with(b"\r\n") {
             if buf.len() >= V1_MAX {
-                return Err(ProxyHeaderError::Invalid(
-                    "v1 header longer than 107 bytes".into(),
-                ));
+                return Err(ProxyHeaderError::Invalid("v1 header longer than 107 bytes"));
             }
             buf.push(stream.read_u8().await?);
         }
@@ -90,8 +92,8 @@ pub fn source(header: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError> {
             }
             _ => None,
         }),
-        HeaderResult::V1(Err(e)) => Err(ProxyHeaderError::Invalid(e.to_string())),
-        HeaderResult::V2(Err(e)) => Err(ProxyHeaderError::Invalid(e.to_string())),
+        HeaderResult::V1(Err(e)) => Err(ProxyHeaderError::V1(e)),
+        HeaderResult::V2(Err(e)) => Err(ProxyHeaderError::V2(e)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! from CIDR overrides or the GeoIP database.
 //!
 //! Built by the table compiler; read on every request. Nothing here does I/O after start-up.
+//! Errors: [`GeoError`], loading the database, with the I/O or MaxMind cause as source.
 
 mod codes;
 mod db;

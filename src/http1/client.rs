@@ -113,7 +113,11 @@ pub enum ExchangeError {
     #[error("reading the response failed: {0}")]
     Read(#[source] io::Error),
     #[error("the request body failed: {0}")]
-    RequestBody(String),
+    RequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The head does not parse.
+    #[error("the response head is not valid HTTP/1.1: {0}")]
+    Parse(#[source] httparse::Error),
+    /// The head parses but breaks a rule Meridian checks (the text says which).
     #[error("the response head is not valid HTTP/1.1: {0}")]
     BadHead(String),
     #[error("the response head is larger than {MAX_RESPONSE_HEAD} bytes")]
@@ -252,7 +256,9 @@ impl Connection {
         chunked: bool,
     ) -> Result<(), ExchangeError> {
         enum Next {
-            Frame(Option<Result<hyper::body::Frame<Bytes>, String>>),
+            Frame(
+                Option<Result<hyper::body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>,
+            ),
             Answer(io::Result<usize>),
         }
         loop {
@@ -263,7 +269,7 @@ impl Connection {
                 tokio::select! {
                     biased;
                     read = read_more(stream, buf) => Next::Answer(read),
-                    frame = body.frame() => Next::Frame(frame.map(|f| f.map_err(|e| e.to_string()))),
+                    frame = body.frame() => Next::Frame(frame),
                 }
             };
             match next {
@@ -484,7 +490,7 @@ pub(crate) fn parse_head(
                 "more than {MAX_RESPONSE_HEADERS} headers"
             )));
         }
-        Err(e) => return Err(ExchangeError::BadHead(e.to_string())),
+        Err(e) => return Err(ExchangeError::Parse(e)),
     };
     let code = parsed.code.unwrap_or(0);
     let version = if parsed.version == Some(0) {

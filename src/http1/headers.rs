@@ -252,7 +252,7 @@ impl Present {
 }
 
 /// Append an address as text: IPv4 by hand (every request writes one into X-Forwarded-For,
-/// and the formatter costs ten times as much), IPv6 by its `Display`.
+/// and the generic formatter is far slower for so short a text), IPv6 by its `Display`.
 pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {

@@ -7,6 +7,9 @@
 //! Called by `edge` (the loop), `upstream` (the client) and `proxy`. Uses nothing else of the
 //! crate: the handler and the hand-off to hyper come in as type parameters, so every
 //! smuggling defence sits behind this one boundary.
+//!
+//! Errors: [`client::ExchangeError`], with I/O and parse causes as sources. A refused request
+//! is a verdict with a status ([`strict::Malformed`]), not an error.
 
 pub mod answer;
 pub mod body;

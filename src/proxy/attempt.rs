@@ -25,7 +25,7 @@ pub(super) enum Tried {
     Answered(UpstreamHead, PooledConn, AttemptGuards),
     Failed {
         failure: AttemptFailure,
-        detail: String,
+        cause: AttemptError,
         /// The body, when it was never sent.
         unsent: Option<UpstreamBody>,
     },
@@ -67,7 +67,7 @@ pub(super) async fn attempts(
             return Err(ProxyError::Upstream {
                 endpoint: endpoint.address,
                 region: table.region_name(region).to_owned(),
-                detail: "the request body was already sent and cannot be replayed".into(),
+                cause: Box::new(AttemptError::NotReplayable),
             });
         };
         trace.tries += 1;
@@ -107,7 +107,7 @@ pub(super) async fn attempts(
                         if give_up_try {
                             Tried::Failed {
                                 failure: AttemptFailure::PerTryTimeout,
-                                detail: format!("no answer within {:?}", limit.after()),
+                                cause: AttemptError::NoAnswer(limit.after()),
                                 unsent: None,
                             }
                         } else {
@@ -155,7 +155,7 @@ pub(super) async fn attempts(
             }
             Tried::Failed {
                 failure,
-                detail,
+                cause,
                 unsent,
             } => {
                 if body.exceeded() {
@@ -177,7 +177,7 @@ pub(super) async fn attempts(
                 if let Some(unsent) = unsent {
                     body.restore(unsent);
                 }
-                (failure, None, Last::Error(failure, detail))
+                (failure, None, Last::Error(failure, cause))
             }
         };
         let give_up = retries >= policy.attempts
@@ -224,7 +224,7 @@ pub(super) async fn attempts(
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Last {
     Response(UpstreamHead, PooledConn, AttemptGuards),
-    Error(AttemptFailure, String),
+    Error(AttemptFailure, AttemptError),
 }
 
 impl Last {
@@ -243,11 +243,11 @@ impl Last {
                 stream_response(response, conn, guards, response_idle),
                 region,
             )),
-            Self::Error(AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream, detail) => {
+            Self::Error(AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream, cause) => {
                 Err(ProxyError::Connect {
                     endpoint: endpoint.address,
                     region: region_name,
-                    detail,
+                    cause: Box::new(cause),
                 })
             }
             Self::Error(AttemptFailure::PerTryTimeout, _) => Err(ProxyError::Timeout {
@@ -255,10 +255,10 @@ impl Last {
                 region: region_name,
                 after: per_try_timeout.map(|t| t.after()).unwrap_or_default(),
             }),
-            Self::Error(_, detail) => Err(ProxyError::Upstream {
+            Self::Error(_, cause) => Err(ProxyError::Upstream {
                 endpoint: endpoint.address,
                 region: region_name,
-                detail,
+                cause: Box::new(cause),
             }),
         }
     }
@@ -420,18 +420,15 @@ pub(super) async fn try_once(
     let idempotent = request.parts.method.is_idempotent();
     let exchange = async {
         let mut body = body;
+        let mut last_stale = None;
         // A reused keep-alive connection may have been closed by the upstream meanwhile; if
         // the request did not get through on it, send it once more on a fresh connection.
         for _ in 0..2 {
             let mut conn = match cluster.pool.checkout(endpoint.address).await {
                 Ok(conn) => conn,
-                Err(CheckoutError::Overflow(o)) => return Err(Err(o)),
+                Err(UpstreamError::Overflow(o)) => return Err(Err(o)),
                 Err(e) => {
-                    return Err(Ok((
-                        AttemptFailure::ConnectFailure,
-                        e.to_string(),
-                        Some(body),
-                    )));
+                    return Err(Ok((AttemptFailure::ConnectFailure, e.into(), Some(body))));
                 }
             };
             conn.start_request();
@@ -447,31 +444,34 @@ pub(super) async fn try_once(
                             _ => false,
                         };
                     match again {
-                        Some(unsent) if stale => body = unsent,
+                        Some(unsent) if stale => {
+                            body = unsent;
+                            last_stale = Some(e);
+                        }
                         Some(unsent) if matches!(e, ExchangeError::NotSent(_)) => {
                             return Err(Ok((
                                 AttemptFailure::ConnectFailure,
-                                e.to_string(),
+                                e.into(),
                                 Some(unsent),
                             )));
                         }
-                        _ => return Err(Ok((AttemptFailure::Reset, e.to_string(), None))),
+                        _ => return Err(Ok((AttemptFailure::Reset, e.into(), None))),
                     }
                 }
             }
         }
-        Err(Ok((
-            AttemptFailure::Reset,
-            "the upstream closed two connections in a row".into(),
-            None,
-        )))
+        let cause = match last_stale {
+            Some(e) => AttemptError::ClosedTwice(e),
+            None => AttemptError::Exchange(ExchangeError::ClosedBeforeAnswer),
+        };
+        Err(Ok((AttemptFailure::Reset, cause, None)))
     };
     match exchange.await {
         Ok((response, conn)) => Tried::Answered(response, conn, (permit, in_flight)),
         Err(Err(overflow)) => Tried::Refused(overflow),
-        Err(Ok((failure, detail, unsent))) => Tried::Failed {
+        Err(Ok((failure, cause, unsent))) => Tried::Failed {
             failure,
-            detail,
+            cause,
             unsent,
         },
     }

@@ -15,17 +15,19 @@ pub enum ProxyError {
     Decision(#[from] DecisionError),
     #[error("cluster `{cluster}` is at its {} limit", .overflow.as_str())]
     Overflow { cluster: String, overflow: Overflow },
-    #[error("connect to {endpoint} ({region}) failed: {detail}")]
+    #[error("connect to {endpoint} ({region}) failed: {cause}")]
     Connect {
         endpoint: SocketAddr,
         region: String,
-        detail: String,
+        #[source]
+        cause: Box<AttemptError>,
     },
-    #[error("upstream {endpoint} ({region}) failed: {detail}")]
+    #[error("upstream {endpoint} ({region}) failed: {cause}")]
     Upstream {
         endpoint: SocketAddr,
         region: String,
-        detail: String,
+        #[source]
+        cause: Box<AttemptError>,
     },
     #[error("upstream {endpoint} ({region}) did not answer within {after:?}")]
     Timeout {
@@ -33,6 +35,25 @@ pub enum ProxyError {
         region: String,
         after: Duration,
     },
+}
+
+/// Why a try against an upstream failed: the cause inside [`ProxyError::Connect`] and
+/// [`ProxyError::Upstream`], never returned on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Checkout(#[from] UpstreamError),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    /// A reused connection and then another were found closed.
+    #[error("the upstream closed two connections in a row: {0}")]
+    ClosedTwice(#[source] ExchangeError),
+    #[error("the request body was already sent and cannot be replayed")]
+    NotReplayable,
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("the WebSocket handshake failed: {0}")]
+    WebSocket(#[source] hyper::Error),
 }
 
 impl ProxyError {

@@ -1,7 +1,8 @@
 //! The data plane's request handler: decide, rewrite, forward, answer.
 //!
 //! Every request loads the current table once and finishes on it, even if a reload swaps in
-//! another meanwhile. Errors are values of [`ProxyError`], turned into a response in one place.
+//! another meanwhile. Errors are values of [`ProxyError`], turned into a response in one place;
+//! an upstream failure keeps its cause ([`AttemptError`]: the pool's or the exchange's error).
 //!
 //! The phases: request filters and the decision (`forward`), the upstream request
 //! (`rewrite`), the exchange with retries (`attempt`, `replay`), then the response filters
@@ -19,7 +20,7 @@ pub mod websocket;
 
 pub use attempt::InFlight;
 use attempt::*;
-pub use error::ProxyError;
+pub use error::{AttemptError, ProxyError};
 use explain::*;
 use forward::*;
 pub use redirect::redirect_to_https;
@@ -67,7 +68,7 @@ use crate::telemetry::access_log::{self, AccessRecord};
 use crate::upstream::ClusterStats;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{
-    CheckoutError, Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamResponseBody,
+    Overflow, PooledConn, RequestPermit, UpstreamBody, UpstreamError, UpstreamResponseBody,
 };
 
 /// Guards an upstream response body holds until it has been read.

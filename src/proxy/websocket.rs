@@ -12,9 +12,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::proxy::{ProxyBody, ProxyError};
+use crate::proxy::{AttemptError, ProxyBody, ProxyError};
 use crate::route::decision::RouteDecision;
 use crate::table::EndpointState;
+use crate::upstream::pool::UpstreamError;
 
 /// Counts the session against its endpoint while it lasts.
 struct Session(Arc<EndpointState>);
@@ -35,22 +36,23 @@ pub async fn forward(
     client: OnUpgrade,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let endpoint = decision.endpoint.clone();
-    let failed = |detail: String| ProxyError::Connect {
-        endpoint: endpoint.address,
+    let addr = endpoint.address;
+    let failed = |cause: AttemptError| ProxyError::Connect {
+        endpoint: addr,
         region: region.to_owned(),
-        detail,
+        cause: Box::new(cause),
     };
-    let timeout = decision.cluster.pool.limits().connect_timeout;
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.address)).await {
+    let after = decision.cluster.pool.limits().connect_timeout;
+    let stream = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(failed(e.to_string())),
-        Err(_) => return Err(failed(format!("timed out after {timeout:?}"))),
+        Ok(Err(source)) => return Err(failed(UpstreamError::Connect { addr, source }.into())),
+        Err(_) => return Err(failed(UpstreamError::ConnectTimeout { addr, after }.into())),
     };
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(AttemptError::WebSocket(e)))?;
     tokio::spawn(connection.with_upgrades());
 
     // The hop-by-hop headers were stripped; the handshake needs these two back.
@@ -77,7 +79,7 @@ pub async fn forward(
         .map_err(|e| ProxyError::Upstream {
             endpoint: endpoint.address,
             region: region.to_owned(),
-            detail: e.to_string(),
+            cause: Box::new(AttemptError::WebSocket(e)),
         })?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Refused upstream: pass its answer on.

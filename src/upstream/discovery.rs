@@ -16,17 +16,13 @@ use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::endpoints::{DnsSettings, Endpoint, EndpointSet, EndpointSource};
-
-/// Why the resolver could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up DNS resolution: {0} (check /etc/resolv.conf or set dns.nameservers)")]
-pub struct ResolverError(String);
+use crate::upstream::error::UpstreamError;
 
 /// A resolver for `settings`: the configured nameservers, or the system's. Its cache is off:
 /// each lookup asks the server, so TTL changes are seen when we re-resolve.
-pub fn resolver(settings: &DnsSettings) -> Result<TokioResolver, ResolverError> {
+pub fn resolver(settings: &DnsSettings) -> Result<TokioResolver, UpstreamError> {
     let mut builder = if settings.nameservers.is_empty() {
-        Resolver::builder_tokio().map_err(|e| ResolverError(e.to_string()))?
+        Resolver::builder_tokio().map_err(|e| UpstreamError::Resolver(Box::new(e)))?
     } else {
         let servers = settings
             .nameservers
@@ -48,7 +44,9 @@ pub fn resolver(settings: &DnsSettings) -> Result<TokioResolver, ResolverError> 
     options.cache_size = 0;
     options.timeout = Duration::from_secs(2);
     options.attempts = 2;
-    builder.build().map_err(|e| ResolverError(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| UpstreamError::Resolver(Box::new(e)))
 }
 
 /// Counters for one cluster's lookups.

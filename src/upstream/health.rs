@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ClusterStats;
 use crate::upstream::endpoints::{Endpoint, EndpointSet};
+use crate::upstream::error::{UpstreamError, server_name};
 
 /// The checks of one cluster, compiled.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,21 +68,22 @@ pub async fn check_once(
     endpoint: &Endpoint,
     policy: &HealthPolicy,
     tls: Option<&crate::tls::UpstreamTls>,
-) -> Result<u16, String> {
+) -> Result<u16, UpstreamError> {
+    let addr = endpoint.address;
     let attempt = async {
-        let stream = TcpStream::connect(endpoint.address)
+        let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
         let mut sender = match tls {
-            None => http1(stream).await?,
+            None => http1(stream, addr).await?,
             Some(tls) => {
-                let name = tls.server_name(endpoint.address)?;
+                let name = server_name(tls, addr)?;
                 let stream = tls
                     .connector
                     .connect(name, stream)
                     .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                http1(stream).await?
+                    .map_err(|source| UpstreamError::Tls { addr, source })?;
+                http1(stream, addr).await?
             }
         };
         let host = policy
@@ -93,26 +95,32 @@ pub async fn check_once(
             .header(header::USER_AGENT, "meridian-health-check")
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|source| UpstreamError::CheckRequest { addr, source })?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|source| UpstreamError::Check { addr, source })?;
         Ok(response.status().as_u16())
     };
     match tokio::time::timeout(policy.timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", policy.timeout)),
+        Err(_) => Err(UpstreamError::CheckTimeout {
+            addr,
+            after: policy.timeout,
+        }),
     }
 }
 
-async fn http1<I>(io: I) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String>
+async fn http1<I>(
+    io: I,
+    addr: std::net::SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, UpstreamError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|source| UpstreamError::Check { addr, source })?;
     tokio::spawn(connection);
     Ok(sender)
 }
@@ -147,7 +155,7 @@ pub async fn run(
             if now_healthy {
                 tracing::info!(%cluster, endpoint = %endpoint.address, "endpoint healthy");
             } else {
-                tracing::warn!(%cluster, endpoint = %endpoint.address, last = ?result, "endpoint unhealthy");
+                tracing::warn!(%cluster, endpoint = %endpoint.address, last = %LastCheck(&result), "endpoint unhealthy");
             }
         }
         let jitter = if policy.jitter.is_zero() {
@@ -158,6 +166,18 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(policy.interval.saturating_add(jitter)) => {}
+        }
+    }
+}
+
+/// A check's result as logged: the status, or what failed.
+struct LastCheck<'a>(&'a Result<u16, UpstreamError>);
+
+impl std::fmt::Display for LastCheck<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Ok(status) => write!(f, "status {status}"),
+            Err(e) => write!(f, "{e}"),
         }
     }
 }

@@ -4,11 +4,15 @@
 //! The request path checks connections out of the pool and reports outcomes; control tasks
 //! (one detector per cluster, one health loop per endpoint) own every state change.
 //!
+//! Errors: [`error::UpstreamError`] is the layer's one error type (pool checkouts, health
+//! checks, DNS resolver set-up), with I/O, TLS and protocol causes kept as sources.
+//!
 //! Layer: uses `steer`, `telemetry`, `http1` (the client codec), `tls`, `geo` and `config`;
 //! used by `table` (which holds pools and endpoint sets), `route`, `proxy` and `control`.
 
 pub mod discovery;
 pub mod endpoints;
+pub mod error;
 pub mod health;
 pub mod outlier;
 pub mod pool;

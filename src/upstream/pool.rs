@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::http1::client::{self as h1, Connection, Framing};
 
 pub use crate::http1::body::UpstreamBody;
+pub use crate::upstream::error::UpstreamError;
+use crate::upstream::error::server_name;
 
 /// The limits of one cluster's pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,23 +59,6 @@ impl Overflow {
             Self::MaxPendingRequests => "max_pending_requests",
         }
     }
-}
-
-/// Why no connection could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckoutError {
-    #[error("circuit breaker {} is full", .0.as_str())]
-    Overflow(Overflow),
-    #[error("connect to {addr} timed out after {after:?}")]
-    ConnectTimeout { addr: SocketAddr, after: Duration },
-    #[error("connect to {addr} failed: {source}")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("TLS with {addr} failed: {detail}")]
-    Tls { addr: SocketAddr, detail: String },
 }
 
 /// A connection's place under `max_connections`. Giving it up, however the connection ends
@@ -387,7 +372,7 @@ impl ClusterPool {
     }
 
     /// A connection to `addr` for one request.
-    pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<PooledConn, CheckoutError> {
+    pub async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<PooledConn, UpstreamError> {
         // Fast path, the common case under load: an idle connection is there.
         if let Some(conn) = self.reuse_idle(addr) {
             return Ok(conn);
@@ -401,7 +386,7 @@ impl ClusterPool {
     async fn wait_or_connect(
         self: &Arc<Self>,
         addr: SocketAddr,
-    ) -> Result<PooledConn, CheckoutError> {
+    ) -> Result<PooledConn, UpstreamError> {
         let mut pending: Option<PendingGuard<'_>> = None;
         loop {
             // Registered before looking again, so a release in between is not missed.
@@ -424,7 +409,7 @@ impl ClusterPool {
             if pending.is_none() {
                 if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
                     self.pending.fetch_sub(1, Ordering::AcqRel);
-                    return Err(CheckoutError::Overflow(Overflow::MaxPendingRequests));
+                    return Err(UpstreamError::Overflow(Overflow::MaxPendingRequests));
                 }
                 pending = Some(PendingGuard(&self.pending));
             }
@@ -436,33 +421,26 @@ impl ClusterPool {
         self: &Arc<Self>,
         addr: SocketAddr,
         permit: OwnedSemaphorePermit,
-    ) -> Result<PooledConn, CheckoutError> {
+    ) -> Result<PooledConn, UpstreamError> {
         let slot = ConnSlot {
             permit: Some(permit),
             released: self.released.clone(),
         };
         let after = self.limits.connect_timeout;
         let stream = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
-            Err(_) => return Err(CheckoutError::ConnectTimeout { addr, after }),
-            Ok(Err(source)) => return Err(CheckoutError::Connect { addr, source }),
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
         let stream = match &self.tls {
             None => h1::Stream::Plain(stream),
             Some(tls) => {
-                let name = tls
-                    .server_name(addr)
-                    .map_err(|detail| CheckoutError::Tls { addr, detail })?;
+                let name = server_name(tls, addr)?;
                 let handshake = tls.connector.connect(name, stream);
                 match tokio::time::timeout(after, handshake).await {
-                    Err(_) => return Err(CheckoutError::ConnectTimeout { addr, after }),
-                    Ok(Err(e)) => {
-                        return Err(CheckoutError::Tls {
-                            addr,
-                            detail: e.to_string(),
-                        });
-                    }
+                    Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
+                    Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
                     Ok(Ok(stream)) => h1::Stream::Tls(Box::new(stream)),
                 }
             }
@@ -673,7 +651,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _held = pool.connections.clone().try_acquire_owned().unwrap();
         match pool.checkout(addr).await {
-            Err(CheckoutError::Overflow(Overflow::MaxPendingRequests)) => {}
+            Err(UpstreamError::Overflow(Overflow::MaxPendingRequests)) => {}
             other => panic!("expected overflow, got {:?}", other.err()),
         }
     }
@@ -769,7 +747,7 @@ mod tests {
             .unwrap();
         let pool = ClusterPool::new(limits(4, 4));
         match pool.checkout(addr).await {
-            Err(CheckoutError::Connect { .. }) => {}
+            Err(UpstreamError::Connect { .. }) => {}
             other => panic!("expected a connect error, got {:?}", other.err()),
         }
         assert_eq!(pool.open_connections(), 0, "the permit is returned");

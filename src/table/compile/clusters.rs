@@ -238,7 +238,7 @@ impl<'a> Compiler<'a> {
         let tls = match tls_spec.map(crate::tls::UpstreamTls::new) {
             Some(Ok(tls)) => Some(Arc::new(tls)),
             Some(Err(e)) => {
-                self.problems.at(here.key("tls"), e);
+                self.problems.at(here.key("tls"), e.to_string());
                 None
             }
             None => None,

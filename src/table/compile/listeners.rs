@@ -113,7 +113,9 @@ impl<'a> Compiler<'a> {
         for (i, c) in t.certificates.iter().enumerate() {
             match crate::tls::load_pair(&c.cert, &c.key) {
                 Ok(key) => keys.push(key),
-                Err(e) => self.problems.at(at.key("certificates").index(i), e),
+                Err(e) => self
+                    .problems
+                    .at(at.key("certificates").index(i), e.to_string()),
             }
         }
         self.tls_keys.insert(listener.to_owned(), keys);

@@ -1,0 +1,66 @@
+//! The upstream layer's one error type: why a connection could not be had, a health check
+//! failed, or DNS resolution could not be set up. Used by the pool, the health checks and
+//! discovery; the proxy keeps it as the cause of its own error.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::upstream::pool::Overflow;
+
+/// What went wrong between Meridian and an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("circuit breaker {} is full", .0.as_str())]
+    Overflow(Overflow),
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tls.sni `{name}` for {addr}: {source}")]
+    ServerName {
+        addr: SocketAddr,
+        name: String,
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A health check's HTTP/1.1 handshake or request failed.
+    #[error("health check of {addr} failed: {source}")]
+    Check {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("health check request for {addr} cannot be built: {source}")]
+    CheckRequest {
+        addr: SocketAddr,
+        #[source]
+        source: http::Error,
+    },
+    #[error("health check of {addr} got no answer within {after:?}")]
+    CheckTimeout { addr: SocketAddr, after: Duration },
+    #[error("cannot set up DNS resolution: {0} (check /etc/resolv.conf or set dns.nameservers)")]
+    Resolver(#[source] Box<hickory_resolver::net::NetError>),
+}
+
+/// The server name to send to the endpoint at `addr`; a bad `tls.sni` names itself.
+pub fn server_name(
+    tls: &crate::tls::UpstreamTls,
+    addr: SocketAddr,
+) -> Result<rustls_pki_types::ServerName<'static>, UpstreamError> {
+    tls.server_name(addr)
+        .map_err(|source| UpstreamError::ServerName {
+            addr,
+            name: tls.spec.sni.clone().unwrap_or_default(),
+            source,
+        })
+}
