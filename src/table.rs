@@ -333,7 +333,7 @@ pub fn compile(
         metrics: context.metrics.clone(),
         previous: context.previous,
     };
-    let table = c.table(context.generation, context.database);
+    let table = c.table(context.generation, context.database, loaded.config.clone());
     if c.problems.is_empty() {
         // `table` is always Some when nothing was reported.
         if let Some(table) = table {
@@ -405,7 +405,12 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 impl<'a> Compiler<'a> {
-    fn table(&mut self, generation: u64, database: Option<Arc<GeoDb>>) -> Option<RoutingTable> {
+    fn table(
+        &mut self,
+        generation: u64,
+        database: Option<Arc<GeoDb>>,
+        config: Arc<Config>,
+    ) -> Option<RoutingTable> {
         let regions = self.regions();
         let local_region = self.local_region();
         let listeners = self.listeners();
@@ -449,7 +454,7 @@ impl<'a> Compiler<'a> {
             access_log: self.config.access_log.format(),
             geo_lookups: ["override", "geoip", "unknown"]
                 .map(|source| self.metrics.geo_lookups.with_label_values(&[source])),
-            config: Arc::new(self.config.clone()),
+            config,
         })
     }
 
@@ -868,6 +873,10 @@ impl<'a> Compiler<'a> {
         let at = root().key("clusters");
         let mut out = Vec::new();
         let mut ids = HashMap::new();
+        let before: HashMap<&str, &Cluster> = self
+            .previous
+            .map(|t| t.clusters.iter().map(|c| (c.name.as_str(), c)).collect())
+            .unwrap_or_default();
         for (name, cluster) in &self.config.clusters {
             let here = at.key(name.clone());
             if !is_valid_name(name) {
@@ -879,9 +888,7 @@ impl<'a> Compiler<'a> {
             let connect_timeout = self
                 .duration(here.key("connect_timeout"), &cluster.connect_timeout)
                 .unwrap_or(Duration::from_secs(1));
-            let previous = self
-                .previous
-                .and_then(|t| t.clusters.iter().find(|c| c.name == *name));
+            let previous = before.get(name.as_str()).copied();
             let mut sources: Vec<Vec<EndpointSource>> =
                 (0..region_count).map(|_| Vec::new()).collect();
             let mut seen = HashSet::new();
@@ -1154,9 +1161,9 @@ impl<'a> Compiler<'a> {
             self.problems
                 .at(at.clone(), "at least one route is required");
         }
-        let mut names = HashSet::new();
-        let mut routes = Vec::new();
-        let mut hosts = Vec::new();
+        let mut names = HashSet::with_capacity(self.config.routes.len());
+        let mut routes = Vec::with_capacity(self.config.routes.len());
+        let mut hosts = Vec::with_capacity(self.config.routes.len());
         let labels = MetricLabels::new(self.config, clusters);
         for (i, r) in self.config.routes.iter().enumerate() {
             let here = at.index(i);
