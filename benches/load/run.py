@@ -812,7 +812,15 @@ def main():
                          f"{added(h2_latency[(name, protocol)], base)} |")
     lines += [""] + memory_lines(idle, idle_rss)
     text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    # The config-size section is measured apart (it says how) and kept from run to run.
+    kept = ""
+    if out.exists():
+        previous = out.read_text()
+        at = previous.find("\n## Config size")
+        if at >= 0:
+            kept = previous[at:]
+    out.write_text(text + kept)
     print("\n" + text)
 
 

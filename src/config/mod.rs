@@ -17,6 +17,7 @@ mod retries;
 mod yaml;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
 pub use model::*;
@@ -27,12 +28,20 @@ pub use yaml::{LineIndex, Parsed, YamlPath, parse_document, parse_values, to_yam
 /// A parsed config with the line index of its source, ready to compile.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
-    pub config: Config,
+    /// Shared with the table compiled from it (which shows it at `/config`).
+    pub config: Arc<Config>,
     pub lines: LineIndex,
     /// Problems already found while parsing (unknown fields); compiling adds the rest.
     pub problems: Problems,
     /// Where it came from, for messages.
     pub source: std::path::PathBuf,
+}
+
+impl LoadedConfig {
+    /// The config to change before compiling (a copy only if a table already shares it).
+    pub fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
 }
 
 /// Read and parse a config file (structure only; see [`crate::table::compile`]).
@@ -57,7 +66,7 @@ pub fn load_str(text: &str, source: &Path) -> Result<LoadedConfig, ConfigError> 
         parsed.value.local_region = Some(region.trim().to_owned());
     }
     Ok(LoadedConfig {
-        config: parsed.value,
+        config: Arc::new(parsed.value),
         lines: parsed.lines,
         problems: parsed.unknown_fields,
         source: source.to_path_buf(),

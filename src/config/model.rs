@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::retries::RetryConfig;
@@ -40,7 +41,7 @@ pub struct Config {
     pub regions: BTreeMap<String, RegionConfig>,
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_vec")]
     pub routes: Vec<RouteConfig>,
     /// How many Meridian tiers a request may already have passed (see `x-meridian-visited`).
     #[serde(default = "default_max_region_hops")]
@@ -640,4 +641,32 @@ fn default_response_idle_timeout() -> String {
 }
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY
+}
+
+/// Most items a list reserves room for up front.
+const MAX_RESERVED_ITEMS: usize = 1 << 20;
+
+/// A list read into exactly its length, as the loader tells it: serde's own `Vec` reserves
+/// at most 1 MiB up front and doubles from there, and each smaller copy of a list of 100,000
+/// routes (half a kilobyte each) stays resident until the allocator purges it.
+fn exact_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ExactVec<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ExactVec<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_RESERVED_ITEMS));
+            while let Some(item) = seq.next_element()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_seq(ExactVec(PhantomData))
 }

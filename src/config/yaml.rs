@@ -3,11 +3,15 @@
 //! We parse with `saphyr` (a maintained YAML 1.2 parser that marks every node with its position)
 //! and hand serde a `serde_json::Value`, so that every problem found later — unknown fields, type
 //! errors and semantic checks alike — can be reported with the line it came from.
+//!
+//! A config is built straight from the parser's events, in time and memory linear in its size.
+//! Whatever that path does not handle (aliases, odd keys, unreadable scalars, syntax errors,
+//! several documents) goes through saphyr's node tree instead, which reports it.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr_parser::{Event, Parser};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Number, Value};
 
@@ -40,15 +44,6 @@ impl YamlPath {
         next.0.push(Segment::Index(index));
         next
     }
-
-    fn parent(&self) -> Option<Self> {
-        if self.0.is_empty() {
-            return None;
-        }
-        let mut parent = self.clone();
-        parent.0.pop();
-        Some(parent)
-    }
 }
 
 impl fmt::Display for YamlPath {
@@ -67,29 +62,115 @@ impl fmt::Display for YamlPath {
     }
 }
 
-/// Where each node of the document starts (1-based line).
+/// Where each node of the document starts (1-based line): the document's tree of keys and
+/// indices, each node found from its parent in one hash probe.
 #[derive(Debug, Default, Clone)]
 pub struct LineIndex {
-    lines: HashMap<YamlPath, usize>,
+    /// Line of each node by id; the root, once recorded, is node 0.
+    lines: Vec<usize>,
+    /// (parent node, step) → child node.
+    children: foldhash::HashMap<(u32, Step), u32>,
+    /// Mapping keys by id: the thousands of routes of a large config share a dozen keys.
+    keys: foldhash::HashMap<Box<str>, u32>,
+}
+
+/// One step from a node to its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Step {
+    Key(u32),
+    Index(u32),
+}
+
+/// What recording a node does when the document already has one at that path (a mapping key
+/// names its node even when it repeats; any other node keeps the first line recorded).
+#[derive(Clone, Copy, PartialEq)]
+enum Repeat {
+    Keep,
+    Replace,
 }
 
 impl LineIndex {
     /// Whether the document sets this top-level key.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.lines.contains_key(&YamlPath::root().key(key))
+        !self.lines.is_empty()
+            && self
+                .keys
+                .get(key)
+                .is_some_and(|k| self.children.contains_key(&(0, Step::Key(*k))))
     }
 
     /// The line of `path`, or of its nearest ancestor that has one (a missing field is reported
     /// at the mapping that lacks it).
     pub fn line_of(&self, path: &YamlPath) -> Option<usize> {
-        let mut current = Some(path.clone());
-        while let Some(p) = current {
-            if let Some(line) = self.lines.get(&p) {
-                return Some(*line);
-            }
-            current = p.parent();
+        let mut node = 0;
+        let mut line = *self.lines.first()?;
+        for segment in &path.0 {
+            let step = match segment {
+                Segment::Key(key) => self.keys.get(key.as_str()).map(|k| Step::Key(*k)),
+                Segment::Index(i) => u32::try_from(*i).ok().map(Step::Index),
+            };
+            let Some(child) = step.and_then(|step| self.children.get(&(node, step))) else {
+                break;
+            };
+            node = *child;
+            line = self.lines.get(node as usize).copied().unwrap_or(line);
         }
-        None
+        Some(line)
+    }
+
+    /// Record the root (node 0) at `line`, unless it already is.
+    fn root(&mut self, line: usize) -> u32 {
+        if self.lines.is_empty() {
+            self.lines.push(line);
+        }
+        0
+    }
+
+    fn key_id(&mut self, key: &str) -> u32 {
+        if let Some(id) = self.keys.get(key) {
+            return *id;
+        }
+        let id = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        self.keys.insert(key.into(), id);
+        id
+    }
+
+    /// Record the child of `parent` reached by `step`, starting at `line`.
+    fn child(&mut self, parent: u32, step: Step, line: usize, repeat: Repeat) -> u32 {
+        let next = u32::try_from(self.lines.len()).unwrap_or(u32::MAX);
+        let id = *self.children.entry((parent, step)).or_insert(next);
+        if id == next {
+            self.lines.push(line);
+        } else if repeat == Repeat::Replace
+            && let Some(l) = self.lines.get_mut(id as usize)
+        {
+            *l = line;
+        }
+        id
+    }
+
+    /// Record a key of `parent` the document has not had before; `None` when it has.
+    fn new_key_child(&mut self, parent: u32, key: &str, line: usize) -> Option<u32> {
+        let step = Step::Key(self.key_id(key));
+        let next = u32::try_from(self.lines.len()).unwrap_or(u32::MAX);
+        match self.children.entry((parent, step)) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(next);
+                self.lines.push(line);
+                Some(next)
+            }
+        }
+    }
+
+    fn key_child(&mut self, parent: u32, key: &str, line: usize, repeat: Repeat) -> u32 {
+        let key = self.key_id(key);
+        self.child(parent, Step::Key(key), line, repeat)
+    }
+
+    fn index_child(&mut self, parent: u32, index: usize, line: usize) -> u32 {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        self.child(parent, Step::Index(index), line, Repeat::Keep)
     }
 }
 
@@ -122,21 +203,9 @@ fn load_documents(text: &str) -> Result<Vec<MarkedYaml<'_>>, Problems> {
 /// rather than stopping at the first one, so a user sees every mistake at once. Syntax and type
 /// errors stop parsing and are returned with any unknown fields seen before them.
 pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Problems> {
-    let docs = load_documents(text)?;
-    let mut problems = Problems::default();
-    let mut index = LineIndex::default();
-    let value = match docs.as_slice() {
-        [] => Value::Object(Map::new()),
-        [doc] => to_value(doc, &YamlPath::root(), &mut index, &mut problems),
-        [_, second, ..] => {
-            problems.push(Problem {
-                line: Some(second.span.start.line()),
-                path: None,
-                message: "the file holds more than one YAML document; Meridian reads exactly one"
-                    .into(),
-            });
-            Value::Null
-        }
+    let (value, index, mut problems) = match from_events(text) {
+        Some((value, index)) => (value, index, Problems::default()),
+        None => from_tree(text)?,
     };
     if !problems.is_empty() {
         return Err(problems.with_lines(&index));
@@ -180,6 +249,176 @@ pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Prob
     }
 }
 
+/// One document through saphyr's node tree: the value, its lines, and what is wrong with it.
+fn from_tree(text: &str) -> Result<(Value, LineIndex, Problems), Problems> {
+    let docs = load_documents(text)?;
+    let mut problems = Problems::default();
+    let mut index = LineIndex::default();
+    let value = match docs.as_slice() {
+        [] => Value::Object(Map::new()),
+        [doc] => {
+            let root = index.root(doc.span.start.line());
+            to_value(doc, &YamlPath::root(), root, &mut index, &mut problems)
+        }
+        [_, second, ..] => {
+            problems.push(Problem {
+                line: Some(second.span.start.line()),
+                path: None,
+                message: "the file holds more than one YAML document; Meridian reads exactly one"
+                    .into(),
+            });
+            Value::Null
+        }
+    };
+    Ok((value, index, problems))
+}
+
+/// A collection being built from events.
+enum Open {
+    Sequence {
+        items: Vec<Value>,
+        node: u32,
+    },
+    Mapping {
+        /// Gathered first, so the map is made at its exact size (a config's many small
+        /// mappings would otherwise each hold room for twice their keys).
+        entries: Vec<(String, Value)>,
+        node: u32,
+        /// The key whose value comes next, and its node.
+        key: Option<(String, u32)>,
+    },
+}
+
+/// One document straight from the parser's events, with its lines; `None` for anything only
+/// the node tree handles (see the module documentation).
+fn from_events(text: &str) -> Option<(Value, LineIndex)> {
+    let mut index = LineIndex::default();
+    let mut open: Vec<Open> = Vec::new();
+    let mut root = None;
+    let mut documents = 0;
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.ok()?;
+        let line = span.start.line();
+        let done = match event {
+            Event::Nothing | Event::StreamStart | Event::StreamEnd => None,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return None;
+                }
+                None
+            }
+            Event::DocumentEnd => {
+                if root.is_none() || !open.is_empty() {
+                    return None;
+                }
+                None
+            }
+            Event::Alias(_) => return None,
+            Event::Scalar(text, style, _, tag) => {
+                let scalar = match tag.as_deref() {
+                    Some(tag) if !tag.is_yaml_core_schema() => {
+                        if matches!(open.last(), Some(Open::Mapping { key: None, .. })) {
+                            return None;
+                        }
+                        Scalar::parse_from_cow_and_metadata(text, style, None)
+                    }
+                    _ => Scalar::parse_from_cow_and_metadata(text, style, tag.as_ref()),
+                }?;
+                if let Some(Open::Mapping {
+                    node,
+                    key: key @ None,
+                    ..
+                }) = open.last_mut()
+                {
+                    let text = match scalar {
+                        Scalar::String(s) => s.into_owned(),
+                        Scalar::Integer(i) => i.to_string(),
+                        Scalar::Boolean(b) => b.to_string(),
+                        Scalar::FloatingPoint(f) => f.to_string(),
+                        Scalar::Null => return None,
+                    };
+                    // The node tree tells a repeated key from two keys that read the same.
+                    let child = index.new_key_child(*node, &text, line)?;
+                    *key = Some((text, child));
+                    None
+                } else {
+                    place(&mut open, &mut index, line)?;
+                    Some(event_scalar(scalar)?)
+                }
+            }
+            Event::SequenceStart(..) => {
+                let node = place(&mut open, &mut index, line)?;
+                open.push(Open::Sequence {
+                    items: Vec::new(),
+                    node,
+                });
+                None
+            }
+            Event::MappingStart(..) => {
+                let node = place(&mut open, &mut index, line)?;
+                open.push(Open::Mapping {
+                    entries: Vec::new(),
+                    node,
+                    key: None,
+                });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => match open.pop()? {
+                Open::Sequence { mut items, .. } => {
+                    items.shrink_to_fit();
+                    Some(Value::Array(items))
+                }
+                Open::Mapping {
+                    entries, key: None, ..
+                } => {
+                    let mut map = Map::with_capacity(entries.len());
+                    map.extend(entries);
+                    Some(Value::Object(map))
+                }
+                Open::Mapping { key: Some(_), .. } => return None,
+            },
+        };
+        if let Some(value) = done {
+            match open.last_mut() {
+                None if root.is_none() => root = Some(value),
+                None => return None,
+                Some(Open::Sequence { items, .. }) => items.push(value),
+                Some(Open::Mapping { entries, key, .. }) => {
+                    let (text, _) = key.take()?;
+                    entries.push((text, value));
+                }
+            }
+        }
+    }
+    if !open.is_empty() {
+        return None;
+    }
+    // No document at all reads as an empty mapping, as through the node tree.
+    Some((root.unwrap_or_else(|| Value::Object(Map::new())), index))
+}
+
+/// The node of the value that starts at `line`, where it goes: the root, the next item of a
+/// sequence, or the value of the pending key (whose node is the key's). `None` when it would be
+/// a key that is not a scalar.
+fn place(open: &mut [Open], index: &mut LineIndex, line: usize) -> Option<u32> {
+    match open.last() {
+        None => Some(index.root(line)),
+        Some(Open::Sequence { items, node }) => Some(index.index_child(*node, items.len(), line)),
+        Some(Open::Mapping { key, .. }) => key.as_ref().map(|(_, node)| *node),
+    }
+}
+
+fn event_scalar(scalar: Scalar<'_>) -> Option<Value> {
+    Some(match scalar {
+        Scalar::Null => Value::Null,
+        Scalar::Boolean(b) => Value::Bool(b),
+        Scalar::Integer(i) => Value::Number(i.into()),
+        Scalar::FloatingPoint(f) => Value::Number(Number::from_f64(f.into_inner())?),
+        Scalar::String(s) => Value::String(s.into_owned()),
+    })
+}
+
 /// Every document of a multi-document YAML text, as plain values (for `meridian import`).
 pub fn parse_values(text: &str) -> Result<Vec<Value>, Problems> {
     let docs = load_documents(text)?;
@@ -187,7 +426,10 @@ pub fn parse_values(text: &str) -> Result<Vec<Value>, Problems> {
     let mut index = LineIndex::default();
     let values = docs
         .iter()
-        .map(|doc| to_value(doc, &YamlPath::root(), &mut index, &mut problems))
+        .map(|doc| {
+            let root = index.root(doc.span.start.line());
+            to_value(doc, &YamlPath::root(), root, &mut index, &mut problems)
+        })
         .filter(|v| !v.is_null())
         .collect();
     if problems.is_empty() {
@@ -288,16 +530,14 @@ fn scalar_text(value: &Value) -> String {
     }
 }
 
+/// A node of the tree as a value; `id` is its node in `index`, already recorded.
 fn to_value(
     node: &MarkedYaml<'_>,
     path: &YamlPath,
+    id: u32,
     index: &mut LineIndex,
     problems: &mut Problems,
 ) -> Value {
-    index
-        .lines
-        .entry(path.clone())
-        .or_insert(node.span.start.line());
     match &node.data {
         YamlData::Value(scalar) => scalar_value(scalar, path, problems),
         YamlData::Representation(text, _, _) => Value::String(text.to_string()),
@@ -305,7 +545,10 @@ fn to_value(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| to_value(item, &path.index(i), index, problems))
+                .map(|(i, item)| {
+                    let child = index.index_child(id, i, item.span.start.line());
+                    to_value(item, &path.index(i), child, index, problems)
+                })
                 .collect(),
         ),
         YamlData::Mapping(map) => {
@@ -325,14 +568,13 @@ fn to_value(
                         continue;
                     }
                 };
-                let child = path.key(key_text.clone());
-                index.lines.insert(child.clone(), key.span.start.line());
-                let v = to_value(value, &child, index, problems);
+                let child = index.key_child(id, &key_text, key.span.start.line(), Repeat::Replace);
+                let v = to_value(value, &path.key(key_text.clone()), child, index, problems);
                 out.insert(key_text, v);
             }
             Value::Object(out)
         }
-        YamlData::Tagged(_, inner) => to_value(inner, path, index, problems),
+        YamlData::Tagged(_, inner) => to_value(inner, path, id, index, problems),
         YamlData::Alias(_) => {
             problems.at(
                 path.clone(),
@@ -447,6 +689,110 @@ mod tests {
         let text = to_yaml(&value);
         let back = parse_values(&text).unwrap();
         assert_eq!(back, vec![value], "{text}");
+    }
+
+    /// Every path in `value`, and below each a key the document does not have.
+    fn paths(value: &Value, at: YamlPath, out: &mut Vec<YamlPath>) {
+        out.push(at.key("not-in-the-document"));
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    paths(item, at.index(i), out);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    paths(v, at.key(k.clone()), out);
+                }
+            }
+            _ => {}
+        }
+        out.push(at);
+    }
+
+    /// The event path reads what the node tree reads, line for line, and leaves to the tree
+    /// exactly what it does not handle.
+    #[test]
+    fn events_and_tree_agree() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut texts: Vec<(String, String)> = Vec::new();
+        for dir in ["config", "fuzz/corpus/config", "tests/fixtures/istio"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    texts.push((path.display().to_string(), text));
+                }
+            }
+        }
+        let edge_cases = [
+            "",
+            "# only a comment\n",
+            "---\n",
+            "---\na: 1\n...\n",
+            "a: 1\n---\nb: 2\n",
+            "plain\n",
+            "[1, 2.5, -3, 0x10, 0o7, .inf, ~, null, true, True, yes, '1', \"two\"]\n",
+            "a: !!str 12\nb: !!int '7'\nc: !custom 5\nd: !!float 1\ne: !!null ~\n",
+            "a: !!int x\n",
+            "!!map {a: 1}\n",
+            "a: !thing {b: [1, {c: d}]}\n",
+            "a: &x {b: 1}\nc: *x\n",
+            "a: &x 1\nb: 2\n",
+            "1: one\n'1': also one\n",
+            "1.0: a\n1.00: b\n",
+            "true: a\nfalse: b\n3: c\n-2.5: d\n",
+            "~: a\n",
+            "[a, b]: c\n",
+            "? |\n  block key\n: v\n",
+            "a:\n  - b\n  -\n  - - c\n    - d\n  - {e: f, g: [h]}\n",
+            "text: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
+            "a: 1\na: 2\n",
+            "a: [1, 2\n",
+            "a:\n  b: 1\n   c: 2\n",
+            "a: .nan\n",
+            "list:\n- x\n- y\nempty: {}\nnone: []\nnull_value:\n",
+            "routes:\n  - name: r\n    hosts: [\"a.example.com\", '*.b']\n    match: { path_prefix: /v1/ }\n",
+        ];
+        texts.extend(
+            edge_cases
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("edge case {i}: {t:?}"), t.to_string())),
+        );
+        let mut by_events = 0;
+        for (name, text) in &texts {
+            let tree = from_tree(text);
+            let Some((value, index)) = from_events(text) else {
+                continue;
+            };
+            by_events += 1;
+            let Ok((tree_value, tree_index, problems)) = tree else {
+                panic!("{name}: the tree fails what the events read");
+            };
+            assert!(problems.is_empty(), "{name}: {problems:?}");
+            let tree_value = if tree_value.is_null() && text.trim().is_empty() {
+                Value::Object(Map::new())
+            } else {
+                tree_value
+            };
+            assert_eq!(value, tree_value, "{name}");
+            let mut all = Vec::new();
+            paths(&value, YamlPath::root(), &mut all);
+            for path in all {
+                assert_eq!(
+                    index.line_of(&path),
+                    tree_index.line_of(&path),
+                    "{name}: {path}"
+                );
+            }
+        }
+        // Most of them go the fast way (the rest: aliases, bad keys, errors, several documents).
+        assert!(
+            by_events * 2 > texts.len(),
+            "{by_events} of {}",
+            texts.len()
+        );
     }
 
     #[test]

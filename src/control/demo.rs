@@ -226,12 +226,13 @@ pub fn demo_table(
     endpoints: &[(String, SocketAddr)],
 ) -> Result<table::RoutingTable, DemoError> {
     let mut loaded = config::load_str(DEMO_CONFIG, Path::new("config/demo.yaml"))?;
-    loaded.config.listeners.truncate(1);
-    if let Some(l) = loaded.config.listeners.first_mut() {
+    let config = loaded.config_mut();
+    config.listeners.truncate(1);
+    if let Some(l) = config.listeners.first_mut() {
         l.bind = listen.to_string();
     }
-    loaded.config.admin.bind = Some(admin.to_string());
-    if let Some(cluster) = loaded.config.clusters.get_mut("demo") {
+    config.admin.bind = Some(admin.to_string());
+    if let Some(cluster) = config.clusters.get_mut("demo") {
         cluster.endpoints = endpoints
             .iter()
             .map(|(region, addr)| {

@@ -181,7 +181,8 @@ impl HostPattern {
         }
     }
 
-    fn matches(&self, host: &str) -> bool {
+    /// Whether `host` (normalised) is one this pattern names.
+    pub fn matches(&self, host: &str) -> bool {
         match self {
             Self::Exact(h) => h == host,
             Self::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
@@ -191,44 +192,70 @@ impl HostPattern {
 }
 
 /// All routes and the host index over them.
+///
+/// Built in time linear in the routes and hosts (plus, per exact host, the wildcard routes that
+/// also match it); a lookup costs one hash probe for a known host, and one probe per label for
+/// any other, whatever the number of hosts.
 #[derive(Debug, Default)]
 pub struct RouteSet {
     pub routes: Vec<Route>,
-    /// Exact host → every route that can match it (exact, suffix and `*`), in config order.
-    /// Looked up per request: hashed with foldhash (the keys come from config).
-    exact: foldhash::HashMap<String, Vec<usize>>,
-    /// Routes with suffix or `*` hosts, in config order, for hosts not in `exact`.
-    patterns: Vec<(usize, Vec<HostPattern>)>,
+    /// Exact host → every route with that host or a `*.suffix` host matching it, in config
+    /// order. Looked up per request: hashed with foldhash (the keys come from config).
+    exact: foldhash::HashMap<Box<str>, Box<[u32]>>,
+    /// `.suffix` (a `*.suffix` host as stored) → every route with that suffix or a shorter one
+    /// that also matches it, in config order: the candidates for a host not in `exact` whose
+    /// longest configured suffix this is.
+    suffixes: foldhash::HashMap<Box<str>, Box<[u32]>>,
+    /// Routes with a `*` host, in config order; merged with the list above at lookup, so a few
+    /// catch-all routes are not copied into every host's list.
+    any: Box<[u32]>,
 }
 
 impl RouteSet {
     pub fn new(routes: Vec<Route>, hosts: Vec<Vec<HostPattern>>) -> Self {
-        let patterns: Vec<(usize, Vec<HostPattern>)> = hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, hs)| hs.iter().any(|h| !matches!(h, HostPattern::Exact(_))))
-            .map(|(i, hs)| (i, hs.clone()))
-            .collect();
-        let mut exact: foldhash::HashMap<String, Vec<usize>> = foldhash::HashMap::default();
-        for hs in &hosts {
+        let mut exact: foldhash::HashMap<&str, Vec<u32>> = foldhash::HashMap::default();
+        let mut suffixes: foldhash::HashMap<&str, Vec<u32>> = foldhash::HashMap::default();
+        let mut any = Vec::new();
+        // Routes in config order, so every list comes out sorted; `push_once` drops the repeat
+        // of a route that names the same host twice.
+        for (i, hs) in hosts.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
             for h in hs {
-                if let HostPattern::Exact(name) = h {
-                    exact.entry(name.clone()).or_default();
+                match h {
+                    HostPattern::Exact(name) => push_once(exact.entry(name).or_default(), i),
+                    HostPattern::Suffix(suffix) => {
+                        push_once(suffixes.entry(suffix).or_default(), i)
+                    }
+                    HostPattern::Any => push_once(&mut any, i),
                 }
             }
         }
-        for (name, candidates) in exact.iter_mut() {
-            *candidates = hosts
-                .iter()
-                .enumerate()
-                .filter(|(_, hs)| hs.iter().any(|h| h.matches(name)))
-                .map(|(i, _)| i)
-                .collect();
+        // Each suffix inherits the list of the longest shorter suffix that matches it, which
+        // already holds the shorter ones: shortest first, so that list is complete when read.
+        let mut order: Vec<&str> = suffixes.keys().copied().collect();
+        order.sort_unstable_by_key(|s| s.len());
+        let mut complete: foldhash::HashMap<Box<str>, Box<[u32]>> = foldhash::HashMap::default();
+        complete.reserve(order.len());
+        for suffix in order {
+            let own = suffixes.get(suffix).map(Vec::as_slice).unwrap_or_default();
+            let inherited = longest_suffix(&complete, suffix).unwrap_or_default();
+            complete.insert(suffix.into(), merge(own, inherited).into());
         }
+        let exact = exact
+            .into_iter()
+            .map(|(name, own)| {
+                let list = match longest_suffix(&complete, name) {
+                    Some(inherited) => merge(&own, inherited),
+                    None => own,
+                };
+                (Box::from(name), list.into_boxed_slice())
+            })
+            .collect();
         Self {
             routes,
             exact,
-            patterns,
+            suffixes: complete,
+            any: any.into(),
         }
     }
 
@@ -240,21 +267,89 @@ impl RouteSet {
         method: &Method,
         headers: HeadersRef<'_>,
     ) -> Option<(usize, &Route)> {
-        let check = |i: usize| {
+        let check = |i: u32| {
+            let i = i as usize;
             self.routes
                 .get(i)
                 .filter(|r| r.matches_request(path, method, headers))
                 .map(|r| (i, r))
         };
-        match self.exact.get(host) {
-            Some(candidates) => candidates.iter().find_map(|i| check(*i)),
-            None => self
-                .patterns
-                .iter()
-                .filter(|(_, hs)| hs.iter().any(|h| h.matches(host)))
-                .find_map(|(i, _)| check(*i)),
+        let named = match self.exact.get(host) {
+            Some(candidates) => candidates,
+            None => longest_suffix(&self.suffixes, host).unwrap_or_default(),
+        };
+        if self.any.is_empty() {
+            return named.iter().find_map(|i| check(*i));
+        }
+        // Both lists are in config order: walk them merged.
+        let (mut a, mut b) = (named, &*self.any);
+        loop {
+            let next = match (a.first(), b.first()) {
+                (Some(x), Some(y)) if x < y => {
+                    a = &a[1..];
+                    *x
+                }
+                (Some(x), Some(y)) if x == y => {
+                    a = &a[1..];
+                    b = &b[1..];
+                    *x
+                }
+                (_, Some(y)) => {
+                    b = &b[1..];
+                    *y
+                }
+                (Some(x), None) => {
+                    a = &a[1..];
+                    *x
+                }
+                (None, None) => return None,
+            };
+            if let Some(hit) = check(next) {
+                return Some(hit);
+            }
         }
     }
+}
+
+/// Append `i` unless it is already last (lists are built in increasing order).
+fn push_once(list: &mut Vec<u32>, i: u32) {
+    if list.last() != Some(&i) {
+        list.push(i);
+    }
+}
+
+/// Two increasing lists as one, without repeats.
+fn merge(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+        if x <= y {
+            i += 1;
+            j += usize::from(x == y);
+            out.push(*x);
+        } else {
+            j += 1;
+            out.push(*y);
+        }
+    }
+    out.extend_from_slice(a.get(i..).unwrap_or_default());
+    out.extend_from_slice(b.get(j..).unwrap_or_default());
+    out
+}
+
+/// The list of the longest `.suffix` key that `host` ends with and is longer than (the rule of
+/// [`HostPattern::Suffix`]): one probe per '.' after the first byte, longest first.
+fn longest_suffix<'m>(
+    map: &'m foldhash::HashMap<Box<str>, Box<[u32]>>,
+    host: &str,
+) -> Option<&'m [u32]> {
+    if map.is_empty() {
+        return None;
+    }
+    memchr::memchr_iter(b'.', host.as_bytes())
+        .filter(|at| *at > 0)
+        .find_map(|at| map.get(host.get(at..)?))
+        .map(|list| &**list)
 }
 
 /// Lower-case, without port or trailing dot. Borrows when nothing changes.
@@ -386,6 +481,61 @@ mod tests {
             )
             .unwrap();
         assert_eq!(hit.1.name, "post");
+    }
+
+    /// The host index picks exactly what a scan of every route in config order picks, for
+    /// random mixes of exact, `*.suffix` and `*` hosts (including hosts a route names twice
+    /// or matches through several patterns).
+    #[test]
+    fn host_index_agrees_with_a_scan_in_config_order() {
+        let labels = ["a", "b", "ex", "a.b", "b.ex"];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let name = |rng: &mut fastrand::Rng| {
+            let parts = rng.usize(1..=3);
+            let mut out: Vec<&str> = (0..parts)
+                .map(|_| labels[rng.usize(..labels.len())])
+                .collect();
+            out.push("test");
+            out.join(".")
+        };
+        for _ in 0..200 {
+            let mut routes = Vec::new();
+            let mut patterns: Vec<Vec<HostPattern>> = Vec::new();
+            for r in 0..rng.usize(1..12) {
+                let hosts: Vec<String> = (0..rng.usize(1..=3))
+                    .map(|_| match rng.u8(0..10) {
+                        0 => "*".to_owned(),
+                        1..=4 => format!("*.{}", name(&mut rng)),
+                        _ => name(&mut rng),
+                    })
+                    .collect();
+                patterns.push(hosts.iter().map(|h| HostPattern::parse(h)).collect());
+                let path = if rng.bool() {
+                    PathMatch::Any
+                } else {
+                    PathMatch::Prefix("/x".into())
+                };
+                routes.push(route(&r.to_string(), path));
+            }
+            let set = RouteSet::new(routes, patterns.clone());
+            for _ in 0..30 {
+                let host = name(&mut rng);
+                for path in ["/", "/x"] {
+                    let want = patterns
+                        .iter()
+                        .enumerate()
+                        .find(|(i, hs)| {
+                            hs.iter().any(|h| h.matches(&host)) && set.routes[*i].path.matches(path)
+                        })
+                        .map(|(i, _)| i.to_string());
+                    assert_eq!(
+                        found(&set, &host, path),
+                        want,
+                        "{host}{path} in {patterns:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

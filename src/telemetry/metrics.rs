@@ -4,7 +4,7 @@
 //! and region; per status code on first use, then cached), never looked up per request. Label
 //! sets are bounded by the config: no client address is ever a label.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -203,9 +203,13 @@ impl Default for Metrics {
 
 /// Request counters and histograms of one (route, cluster, region): a handle per status code,
 /// created on first use and cached.
+///
+/// A table holds one per route, cluster and region the route can send to, and in a large config
+/// most of them never see a request: the handles by code are allocated with the first one, and
+/// the labels are shared with the other handles of the same route, cluster or region.
 pub struct RequestMetrics {
-    labels: [String; 3],
-    by_code: Box<[OnceLock<(IntCounter, Histogram)>]>,
+    labels: [Arc<str>; 3],
+    by_code: OnceLock<Box<[OnceLock<CodeHandles>]>>,
     requests: IntCounterVec,
     duration: HistogramVec,
 }
@@ -216,14 +220,22 @@ impl std::fmt::Debug for RequestMetrics {
     }
 }
 
+/// The counter and histogram of one status code.
+type CodeHandles = (IntCounter, Histogram);
+
 const FIRST_CODE: u16 = 100;
 const LAST_CODE: u16 = 599;
 
 impl RequestMetrics {
-    pub fn new(metrics: &Metrics, route: &str, cluster: &str, region: &str) -> Self {
+    pub fn new(
+        metrics: &Metrics,
+        route: impl Into<Arc<str>>,
+        cluster: impl Into<Arc<str>>,
+        region: impl Into<Arc<str>>,
+    ) -> Self {
         Self {
-            labels: [route.to_owned(), cluster.to_owned(), region.to_owned()],
-            by_code: (FIRST_CODE..=LAST_CODE).map(|_| OnceLock::new()).collect(),
+            labels: [route.into(), cluster.into(), region.into()],
+            by_code: OnceLock::new(),
             requests: metrics.requests.clone(),
             duration: metrics.duration.clone(),
         }
@@ -231,18 +243,16 @@ impl RequestMetrics {
 
     pub fn observe(&self, code: u16, seconds: f64) {
         let code = code.clamp(FIRST_CODE, LAST_CODE);
-        let Some(slot) = self.by_code.get(usize::from(code - FIRST_CODE)) else {
+        let by_code = self
+            .by_code
+            .get_or_init(|| (FIRST_CODE..=LAST_CODE).map(|_| OnceLock::new()).collect());
+        let Some(slot) = by_code.get(usize::from(code - FIRST_CODE)) else {
             return;
         };
         let (count, histogram) = slot.get_or_init(|| {
             let code = code.to_string();
             let [route, cluster, region] = &self.labels;
-            let values = [
-                route.as_str(),
-                cluster.as_str(),
-                region.as_str(),
-                code.as_str(),
-            ];
+            let values = [&**route, &**cluster, &**region, code.as_str()];
             (
                 self.requests.with_label_values(&values),
                 self.duration.with_label_values(&values),

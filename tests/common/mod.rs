@@ -75,7 +75,7 @@ pub async fn start_proxy(yaml: &str) -> RunningServer {
 /// harness's capture: keep it off unless a test asks for it.
 pub fn quiet(loaded: &mut config::LoadedConfig) {
     if !loaded.lines.contains_key("access_log") {
-        loaded.config.access_log.enabled = false;
+        loaded.config_mut().access_log.enabled = false;
     }
 }
 

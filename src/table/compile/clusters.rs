@@ -77,6 +77,10 @@ impl<'a> Compiler<'a> {
         let at = root().key("clusters");
         let mut out = Vec::new();
         let mut ids = HashMap::new();
+        let before: HashMap<&str, &Cluster> = self
+            .previous
+            .map(|t| t.clusters.iter().map(|c| (c.name.as_str(), c)).collect())
+            .unwrap_or_default();
         for (name, cluster) in &self.config.clusters {
             let here = at.key(name.clone());
             if !is_valid_name(name) {
@@ -92,9 +96,7 @@ impl<'a> Compiler<'a> {
                     DurationRange::TIMEOUT,
                 )
                 .unwrap_or(Duration::from_secs(1));
-            let previous = self
-                .previous
-                .and_then(|t| t.clusters.iter().find(|c| c.name == *name));
+            let previous = before.get(name.as_str()).copied();
             let mut sources: Vec<Vec<EndpointSource>> =
                 (0..region_count).map(|_| Vec::new()).collect();
             let mut seen = HashSet::new();

@@ -76,7 +76,7 @@ pub fn compile(
         metrics: context.metrics.clone(),
         previous: context.previous,
     };
-    let table = c.table(context.generation, context.database);
+    let table = c.table(context.generation, context.database, loaded.config.clone());
     if c.problems.is_empty() {
         // `table` is always Some when nothing was reported.
         if let Some(table) = table {
@@ -121,6 +121,7 @@ impl<'a> Compiler<'a> {
         &mut self,
         generation: u64,
         database: Option<Arc<GeoDb>>,
+        config: Arc<Config>,
     ) -> Option<RoutingTable> {
         let regions = self.regions();
         let local_region = self.local_region();
@@ -165,7 +166,7 @@ impl<'a> Compiler<'a> {
             access_log: self.config.access_log.format(),
             geo_lookups: ["override", "geoip", "unknown"]
                 .map(|source| self.metrics.geo_lookups.with_label_values(&[source])),
-            config: Arc::new(self.config.clone()),
+            config,
         })
     }
 

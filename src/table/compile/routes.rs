@@ -2,6 +2,37 @@
 
 use super::*;
 
+/// Metric label values shared by every route's handles: made once per compile, not per route.
+pub(super) struct MetricLabels {
+    /// Cluster names by `ClusterId`.
+    clusters: Vec<Arc<str>>,
+    /// Region names by `RegionId`.
+    regions: Vec<Arc<str>>,
+    /// The empty label (no cluster or no region chosen).
+    none: Arc<str>,
+}
+
+impl MetricLabels {
+    fn new(config: &Config, ids: &HashMap<&str, ClusterId>) -> Self {
+        let none: Arc<str> = Arc::from("");
+        let mut clusters = vec![none.clone(); ids.len()];
+        for (name, id) in ids {
+            if let Some(slot) = clusters.get_mut(*id) {
+                *slot = Arc::from(*name);
+            }
+        }
+        Self {
+            clusters,
+            regions: config
+                .regions
+                .keys()
+                .map(|r| Arc::from(r.as_str()))
+                .collect(),
+            none,
+        }
+    }
+}
+
 impl<'a> Compiler<'a> {
     pub(super) fn retries(&mut self, at: YamlPath, r: &RetryConfig) -> RetryPolicy {
         let mut policy = RetryPolicy::none();
@@ -65,9 +96,10 @@ impl<'a> Compiler<'a> {
             self.problems
                 .at(at.clone(), "at least one route is required");
         }
-        let mut names = HashSet::new();
-        let mut routes = Vec::new();
-        let mut hosts = Vec::new();
+        let mut names = HashSet::with_capacity(self.config.routes.len());
+        let mut routes = Vec::with_capacity(self.config.routes.len());
+        let mut hosts = Vec::with_capacity(self.config.routes.len());
+        let labels = MetricLabels::new(self.config, clusters);
         for (i, r) in self.config.routes.iter().enumerate() {
             let here = at.index(i);
             if r.name.is_empty() {
@@ -108,7 +140,7 @@ impl<'a> Compiler<'a> {
                 )
                 .unwrap_or(Duration::from_secs(60));
             if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
-                let metrics = self.route_metrics(&r.name, &target, clusters);
+                let metrics = self.route_metrics(&r.name, &target, &labels);
                 routes.push(Route {
                     metrics,
                     name: r.name.clone(),
@@ -136,37 +168,44 @@ impl<'a> Compiler<'a> {
         &self,
         route: &str,
         target: &RouteTarget,
-        clusters: &HashMap<&'a str, ClusterId>,
+        labels: &MetricLabels,
     ) -> RouteMetrics {
         let ids: Vec<ClusterId> = match target {
             RouteTarget::Cluster(id) => vec![*id],
             RouteTarget::Weighted { clusters, .. } => clusters.iter().map(|(id, _)| *id).collect(),
         };
-        let mut names: Vec<(&str, ClusterId)> = clusters.iter().map(|(n, id)| (*n, *id)).collect();
-        names.sort_by_key(|(_, id)| *id);
-        let region_names: Vec<&str> = self.config.regions.keys().map(String::as_str).collect();
+        let route: Arc<str> = route.into();
+        let label = |id: ClusterId| labels.clusters.get(id).unwrap_or(&labels.none).clone();
         let per_cluster = ids
             .into_iter()
             .map(|id| {
-                let cluster = names
+                let per_region = labels
+                    .regions
                     .iter()
-                    .find(|(_, c)| *c == id)
-                    .map(|(n, _)| *n)
-                    .unwrap_or("");
-                let per_region = region_names
-                    .iter()
-                    .map(|region| RequestMetrics::new(&self.metrics, route, cluster, region))
+                    .map(|region| {
+                        RequestMetrics::new(&self.metrics, route.clone(), label(id), region.clone())
+                    })
                     .collect();
                 (
                     id,
                     per_region,
-                    RequestMetrics::new(&self.metrics, route, cluster, ""),
+                    RequestMetrics::new(
+                        &self.metrics,
+                        route.clone(),
+                        label(id),
+                        labels.none.clone(),
+                    ),
                 )
             })
             .collect();
         RouteMetrics {
             per_cluster,
-            no_cluster: RequestMetrics::new(&self.metrics, route, "", ""),
+            no_cluster: RequestMetrics::new(
+                &self.metrics,
+                route,
+                labels.none.clone(),
+                labels.none.clone(),
+            ),
         }
     }
 
