@@ -184,8 +184,42 @@ pub struct Parsed<T> {
     pub unknown_fields: Problems,
 }
 
+/// Deepest nesting a document may have: a config is a handful of levels deep, and building,
+/// reading and dropping a value are recursive, so a hostile document must not go deeper.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuse a text nested deeper than [`MAX_NESTING`], before anything is built from it. Syntax
+/// errors are left to the loader, which reports them with their line. (Aliases need no count:
+/// they are refused as unsupported.)
+fn check_nesting(text: &str) -> Result<(), Problems> {
+    let mut depth = 0usize;
+    for event in Parser::new_from_str(text) {
+        let Ok((event, span)) = event else {
+            return Ok(());
+        };
+        match event {
+            Event::SequenceStart(..) | Event::MappingStart(..) => depth += 1,
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_NESTING {
+            let mut problems = Problems::default();
+            problems.push(Problem {
+                line: Some(span.start.line()),
+                path: None,
+                message: format!(
+                    "the YAML is nested more than {MAX_NESTING} levels deep; a config needs a few"
+                ),
+            });
+            return Err(problems);
+        }
+    }
+    Ok(())
+}
+
 /// The documents of a YAML text, or its syntax error with the line.
 fn load_documents(text: &str) -> Result<Vec<MarkedYaml<'_>>, Problems> {
+    check_nesting(text)?;
     MarkedYaml::load_from_str(text).map_err(|e| {
         let mut problems = Problems::default();
         problems.push(Problem {
@@ -346,6 +380,10 @@ fn from_events(text: &str) -> Option<(Value, LineIndex)> {
                     place(&mut open, &mut index, line)?;
                     Some(event_scalar(scalar)?)
                 }
+            }
+            // Deeper than allowed: the node tree path refuses it with its line.
+            Event::SequenceStart(..) | Event::MappingStart(..) if open.len() >= MAX_NESTING => {
+                return None;
             }
             Event::SequenceStart(..) => {
                 let node = place(&mut open, &mut index, line)?;
@@ -793,6 +831,37 @@ mod tests {
             "{by_events} of {}",
             texts.len()
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_its_line() {
+        for deep in [
+            "a: ".to_owned() + &"[".repeat(MAX_NESTING + 1) + &"]".repeat(MAX_NESTING + 1),
+            "a: ".to_owned() + &"{k: ".repeat(MAX_NESTING + 1) + "x" + &"}".repeat(MAX_NESTING + 1),
+            "a:\n".to_owned()
+                + &(1..=MAX_NESTING + 1)
+                    .map(|i| format!("{}k:\n", " ".repeat(i)))
+                    .collect::<String>(),
+        ] {
+            let err = parse_document::<Value>(&deep)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<String>();
+            assert!(err.contains("nested more than 64 levels"), "{err}");
+            let err = parse_values(&deep)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<String>();
+            assert!(err.contains("nested more than 64 levels"), "{err}");
+        }
+        // Far deeper: the parser's own limit answers first, as a syntax error; no crash.
+        let far = "a: ".to_owned() + &"[".repeat(1_000_000);
+        assert!(parse_document::<Value>(&far).is_err());
+        assert!(parse_values(&far).is_err());
+        let fine = "a: ".to_owned() + &"[".repeat(MAX_NESTING - 1) + &"]".repeat(MAX_NESTING - 1);
+        assert!(parse_document::<Value>(&fine).is_ok());
     }
 
     #[test]
