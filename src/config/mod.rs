@@ -6,8 +6,8 @@
 //! The lowest layer: uses nothing else of the crate. `import` turns Istio resources into a
 //! config.
 //!
-//! Errors: [`ConfigError`] (a read failure keeps its I/O source; problems carry file and line);
-//! `meridian import istio` alone has [`import::ImportError`].
+//! Errors: one [`ConfigError`], for loading and for `meridian import istio` (a read failure
+//! keeps its I/O source; problems carry file and line).
 
 mod durations;
 pub mod import;

@@ -82,6 +82,11 @@ pub enum ConfigError {
     },
     #[error("{}", render_problems(file, problems))]
     Invalid { file: PathBuf, problems: Problems },
+    /// `meridian import istio` could not read its input as YAML.
+    #[error("cannot read the Istio YAML: {}", render_import_problems(.0))]
+    ImportYaml(Problems),
+    #[error("no VirtualService found: meridian import istio needs at least one")]
+    NoVirtualService,
 }
 
 impl ConfigError {
@@ -95,8 +100,10 @@ impl ConfigError {
     /// The individual problems (empty for a read error).
     pub fn problems(&self) -> Vec<Problem> {
         match self {
-            Self::Read { .. } => Vec::new(),
-            Self::Invalid { problems, .. } => problems.iter().cloned().collect(),
+            Self::Read { .. } | Self::NoVirtualService => Vec::new(),
+            Self::Invalid { problems, .. } | Self::ImportYaml(problems) => {
+                problems.iter().cloned().collect()
+            }
         }
     }
 }
@@ -115,4 +122,15 @@ fn render_problems(file: &Path, problems: &Problems) -> String {
         }
     }
     out
+}
+
+fn render_import_problems(problems: &Problems) -> String {
+    problems
+        .iter()
+        .map(|p| match p.line {
+            Some(l) => format!("line {l}: {p}"),
+            None => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

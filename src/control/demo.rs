@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, EndpointConfig};
+use crate::control::ControlError;
 use crate::control::lifecycle::{self as server, RunningServer};
 use crate::geo::GeoDb;
 use crate::table;
@@ -206,25 +207,12 @@ pub struct Demo {
     pub backends: Vec<RegionBackend>,
 }
 
-/// Why the demo could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    #[error("cannot start a demo backend: {0}")]
-    Backend(#[source] std::io::Error),
-    #[error("the bundled demo GeoIP data is unreadable: {0}")]
-    Geo(#[from] crate::geo::GeoError),
-    #[error("the bundled demo config is invalid: {0}")]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Start(#[from] server::StartError),
-}
-
 /// The demo's routing table, with `endpoints` (region, address) as cluster `demo`.
 pub fn demo_table(
     listen: SocketAddr,
     admin: SocketAddr,
     endpoints: &[(String, SocketAddr)],
-) -> Result<table::RoutingTable, DemoError> {
+) -> Result<table::RoutingTable, ControlError> {
     let mut loaded = config::load_str(DEMO_CONFIG, Path::new("config/demo.yaml"))?;
     let config = loaded.config_mut();
     config.listeners.truncate(1);
@@ -256,12 +244,12 @@ pub fn demo_table(
 }
 
 /// Start the backends and the proxy.
-pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, DemoError> {
+pub async fn start(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, ControlError> {
     let mut backends = Vec::new();
     for region in DEMO_REGIONS {
         let backend = RegionBackend::start(region, SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
-            .map_err(DemoError::Backend)?;
+            .map_err(ControlError::DemoBackend)?;
         backends.push(backend);
     }
     let endpoints: Vec<(String, SocketAddr)> = backends

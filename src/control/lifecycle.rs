@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::control::ControlError;
 use crate::control::reload::ReloadStatus;
 use crate::edge::listen::{ActiveListener, ConnectionSetup, accept_loop, bind_listener};
 use crate::http1::framing::FramingLog;
@@ -30,18 +31,6 @@ use crate::upstream::outlier::Detector;
 
 /// How long in-flight requests may take to finish after shutdown starts.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr} (listener `{name}`): {source} (is another process using it?)")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// Shared between the admin listener and the lifecycle.
 #[derive(Debug, Default)]
@@ -145,7 +134,7 @@ impl Server {
 }
 
 /// Bind every listener of `table` and start serving it, without a config file to reload.
-pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
+pub async fn start(table: RoutingTable) -> Result<RunningServer, ControlError> {
     start_with(table, None).await
 }
 
@@ -153,7 +142,7 @@ pub async fn start(table: RoutingTable) -> Result<RunningServer, StartError> {
 pub async fn start_with(
     table: RoutingTable,
     config_path: Option<PathBuf>,
-) -> Result<RunningServer, StartError> {
+) -> Result<RunningServer, ControlError> {
     let specs = table.listeners.clone();
     let admin_bind = table.admin_bind;
     let metrics = table.metrics.clone();
@@ -176,7 +165,7 @@ pub async fn start_with(
     // Bind everything before serving anything, so a failure leaves nothing half-started.
     let mut bound = Vec::new();
     for spec in specs {
-        let listener = bind_listener(spec.bind).map_err(|source| StartError::Bind {
+        let listener = bind_listener(spec.bind).map_err(|source| ControlError::Bind {
             name: spec.name.clone(),
             addr: spec.bind,
             source,
@@ -187,7 +176,7 @@ pub async fn start_with(
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind {
+                .map_err(|source| ControlError::Bind {
                     name: "admin".into(),
                     addr,
                     source,

@@ -1,10 +1,13 @@
 //! The control path: lifecycle and drain (`lifecycle`), hot reload, the admin API and
 //! status page, and the demo. The top layer: it may use every other, and none uses it.
 //!
-//! Errors: [`lifecycle::StartError`] at start, [`reload::ReloadError`] on reload and
-//! [`demo::DemoError`] for the demo, each keeping its I/O or config cause as source.
+//! Errors: one [`ControlError`] for start, reload and the demo, keeping its I/O, config or
+//! GeoIP cause as source.
 
 pub mod admin;
 pub mod demo;
+mod error;
 pub mod lifecycle;
 pub mod reload;
+
+pub use error::ControlError;

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigError, LoadedConfig, Problem};
+use crate::control::ControlError;
 use crate::control::lifecycle::Server;
 use crate::geo::FileIdentity;
 use crate::table::CompileContext;
@@ -134,22 +135,6 @@ impl ReloadStatus {
     }
 }
 
-/// Why a reload did not apply.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("there is no config file to reload (this instance was started from a built-in config)")]
-    NoConfigFile,
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot listen on {addr} (listener `{name}`): {source}")]
-    Bind {
-        name: String,
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// The files a config names whose replacement is a reload: the GeoIP database, listener
 /// certificates and keys, the admin token.
 pub fn named_files(config: &Config) -> Vec<PathBuf> {
@@ -183,9 +168,9 @@ pub fn content_hash(text: &str, files: &[PathBuf]) -> String {
 
 impl Server {
     /// Reload the config file now. On any error the table in service keeps serving.
-    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadResult, ReloadError> {
+    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadResult, ControlError> {
         let Some(path) = self.config_path.clone() else {
-            return Err(ReloadError::NoConfigFile);
+            return Err(ControlError::NoConfigFile);
         };
         let mut serving = self.serving.lock().await;
         let outcome = self.reload_locked(&path, trigger, &mut serving).await;
@@ -193,7 +178,7 @@ impl Server {
             Ok(result) => (*result, None, Vec::new()),
             Err(e) => {
                 let problems = match e {
-                    ReloadError::Config(c) => c.problems().iter().map(ProblemView::from).collect(),
+                    ControlError::Config(c) => c.problems().iter().map(ProblemView::from).collect(),
                     _ => Vec::new(),
                 };
                 (ReloadResult::Failed, Some(e.to_string()), problems)
@@ -245,7 +230,7 @@ impl Server {
         path: &Path,
         trigger: Trigger,
         serving: &mut crate::control::lifecycle::Serving,
-    ) -> Result<ReloadResult, ReloadError> {
+    ) -> Result<ReloadResult, ControlError> {
         let current = self.table.load_full();
         let (parsed, hash) = match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -273,9 +258,9 @@ impl Server {
             return Ok(ReloadResult::Unchanged);
         }
         match self.apply(parsed, &current, hash.clone(), serving).await {
-            Err(ReloadError::Config(e)) => {
+            Err(ControlError::Config(e)) => {
                 serving.refused = Some(hash);
-                Err(ReloadError::Config(e))
+                Err(ControlError::Config(e))
             }
             other => other,
         }
@@ -288,7 +273,7 @@ impl Server {
         current: &Arc<crate::table::RoutingTable>,
         hash: String,
         serving: &mut crate::control::lifecycle::Serving,
-    ) -> Result<ReloadResult, ReloadError> {
+    ) -> Result<ReloadResult, ControlError> {
         let loaded = parsed?;
         let table = crate::table::compile(
             &loaded,
@@ -307,7 +292,7 @@ impl Server {
                 continue;
             }
             let listener = crate::edge::listen::bind_listener(spec.bind).map_err(|source| {
-                ReloadError::Bind {
+                ControlError::Bind {
                     name: spec.name.clone(),
                     addr: spec.bind,
                     source,

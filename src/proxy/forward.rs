@@ -39,13 +39,17 @@ pub(super) fn request_host(
 
 pub(super) async fn forward(
     table: &RoutingTable,
-    peer: SocketAddr,
-    scheme: Scheme,
+    context: RequestContext,
     req: Request<ClientBody>,
-    mut raw: Option<Fields>,
     started: Instant,
     trace: &mut Trace,
 ) -> Result<Box<Answer>, ProxyError> {
+    let RequestContext {
+        peer,
+        scheme,
+        mut raw,
+        ..
+    } = context;
     let (mut parts, body) = req.into_parts();
     let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let present = Present::of(headers);

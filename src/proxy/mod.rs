@@ -116,21 +116,16 @@ pub async fn handle(
     context: RequestContext,
     req: Request<ClientBody>,
 ) -> Result<Box<Answer>, Infallible> {
-    let RequestContext {
-        peer,
-        scheme,
-        redirect_https,
-        framing,
-        raw,
-    } = context;
+    let mut context = context;
+    let peer = context.peer;
     crate::alloc::note_request();
     // Taken for every request, in order, before anything else can return.
     let refused = match req.version() <= http::Version::HTTP_11 {
-        true => framing.and_then(|log| log.next_refusal()),
+        true => context.framing.take().and_then(|log| log.next_refusal()),
         false => None,
     };
-    if let Some(port) = redirect_https {
-        let headers = HeadersRef::of(req.headers(), raw.as_ref());
+    if let Some(port) = context.redirect_https {
+        let headers = HeadersRef::of(req.headers(), context.raw.as_ref());
         return Ok(redirect_to_https(req.uri(), headers, port).into());
     }
     if let Some(malformed) = refused {
@@ -144,10 +139,10 @@ pub async fn handle(
     let uri = req.uri().clone();
     // Only the access log needs it afterwards.
     let host = (table.access_log != AccessLogFormat::Off)
-        .then(|| HeadersRef::of(req.headers(), raw.as_ref()).value(Known::Host))
+        .then(|| HeadersRef::of(req.headers(), context.raw.as_ref()).value(Known::Host))
         .flatten();
     let mut trace = Trace::default();
-    let mut answer = match forward(&table, peer, scheme, req, raw, started, &mut trace).await {
+    let mut answer = match forward(&table, context, req, started, &mut trace).await {
         Ok(answer) => answer,
         Err(e) => {
             match e.status() {

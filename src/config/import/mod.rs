@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{Problems, parse_values, to_yaml};
+use crate::config::{ConfigError, parse_values, to_yaml};
 
 /// How an Istio field carried over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,25 +48,6 @@ pub struct ReportEntry {
 pub struct Imported {
     pub config: Value,
     pub report: Vec<ReportEntry>,
-}
-
-/// Why the input could not be imported at all.
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("cannot read the Istio YAML: {}", render_problems(.0))]
-    Yaml(Problems),
-    #[error("no VirtualService found: meridian import istio needs at least one")]
-    NoVirtualService,
-}
-
-fn render_problems(p: &Problems) -> String {
-    p.iter()
-        .map(|p| match p.line {
-            Some(l) => format!("line {l}: {p}"),
-            None => p.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Coordinates of common cloud regions, for distance ranking.
@@ -209,8 +190,8 @@ fn duration_text(v: &Value) -> Option<String> {
 }
 
 /// Import Istio YAML (one or more files' text).
-pub fn istio(text: &str) -> Result<Imported, ImportError> {
-    let docs = parse_values(text).map_err(ImportError::Yaml)?;
+pub fn istio(text: &str) -> Result<Imported, ConfigError> {
+    let docs = parse_values(text).map_err(ConfigError::ImportYaml)?;
     let resources: Vec<Resource> = docs
         .into_iter()
         .filter_map(|d| {
@@ -227,7 +208,7 @@ pub fn istio(text: &str) -> Result<Imported, ImportError> {
         })
         .collect();
     if !resources.iter().any(|r| r.kind == "VirtualService") {
-        return Err(ImportError::NoVirtualService);
+        return Err(ConfigError::NoVirtualService);
     }
     let mut b = Builder::default();
 

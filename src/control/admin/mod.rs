@@ -74,7 +74,7 @@ pub async fn handle(
             ),
             Err(e) => {
                 let status = match e {
-                    crate::control::reload::ReloadError::NoConfigFile => StatusCode::CONFLICT,
+                    crate::control::ControlError::NoConfigFile => StatusCode::CONFLICT,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 json_response(status, json!({ "result": "failed", "error": e.to_string(), "status": server.reload_status().as_ref() }))
