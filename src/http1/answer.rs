@@ -51,7 +51,10 @@ impl<B> Answer<B> {
         if let Some(region) = region {
             headers.insert(X_MERIDIAN_REGION, region);
         }
-        if let Some(id) = request_id {
+        if let Some(mut id) = request_id {
+            // Unique to this request: HTTP/2 sends it as a never-indexed literal rather than
+            // adding it to the HPACK table, where it would only evict fields that repeat.
+            id.set_sensitive(true);
             headers.insert(X_REQUEST_ID, id);
         }
         if !upstream.is_empty() {
