@@ -5,7 +5,11 @@
 //! Reloads swap the certificates inside the resolver, so listeners are never rebound and open
 //! connections keep the certificate they started with.
 //!
-//! Errors: [`TlsError`], naming the file, with the PEM or rustls cause as source.
+//! Session tickets, with random or shared keys that reloads replace, live in [`tickets`].
+//!
+//! Errors: [`TlsError`], naming the file, with the PEM, I/O or rustls cause as source.
+
+pub mod tickets;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +68,19 @@ pub enum TlsError {
     NoRoots,
     #[error("cannot set up a TLS client: {0}")]
     Client(#[source] rustls::Error),
+    #[error("cannot read session ticket keys from {}: {source}", path.display())]
+    TicketKeyRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("session ticket key file {} {problem}", path.display())]
+    TicketKeyFormat {
+        path: PathBuf,
+        problem: tickets::KeyFileProblem,
+    },
+    #[error("cannot make session ticket keys: {0}")]
+    TicketKeys(#[source] rustls::Error),
 }
 
 /// Load a certificate chain and its private key from PEM files.
