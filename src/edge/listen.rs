@@ -24,6 +24,7 @@ use crate::edge::send_timeout::SendTimeout;
 use crate::http1::framing::{FramingLog, Sniffer};
 use crate::http1::handoff::HandedOff;
 use crate::table::{ListenerSpec, TableHandle};
+use crate::tls::tickets::TicketKeys;
 
 /// Largest request head hyper will buffer (HTTP/1.1).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -42,6 +43,9 @@ pub(crate) struct ActiveListener {
     pub stop: CancellationToken,
     /// The certificates a TLS listener serves; reloads replace them in place.
     pub tls: Option<Arc<crate::tls::SniResolver>>,
+    /// The session ticket keys a TLS listener issues tickets with; reloads replace them in
+    /// place.
+    pub tickets: Option<Arc<TicketKeys>>,
 }
 
 /// Serve an already-bound proxy listener until the server stops or a reload removes it.
@@ -66,9 +70,20 @@ pub(crate) fn serve_listener(
             .unwrap_or_default();
         crate::tls::SniResolver::new(keys)
     });
+    // The table's ticketer, shared with any other socket serving this listener from the same
+    // table, so a ticket issued on one resumes on another.
+    let tickets = handle
+        .load()
+        .tls_tickets
+        .get(&spec.name)
+        .cloned()
+        .map(TicketKeys::new);
     let acceptor = match (&spec.tls, &resolver) {
         (Some(tls), Some(resolver)) => {
-            match crate::tls::server_config(resolver.clone(), tls.min_version) {
+            let ticketer = tickets
+                .clone()
+                .map(|t| t as Arc<dyn rustls::server::ProducesTickets>);
+            match crate::tls::server_config(resolver.clone(), tls.min_version, ticketer) {
                 Ok(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
                 Err(e) => {
                     tracing::error!(listener = %spec.name, error = %e, "TLS setup failed; the listener is not served");
@@ -78,6 +93,7 @@ pub(crate) fn serve_listener(
                         addr,
                         stop,
                         tls,
+                        tickets,
                     };
                 }
             }
@@ -155,6 +171,7 @@ pub(crate) fn serve_listener(
         addr,
         stop,
         tls: resolver,
+        tickets,
     }
 }
 
