@@ -148,6 +148,19 @@ impl Client {
     }
 }
 
+/// `meridian_tls_handshakes_total{listener="https"}`: (full, resumed).
+fn handshakes(proxy: &RunningServer) -> (u64, u64) {
+    let table = proxy.table.load();
+    let count = |resumed| {
+        table
+            .metrics
+            .tls_handshakes
+            .with_label_values(&["https", resumed])
+            .get()
+    };
+    (count("false"), count("true"))
+}
+
 async fn reload(proxy: &RunningServer) -> ReloadResult {
     proxy.server.reload(Trigger::Admin).await.unwrap()
 }
@@ -176,6 +189,7 @@ async fn tickets_resume_sessions_and_a_reload_rotates_random_keys() {
     let client = Client::tls13(&der);
     assert_ne!(client.visit(addr).await, HandshakeKind::Resumed);
     assert_eq!(client.visit(addr).await, HandshakeKind::Resumed);
+    assert_eq!(handshakes(&proxy), (1, 1));
 
     // A reload makes new keys: a ticket from before it no longer resumes.
     let before = Client::tls13(&der);
@@ -188,6 +202,7 @@ async fn tickets_resume_sessions_and_a_reload_rotates_random_keys() {
     );
     // The ticket that connection got is sealed with the new keys.
     assert_eq!(before.visit(addr).await, HandshakeKind::Resumed);
+    assert_eq!(handshakes(&proxy), (3, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,13 +229,16 @@ async fn instances_with_one_key_file_resume_each_others_sessions() {
     let client = Client::tls13(&der);
     assert_ne!(client.visit(a_addr).await, HandshakeKind::Resumed);
     assert_eq!(client.visit(b_addr).await, HandshakeKind::Resumed);
+    assert_eq!(handshakes(&b), (0, 1));
     let tls12 = Client::new(&der, &[&rustls::version::TLS12]);
     assert_ne!(tls12.visit(a_addr).await, HandshakeKind::Resumed);
     assert_eq!(tls12.visit(b_addr).await, HandshakeKind::Resumed);
+    assert_eq!(handshakes(&b), (0, 2));
     // An instance with its own random keys cannot open it.
     let stranger = Client::tls13(&der);
     assert_ne!(stranger.visit(a_addr).await, HandshakeKind::Resumed);
     assert_ne!(stranger.visit(own_addr).await, HandshakeKind::Resumed);
+    assert_eq!(handshakes(&own), (1, 0));
 
     // Rotation across instances: a new key goes first, the old one stays to open tickets.
     let old_ticket = Client::tls13(&der);
