@@ -5,14 +5,18 @@
 //! Reloads swap the certificates inside the resolver, so listeners are never rebound and open
 //! connections keep the certificate they started with.
 //!
-//! Errors: [`TlsError`], naming the file, with the PEM or rustls cause as source.
+//! Session tickets, with random or shared keys that reloads replace, live in [`tickets`].
+//!
+//! Errors: [`TlsError`], naming the file, with the PEM, I/O or rustls cause as source.
+
+pub mod tickets;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -31,6 +35,7 @@ pub struct TlsSpec {
     /// (certificate chain, private key) PEM files; the first pair is the default.
     pub certificates: Vec<(PathBuf, PathBuf)>,
     pub min_version: MinVersion,
+    pub session_tickets: tickets::SessionTickets,
 }
 
 /// Why certificates or keys could not be loaded: the tls layer's one error type. The text
@@ -64,6 +69,19 @@ pub enum TlsError {
     NoRoots,
     #[error("cannot set up a TLS client: {0}")]
     Client(#[source] rustls::Error),
+    #[error("cannot read session ticket keys from {}: {source}", path.display())]
+    TicketKeyRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("session ticket key file {} {problem}", path.display())]
+    TicketKeyFormat {
+        path: PathBuf,
+        problem: tickets::KeyFileProblem,
+    },
+    #[error("cannot make session ticket keys: {0}")]
+    TicketKeys(#[source] rustls::Error),
 }
 
 /// Load a certificate chain and its private key from PEM files.
@@ -140,10 +158,12 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A rustls server config offering h2 and http/1.1.
+/// A rustls server config offering h2 and http/1.1, issuing session tickets with `tickets`
+/// (without, sessions resume from rustls's own per-process cache only).
 pub fn server_config(
     resolver: Arc<SniResolver>,
     min: MinVersion,
+    tickets: Option<Arc<dyn ProducesTickets>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -155,6 +175,9 @@ pub fn server_config(
             .with_no_client_auth()
             .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(tickets) = tickets {
+        config.ticketer = tickets;
+    }
     Ok(Arc::new(config))
 }
 

@@ -164,6 +164,29 @@ pub struct ListenerTlsConfig {
     /// `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_version: Option<String>,
+    /// Session tickets: on by default, with random keys.
+    #[serde(default)]
+    pub session_tickets: SessionTicketsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SessionTicketsConfig {
+    /// Issue session tickets, so clients resume sessions without a full handshake.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A file of 80-byte keys (`openssl rand 80`): instances given the same file resume each
+    /// other's sessions. Without it each instance makes random keys at start and every reload.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for SessionTicketsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -136,7 +136,7 @@ impl ReloadStatus {
 }
 
 /// The files a config names whose replacement is a reload: the GeoIP database, listener
-/// certificates and keys, the admin token.
+/// certificates and keys, session ticket key files, the admin token.
 pub fn named_files(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config.geo.database.iter().cloned().collect();
     for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
@@ -144,6 +144,7 @@ pub fn named_files(config: &Config) -> Vec<PathBuf> {
             files.push(c.cert.clone());
             files.push(c.key.clone());
         }
+        files.extend(tls.session_tickets.key_file.iter().cloned());
     }
     files.extend(config.admin.token_file.iter().cloned());
     files
@@ -317,10 +318,16 @@ impl Server {
         let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut serving.listeners)
             .into_iter()
             .partition(|l| table.listeners.contains(&l.spec));
-        // Kept TLS listeners serve the freshly loaded certificates to new connections.
+        // Kept TLS listeners serve the freshly loaded certificates to new connections, and
+        // issue and accept tickets with the new ticket keys only (rotation).
         for l in &kept {
             if let (Some(resolver), Some(keys)) = (&l.tls, table.tls_keys.get(&l.spec.name)) {
                 resolver.replace(keys.clone());
+            }
+            if let (Some(tickets), Some(ticketer)) =
+                (&l.tickets, table.tls_tickets.get(&l.spec.name))
+            {
+                tickets.replace(ticketer.clone());
             }
         }
         for l in removed {

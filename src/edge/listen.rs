@@ -24,6 +24,8 @@ use crate::edge::send_timeout::SendTimeout;
 use crate::http1::framing::{FramingLog, Sniffer};
 use crate::http1::handoff::HandedOff;
 use crate::table::{ListenerSpec, TableHandle};
+use crate::telemetry::metrics::HandshakeMetrics;
+use crate::tls::tickets::TicketKeys;
 
 /// Largest request head hyper will buffer (HTTP/1.1).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -42,6 +44,15 @@ pub(crate) struct ActiveListener {
     pub stop: CancellationToken,
     /// The certificates a TLS listener serves; reloads replace them in place.
     pub tls: Option<Arc<crate::tls::SniResolver>>,
+    /// The session ticket keys a TLS listener issues tickets with; reloads replace them in
+    /// place.
+    pub tickets: Option<Arc<TicketKeys>>,
+}
+
+/// A TLS listener's acceptor and its handshake counters.
+pub(crate) struct TlsAccept {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handshakes: HandshakeMetrics,
 }
 
 /// Serve an already-bound proxy listener until the server stops or a reload removes it.
@@ -66,10 +77,24 @@ pub(crate) fn serve_listener(
             .unwrap_or_default();
         crate::tls::SniResolver::new(keys)
     });
+    // The table's ticketer, shared with any other socket serving this listener from the same
+    // table, so a ticket issued on one resumes on another.
+    let tickets = handle
+        .load()
+        .tls_tickets
+        .get(&spec.name)
+        .cloned()
+        .map(TicketKeys::new);
     let acceptor = match (&spec.tls, &resolver) {
         (Some(tls), Some(resolver)) => {
-            match crate::tls::server_config(resolver.clone(), tls.min_version) {
-                Ok(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
+            let ticketer = tickets
+                .clone()
+                .map(|t| t as Arc<dyn rustls::server::ProducesTickets>);
+            match crate::tls::server_config(resolver.clone(), tls.min_version, ticketer) {
+                Ok(config) => Some(Arc::new(TlsAccept {
+                    acceptor: tokio_rustls::TlsAcceptor::from(config),
+                    handshakes: HandshakeMetrics::new(&handle.load().metrics, &spec.name),
+                })),
                 Err(e) => {
                     tracing::error!(listener = %spec.name, error = %e, "TLS setup failed; the listener is not served");
                     let tls = Some(resolver.clone());
@@ -78,6 +103,7 @@ pub(crate) fn serve_listener(
                         addr,
                         stop,
                         tls,
+                        tickets,
                     };
                 }
             }
@@ -155,6 +181,7 @@ pub(crate) fn serve_listener(
         addr,
         stop,
         tls: resolver,
+        tickets,
     }
 }
 
@@ -196,7 +223,7 @@ pub(crate) async fn serve_io<I, S, B>(
 async fn serve_tls<S, B>(
     stream: SendTimeout<tokio::net::TcpStream>,
     peer: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<TlsAccept>,
     timeout: Duration,
     framing: Option<Arc<FramingLog>>,
     own_http1: Option<OwnHttp1>,
@@ -213,7 +240,7 @@ async fn serve_tls<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    let tls_stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => tls_stream,
         Ok(Err(e)) => {
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -224,7 +251,10 @@ async fn serve_tls<S, B>(
             return;
         }
     };
-    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let session = tls_stream.get_ref().1;
+    tls.handshakes
+        .count(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+    let h2 = session.alpn_protocol() == Some(b"h2");
     match (own_http1, h2_limits) {
         (_, Some(limits)) if h2 => {
             let io = TokioIo::new(tls_stream);
@@ -286,7 +316,7 @@ pub(crate) struct ProxyProtocol {
 #[derive(Default)]
 pub(crate) struct ConnectionSetup {
     pub proxy_protocol: Option<Arc<ProxyProtocol>>,
-    pub tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    pub tls: Option<(Arc<TlsAccept>, Duration)>,
     /// Watch request heads for Content-Length with Transfer-Encoding (see `sniff`).
     pub sniff: bool,
     /// Serve HTTP/1.1 requests without a body with Meridian's own loop (`server_h1`).

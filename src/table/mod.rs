@@ -142,6 +142,9 @@ pub struct RoutingTable {
     pub dns: DnsSettings,
     /// Certificates of each TLS listener, by listener name.
     pub tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
+    /// Session ticket keys of each TLS listener that issues tickets, by listener name: made
+    /// anew by every compile, so a reload rotates them.
+    pub tls_tickets: HashMap<String, Arc<dyn rustls::server::ProducesTickets>>,
     pub drain_delay: Duration,
     pub drain_timeout: Duration,
     pub metrics: Arc<Metrics>,

@@ -27,6 +27,7 @@ pub const CONFIG_GENERATION: &str = "meridian_config_generation";
 pub const GEO_LOOKUPS_TOTAL: &str = "meridian_geo_lookups_total";
 pub const GEOIP_BUILD_EPOCH_SECONDS: &str = "meridian_geoip_build_epoch_seconds";
 pub const DNS_LOOKUPS_TOTAL: &str = "meridian_dns_lookups_total";
+pub const TLS_HANDSHAKES_TOTAL: &str = "meridian_tls_handshakes_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -52,6 +53,7 @@ pub struct Metrics {
     pub geo_lookups: IntCounterVec,
     pub geoip_build_epoch: IntGauge,
     pub dns_lookups: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,6 +182,12 @@ impl Metrics {
                 "DNS lookups of endpoint names, by result.",
                 &["cluster", "result"],
             ),
+            tls_handshakes: counter(
+                &registry,
+                TLS_HANDSHAKES_TOTAL,
+                "TLS handshakes completed, by whether they resumed a session.",
+                &["listener", "resumed"],
+            ),
             registry,
         }
     }
@@ -198,6 +206,35 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A TLS listener's handshake counters, resolved when it starts.
+#[derive(Debug, Clone)]
+pub struct HandshakeMetrics {
+    full: IntCounter,
+    resumed: IntCounter,
+}
+
+impl HandshakeMetrics {
+    pub fn new(metrics: &Metrics, listener: &str) -> Self {
+        Self {
+            full: metrics
+                .tls_handshakes
+                .with_label_values(&[listener, "false"]),
+            resumed: metrics
+                .tls_handshakes
+                .with_label_values(&[listener, "true"]),
+        }
+    }
+
+    /// Count a completed handshake.
+    pub fn count(&self, resumed: bool) {
+        if resumed {
+            self.resumed.inc()
+        } else {
+            self.full.inc()
+        }
     }
 }
 
@@ -276,6 +313,7 @@ mod tests {
         r.observe(503, 0.5);
         crate::upstream::ClusterStats::new(&m, "api").retries.inc();
         m.reloads.with_label_values(&["applied", "signal"]).inc();
+        HandshakeMetrics::new(&m, "https").count(true);
         let text = m.render();
         assert!(
             text.contains(
@@ -287,6 +325,12 @@ mod tests {
         assert!(text.contains(r#"meridian_retries_total{cluster="api"} 1"#));
         assert!(
             text.contains(r#"meridian_config_reloads_total{result="applied",trigger="signal"} 1"#)
+        );
+        assert!(
+            text.contains(r#"meridian_tls_handshakes_total{listener="https",resumed="true"} 1"#)
+        );
+        assert!(
+            text.contains(r#"meridian_tls_handshakes_total{listener="https",resumed="false"} 0"#)
         );
     }
 }

@@ -119,6 +119,7 @@ impl<'a> Compiler<'a> {
             }
         }
         self.tls_keys.insert(listener.to_owned(), keys);
+        let session_tickets = self.session_tickets(at.key("session_tickets"), listener, t);
         Some(TlsSpec {
             certificates: t
                 .certificates
@@ -126,7 +127,45 @@ impl<'a> Compiler<'a> {
                 .map(|c| (c.cert.clone(), c.key.clone()))
                 .collect(),
             min_version,
+            session_tickets,
         })
+    }
+
+    /// A listener's session ticket setting, with its keys made (or the key file read) now, so a
+    /// broken key file fails the config (or the reload) as a broken certificate does.
+    fn session_tickets(
+        &mut self,
+        at: YamlPath,
+        listener: &str,
+        t: &ListenerTlsConfig,
+    ) -> SessionTickets {
+        let config = &t.session_tickets;
+        let setting = match (&config.key_file, config.enabled) {
+            (None, false) => SessionTickets::Off,
+            (None, true) => SessionTickets::RandomKeys,
+            (Some(path), true) => SessionTickets::KeyFile(path.clone()),
+            (Some(_), false) => {
+                self.problems.at(
+                    at.key("key_file"),
+                    "has no use with `enabled: false`: remove one of them",
+                );
+                return SessionTickets::Off;
+            }
+        };
+        match setting.ticketer() {
+            Ok(Some(ticketer)) => {
+                self.tls_tickets.insert(listener.to_owned(), ticketer);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let field = match setting {
+                    SessionTickets::KeyFile(_) => at.key("key_file"),
+                    _ => at,
+                };
+                self.problems.at(field, e.to_string());
+            }
+        }
+        setting
     }
 
     pub(super) fn admin(&mut self) -> (Option<SocketAddr>, Option<String>) {

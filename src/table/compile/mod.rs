@@ -32,6 +32,7 @@ use crate::table::routes::{
     RouteSet, RouteTarget,
 };
 use crate::telemetry::metrics::{Metrics, RequestMetrics};
+use crate::tls::tickets::SessionTickets;
 use crate::tls::{MinVersion, TlsSpec};
 use crate::upstream::ClusterStats;
 use crate::upstream::health::HealthPolicy;
@@ -70,6 +71,7 @@ pub fn compile(
 ) -> Result<RoutingTable, ConfigError> {
     let mut c = Compiler {
         tls_keys: HashMap::new(),
+        tls_tickets: HashMap::new(),
         problems: loaded.problems.clone(),
         config: &loaded.config,
         regions: HashMap::new(),
@@ -97,6 +99,8 @@ pub fn load(path: &Path, context: CompileContext<'_>) -> Result<RoutingTable, Co
 struct Compiler<'a> {
     /// Certificates loaded per TLS listener.
     tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
+    /// Session ticket keys made per TLS listener that issues tickets.
+    tls_tickets: HashMap<String, Arc<dyn rustls::server::ProducesTickets>>,
     problems: Problems,
     config: &'a Config,
     regions: HashMap<&'a str, RegionId>,
@@ -159,6 +163,7 @@ impl<'a> Compiler<'a> {
             max_region_hops: self.config.max_region_hops,
             dns,
             tls_keys: std::mem::take(&mut self.tls_keys),
+            tls_tickets: std::mem::take(&mut self.tls_tickets),
             drain_delay,
             drain_timeout,
             unrouted_metrics: RequestMetrics::new(&self.metrics, "", "", ""),
