@@ -107,7 +107,8 @@ async fn new_connections(proxy: SocketAddr, n: usize, path: &str) -> Vec<String>
     regions
 }
 
-/// An upstream that answers 200 to everything and counts the connections it accepted.
+/// An upstream that answers 200 to everything (after `delay`) and counts the connections it
+/// accepted.
 struct CountingUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicU64>,
@@ -115,7 +116,7 @@ struct CountingUpstream {
 }
 
 impl CountingUpstream {
-    async fn start() -> Self {
+    async fn start(delay: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicU64::new(0));
@@ -131,7 +132,10 @@ impl CountingUpstream {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_req| {
                         reqs.fetch_add(1, Ordering::SeqCst);
-                        async {
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
                             Ok::<_, std::convert::Infallible>(http::Response::new(
                                 http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
                             ))
@@ -288,7 +292,7 @@ async fn a_drain_finishes_in_flight_requests_on_every_worker_and_closes() {
 
 #[tokio::test]
 async fn each_worker_reuses_its_own_upstream_connections() {
-    let upstream = CountingUpstream::start().await;
+    let upstream = CountingUpstream::start(Duration::ZERO).await;
     let (_dir, path) = config_file(&single_upstream_config(upstream.addr, ""));
     let running = start_on_workers(&path, WORKERS).await;
     let (proxy, admin) = (running.proxy_addr().unwrap(), running.admin.unwrap());
@@ -309,7 +313,7 @@ async fn each_worker_reuses_its_own_upstream_connections() {
 
 #[tokio::test]
 async fn a_worker_at_max_connections_borrows_another_workers_idle_connection() {
-    let upstream = CountingUpstream::start().await;
+    let upstream = CountingUpstream::start(Duration::ZERO).await;
     let (_dir, path) = config_file(&single_upstream_config(upstream.addr, "max_connections: 1"));
     let running = start_on_workers(&path, WORKERS).await;
     let (proxy, admin) = (running.proxy_addr().unwrap(), running.admin.unwrap());
@@ -471,4 +475,41 @@ async fn worker_threads_zero_runs_one_worker() {
     assert!(!text.contains("meridian_worker_connections_total{worker=\"1\"}"));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn max_connections_holds_for_the_cluster_across_workers_under_a_flood() {
+    // Slow answers keep every worker's requests waiting on the cluster's four connections.
+    let upstream = CountingUpstream::start(Duration::from_millis(10)).await;
+    let (_dir, path) = config_file(&single_upstream_config(
+        upstream.addr,
+        "max_connections: 4, max_pending_requests: 1000",
+    ));
+    let running = start_on_workers(&path, WORKERS).await;
+    let (proxy, admin) = (running.proxy_addr().unwrap(), running.admin.unwrap());
+
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut client = Client::connect(proxy, None).await;
+                for _ in 0..5 {
+                    let answer = client.get("api.example.com", "/", &[]).await;
+                    assert_eq!(answer.status, 200, "{}", answer.body);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let accepted = accepted_per_worker(admin, WORKERS).await;
+    assert_eq!(accepted.iter().sum::<u64>(), 100);
+    assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 500);
+    let opened = upstream.connections.load(Ordering::SeqCst);
+    assert!(
+        opened <= 4,
+        "{opened} upstream connections: max_connections is per worker, not per cluster"
+    );
+    running.shutdown(Duration::from_secs(5)).await;
 }
