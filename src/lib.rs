@@ -18,6 +18,7 @@ pub mod table;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 // Shorter paths kept for the command line, integration tests, benches and fuzz targets.
 pub use config::import;

@@ -27,10 +27,10 @@ enum Command {
     Run {
         #[arg(short, long, default_value = "config/meridian.yaml")]
         config: PathBuf,
-        /// Runtime threads: 0 runs everything on the main thread (tokio current_thread);
-        /// default: one per core.
-        #[arg(long)]
-        worker_threads: Option<usize>,
+        /// Worker threads, each a single-threaded runtime with its own listener sockets and
+        /// upstream connections; default: one per core. 0 is taken as 1; at most 1024.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
+        worker_threads: Option<u16>,
     },
     /// Validate a config file: prints every problem with its line; exits 1 if there are any.
     Check {
@@ -113,7 +113,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             worker_threads,
         } => {
             let table = table::load(&config, table::CompileContext::default())?;
-            runtime_with(worker_threads)?.block_on(serve(table, config))?;
+            let count = meridian::worker::resolve_count(worker_threads.map(usize::from))?;
+            let workers = meridian::worker::Workers::start(count, Some(park))
+                .context("cannot start the worker threads")?;
+            let workers = std::sync::Arc::new(workers);
+            runtime()?.block_on(serve(table, config, workers.clone()))?;
+            // Every listener has stopped and the drain is over (or was cut short): what is
+            // left on the workers is dropped with them.
+            if let Ok(workers) = std::sync::Arc::try_unwrap(workers) {
+                workers.stop();
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen, admin } => {
@@ -208,28 +217,27 @@ fn check(config: &Path) -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    runtime_with(None)
+/// Run when a runtime's thread has nothing to do: give freed memory back.
+fn park() {
+    meridian::alloc::return_freed_memory(meridian::http1::buffers::let_go)
 }
 
-fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = match worker_threads {
-        Some(0) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    builder
+/// The main thread's runtime: single-threaded. Under `run` it is the control thread (admin
+/// API, reloads, health checks, DNS discovery, signals); the proxy listeners are served by
+/// the worker threads (`meridian::worker`). The demo and the demo backend run on it alone.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .on_thread_park(|| meridian::alloc::return_freed_memory(meridian::http1::buffers::let_go))
+        .on_thread_park(park)
         .build()
         .context("cannot start the async runtime")
 }
 
-async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    table: table::RoutingTable,
+    config: PathBuf,
+    workers: std::sync::Arc<meridian::worker::Workers>,
+) -> anyhow::Result<()> {
     let mut shutdown = ShutdownSignal::listen();
     // Wakes an idle runtime twice a second, so `alloc::return_freed_memory` runs after a
     // burst ends.
@@ -242,7 +250,7 @@ async fn serve(table: table::RoutingTable, config: PathBuf) -> anyhow::Result<()
     });
     // Listening before anything is bound: a SIGHUP sent once the admin port answers reloads.
     let hangup = reload::Hangup::listen();
-    let running = server::start_with(table, Some(config)).await?;
+    let running = server::start_on(table, Some(config), workers).await?;
     reload::spawn_watchers_with(
         running.server.clone(),
         reload::DEFAULT_POLL_INTERVAL,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "alloc",     // the global allocator
     "deadline",  // deadlines from configured durations that saturate instead of panicking
+    "worker",    // worker threads (one runtime per core) and the calling thread's index
     "config",    // the config model, YAML with lines, problems, Istio import
     "tls",       // certificates and rustls configurations
     "http1",     // Meridian's own HTTP/1.1: server loop, client codec, fields, strict checks

@@ -21,13 +21,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::ControlError;
 use crate::control::reload::ReloadStatus;
-use crate::edge::listen::{ActiveListener, ConnectionSetup, accept_loop, bind_listener};
+use crate::edge::listen::{ActiveListener, ConnectionSetup, accept_loop, bind_listeners};
 use crate::http1::framing::FramingLog;
 use crate::table::{
     Endpoint, EndpointSet, EndpointSource, ListenerSpec, RoutingTable, TableHandle,
 };
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::outlier::Detector;
+use crate::worker::Workers;
 
 /// How long in-flight requests may take to finish after shutdown starts.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,6 +61,8 @@ pub struct Server {
     pub(crate) status: ArcSwap<ReloadStatus>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// The runtimes proxy listeners are served on, one socket per listener on each.
+    pub(crate) workers: Arc<Workers>,
 }
 
 /// A started Meridian: its bound addresses and the handles to stop it.
@@ -111,19 +114,34 @@ impl Server {
         }
     }
 
-    /// Serve an already-bound proxy listener until the server stops or a reload removes it.
+    /// How many workers serve the proxy listeners.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Serve an already-bound proxy listener (one socket per worker, see
+    /// [`Server::bind_listener`]) until the server stops or a reload removes it.
     pub(crate) fn serve_listener(
         &self,
         spec: ListenerSpec,
-        listener: TcpListener,
+        sockets: Vec<std::net::TcpListener>,
     ) -> ActiveListener {
         crate::edge::listen::serve_listener(
             &self.table,
             &self.shutdown,
             &self.tracker,
+            &self.workers,
             spec,
-            listener,
+            sockets,
         )
+    }
+
+    /// Bind one socket of `spec` per worker; a failure on any names the listener.
+    pub(crate) fn bind_listener(
+        &self,
+        spec: &ListenerSpec,
+    ) -> Result<Vec<std::net::TcpListener>, ControlError> {
+        bind_for(spec, &self.workers)
     }
 
     /// Start the outlier detectors, pool reapers and health checks of `table`; they stop when
@@ -138,10 +156,33 @@ pub async fn start(table: RoutingTable) -> Result<RunningServer, ControlError> {
     start_with(table, None).await
 }
 
-/// Bind every listener of `table` and start serving it; `config_path` is what reloads read.
+/// Bind every listener of `table` and start serving it on the calling runtime alone;
+/// `config_path` is what reloads read.
 pub async fn start_with(
     table: RoutingTable,
     config_path: Option<PathBuf>,
+) -> Result<RunningServer, ControlError> {
+    start_on(table, config_path, Arc::new(Workers::current())).await
+}
+
+fn bind_for(
+    spec: &ListenerSpec,
+    workers: &Workers,
+) -> Result<Vec<std::net::TcpListener>, ControlError> {
+    bind_listeners(spec.bind, workers.len()).map_err(|source| ControlError::Bind {
+        name: spec.name.clone(),
+        addr: spec.bind,
+        source,
+    })
+}
+
+/// Bind every listener of `table` once per worker and serve each socket on its worker; the
+/// admin API and the control tasks (health checks, outlier detectors, DNS discovery, pool
+/// reapers) run on the calling runtime. `config_path` is what reloads read.
+pub async fn start_on(
+    table: RoutingTable,
+    config_path: Option<PathBuf>,
+    workers: Arc<Workers>,
 ) -> Result<RunningServer, ControlError> {
     let specs = table.listeners.clone();
     let admin_bind = table.admin_bind;
@@ -165,12 +206,8 @@ pub async fn start_with(
     // Bind everything before serving anything, so a failure leaves nothing half-started.
     let mut bound = Vec::new();
     for spec in specs {
-        let listener = bind_listener(spec.bind).map_err(|source| ControlError::Bind {
-            name: spec.name.clone(),
-            addr: spec.bind,
-            source,
-        })?;
-        bound.push((spec, listener));
+        let sockets = bind_for(&spec, &workers)?;
+        bound.push((spec, sockets));
     }
     let admin_listener = match admin_bind {
         Some(addr) => Some(
@@ -201,6 +238,7 @@ pub async fn start_with(
         status: ArcSwap::from_pointee(status),
         shutdown,
         tracker: TaskTracker::new(),
+        workers,
     });
     server.spawn_control_tasks(&server.table.load(), &control_tasks);
 
@@ -227,7 +265,7 @@ pub async fn start_with(
             server.tracker.spawn(accept_loop(
                 listener,
                 builder,
-                make_service,
+                Arc::new(make_service),
                 server.shutdown.clone(),
                 server.tracker.clone(),
                 ConnectionSetup::default(),

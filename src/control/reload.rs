@@ -292,14 +292,9 @@ impl Server {
             if serving.listeners.iter().any(|l| l.spec == *spec) {
                 continue;
             }
-            let listener = crate::edge::listen::bind_listener(spec.bind).map_err(|source| {
-                ControlError::Bind {
-                    name: spec.name.clone(),
-                    addr: spec.bind,
-                    source,
-                }
-            })?;
-            new_listeners.push((spec.clone(), listener));
+            // One socket per worker: every worker serves the new listener.
+            let sockets = self.bind_listener(spec)?;
+            new_listeners.push((spec.clone(), sockets));
         }
         if table.admin_bind != current.admin_bind {
             tracing::warn!("admin.bind changed: the admin listener moves only on restart");
@@ -335,8 +330,8 @@ impl Server {
             l.stop.cancel();
         }
         serving.listeners = kept;
-        for (spec, listener) in new_listeners {
-            serving.listeners.push(self.serve_listener(spec, listener));
+        for (spec, sockets) in new_listeners {
+            serving.listeners.push(self.serve_listener(spec, sockets));
         }
 
         // Control tasks follow the new endpoint sets; endpoint state carried over in compile.

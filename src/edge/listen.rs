@@ -14,6 +14,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use crate::http1::handoff::HandedOff;
 use crate::table::{ListenerSpec, TableHandle};
 use crate::telemetry::metrics::HandshakeMetrics;
 use crate::tls::tickets::TicketKeys;
+use crate::worker::Workers;
 
 /// Largest request head hyper will buffer (HTTP/1.1).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -55,15 +57,21 @@ pub(crate) struct TlsAccept {
     pub handshakes: HandshakeMetrics,
 }
 
-/// Serve an already-bound proxy listener until the server stops or a reload removes it.
+/// Serve an already-bound proxy listener until the server stops or a reload removes it: one
+/// accept loop per worker, each on its own socket of the listener (`sockets[i]` on worker
+/// `i`, see [`bind_listeners`]). Certificates, ticket keys and the table are shared.
 pub(crate) fn serve_listener(
     handle: &TableHandle,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
+    workers: &Workers,
     spec: ListenerSpec,
-    listener: TcpListener,
+    sockets: Vec<std::net::TcpListener>,
 ) -> ActiveListener {
-    let addr = listener.local_addr().unwrap_or(spec.bind);
+    let addr = sockets
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .unwrap_or(spec.bind);
     tracing::info!(listener = %spec.name, %addr, "proxy listening");
     let stop = shutdown.child_token();
     let builder = Arc::new(proxy_builder(&spec));
@@ -161,21 +169,38 @@ pub(crate) fn serve_listener(
             timeout: spec.header_read_timeout,
         })
     });
-    tracker.spawn(accept_loop(
-        listener,
-        builder,
-        make_service,
-        stop.clone(),
-        tracker.clone(),
-        ConnectionSetup {
-            proxy_protocol,
-            tls: acceptor.map(|a| (a, spec.header_read_timeout)),
-            sniff: true,
-            own_http1: Some(own_http1),
-            send_timeout: spec.send_timeout,
-            h2: Some(h2),
-        },
-    ));
+    let setup = ConnectionSetup {
+        proxy_protocol,
+        tls: acceptor.map(|a| (a, spec.header_read_timeout)),
+        sniff: true,
+        own_http1: Some(own_http1),
+        send_timeout: spec.send_timeout,
+        h2: Some(h2),
+        accepted: None,
+    };
+    let make_service = Arc::new(make_service);
+    let per_worker = handle.load().metrics.worker_connections.clone();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let setup = ConnectionSetup {
+            accepted: Some(per_worker.with_label_values(&[index.to_string().as_str()])),
+            ..setup.clone()
+        };
+        let (builder, make_service) = (builder.clone(), make_service.clone());
+        let (stop, loops) = (stop.clone(), tracker.clone());
+        let name = spec.name.clone();
+        // Registered with the worker's own reactor: the socket is polled by that thread only.
+        let serve = async move {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    accept_loop(listener, builder, make_service, stop, loops, setup).await
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, worker = index, error = %e, "cannot serve the listener on this worker")
+                }
+            }
+        };
+        tracker.spawn_on(serve, workers.handle(index));
+    }
     ActiveListener {
         spec,
         addr,
@@ -274,19 +299,39 @@ async fn serve_tls<S, B>(
 /// Listen backlog of proxy listeners.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Bind a proxy listener with SO_REUSEPORT, so a reload that changes a listener's settings can
-/// open the new socket on the same port before closing the old one.
-pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
+/// Bind `count` (at least 1) sockets of a proxy listener on `addr`, one per worker, all with
+/// SO_REUSEPORT: the kernel spreads new connections over them, so each worker accepts its
+/// own, and a reload that changes a listener's settings can open the new sockets on the same
+/// port before closing the old ones. Port 0 picks one port, which the others then share. A
+/// port held by another process (without SO_REUSEPORT) fails the first bind. The sockets
+/// are non-blocking and not yet registered with any runtime: each worker registers its own.
+pub(crate) fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
+    let mut at = addr;
+    for _ in 0..count.max(1) {
+        let socket = bind_one(at)?;
+        at = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
     #[cfg(unix)]
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG as i32)?;
+    Ok(socket.into())
 }
 
 /// hyper's HTTP/1.1 server, for the connections Meridian's own loop hands over. HTTP/2
@@ -313,7 +358,7 @@ pub(crate) struct ProxyProtocol {
 }
 
 /// What happens on a new connection before HTTP: PROXY header, TLS, framing watch.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct ConnectionSetup {
     pub proxy_protocol: Option<Arc<ProxyProtocol>>,
     pub tls: Option<(Arc<TlsAccept>, Duration)>,
@@ -325,6 +370,9 @@ pub(crate) struct ConnectionSetup {
     pub send_timeout: Duration,
     /// HTTP/2 connections go to `edge::h2`, held to these; without, to hyper's own.
     pub h2: Option<H2Limits>,
+    /// Counts the connections this accept loop takes (its worker's
+    /// `meridian_worker_connections_total`); the admin listener counts none.
+    pub accepted: Option<IntCounter>,
 }
 
 /// What `server_h1` needs of a proxy listener.
@@ -403,7 +451,7 @@ impl OwnHttp1 {
 pub(crate) async fn accept_loop<F, S, B>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    make_service: F,
+    make_service: Arc<F>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     setup: ConnectionSetup,
@@ -417,7 +465,6 @@ pub(crate) async fn accept_loop<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let make_service = Arc::new(make_service);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -433,6 +480,9 @@ pub(crate) async fn accept_loop<F, S, B>(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(accepted) = &setup.accepted {
+            accepted.inc();
+        }
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let make_service = make_service.clone();

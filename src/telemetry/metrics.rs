@@ -28,6 +28,7 @@ pub const GEO_LOOKUPS_TOTAL: &str = "meridian_geo_lookups_total";
 pub const GEOIP_BUILD_EPOCH_SECONDS: &str = "meridian_geoip_build_epoch_seconds";
 pub const DNS_LOOKUPS_TOTAL: &str = "meridian_dns_lookups_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "meridian_tls_handshakes_total";
+pub const WORKER_CONNECTIONS_TOTAL: &str = "meridian_worker_connections_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -54,6 +55,7 @@ pub struct Metrics {
     pub geoip_build_epoch: IntGauge,
     pub dns_lookups: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
+    pub worker_connections: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -188,6 +190,12 @@ impl Metrics {
                 "TLS handshakes completed, by whether they resumed a session.",
                 &["listener", "resumed"],
             ),
+            worker_connections: counter(
+                &registry,
+                WORKER_CONNECTIONS_TOTAL,
+                "Client connections accepted on proxy listeners, by worker thread.",
+                &["worker"],
+            ),
             registry,
         }
     }
@@ -314,6 +322,7 @@ mod tests {
         crate::upstream::ClusterStats::new(&m, "api").retries.inc();
         m.reloads.with_label_values(&["applied", "signal"]).inc();
         HandshakeMetrics::new(&m, "https").count(true);
+        m.worker_connections.with_label_values(&["1"]).inc();
         let text = m.render();
         assert!(
             text.contains(
@@ -332,5 +341,6 @@ mod tests {
         assert!(
             text.contains(r#"meridian_tls_handshakes_total{listener="https",resumed="false"} 0"#)
         );
+        assert!(text.contains(r#"meridian_worker_connections_total{worker="1"} 1"#));
     }
 }

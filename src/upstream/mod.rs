@@ -14,8 +14,10 @@ pub mod discovery;
 pub mod endpoints;
 pub mod error;
 pub mod health;
+mod idle;
 pub mod outlier;
 pub mod pool;
+mod response_body;
 
 use prometheus::IntCounter;
 

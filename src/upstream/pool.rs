@@ -7,29 +7,33 @@
 //! back to the pool when its response body has been read to the end. Idle connections are
 //! closed by the pool's reaper ([`ClusterPool::reap`], a control task of the server) once
 //! they have idled `idle_timeout`, or as soon as the upstream closes them.
+//!
+//! The limits count across every worker thread (they are atomics and semaphores), but idle
+//! connections are kept per worker (`crate::worker`): a request reuses a connection its own
+//! thread opened, whose socket that thread's runtime polls, and goes back to the set of the
+//! worker that opened it. A worker with none idle while the cluster is at `max_connections`
+//! borrows another worker's idle connection to the endpoint rather than wait or fail.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::task::Waker;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::http1::client::{self as h1, Connection, Framing};
+use crate::http1::client::{self as h1, Connection};
 
 pub use crate::http1::body::UpstreamBody;
 pub use crate::upstream::error::UpstreamError;
 use crate::upstream::error::server_name;
+use crate::upstream::idle::{IdleConn, IdleConns, ReaperSignal, Watch};
+pub use crate::upstream::response_body::{ResponseIdle, UpstreamResponseBody};
 
 /// The limits of one cluster's pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +68,7 @@ impl Overflow {
 /// A connection's place under `max_connections`. Giving it up, however the connection ends
 /// (released past the idle cap, discarded, or dropped with a request that was given up),
 /// wakes the checkouts waiting for one.
-struct ConnSlot {
+pub(super) struct ConnSlot {
     permit: Option<OwnedSemaphorePermit>,
     released: Arc<Notify>,
 }
@@ -77,81 +81,6 @@ impl Drop for ConnSlot {
     }
 }
 
-struct IdleConn {
-    conn: Box<Connection>,
-    slot: ConnSlot,
-    watch: Watch,
-    uses: u32,
-    since: Instant,
-}
-
-/// A pool's idle connections, per endpoint.
-#[derive(Default)]
-struct IdleConns {
-    /// Oldest first: reuse takes the newest, expiry and the cap close the oldest.
-    /// Looked up per request: hashed with foldhash (addresses come from config and
-    /// discovery, never from clients).
-    by_addr: foldhash::HashMap<SocketAddr, VecDeque<IdleConn>>,
-    /// The reaper found nothing to wait for: the next connection to go idle must wake it,
-    /// so that it sets its timer. (One that comes later expires later: no need to.)
-    reaper_unarmed: bool,
-}
-
-/// Wakes a pool's reaper: when an idle socket turns readable (see [`Watch`]), and when the
-/// first connection goes idle.
-#[derive(Default)]
-struct ReaperSignal(Notify);
-
-/// What a connection's socket is watched with while it idles. Its waker is left with the
-/// socket when the connection goes back to the pool; the socket turning readable (the
-/// upstream closed it, or sent something unasked) sets `readable` and wakes the reaper. So a
-/// close is heard as it happens, and a checkout or a sweep reads a flag instead of probing
-/// the socket. Made once per connection.
-struct Watch {
-    state: Arc<WatchState>,
-    waker: Waker,
-}
-
-struct WatchState {
-    readable: AtomicBool,
-    reaper: Arc<ReaperSignal>,
-}
-
-impl Wake for WatchState {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.readable.store(true, Ordering::Release);
-        self.reaper.0.notify_one();
-    }
-}
-
-impl Watch {
-    fn new(reaper: &Arc<ReaperSignal>) -> Self {
-        let state = Arc::new(WatchState {
-            readable: AtomicBool::new(false),
-            reaper: reaper.clone(),
-        });
-        Self {
-            waker: Waker::from(state.clone()),
-            state,
-        }
-    }
-
-    /// Whether the socket turned readable since the connection went idle.
-    fn fired(&self) -> bool {
-        self.state.readable.load(Ordering::Acquire)
-    }
-
-    /// Whether `conn` is still open, leaving the waker with its socket if so.
-    fn arm(&self, conn: &mut Connection) -> bool {
-        self.state.readable.store(false, Ordering::Release);
-        conn.is_open(&self.waker)
-    }
-}
-
 /// One cluster's connections and limits.
 pub struct ClusterPool {
     limits: PoolLimits,
@@ -160,7 +89,8 @@ pub struct ClusterPool {
     connections: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     pending: AtomicUsize,
-    idle: Mutex<IdleConns>,
+    /// One set per worker, made on first use (`crate::worker::count` long).
+    idle: OnceLock<Box<[Mutex<IdleConns>]>>,
     /// Signalled when a connection goes idle or closes, for waiting checkouts.
     released: Arc<Notify>,
     reaper: Arc<ReaperSignal>,
@@ -186,6 +116,8 @@ pub struct PooledConn {
     watch: Watch,
     uses: u32,
     addr: SocketAddr,
+    /// The worker whose idle set the connection goes back to: the one that opened it.
+    home: usize,
     pool: Arc<ClusterPool>,
 }
 
@@ -211,7 +143,7 @@ impl ClusterPool {
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             requests: Arc::new(Semaphore::new(limits.max_requests.max(1))),
             pending: AtomicUsize::new(0),
-            idle: Mutex::new(IdleConns::default()),
+            idle: OnceLock::new(),
             released: Arc::new(Notify::new()),
             reaper: Arc::new(ReaperSignal::default()),
             limits,
@@ -253,8 +185,12 @@ impl ClusterPool {
         let timeout = self.limits.idle_timeout;
         let mut closed = Vec::new();
         let mut next: Option<Instant> = None;
-        {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for set in self.idle_sets() {
+            // This set's own next expiry: a set left with nothing must be told to wake the
+            // reaper when a connection goes idle in it (an extra wake at worst, when another
+            // set keeps the reaper's timer armed).
+            let mut set_next: Option<Instant> = None;
+            let mut idle = set.lock().unwrap_or_else(|e| e.into_inner());
             idle.by_addr.retain(|_, list| {
                 // Round once, in place: the kept keep their order.
                 for _ in 0..list.len() {
@@ -274,12 +210,15 @@ impl ClusterPool {
                 // Oldest first: the front expires first.
                 if let Some(first) = list.front() {
                     let at = first.since + timeout;
-                    next = Some(next.map_or(at, |n| n.min(at)));
+                    set_next = Some(set_next.map_or(at, |n| n.min(at)));
                 }
                 // An endpoint with nothing idle is not kept (discovery may have removed it).
                 !list.is_empty()
             });
-            idle.reaper_unarmed = next.is_none();
+            idle.reaper_unarmed = set_next.is_none();
+            if let Some(at) = set_next {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
         }
         if !closed.is_empty() {
             tracing::debug!(
@@ -288,6 +227,32 @@ impl ClusterPool {
             );
         }
         next
+    }
+
+    /// The per-worker idle sets, made on first use.
+    fn idle_sets(&self) -> &[Mutex<IdleConns>] {
+        self.idle.get_or_init(|| {
+            (0..crate::worker::count())
+                .map(|_| Mutex::new(IdleConns::default()))
+                .collect()
+        })
+    }
+
+    /// Worker `worker`'s idle set (wrapping: every index names one).
+    fn idle_set(&self, worker: usize) -> &Mutex<IdleConns> {
+        let sets = self.idle_sets();
+        &sets[worker % sets.len()]
+    }
+
+    /// Idle connections kept now, over every worker.
+    pub fn idle_connections(&self) -> usize {
+        self.idle_sets()
+            .iter()
+            .map(|set| {
+                let idle = set.lock().unwrap_or_else(|e| e.into_inner());
+                idle.by_addr.values().map(VecDeque::len).sum::<usize>()
+            })
+            .sum()
     }
 
     pub fn limits(&self) -> &PoolLimits {
@@ -331,9 +296,13 @@ impl ClusterPool {
         )
     }
 
-    /// An idle, open connection to `addr`, dropping closed and expired ones on the way.
-    fn take_idle(&self, addr: SocketAddr) -> Option<IdleConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+    /// An idle, open connection to `addr` from worker `worker`'s set, dropping closed and
+    /// expired ones on the way.
+    fn take_idle(&self, worker: usize, addr: SocketAddr) -> Option<IdleConn> {
+        let mut idle = self
+            .idle_set(worker)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let list = idle.by_addr.get_mut(&addr)?;
         while let Some(mut conn) = list.pop_back() {
             // A socket that turned readable while idle is looked at closer (see `sweep`).
@@ -347,28 +316,47 @@ impl ClusterPool {
     }
 
     /// Close one idle connection to another endpoint, to make room under `max_connections`.
+    /// Any worker's: the place under `max_connections` is the cluster's.
     fn evict_idle(&self, except: SocketAddr) -> bool {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for (addr, list) in idle.by_addr.iter_mut() {
-            if *addr != except && list.pop_front().is_some() {
-                return true;
+        for set in self.idle_sets() {
+            let mut idle = set.lock().unwrap_or_else(|e| e.into_inner());
+            for (addr, list) in idle.by_addr.iter_mut() {
+                if *addr != except && list.pop_front().is_some() {
+                    return true;
+                }
             }
         }
         false
     }
 
-    /// An idle connection to `addr` that is ready for a request, if there is one.
+    /// An idle connection to `addr` in the calling worker's set, ready for a request.
     fn reuse_idle(self: &Arc<Self>, addr: SocketAddr) -> Option<PooledConn> {
-        let idle = self.take_idle(addr)?;
-        Some(PooledConn {
+        let idle = self.take_idle(crate::worker::index(), addr)?;
+        Some(self.checked_out(idle, addr))
+    }
+
+    /// An idle connection to `addr` from another worker's set: for when the cluster is at
+    /// `max_connections`. Its socket stays with the runtime that opened it, which still
+    /// polls it; the connection goes back to that worker's set when released.
+    fn borrow_idle(self: &Arc<Self>, addr: SocketAddr) -> Option<PooledConn> {
+        let own = crate::worker::index() % self.idle_sets().len();
+        (0..self.idle_sets().len())
+            .filter(|&worker| worker != own)
+            .find_map(|worker| self.take_idle(worker, addr))
+            .map(|idle| self.checked_out(idle, addr))
+    }
+
+    fn checked_out(self: &Arc<Self>, idle: IdleConn, addr: SocketAddr) -> PooledConn {
+        PooledConn {
             conn: idle.conn,
             reused: true,
             slot: idle.slot,
             watch: idle.watch,
             uses: idle.uses,
             addr,
+            home: idle.home,
             pool: self.clone(),
-        })
+        }
     }
 
     /// A connection to `addr` for one request.
@@ -398,10 +386,18 @@ impl ClusterPool {
             }
             let permit = match self.connections.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) if self.evict_idle(addr) => {
-                    self.connections.clone().try_acquire_owned().ok()
+                // At `max_connections`: another worker's idle connection to the endpoint
+                // serves without a new one; else close an idle one elsewhere to make room.
+                Err(_) => {
+                    if let Some(conn) = self.borrow_idle(addr) {
+                        return Ok(conn);
+                    }
+                    if self.evict_idle(addr) {
+                        self.connections.clone().try_acquire_owned().ok()
+                    } else {
+                        None
+                    }
                 }
-                Err(_) => None,
             };
             if let Some(permit) = permit {
                 return self.connect(addr, permit).await;
@@ -452,6 +448,7 @@ impl ClusterPool {
             watch: Watch::new(&self.reaper),
             uses: 0,
             addr,
+            home: crate::worker::index(),
             pool: self.clone(),
         })
     }
@@ -476,7 +473,10 @@ impl PooledConn {
         }
         conn.shrink();
         let now = Instant::now();
-        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = pool
+            .idle_set(self.home)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if std::mem::take(&mut idle.reaper_unarmed) {
             pool.reaper.0.notify_one();
         }
@@ -496,6 +496,7 @@ impl PooledConn {
             watch: self.watch,
             uses: self.uses,
             since: now,
+            home: self.home,
         });
         // A waiting checkout may take it. (A connection not kept wakes them as its slot
         // drops.)
@@ -508,248 +509,6 @@ impl PooledConn {
     }
 }
 
-/// A response body streamed from the upstream. Returns its connection to the pool when read
-/// to the end; a body dropped early closes the connection. Holds the request's guards until
-/// then, so `max_requests` and least-request counts cover the whole exchange.
-pub struct UpstreamResponseBody<G> {
-    framing: Framing,
-    /// `None` once the body has ended (the connection went back or was closed).
-    conn: Option<PooledConn>,
-    guards: Option<G>,
-    idle_timeout: Duration,
-    /// Armed only while the upstream keeps us waiting, so a body read in one go never
-    /// touches the timer wheel.
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// The upstream sent nothing for longer than the route's response idle timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream sent nothing for {0:?} in the middle of a response")]
-pub struct ResponseIdle(pub Duration);
-
-impl<G> UpstreamResponseBody<G> {
-    pub fn new(framing: Framing, conn: PooledConn, guards: G, idle_timeout: Duration) -> Self {
-        let mut body = Self {
-            framing,
-            conn: Some(conn),
-            guards: Some(guards),
-            idle_timeout,
-            idle: None,
-        };
-        if h1::is_done(&body.framing) {
-            body.finish();
-        }
-        body
-    }
-
-    fn finish(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.release();
-        }
-        self.guards = None;
-        self.idle = None;
-    }
-
-    fn abandon(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.discard();
-        }
-        self.guards = None;
-        self.idle = None;
-    }
-}
-
-impl<G: Unpin> Body for UpstreamResponseBody<G> {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let Some(conn) = this.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match conn.conn.poll_body(&mut this.framing, cx) {
-            Poll::Ready(Ok(None)) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Ok(Some(frame))) => {
-                if h1::is_done(&this.framing) {
-                    this.finish();
-                } else if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut()
-                        .reset(crate::deadline::from_now(this.idle_timeout));
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Err(e)) => {
-                this.abandon();
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Pending => {
-                let timeout = this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if idle.as_mut().poll(cx).is_ready() {
-                    this.abandon();
-                    return Poll::Ready(Some(Err(Box::new(ResponseIdle(timeout)))));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.conn.is_none() || h1::is_done(&self.framing)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.conn.is_none() {
-            return SizeHint::with_exact(0);
-        }
-        h1::size_hint(&self.framing)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    fn limits(max_connections: usize, max_pending: usize) -> PoolLimits {
-        PoolLimits {
-            max_connections,
-            max_pending_requests: max_pending,
-            max_requests: 10,
-            max_requests_per_connection: 0,
-            idle_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(1),
-            max_idle_per_endpoint: 8,
-        }
-    }
-
-    #[tokio::test]
-    async fn overflows_when_requests_or_waiters_are_full() {
-        let pool = ClusterPool::new(PoolLimits {
-            max_requests: 2,
-            ..limits(1, 0)
-        });
-        let a = pool.admit().unwrap();
-        let _b = pool.admit().unwrap();
-        assert_eq!(pool.admit().err(), Some(Overflow::MaxRequests));
-        assert_eq!(pool.active_requests(), 2);
-        drop(a);
-        assert!(pool.admit().is_ok());
-
-        // One connection allowed and taken, no waiters allowed: overflow at once.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _held = pool.connections.clone().try_acquire_owned().unwrap();
-        match pool.checkout(addr).await {
-            Err(UpstreamError::Overflow(Overflow::MaxPendingRequests)) => {}
-            other => panic!("expected overflow, got {:?}", other.err()),
-        }
-    }
-
-    /// Yield until `done` holds (bounded): the reaper runs on this same thread.
-    async fn settle(done: impl Fn() -> bool) -> bool {
-        for _ in 0..100 {
-            if done() {
-                return true;
-            }
-            tokio::task::yield_now().await;
-        }
-        done()
-    }
-
-    #[tokio::test]
-    async fn the_reaper_closes_idle_connections_at_idle_timeout_not_before() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let pool = ClusterPool::new(limits(4, 4));
-        let conn = pool.checkout(addr).await.unwrap();
-        let (mut upstream, _) = listener.accept().await.unwrap();
-        tokio::time::pause();
-        conn.release();
-        let shutdown = CancellationToken::new();
-        let reaper = tokio::spawn(pool.clone().reap(shutdown.clone()));
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(
-            !settle(|| pool.open_connections() == 0).await,
-            "closed before idle_timeout"
-        );
-        // (Timers fire on millisecond ticks.)
-        tokio::time::advance(Duration::from_millis(1001)).await;
-        assert!(
-            settle(|| pool.open_connections() == 0).await,
-            "kept past idle_timeout"
-        );
-        let mut byte = [0u8; 1];
-        assert_eq!(
-            upstream.read(&mut byte).await.unwrap(),
-            0,
-            "the upstream saw the close"
-        );
-        assert!(pool.idle.lock().unwrap().by_addr.is_empty());
-        shutdown.cancel();
-        reaper.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn the_reaper_closes_an_idle_connection_the_upstream_closed() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let pool = ClusterPool::new(limits(4, 4));
-        let shutdown = CancellationToken::new();
-        let reaper = tokio::spawn(pool.clone().reap(shutdown.clone()));
-        let (a, b) = (
-            pool.checkout(addr).await.unwrap(),
-            pool.checkout(addr).await.unwrap(),
-        );
-        let (mut first, _) = listener.accept().await.unwrap();
-        let (mut second, _) = listener.accept().await.unwrap();
-        a.release();
-        b.release();
-        assert_eq!(pool.open_connections(), 2);
-        // One upstream closes its side; nothing is checked out, yet the pool lets go of it.
-        first.shutdown().await.unwrap();
-        let mut byte = [0u8; 1];
-        let closed = tokio::time::timeout(Duration::from_secs(5), first.read(&mut byte)).await;
-        assert_eq!(closed.unwrap().unwrap(), 0, "the pool closed its side too");
-        assert!(settle(|| pool.open_connections() == 1).await);
-        // The other is still idle, still open, and still reused.
-        let again = pool.checkout(addr).await.unwrap();
-        assert!(again.reused);
-        again.release();
-        second.write_all(b"x").await.unwrap();
-        let closed = tokio::time::timeout(Duration::from_secs(5), second.read(&mut byte)).await;
-        assert_eq!(
-            closed.unwrap().unwrap(),
-            0,
-            "a byte unasked-for closes it too"
-        );
-        assert!(settle(|| pool.open_connections() == 0).await);
-        shutdown.cancel();
-        reaper.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn refused_connect_is_a_connect_error() {
-        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let pool = ClusterPool::new(limits(4, 4));
-        match pool.checkout(addr).await {
-            Err(UpstreamError::Connect { .. }) => {}
-            other => panic!("expected a connect error, got {:?}", other.err()),
-        }
-        assert_eq!(pool.open_connections(), 0, "the permit is returned");
-    }
-}
+#[path = "pool_tests.rs"]
+mod tests;
