@@ -1,0 +1,99 @@
+//! GeoIP lookups on a full-size GeoLite2-City database with a new random public IPv4 client
+//! per lookup, as an edge sees them: the per-thread cache of recent clients almost never hits.
+//!
+//! The database is not in the repository. The bench reads `MERIDIAN_GEOLITE2_CITY`, or else
+//! the copy that PyPI's `maxminddb-geolite2` package carries (`pip install maxminddb-geolite2`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Command;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use meridian::geo::GeoDb;
+
+const INSTALL: &str =
+    "pip install maxminddb-geolite2 (or set MERIDIAN_GEOLITE2_CITY=/path/GeoLite2-City.mmdb)";
+
+fn database_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("MERIDIAN_GEOLITE2_CITY") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, _maxminddb_geolite2 as m; print(os.path.join(os.path.dirname(m.__file__), 'GeoLite2-City.mmdb'))",
+        ])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+        _ => panic!("no GeoLite2-City database found; install one with: {INSTALL}"),
+    }
+}
+
+/// Public unicast IPv4 addresses, uniformly drawn: private, loopback, link-local, CGNAT,
+/// multicast and reserved space is skipped, since clients do not come from there.
+fn random_public_ipv4(rng: &mut fastrand::Rng, count: usize) -> Vec<IpAddr> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let ip = Ipv4Addr::from(rng.u32(..));
+        let [a, b, ..] = ip.octets();
+        let special = ip.is_private()
+            || ip.is_loopback()
+            || ip.is_link_local()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || ip.is_documentation()
+            || ip.is_unspecified()
+            || a == 0
+            || a >= 240
+            || (a == 100 && (64..128).contains(&b));
+        if !special {
+            out.push(IpAddr::V4(ip));
+        }
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let path = database_path();
+    let db = GeoDb::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot open {}: {e}; install one with: {INSTALL}",
+            path.display()
+        )
+    });
+    let mut rng = fastrand::Rng::with_seed(7);
+    let clients = random_public_ipv4(&mut rng, 1 << 20);
+    let found = clients
+        .iter()
+        .take(10_000)
+        .filter(|ip| db.lookup_uncached(**ip).is_some())
+        .count();
+    eprintln!(
+        "{}: {} of 10,000 random public addresses located",
+        path.display(),
+        found
+    );
+
+    let mut next = 0usize;
+    c.bench_function("geo/geolite2_city/lookup_uncached_random", |b| {
+        b.iter(|| {
+            next = (next + 1) & (clients.len() - 1);
+            black_box(db.lookup_uncached(black_box(clients[next])))
+        })
+    });
+    let mut next = 0usize;
+    c.bench_function("geo/geolite2_city/lookup_random", |b| {
+        b.iter(|| {
+            next = (next + 1) & (clients.len() - 1);
+            black_box(db.lookup(black_box(clients[next])))
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
