@@ -366,3 +366,41 @@ fn ten_thousand_destinations_import_and_unknown_ones_are_summarised() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn version_subsets_need_a_region_and_become_a_clusters_split() {
+    let file = fixture("bookinfo-reviews.yaml");
+    let out = import(&file, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("destination `reviews` (subset `v1`)")
+            && err.contains("destination `reviews` (subset `v2`)")
+            && err.contains("--region us-east-1=reviews"),
+        "{err}"
+    );
+
+    let text = stdout(&import(
+        &file,
+        &["--region", "eu-west-1=reviews", "--local-region", "eu-west-1"],
+    ));
+    let config = checked(&text);
+    // v1 and v2 are different pods: two clusters split 80/20, not one region at 100.
+    let route = &config.routes[0];
+    let split: Vec<(&str, u32)> = route
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight))
+        .collect();
+    assert_eq!(split, [("reviews-v1", 80), ("reviews-v2", 20)]);
+    for (name, cluster) in &config.clusters {
+        assert_eq!(
+            cluster.load_balancer,
+            config::LoadBalancer::Random,
+            "{name} keeps its DestinationRule's load balancer"
+        );
+        assert_eq!(cluster.endpoints.keys().collect::<Vec<_>>(), ["eu-west-1"]);
+    }
+    assert!(report_line(&text, "route[0].destination.subset").contains("cluster `reviews-v1`"));
+    assert!(report_line(&text, "spec.subsets[1]").contains("is a version"));
+}

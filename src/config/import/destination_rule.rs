@@ -35,7 +35,10 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &mut super::regions
                 b.note(r, at, FieldStatus::Unsupported, format!("{why}; destinations using it need a --region flag"));
                 subsets.insert((short.clone(), name.to_owned()), Err(why));
             }
-            None => b.note(r, at, FieldStatus::Unsupported, "subsets are imported only when a `region` label (or the name) says which region they are, or a --region flag names the host"),
+            None => b.note(r, at, FieldStatus::Approximated, format!(
+                "subset `{name}` names no region, so it is a version: routes to it go to cluster `{cluster}-{name}`, the DNS name `{short}-{name}.{}.svc.cluster.local` (a Service selecting its pods), in the region a --region flag or the service's name gives",
+                r.namespace
+            )),
         }
     }
     let settings = b.cluster_settings.entry(cluster.clone()).or_default();

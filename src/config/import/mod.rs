@@ -87,6 +87,8 @@ struct Builder {
     used_flags: BTreeSet<String>,
     /// Destinations whose region cannot be known, each with what to add.
     unknown: Vec<String>,
+    /// Subset cluster → the cluster whose DestinationRule settings it takes.
+    settings_from: BTreeMap<String, String>,
     /// Cluster → its DestinationRule's localityLbSetting, applied to the cluster's routes.
     locality: BTreeMap<String, locality::Locality>,
 }
@@ -291,7 +293,12 @@ impl Builder {
                 .collect();
             let mut c = Map::new();
             c.insert("endpoints".into(), Value::Object(endpoints));
-            c.extend(b.cluster_settings.get(name).cloned().unwrap_or_default());
+            let settings = b.cluster_settings.get(name).or_else(|| {
+                b.settings_from
+                    .get(name)
+                    .and_then(|base| b.cluster_settings.get(base))
+            });
+            c.extend(settings.cloned().unwrap_or_default());
             clusters.insert(name.clone(), Value::Object(c));
         }
         let listeners = if b.listeners.is_empty() {

@@ -243,6 +243,9 @@ pub(super) struct Placed {
     pub how: String,
     /// Given by a flag (mapped), not inferred.
     pub flag: bool,
+    /// Learnt from the destination's subset (label, name or a `host/subset` flag): the
+    /// subset is a region of the service, not a version of it.
+    pub by_subset: bool,
 }
 
 /// (service short name, subset name) → the subset's region, or why it has none.
@@ -262,6 +265,7 @@ pub(super) fn subset_region(subset: &Value, name: &str) -> Option<Result<Placed,
                     region: region.name.to_owned(),
                     how: format!("subset `{name}`'s label {label}={value}"),
                     flag: false,
+                    by_subset: true,
                 }),
                 Err(hint) => Err(format!("subset `{name}`'s label {label}: {hint}")),
             });
@@ -285,6 +289,7 @@ fn from_name(name: &str, what: &str) -> Option<Result<Placed, String>> {
                 what.to_owned()
             },
             flag: false,
+            by_subset: true,
         }),
         Err(names) => Err(format!(
             "{what} names more than one region ({})",
@@ -317,6 +322,7 @@ pub(super) fn destination(
             region: flag.region.clone(),
             how: flag.to_string(),
             flag: true,
+            by_subset: with_subset.as_deref() == Some(flag.host.as_str()),
         });
     }
     if let Some(subset) = subset {
@@ -328,6 +334,12 @@ pub(super) fn destination(
         }
     }
     from_name(short, &format!("service name `{short}`"))
+        .map(|found| {
+            found.map(|p| Placed {
+                by_subset: false,
+                ..p
+            })
+        })
         .unwrap_or_else(|| Err("no region label on its subset and no region in its name".into()))
 }
 
@@ -342,7 +354,7 @@ impl Builder {
         (short, subset): (&str, Option<&str>),
         subsets: &Subsets,
         endpoint: &str,
-    ) -> Option<String> {
+    ) -> Option<Placed> {
         match destination(&self.options, host, short, subset, subsets) {
             Ok(placed) => {
                 if placed.flag {
@@ -362,7 +374,7 @@ impl Builder {
                         placed.region, placed.how
                     ),
                 );
-                Some(placed.region)
+                Some(placed)
             }
             Err(why) => {
                 let target = match subset {
@@ -384,6 +396,26 @@ impl Builder {
                 );
                 None
             }
+        }
+    }
+
+    /// The cluster a destination joins: its service's base name, or `<base>-<subset>` for a
+    /// subset that is not a region (a version: other pods, so not interchangeable). A subset
+    /// cluster takes its DestinationRule's settings.
+    pub(super) fn cluster_for(
+        &mut self,
+        short: &str,
+        subset: Option<&str>,
+        by_subset: bool,
+    ) -> String {
+        let base = strip_region(short);
+        match subset {
+            Some(subset) if !by_subset => {
+                let name = format!("{base}-{subset}");
+                self.settings_from.insert(name.clone(), base);
+                name
+            }
+            _ => base,
         }
     }
 

@@ -71,26 +71,41 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
             };
             let subset = str_at(dest, &["destination", "subset"]);
             let endpoint = match subset {
-                Some(subset) => {
-                    b.note(r, format!("{dat}.destination.subset"), FieldStatus::Approximated, "the subset's region; its pods are reached through a per-region Service name");
-                    format!("{short}-{subset}.{ns}.svc.cluster.local:{port}")
-                }
+                Some(subset) => format!("{short}-{subset}.{ns}.svc.cluster.local:{port}"),
                 None => format!("{short}.{ns}.svc.cluster.local:{port}"),
             };
             // Never a made-up region: an unknown one leaves the destination out (reported).
-            let Some(region) = b.place(r, &dat, host, (&short, subset), subsets, &endpoint) else {
+            let Some(placed) = b.place(r, &dat, host, (&short, subset), subsets, &endpoint) else {
                 continue;
             };
+            let region = placed.region;
             let weight = dest.get("weight").and_then(Value::as_u64).unwrap_or(100);
-            if dest.get("weight").is_some() {
+            // A subset that is not a region (a version) is other pods: its own cluster.
+            let cluster = b.cluster_for(&short, subset, placed.by_subset);
+            if subset.is_some() {
+                let note = if placed.by_subset {
+                    "the subset's region; its pods are reached through a per-region Service name"
+                        .to_owned()
+                } else {
+                    format!(
+                        "not a region: cluster `{cluster}`, its pods reached through the Service name {endpoint}"
+                    )
+                };
                 b.note(
                     r,
-                    format!("{dat}.weight"),
-                    FieldStatus::Mapped,
-                    "steering weight of the destination's region",
+                    format!("{dat}.destination.subset"),
+                    FieldStatus::Approximated,
+                    note,
                 );
             }
-            let cluster = base_name(&short);
+            if dest.get("weight").is_some() {
+                let note = if subset.is_some() && !placed.by_subset {
+                    "weight of the subset's cluster in the route's clusters split"
+                } else {
+                    "steering weight of the destination's region"
+                };
+                b.note(r, format!("{dat}.weight"), FieldStatus::Mapped, note);
+            }
             b.regions.insert(region.clone());
             b.clusters
                 .entry(cluster.clone())
@@ -147,7 +162,7 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
                         .collect(),
                 ),
             );
-            b.note(r, format!("{at}.route"), FieldStatus::Approximated, "a split across different services: each service is then steered to the nearest region");
+            b.note(r, format!("{at}.route"), FieldStatus::Approximated, "a split across different services (or version subsets): a clusters split, each cluster steered to the nearest region; a cluster with no healthy endpoint drops out");
         }
         if let Some(t) = http.get("timeout").and_then(duration_text) {
             route.insert("timeout".into(), json!(t));
