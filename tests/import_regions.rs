@@ -187,6 +187,10 @@ fn allow_partial_leaves_the_unknown_out_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = istio_file(&dir, UNKNOWN);
     let text = stdout(&import(&file, &["--allow-partial"]));
+    assert!(
+        text.contains("# - 1 destination(s) LEFT OUT: their region is unknown"),
+        "the header says so: {text}"
+    );
     let config = checked(&text);
     assert_eq!(config.regions.keys().collect::<Vec<_>>(), ["us-east-1"]);
     assert_eq!(config.routes.len(), 1);
@@ -382,7 +386,12 @@ fn version_subsets_need_a_region_and_become_a_clusters_split() {
 
     let text = stdout(&import(
         &file,
-        &["--region", "eu-west-1=reviews", "--local-region", "eu-west-1"],
+        &[
+            "--region",
+            "eu-west-1=reviews",
+            "--local-region",
+            "eu-west-1",
+        ],
     ));
     let config = checked(&text);
     // v1 and v2 are different pods: two clusters split 80/20, not one region at 100.
