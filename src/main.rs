@@ -69,9 +69,29 @@ enum Command {
 enum ImportCommand {
     /// Istio VirtualService, DestinationRule and Gateway YAML (multi-document) → Meridian
     /// config on stdout, with a compatibility report as comments.
+    ///
+    /// Each destination's region comes from a --region flag, else its DestinationRule
+    /// subset's `region` or `topology.kubernetes.io/region` label, else an AWS region name in
+    /// the subset's or service's name (`fingerprint-api-us-east` is us-east-1). A destination
+    /// whose region cannot be known stops the import (exit 1) with what to add; no region is
+    /// ever guessed.
     Istio {
+        /// Istio YAML files (each may hold several documents).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// NAME=HOST: the destinations with host HOST (as written, its short name, or
+        /// host/subset) run in region NAME, an AWS region such as us-east-1. Repeatable; wins
+        /// over labels and names.
+        #[arg(long = "region", value_name = "NAME=HOST")]
+        regions: Vec<String>,
+        /// The config's local_region (the region this Meridian runs in); default: the first
+        /// region found, reported as such.
+        #[arg(long, value_name = "NAME")]
+        local_region: Option<String>,
+        /// Leave out destinations whose region cannot be known, listing them in the report,
+        /// instead of failing.
+        #[arg(long)]
+        allow_partial: bool,
     },
 }
 
@@ -148,8 +168,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Import {
-            command: ImportCommand::Istio { files },
+            command:
+                ImportCommand::Istio {
+                    files,
+                    regions,
+                    local_region,
+                    allow_partial,
+                },
         } => {
+            let options =
+                meridian::import::ImportOptions::from_flags(&regions, local_region, allow_partial)
+                    .map_err(anyhow::Error::msg)?;
             let mut text = String::new();
             for file in &files {
                 let part = std::fs::read_to_string(file)
@@ -157,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 text.push_str(&part);
                 text.push_str("\n---\n");
             }
-            let imported = meridian::import::istio(&text)?;
+            let imported = meridian::import::istio_with(&text, &options)?;
             print!("{}", imported.render());
             Ok(ExitCode::SUCCESS)
         }

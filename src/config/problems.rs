@@ -87,6 +87,9 @@ pub enum ConfigError {
     ImportYaml(Problems),
     #[error("no VirtualService found: meridian import istio needs at least one")]
     NoVirtualService,
+    /// `meridian import istio`: destinations whose region no flag, label or name gives.
+    #[error("{}", render_unknown_regions(.0))]
+    UnknownRegions(Vec<String>),
 }
 
 impl ConfigError {
@@ -100,7 +103,7 @@ impl ConfigError {
     /// The individual problems (empty for a read error).
     pub fn problems(&self) -> Vec<Problem> {
         match self {
-            Self::Read { .. } | Self::NoVirtualService => Vec::new(),
+            Self::Read { .. } | Self::NoVirtualService | Self::UnknownRegions(_) => Vec::new(),
             Self::Invalid { problems, .. } | Self::ImportYaml(problems) => {
                 problems.iter().cloned().collect()
             }
@@ -120,6 +123,31 @@ fn render_problems(file: &Path, problems: &Problems) -> String {
             Some(line) => out.push_str(&format!("\n  {}:{line}: {p}", file.display())),
             None => out.push_str(&format!("\n  {}: {p}", file.display())),
         }
+    }
+    out
+}
+
+/// At most this many unknown destinations are listed; the rest are counted.
+const UNKNOWN_REGIONS_SHOWN: usize = 20;
+
+fn render_unknown_regions(destinations: &[String]) -> String {
+    if destinations.is_empty() {
+        return "no destination has a known region: nothing to import".into();
+    }
+    let mut out = format!(
+        "the region of {} destination{} cannot be known, and Meridian does not guess one; nothing was written (--allow-partial imports the rest and reports these):",
+        destinations.len(),
+        if destinations.len() == 1 { "" } else { "s" }
+    );
+    for d in destinations.iter().take(UNKNOWN_REGIONS_SHOWN) {
+        out.push_str("\n  ");
+        out.push_str(d);
+    }
+    if destinations.len() > UNKNOWN_REGIONS_SHOWN {
+        out.push_str(&format!(
+            "\n  … and {} more",
+            destinations.len() - UNKNOWN_REGIONS_SHOWN
+        ));
     }
     out
 }

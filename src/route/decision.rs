@@ -11,7 +11,9 @@ use crate::geo::{AddrSource, Location};
 use crate::http1::headers::{Known, Present};
 use crate::http1::raw_fields::HeadersRef;
 use crate::steer::{self, NoRegion, RegionId, RegionOrder};
-use crate::table::routes::Route;
+use crate::table::routes::{Route, RouteTarget};
+
+use super::split;
 use crate::table::{Cluster, Endpoint, RoutingTable};
 
 /// What the decision needs from a request.
@@ -179,7 +181,19 @@ pub fn decide_for_route<'t>(
             });
         }
     }
-    let cluster_id = route.target.pick(rng);
+    // A single cluster costs nothing here; a split takes one point of the route's sequence
+    // for the cluster and the rest of it (rescaled) for the region inside that cluster.
+    let (cluster_id, region_draw) = match &route.target {
+        RouteTarget::Cluster(id) => (*id, draw.unwrap_or_else(|| route.next_draw())),
+        RouteTarget::Weighted { clusters, .. } => {
+            let split_draw = draw.unwrap_or_else(|| route.next_draw());
+            let up = |id| cluster_is_up(table, id, &order);
+            match split::pick_cluster(clusters, up, split_draw) {
+                Some(pick) => (pick.cluster, pick.draw),
+                None => (usize::MAX, split_draw),
+            }
+        }
+    };
     let Some(cluster) = table.clusters.get(cluster_id) else {
         return Err(no_endpoint(
             table,
@@ -193,7 +207,7 @@ pub fn decide_for_route<'t>(
         &route.steering,
         &order,
         |r| cluster.health(r),
-        draw.unwrap_or_else(|| route.next_draw()),
+        region_draw,
         cluster.panic_threshold,
     )
     .map_err(|reason| no_endpoint(table, route, &cluster.name, &order, reason))?;
@@ -213,6 +227,17 @@ pub fn decide_for_route<'t>(
         region: pick.region,
         panic: pick.panic,
         endpoint,
+    })
+}
+
+/// Whether `cluster` has a healthy endpoint in a region of `order` (the regions this request
+/// may use): a split leaves out clusters that have none.
+fn cluster_is_up(table: &RoutingTable, cluster: usize, order: &RegionOrder) -> bool {
+    table.clusters.get(cluster).is_some_and(|c| {
+        order
+            .as_slice()
+            .iter()
+            .any(|r| c.health(*r).healthy_weight > 0)
     })
 }
 

@@ -4,3 +4,4 @@
 //! [`decision::DecisionError`] (no route, no endpoint, a region loop); no I/O, so no sources.
 
 pub mod decision;
+pub mod split;

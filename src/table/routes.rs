@@ -67,6 +67,10 @@ impl HeaderMatch {
     }
 }
 
+/// The most clusters one route may split across (the split's health is read into a fixed
+/// array on the request path).
+pub const MAX_SPLIT: usize = 64;
+
 /// Where a route sends its traffic.
 #[derive(Debug, Clone)]
 pub enum RouteTarget {
@@ -76,25 +80,6 @@ pub enum RouteTarget {
         clusters: Vec<(ClusterId, u32)>,
         total: u64,
     },
-}
-
-impl RouteTarget {
-    pub fn pick(&self, rng: &mut fastrand::Rng) -> ClusterId {
-        match self {
-            Self::Cluster(id) => *id,
-            Self::Weighted { clusters, total } => {
-                let mut r = rng.u64(0..(*total).max(1));
-                for (id, w) in clusters {
-                    let w = u64::from(*w);
-                    if r < w {
-                        return *id;
-                    }
-                    r -= w;
-                }
-                clusters.first().map(|(id, _)| *id).unwrap_or(0)
-            }
-        }
-    }
 }
 
 /// A compiled route.

@@ -4,11 +4,7 @@
 use super::*;
 
 /// One DestinationRule; `subsets` learns which region each (service, subset) names.
-pub(super) fn import(
-    r: &Resource,
-    b: &mut Builder,
-    subsets: &mut BTreeMap<(String, String), String>,
-) {
+pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &mut super::regions::Subsets) {
     let (short, _) = service_of(str_at(&r.spec, &["host"]).unwrap_or(""), &r.namespace);
     let cluster = base_name(&short);
     b.note(
@@ -26,19 +22,23 @@ pub(super) fn import(
         .enumerate()
     {
         let name = subset.get("name").and_then(Value::as_str).unwrap_or("");
-        let region = str_at(subset, &["labels", "region"])
-            .or_else(|| str_at(subset, &["labels", "topology.kubernetes.io/region"]))
-            .map(str::to_owned)
-            .or_else(|| region_in(name));
-        match region {
-            Some(region) => {
-                subsets.insert((short.clone(), name.to_owned()), region.clone());
-                b.note(r, format!("spec.subsets[{i}]"), FieldStatus::Approximated, format!(
-                    "subset `{name}` is region `{region}`; its endpoint is the DNS name `{short}-{name}.{}.svc.cluster.local` (a Service per region selecting those pods)",
-                    r.namespace
+        let at = format!("spec.subsets[{i}]");
+        match super::regions::subset_region(subset, name) {
+            Some(Ok(placed)) => {
+                b.note(r, at, FieldStatus::Inferred, format!(
+                    "subset `{name}` is region `{}`, from {}; its endpoint is the DNS name `{short}-{name}.{}.svc.cluster.local` (a Service per region selecting those pods)",
+                    placed.region, placed.how, r.namespace
                 ));
+                subsets.insert((short.clone(), name.to_owned()), Ok(placed));
             }
-            None => b.note(r, format!("spec.subsets[{i}]"), FieldStatus::Unsupported, "subsets are imported only when a `region` label (or the name) says which region they are"),
+            Some(Err(why)) => {
+                b.note(r, at, FieldStatus::Unsupported, format!("{why}; destinations using it need a --region flag"));
+                subsets.insert((short.clone(), name.to_owned()), Err(why));
+            }
+            None => b.note(r, at, FieldStatus::Approximated, format!(
+                "subset `{name}` names no region, so it is a version: routes to it go to cluster `{cluster}-{name}`, the DNS name `{short}-{name}.{}.svc.cluster.local` (a Service selecting its pods), in the region a --region flag or the service's name gives",
+                r.namespace
+            )),
         }
     }
     let settings = b.cluster_settings.entry(cluster.clone()).or_default();
@@ -130,19 +130,16 @@ pub(super) fn import(
             )),
         }
     }
-    if tp
-        .get("loadBalancer")
-        .and_then(|l| l.get("localityLbSetting"))
-        .is_some()
-    {
-        notes.push((
-            "spec.trafficPolicy.loadBalancer.localityLbSetting".into(),
-            FieldStatus::Approximated,
-            "Meridian fails over by region order (nearest first, spilling by health); failover from/to pairs become the natural distance order — use steering.countries/continents to pin a different one".into(),
-        ));
-    }
     if let Some(tls) = tp.get("tls") {
         notes.push(upstream_tls(tls, settings));
+    }
+    if let Some(setting) = tp
+        .get("loadBalancer")
+        .and_then(|l| l.get("localityLbSetting"))
+    {
+        let (locality, found) = super::locality::read(&r.label(), setting);
+        notes.extend(found);
+        b.locality.insert(cluster.clone(), locality);
     }
     for (field, status, note) in notes {
         b.note(r, field, status, note);

@@ -3,11 +3,18 @@
 //! approximated or is unsupported, and why.
 //!
 //! Services become DNS endpoints (`<host>.<namespace>.svc.cluster.local:<port>`) in the region
-//! their subset label (or their name) names; regional weights become weighted steering.
+//! a `--region` flag, their subset label or their name names (`regions`); a destination whose
+//! region cannot be known fails the import rather than being guessed. Regional weights become
+//! weighted steering.
 
+mod aws_regions;
 mod destination_rule;
 mod gateway;
+mod locality;
+mod regions;
 mod virtual_service;
+
+pub use regions::{ImportOptions, RegionFlag};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -20,6 +27,8 @@ use crate::config::{ConfigError, parse_values, to_yaml};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FieldStatus {
     Mapped,
+    /// Not written in the input but learnt from it (a region from a label or a name).
+    Inferred,
     Approximated,
     Unsupported,
 }
@@ -28,6 +37,7 @@ impl fmt::Display for FieldStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Mapped => "mapped",
+            Self::Inferred => "inferred",
             Self::Approximated => "approximated",
             Self::Unsupported => "unsupported",
         })
@@ -48,27 +58,9 @@ pub struct ReportEntry {
 pub struct Imported {
     pub config: Value,
     pub report: Vec<ReportEntry>,
+    /// Destinations left out under `--allow-partial` (their region is unknown).
+    pub left_out: usize,
 }
-
-/// Coordinates of common cloud regions, for distance ranking.
-const KNOWN_REGIONS: [(&str, f64, f64); 16] = [
-    ("us-east-1", 38.9, -77.4),
-    ("us-east-2", 40.0, -83.0),
-    ("us-west-1", 37.4, -121.9),
-    ("us-west-2", 45.8, -119.7),
-    ("ca-central-1", 45.5, -73.6),
-    ("sa-east-1", -23.5, -46.6),
-    ("eu-west-1", 53.3, -6.3),
-    ("eu-west-2", 51.5, -0.1),
-    ("eu-west-3", 48.9, 2.4),
-    ("eu-central-1", 50.1, 8.7),
-    ("eu-north-1", 59.3, 18.1),
-    ("ap-southeast-1", 1.35, 103.8),
-    ("ap-southeast-2", -33.9, 151.2),
-    ("ap-northeast-1", 35.7, 139.7),
-    ("ap-south-1", 19.1, 72.9),
-    ("me-south-1", 26.1, 50.6),
-];
 
 struct Resource {
     kind: String,
@@ -92,6 +84,15 @@ struct Builder {
     cluster_settings: BTreeMap<String, Map<String, Value>>,
     routes: Vec<Value>,
     listeners: Vec<Value>,
+    options: ImportOptions,
+    /// `--region` flags (as shown) that placed a destination.
+    used_flags: BTreeSet<String>,
+    /// Destinations whose region cannot be known, each with what to add.
+    unknown: Vec<String>,
+    /// Subset cluster → the cluster whose DestinationRule settings it takes.
+    settings_from: BTreeMap<String, String>,
+    /// Cluster → its DestinationRule's localityLbSetting, applied to the cluster's routes.
+    locality: BTreeMap<String, locality::Locality>,
 }
 
 impl Builder {
@@ -110,13 +111,21 @@ impl Builder {
     fn sweep_unreported(&mut self, r: &Resource) {
         let mut leaves = Vec::new();
         collect_leaves(&r.spec, "spec".to_owned(), &mut leaves);
+        let label = r.label();
         for field in leaves {
-            let reported = self.report.keys().any(|(res, f)| {
-                *res == r.label()
-                    && (field == *f
-                        || field.starts_with(&format!("{f}."))
-                        || field.starts_with(&format!("{f}[")))
-            });
+            // A leaf is covered when it or one of its ancestors is reported: look each
+            // ancestor up rather than scanning the report (large documents stay linear).
+            let mut key = (label.clone(), field.clone());
+            let mut reported = self.report.contains_key(&key);
+            for (i, c) in field.char_indices().rev() {
+                if reported {
+                    break;
+                }
+                if c == '.' || c == '[' {
+                    key.1 = field[..i].to_owned();
+                    reported = self.report.contains_key(&key);
+                }
+            }
             if !reported {
                 self.note(
                     r,
@@ -149,30 +158,9 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(*k))?.as_str()
 }
 
-/// A region name inside a service name: `api-eu-west-1` → `eu-west-1`.
-fn region_in(name: &str) -> Option<String> {
-    let parts: Vec<&str> = name.split(['-', '.']).collect();
-    parts.windows(3).find_map(|w| {
-        let looks = w[0].len() == 2
-            && w[0].bytes().all(|b| b.is_ascii_lowercase())
-            && w[1].bytes().all(|b| b.is_ascii_lowercase())
-            && !w[1].is_empty()
-            && w[2].bytes().all(|b| b.is_ascii_digit())
-            && !w[2].is_empty();
-        looks.then(|| format!("{}-{}-{}", w[0], w[1], w[2]))
-    })
-}
-
 /// The service's base name with any region removed: `api-eu-west-1` → `api`.
 fn base_name(short: &str) -> String {
-    match region_in(short) {
-        Some(region) => short
-            .replace(&format!("-{region}"), "")
-            .replace(&format!(".{region}"), "")
-            .trim_matches('-')
-            .to_owned(),
-        None => short.to_owned(),
-    }
+    regions::strip_region(short)
 }
 
 /// `api`, `api.ns`, `api.ns.svc.cluster.local` → (short name, namespace).
@@ -189,8 +177,13 @@ fn duration_text(v: &Value) -> Option<String> {
     v.as_str().map(str::to_owned)
 }
 
-/// Import Istio YAML (one or more files' text).
+/// Import Istio YAML (one or more files' text) with no command-line options.
 pub fn istio(text: &str) -> Result<Imported, ConfigError> {
+    istio_with(text, &ImportOptions::default())
+}
+
+/// Import Istio YAML with `--region`, `--local-region` and `--allow-partial`.
+pub fn istio_with(text: &str, options: &ImportOptions) -> Result<Imported, ConfigError> {
     let docs = parse_values(text).map_err(ConfigError::ImportYaml)?;
     let resources: Vec<Resource> = docs
         .into_iter()
@@ -210,10 +203,13 @@ pub fn istio(text: &str) -> Result<Imported, ConfigError> {
     if !resources.iter().any(|r| r.kind == "VirtualService") {
         return Err(ConfigError::NoVirtualService);
     }
-    let mut b = Builder::default();
+    let mut b = Builder {
+        options: options.clone(),
+        ..Builder::default()
+    };
 
     // DestinationRules first: subsets name regions, traffic policies become cluster settings.
-    let mut subsets: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut subsets = regions::Subsets::new();
     for r in resources.iter().filter(|r| r.kind == "DestinationRule") {
         destination_rule::import(r, &mut b, &mut subsets);
     }
@@ -227,6 +223,9 @@ pub fn istio(text: &str) -> Result<Imported, ConfigError> {
     for r in resources.iter().filter(|r| r.kind == "VirtualService") {
         virtual_service::import(r, &mut b, &subsets);
     }
+
+    // Locality settings become steering on the routes just made, before the sweep.
+    locality::apply(&mut b);
 
     for r in &resources {
         if matches!(
@@ -244,21 +243,44 @@ pub fn istio(text: &str) -> Result<Imported, ConfigError> {
         }
     }
 
-    Ok(b.assemble())
+    b.note_unused_flags();
+    if !b.unknown.is_empty() && !options.allow_partial {
+        return Err(ConfigError::UnknownRegions(b.unknown));
+    }
+    b.assemble()
 }
 
 impl Builder {
     /// The config from everything noted, and the report.
-    fn assemble(self) -> Imported {
+    fn assemble(mut self) -> Result<Imported, ConfigError> {
+        let local = match self.options.local_region.clone() {
+            Some(local) => {
+                self.report.insert(
+                    (regions::COMMAND.into(), "--local-region".into()),
+                    (FieldStatus::Mapped, format!("local_region: {local}")),
+                );
+                local
+            }
+            None => {
+                let first = self
+                    .regions
+                    .iter()
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| ConfigError::UnknownRegions(self.unknown.clone()))?;
+                self.report.insert(
+                    (regions::COMMAND.into(), "--local-region".into()),
+                    (FieldStatus::Approximated, format!("not given: local_region is {first}, the first region found; give --local-region (or MERIDIAN_LOCAL_REGION) per deployment")),
+                );
+                first
+            }
+        };
+        // A Meridian may run in a region with no backends of its own: it still needs its place.
+        self.regions.insert(local.clone());
         let b = self;
         let mut regions = Map::new();
-        for name in &b.regions {
-            let (lat, lon) = KNOWN_REGIONS
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map(|(_, lat, lon)| (*lat, *lon))
-                .unwrap_or((0.0, 0.0));
-            regions.insert(name.clone(), json!({ "lat": lat, "lon": lon }));
+        for (known, name) in regions::coordinates(&b.regions) {
+            regions.insert(name.clone(), json!({ "lat": known.lat, "lon": known.lon }));
         }
         let mut clusters = Map::new();
         for (name, by_region) in &b.clusters {
@@ -273,7 +295,12 @@ impl Builder {
                 .collect();
             let mut c = Map::new();
             c.insert("endpoints".into(), Value::Object(endpoints));
-            c.extend(b.cluster_settings.get(name).cloned().unwrap_or_default());
+            let settings = b.cluster_settings.get(name).or_else(|| {
+                b.settings_from
+                    .get(name)
+                    .and_then(|base| b.cluster_settings.get(base))
+            });
+            c.extend(settings.cloned().unwrap_or_default());
             clusters.insert(name.clone(), Value::Object(c));
         }
         let listeners = if b.listeners.is_empty() {
@@ -281,12 +308,6 @@ impl Builder {
         } else {
             b.listeners.clone()
         };
-        let local = b
-            .regions
-            .iter()
-            .next()
-            .cloned()
-            .unwrap_or_else(|| "default".into());
         let config = json!({
             "local_region": local,
             "listeners": listeners,
@@ -304,7 +325,11 @@ impl Builder {
                 note,
             })
             .collect();
-        Imported { config, report }
+        Ok(Imported {
+            config,
+            report,
+            left_out: b.unknown.len(),
+        })
     }
 }
 
@@ -313,10 +338,16 @@ impl Imported {
     pub fn render(&self) -> String {
         let mut out = String::from(
             "# Generated by `meridian import istio`. Review before use:\n\
-             # - local_region is the first region found: set it per deployment (one per region).\n\
-             # - add geo.database (a GeoIP2/GeoLite2 City database) and geo.trusted_proxies.\n#\n\
-             # Compatibility report (every Istio field):\n",
+             # - set local_region per deployment (one per region): --local-region or MERIDIAN_LOCAL_REGION.\n\
+             # - add geo.database (a GeoIP2/GeoLite2 City database) and geo.trusted_proxies.\n",
         );
+        if self.left_out > 0 {
+            out.push_str(&format!(
+                "# - {} destination(s) LEFT OUT: their region is unknown (--allow-partial); see `left out` below.\n",
+                self.left_out
+            ));
+        }
+        out.push_str("#\n# Compatibility report (every Istio field):\n");
         for e in &self.report {
             out.push_str(&format!(
                 "#   {:<12} {} {}: {}\n",
@@ -338,10 +369,8 @@ mod tests {
 
     #[test]
     fn names_and_regions() {
-        assert_eq!(region_in("api-eu-west-1"), Some("eu-west-1".into()));
-        assert_eq!(region_in("api.us-east-1.svc"), Some("us-east-1".into()));
-        assert_eq!(region_in("api"), None);
         assert_eq!(base_name("api-ap-southeast-1"), "api");
+        assert_eq!(base_name("fingerprint-api-us-east"), "fingerprint-api");
         assert_eq!(
             service_of("api.shop.svc.cluster.local", "x"),
             ("api".into(), "shop".into())

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &BTreeMap<(String, String), String>) {
+pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Subsets) {
     let hosts: Vec<Value> = r
         .spec
         .get("hosts")
@@ -70,50 +70,42 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &BTreeMap<(String, 
                 None => 80,
             };
             let subset = str_at(dest, &["destination", "subset"]);
-            let (region, endpoint) = match subset {
-                Some(subset) => {
-                    let region = subsets
-                        .get(&(short.clone(), subset.to_owned()))
-                        .cloned()
-                        .or_else(|| region_in(subset));
-                    b.note(r, format!("{dat}.destination.subset"), FieldStatus::Approximated, "the subset's region; its pods are reached through a per-region Service name");
-                    (
-                        region,
-                        format!("{short}-{subset}.{ns}.svc.cluster.local:{port}"),
-                    )
-                }
-                None => (
-                    region_in(&short),
-                    format!("{short}.{ns}.svc.cluster.local:{port}"),
-                ),
+            let endpoint = match subset {
+                Some(subset) => format!("{short}-{subset}.{ns}.svc.cluster.local:{port}"),
+                None => format!("{short}.{ns}.svc.cluster.local:{port}"),
             };
-            let region = match region {
-                Some(region) => {
-                    b.note(
-                        r,
-                        format!("{dat}.destination.host"),
-                        FieldStatus::Mapped,
-                        format!("DNS endpoint {endpoint} in {region}"),
-                    );
-                    region
-                }
-                None => {
-                    b.note(r, format!("{dat}.destination.host"), FieldStatus::Approximated, format!(
-                        "DNS endpoint {endpoint}; no region in its name or subset, so it is placed in region `default` — rename it"
-                    ));
-                    "default".to_owned()
-                }
+            // Never a made-up region: an unknown one leaves the destination out (reported).
+            let Some(placed) = b.place(r, &dat, host, (&short, subset), subsets, &endpoint) else {
+                continue;
             };
+            let region = placed.region;
             let weight = dest.get("weight").and_then(Value::as_u64).unwrap_or(100);
-            if dest.get("weight").is_some() {
+            // A subset that is not a region (a version) is other pods: its own cluster.
+            let cluster = b.cluster_for(&short, subset, placed.by_subset);
+            if subset.is_some() {
+                let note = if placed.by_subset {
+                    "the subset's region; its pods are reached through a per-region Service name"
+                        .to_owned()
+                } else {
+                    format!(
+                        "not a region: cluster `{cluster}`, its pods reached through the Service name {endpoint}"
+                    )
+                };
                 b.note(
                     r,
-                    format!("{dat}.weight"),
-                    FieldStatus::Mapped,
-                    "steering weight of the destination's region",
+                    format!("{dat}.destination.subset"),
+                    FieldStatus::Approximated,
+                    note,
                 );
             }
-            let cluster = base_name(&short);
+            if dest.get("weight").is_some() {
+                let note = if subset.is_some() && !placed.by_subset {
+                    "weight of the subset's cluster in the route's clusters split"
+                } else {
+                    "steering weight of the destination's region"
+                };
+                b.note(r, format!("{dat}.weight"), FieldStatus::Mapped, note);
+            }
             b.regions.insert(region.clone());
             b.clusters
                 .entry(cluster.clone())
@@ -124,7 +116,20 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &BTreeMap<(String, 
             targets.push((cluster, region, weight));
         }
         if targets.is_empty() {
-            b.note(r, at.clone(), FieldStatus::Unsupported, "only http routes with `route` destinations are imported (redirects and direct responses are not)");
+            let has_routes = http
+                .get("route")
+                .and_then(Value::as_array)
+                .is_some_and(|d| !d.is_empty());
+            if has_routes {
+                b.note(
+                    r,
+                    format!("{at}.route"),
+                    FieldStatus::Unsupported,
+                    "route left out: none of its destinations has a known region",
+                );
+            } else {
+                b.note(r, at.clone(), FieldStatus::Unsupported, "only http routes with `route` destinations are imported (redirects and direct responses are not)");
+            }
             continue;
         }
         let mut route = Map::new();
@@ -157,7 +162,7 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &BTreeMap<(String, 
                         .collect(),
                 ),
             );
-            b.note(r, format!("{at}.route"), FieldStatus::Approximated, "a split across different services: each service is then steered to the nearest region");
+            b.note(r, format!("{at}.route"), FieldStatus::Approximated, "a split across different services (or version subsets): a clusters split, each cluster steered to the nearest region; a cluster with no healthy endpoint drops out");
         }
         if let Some(t) = http.get("timeout").and_then(duration_text) {
             route.insert("timeout".into(), json!(t));

@@ -380,6 +380,17 @@ impl<'a> Compiler<'a> {
                     );
                     return None;
                 }
+                if r.clusters.len() > crate::table::routes::MAX_SPLIT {
+                    self.problems.at(
+                        here.key("clusters"),
+                        format!(
+                            "a route splits across at most {} clusters, not {}",
+                            crate::table::routes::MAX_SPLIT,
+                            r.clusters.len()
+                        ),
+                    );
+                    return None;
+                }
                 Some(RouteTarget::Weighted {
                     clusters: out,
                     total,
