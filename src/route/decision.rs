@@ -11,7 +11,7 @@ use crate::geo::{AddrSource, Location};
 use crate::http1::headers::{Known, Present};
 use crate::http1::raw_fields::HeadersRef;
 use crate::steer::{self, NoRegion, RegionId, RegionOrder};
-use crate::table::routes::Route;
+use crate::table::routes::{MatchRequest, Route};
 use crate::table::{Cluster, Endpoint, RoutingTable};
 
 /// What the decision needs from a request.
@@ -20,7 +20,12 @@ pub struct RequestFacts<'a> {
     /// Normalised host (see [`crate::table::routes::normalize_host`]).
     pub host: &'a str,
     pub path: &'a str,
+    pub query: Option<&'a str>,
     pub method: &'a Method,
+    /// The client used TLS.
+    pub https: bool,
+    /// Host or authority as sent (route `port` matches read it).
+    pub authority: &'a str,
     pub headers: HeadersRef<'a>,
     /// Which headers Meridian reads are in `headers` ([`Present::ALL`] to look for each).
     pub present: Present,
@@ -113,7 +118,17 @@ pub fn find_route<'t>(
 ) -> Result<(usize, &'t Route), DecisionError> {
     table
         .routes
-        .find(facts.host, facts.path, facts.method, facts.headers)
+        .find(
+            facts.host,
+            &MatchRequest {
+                path: facts.path,
+                query: facts.query,
+                method: facts.method,
+                headers: facts.headers,
+                https: facts.https,
+                authority: facts.authority,
+            },
+        )
         .ok_or_else(|| DecisionError::NoRoute {
             host: facts.host.to_owned(),
             path: facts.path.to_owned(),
@@ -179,8 +194,10 @@ pub fn decide_for_route<'t>(
             });
         }
     }
-    let cluster_id = route.target.pick(rng);
-    let Some(cluster) = table.clusters.get(cluster_id) else {
+    // A route that answers at the edge has no cluster: the proxy answers it before this.
+    let picked = route.target.pick(rng);
+    let Some((cluster_id, cluster)) = picked.and_then(|id| table.clusters.get(id).map(|c| (id, c)))
+    else {
         return Err(no_endpoint(
             table,
             route,

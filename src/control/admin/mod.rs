@@ -258,7 +258,10 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         peer: ip,
         host: &host,
         path,
+        query: first("query"),
         method: &method,
+        https: first("scheme").is_some_and(|s| s.eq_ignore_ascii_case("https")),
+        authority: raw_host,
         headers: crate::http1::raw_fields::HeadersRef::Map(&headers),
         present: crate::http1::headers::Present::of(crate::http1::raw_fields::HeadersRef::Map(
             &headers,
