@@ -7,6 +7,7 @@
 
 mod destination_rule;
 mod gateway;
+mod route_policies;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
