@@ -634,3 +634,82 @@ async fn start_from(path: &Path) -> RunningServer {
         .await
         .unwrap()
 }
+
+/// `meridian check` lists each route's policies; the admin API's `/config` shows them as
+/// written and `/explain` says what they would do to a request.
+#[tokio::test]
+async fn check_config_and_explain_show_the_policies() {
+    let echo = Echo::start().await;
+    let yaml = config(
+        &echo,
+        r#"
+  - name: moved
+    hosts: ["*"]
+    match: { path_prefix: /old/, query: [{ name: v, exact: "1" }] }
+    redirect: { prefix: /new/, code: 308 }
+  - name: api
+    hosts: ["*"]
+    match: { path_prefix: /api/, ignore_case: true }
+    rewrite: { prefix: /v2/, authority: internal.test }
+    request_headers: { set: { x-a: "1" }, remove: [x-b] }
+    cluster: echo
+  - name: plain
+    hosts: ["*"]
+    cluster: echo
+"#,
+    )
+    .replace("admin: { bind: null }", "admin: { bind: \"127.0.0.1:0\" }");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("route moved: query v = 1; redirect 308 prefix /new/"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "route api: path ignores case; rewrite prefix /v2/, rewrite authority internal.test; request headers remove x-b, set x-a"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("route plain"), "{stdout}");
+
+    let proxy = start_from(&path).await;
+    let admin = proxy.admin.unwrap();
+    let json = |path: &'static str| async move {
+        serde_json::from_str::<serde_json::Value>(&get(admin, "admin", path, &[]).await.body)
+            .unwrap()
+    };
+    let config = json("/config").await;
+    let routes = &config["config"]["routes"];
+    assert_eq!(routes[0]["redirect"]["code"], 308);
+    assert_eq!(routes[1]["rewrite"]["authority"], "internal.test");
+    assert_eq!(routes[1]["request_headers"]["remove"][0], "x-b");
+    assert!(routes[2].get("rewrite").is_none(), "{}", routes[2]);
+
+    let explained = json("/explain?ip=127.0.0.1&host=a.test:8080&path=/old/x&query=v%3D1").await;
+    assert_eq!(explained["route"], "moved", "{explained}");
+    assert_eq!(explained["result"], "answered at the edge");
+    assert_eq!(
+        explained["policies"]["answer"]["location"],
+        "http://a.test:8080/new/x?v=1"
+    );
+    let explained = json("/explain?ip=127.0.0.1&host=a.test&path=/API/users").await;
+    assert_eq!(explained["result"], "routed", "{explained}");
+    assert_eq!(explained["policies"]["rewritten_path"], "/v2/users");
+    assert_eq!(
+        explained["policies"]["rewritten_authority"],
+        "internal.test"
+    );
+    let explained = json("/explain?ip=127.0.0.1&host=a.test&path=/other").await;
+    assert_eq!(explained["route"], "plain");
+    assert!(explained["policies"].is_null(), "{explained}");
+    assert_eq!(echo.hits(), 0);
+}

@@ -34,6 +34,40 @@ impl ExtraMatch {
     }
 }
 
+impl ExtraMatch {
+    /// One phrase per condition, for `meridian check`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for q in &self.query {
+            out.push(format!("query {} {}", q.name, describe_value(&q.value)));
+        }
+        if let Some(https) = self.https {
+            out.push(format!("scheme {}", if https { "https" } else { "http" }));
+        }
+        if let Some(port) = self.port {
+            out.push(format!("port {port}"));
+        }
+        for h in &self.without_headers {
+            out.push(format!(
+                "without header {} {}",
+                h.name,
+                describe_value(&h.value)
+            ));
+        }
+        out
+    }
+}
+
+fn describe_value(value: &HeaderValueMatch) -> String {
+    match value {
+        HeaderValueMatch::Present => "present".into(),
+        HeaderValueMatch::Absent => "absent".into(),
+        HeaderValueMatch::Exact(v) => format!("= {v}"),
+        HeaderValueMatch::Prefix(v) => format!("starts with {v}"),
+        HeaderValueMatch::Regex(re) => format!("~ {re}"),
+    }
+}
+
 impl QueryMatch {
     pub fn matches(&self, query: Option<&str>) -> bool {
         let mut values = form_urlencoded::parse(query.unwrap_or_default().as_bytes())

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod matching;
 pub mod rewrite;
 
+use crate::table::routes::{PathMatch, Route};
 use answer::EdgeAnswer;
 use headers::HeaderRules;
 use rewrite::Rewrite;
@@ -50,4 +51,23 @@ impl RoutePolicies {
         }
         out
     }
+}
+
+/// What a route does beyond plain matching and forwarding, one phrase each: its extra match
+/// conditions and its policies (empty for a plain route). Shown by `meridian check`.
+pub fn route_summary(route: &Route) -> Vec<String> {
+    let mut out = Vec::new();
+    if matches!(
+        route.path,
+        PathMatch::ExactIgnoreCase(_) | PathMatch::PrefixIgnoreCase(_)
+    ) {
+        out.push("path ignores case".to_owned());
+    }
+    if let Some(extra) = &route.extra {
+        out.extend(extra.describe());
+    }
+    if let Some(policies) = &route.policies {
+        out.extend(policies.summary());
+    }
+    out
 }
