@@ -531,17 +531,17 @@ pub struct RouteConfig {
     #[serde(default = "default_response_idle_timeout")]
     pub response_idle_timeout: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<RewriteConfig>,
+    pub rewrite: Option<Box<RewriteConfig>>,
     /// Answered at the edge (no cluster needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<RedirectConfig>,
+    pub redirect: Option<Box<RedirectConfig>>,
     /// Answered at the edge (no cluster needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_response: Option<DirectResponseConfig>,
+    pub direct_response: Option<Box<DirectResponseConfig>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_headers: Option<HeaderRulesConfig>,
+    pub request_headers: Option<Box<HeaderRulesConfig>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_headers: Option<HeaderRulesConfig>,
+    pub response_headers: Option<Box<HeaderRulesConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -142,7 +142,16 @@ mod tests {
             f(&mut r);
             r
         };
-        let cases: Vec<(Redirect, bool, &str, &str, Option<&str>, &str)> = vec![
+        // redirect, https, authority, path, query, Location
+        type Case = (
+            Redirect,
+            bool,
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
             (
                 redirect(),
                 false,
