@@ -713,3 +713,49 @@ async fn check_config_and_explain_show_the_policies() {
     assert!(explained["policies"].is_null(), "{explained}");
     assert_eq!(echo.hits(), 0);
 }
+
+/// Over HTTP/2 (h2c) the authority comes from `:authority`: the rewrite still replaces it,
+/// the path is rewritten, and header rules apply both ways.
+#[tokio::test]
+async fn policies_apply_to_http2_requests() {
+    let echo = Echo::start().await;
+    let yaml = config(
+        &echo,
+        r#"
+  - name: api
+    hosts: ["*"]
+    match: { path_prefix: /api/ }
+    rewrite: { prefix: /v2/, authority: internal.test }
+    request_headers: { set: { x-region: "%REGION%" } }
+    response_headers: { set: { x-served-from: "%REGION%" }, remove: [x-drop-me] }
+    cluster: echo
+"#,
+    );
+    let proxy = start_proxy(&yaml).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.proxy_addr().unwrap())
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let request = Request::get("http://a.test/api/users?page=2")
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-served-from"], "us-east-1");
+    assert!(response.headers().get("x-drop-me").is_none());
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let seen: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(seen["target"], "/v2/users?page=2");
+    assert_eq!(seen["headers"]["host"][0], "internal.test");
+    assert_eq!(seen["headers"]["x-region"][0], "us-east-1");
+    assert_eq!(echo.hits(), 1);
+}

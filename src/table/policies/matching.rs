@@ -126,6 +126,26 @@ mod tests {
     }
 
     #[test]
+    fn paths_match_without_case_when_asked() {
+        use crate::table::routes::PathMatch;
+        let exact = PathMatch::ExactIgnoreCase("/Health".into());
+        let prefix = PathMatch::PrefixIgnoreCase("/API/".into());
+        for (m, path, want) in [
+            (&exact, "/health", true),
+            (&exact, "/HEALTH", true),
+            (&exact, "/healthz", false),
+            (&prefix, "/api/users", true),
+            (&prefix, "/Api/", true),
+            (&prefix, "/api", false),
+            // A multi-byte character where the prefix ends: no panic, no match.
+            (&prefix, "/ap\u{e9}/x", false),
+            (&PathMatch::Prefix("/API/".into()), "/api/users", false),
+        ] {
+            assert_eq!(m.matches(path), want, "{m:?} {path}");
+        }
+    }
+
+    #[test]
     fn query_parameters_match_decoded_values() {
         let q = |value| QueryMatch {
             name: "v".into(),
