@@ -655,6 +655,8 @@ async fn check_config_and_explain_show_the_policies() {
     cluster: echo
   - name: plain
     hosts: ["*"]
+    request_headers: {}
+    response_headers: { set: {} }
     cluster: echo
 "#,
     )
@@ -693,6 +695,15 @@ async fn check_config_and_explain_show_the_policies() {
     assert_eq!(routes[1]["rewrite"]["authority"], "internal.test");
     assert_eq!(routes[1]["request_headers"]["remove"][0], "x-b");
     assert!(routes[2].get("rewrite").is_none(), "{}", routes[2]);
+    // Empty rule sets are no policy at all: nothing to do per request.
+    assert!(
+        table::load(&path, table::CompileContext::default())
+            .unwrap()
+            .routes
+            .routes[2]
+            .policies
+            .is_none()
+    );
 
     let explained = json("/explain?ip=127.0.0.1&host=a.test:8080&path=/old/x&query=v%3D1").await;
     assert_eq!(explained["route"], "moved", "{explained}");

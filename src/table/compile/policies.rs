@@ -204,11 +204,13 @@ impl Compiler<'_> {
             request_headers: r
                 .request_headers
                 .as_ref()
-                .map(|h| self.header_rules(here.key("request_headers"), h, false)),
+                .map(|h| self.header_rules(here.key("request_headers"), h, false))
+                .filter(|rules| !rules.is_empty()),
             response_headers: r
                 .response_headers
                 .as_ref()
-                .map(|h| self.header_rules(here.key("response_headers"), h, true)),
+                .map(|h| self.header_rules(here.key("response_headers"), h, true))
+                .filter(|rules| !rules.is_empty()),
         };
         (!policies.is_empty()).then(|| Box::new(policies))
     }

@@ -56,6 +56,10 @@ pub struct HeaderRules {
 }
 
 impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
     pub fn describe(&self) -> String {
         let names = |list: &[(HeaderName, Template)]| {
             list.iter()
