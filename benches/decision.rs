@@ -38,7 +38,10 @@ fn bench(c: &mut Criterion) {
                 peer,
                 host: "127.0.0.1",
                 path: "/api/users",
+                query: None,
                 method: &Method::GET,
+                https: false,
+                authority: "127.0.0.1",
                 headers: HeadersRef::Map(&headers),
                 present: Present::of(HeadersRef::Map(&headers)),
             };

@@ -237,6 +237,12 @@ fn check(config: &Path) -> ExitCode {
                 t.clusters.len(),
                 t.routes.routes.len()
             );
+            for route in &t.routes.routes {
+                let policies = table::policies::route_summary(route);
+                if !policies.is_empty() {
+                    println!("  route {}: {}", route.name, policies.join("; "));
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

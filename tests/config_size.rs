@@ -112,7 +112,17 @@ fn compile_memory_per_route_is_bounded() {
 fn route_for(table: &table::RoutingTable, host: &str, path: &str) -> Option<String> {
     table
         .routes
-        .find(host, path, &Method::GET, HeadersRef::Map(&HeaderMap::new()))
+        .find(
+            host,
+            &table::routes::MatchRequest {
+                path,
+                query: None,
+                method: &Method::GET,
+                headers: HeadersRef::Map(&HeaderMap::new()),
+                https: false,
+                authority: host,
+            },
+        )
         .map(|(_, r)| r.name.clone())
 }
 

@@ -195,3 +195,66 @@ spec:
 
     assert_passes_check(&text);
 }
+
+/// Rewrite, redirect, direct response, header operations and the extra match fields map onto
+/// Meridian's with Istio's meanings; the output passes `meridian check`; a golden file pins it.
+#[test]
+fn route_policies_import_with_istio_meanings() {
+    let text = import(&fixture("policies.yaml"));
+    let golden = fixture("policies.meridian.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(text, expected, "output differs from {}", golden.display());
+    assert_passes_check(&text);
+
+    let report: Vec<&str> = text.lines().filter(|l| l.starts_with("#   ")).collect();
+    let status = |field: &str| {
+        report
+            .iter()
+            .find(|l| l.contains(&format!(" {field}:")))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+            .unwrap_or_else(|| panic!("report misses {field}"))
+    };
+    for (field, want) in [
+        ("spec.http[0].redirect.uri", "mapped"),
+        ("spec.http[0].redirect.authority", "mapped"),
+        ("spec.http[0].redirect.redirectCode", "mapped"),
+        ("spec.http[1].directResponse.status", "mapped"),
+        ("spec.http[1].directResponse.body.string", "mapped"),
+        ("spec.http[2].match[0].queryParams.version.exact", "mapped"),
+        ("spec.http[2].match[0].ignoreUriCase", "mapped"),
+        (
+            "spec.http[2].match[0].withoutHeaders.x-legacy-client",
+            "mapped",
+        ),
+        ("spec.http[2].rewrite.uri", "mapped"),
+        ("spec.http[2].rewrite.authority", "mapped"),
+        ("spec.http[2].headers.request.set.x-user-tier", "mapped"),
+        (
+            "spec.http[2].headers.request.add.x-client-address",
+            "mapped",
+        ),
+        (
+            "spec.http[2].headers.request.add.x-upstream-host",
+            "unsupported",
+        ),
+        ("spec.http[2].headers.response.remove[0]", "mapped"),
+        ("spec.http[3].match[0].scheme.exact", "mapped"),
+        ("spec.http[3].match[0].port", "approximated"),
+        ("spec.http[3].rewrite.uriRegexRewrite", "mapped"),
+    ] {
+        assert_eq!(status(field), want, "{field}");
+    }
+    // Istio regexes are full matches: anchored. A rewrite's regex is a search: kept.
+    assert!(text.contains("path_regex: \"^(?:/service/[^/]+/.*)$\""));
+    assert!(text.contains("pattern: \"^/service/([^/]+)(/.*)$\""));
+    // `rewrite.uri` on a regex match replaces the whole path, as in Istio.
+    assert!(text.contains("pattern: \"^.*$\"\n        substitution: /index.html"));
+    // An empty `exact` on a query parameter asks for presence.
+    assert!(text.contains("- name: debug\n          present: true"));
+    // The redirect's authority is split into host and port; it needs no cluster.
+    assert!(text.contains("host: newratings.example.com\n      port: 8443\n      code: 302"));
+    assert!(text.contains("x-client-address: \"%CLIENT_ADDRESS%\""));
+}

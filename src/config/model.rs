@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::policies::{
+    DirectResponseConfig, HeaderRulesConfig, MatchConfig, RedirectConfig, RewriteConfig,
+};
 use super::retries::RetryConfig;
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
@@ -527,36 +530,18 @@ pub struct RouteConfig {
     /// aborted and the upstream connection discarded.
     #[serde(default = "default_response_idle_timeout")]
     pub response_idle_timeout: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct MatchConfig {
-    #[serde(default)]
-    pub path_exact: Option<String>,
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    #[serde(default)]
-    pub path_regex: Option<String>,
-    #[serde(default)]
-    pub headers: Vec<HeaderMatchConfig>,
-    /// Allowed methods; empty allows all.
-    #[serde(default)]
-    pub methods: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct HeaderMatchConfig {
-    pub name: String,
-    #[serde(default)]
-    pub exact: Option<String>,
-    #[serde(default)]
-    pub prefix: Option<String>,
-    #[serde(default)]
-    pub regex: Option<String>,
-    /// `true`: the header must be there (the default when no value match is given);
-    /// `false`: it must be absent.
-    #[serde(default)]
-    pub present: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Box<RewriteConfig>>,
+    /// Answered at the edge (no cluster needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Box<RedirectConfig>>,
+    /// Answered at the edge (no cluster needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<Box<DirectResponseConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<Box<HeaderRulesConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<Box<HeaderRulesConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

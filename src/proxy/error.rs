@@ -29,6 +29,8 @@ pub enum ProxyError {
         #[source]
         cause: Box<AttemptError>,
     },
+    #[error("route `{route}`: the rewritten path is not a valid request target")]
+    Rewrite { route: String },
     #[error("upstream {endpoint} ({region}) did not answer within {after:?}")]
     Timeout {
         endpoint: SocketAddr,
@@ -68,6 +70,7 @@ impl ProxyError {
             Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Rewrite { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -84,6 +87,7 @@ impl ProxyError {
             Self::Connect { .. } => "upstream-connect-failure",
             Self::Upstream { .. } => "upstream-reset",
             Self::Timeout { .. } => "upstream-timeout",
+            Self::Rewrite { .. } => "rewrite-failed",
         }
     }
 

@@ -3,6 +3,8 @@
 
 use super::*;
 
+use crate::table::policies::headers::VarValues;
+
 /// An HTTP/1.1 WebSocket handshake: GET with `Connection: upgrade` and `Upgrade: websocket`.
 /// Every other upgrade (h2c included) is stripped as a hop-by-hop header, never forwarded.
 pub(super) fn is_websocket(parts: &http::request::Parts, headers: HeadersRef<'_>) -> bool {
@@ -61,26 +63,42 @@ pub(super) async fn forward(
         present,
     )?;
     let raw_host = request_host(parts.version, &parts.uri, headers)?;
-    let host = normalize_host(raw_host.to_str().unwrap_or_default());
+    let authority = raw_host.to_str().unwrap_or_default();
+    let host = normalize_host(authority);
     let mut rng = fastrand::Rng::new();
     let facts = RequestFacts {
         peer: peer.ip(),
         host: &host,
         path: parts.uri.path(),
+        query: parts.uri.query(),
         method: &parts.method,
+        https: scheme == Scheme::HTTPS,
+        authority,
         headers,
         present,
     };
     let (route_index, route) = find_route(table, &facts)?;
     trace.route = Some(route_index);
+    let peer_trusted = table.geo.is_trusted(peer.ip());
+    let debug =
+        peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1");
+    if let Some(policies) = &route.policies
+        && let Some(edge) = &policies.answer
+    {
+        if debug {
+            trace.explain = Some(Vec::new());
+        }
+        return Ok(policies::answer_at_edge(
+            table, route, policies, edge, &facts, trace,
+        ));
+    }
     let decision = decide_for_route(table, route, &facts, &mut rng, None)?;
     trace.cluster = Some(decision.cluster_id);
     trace.region = Some(decision.region);
     trace.client = Some(decision.client);
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
-    let peer_trusted = table.geo.is_trusted(peer.ip());
-    if peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1") {
+    if debug {
         trace.explain = Some(vec![explain_decision(table, &decision)]);
     }
     tracing::debug!(
@@ -138,6 +156,25 @@ pub(super) async fn forward(
         // `host` header said.
         overrides.set(Overridden::Host, raw_host.clone());
     }
+    if let Some(policies) = &decision.route.policies {
+        let request_id = overrides.get(Overridden::RequestId).cloned();
+        let vars = VarValues {
+            country: decision.location.country.as_ref().map(|c| c.as_str()),
+            client: Some(decision.client),
+            region: &table.regions[decision.region as usize].name,
+            request_id: request_id.as_ref(),
+        };
+        policies::before_upstream(
+            decision.route,
+            policies,
+            &mut parts,
+            &mut raw,
+            &mut overrides,
+            &vars,
+            trace,
+        )?;
+    }
+    let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     if table.access_log != AccessLogFormat::Off {
         trace.request_id = overrides.get(Overridden::RequestId).cloned();
     }
@@ -198,5 +235,19 @@ pub(super) async fn forward(
     // Hop-by-hop fields were left out when the head was read.
     answer.region = Some(table.regions[region as usize].header.clone());
     answer.request_id = overrides.take(Overridden::RequestId);
+    if let Some(rules) = route
+        .policies
+        .as_ref()
+        .and_then(|p| p.response_headers.as_ref())
+    {
+        let request_id = answer.request_id.clone();
+        let vars = VarValues {
+            country: decision.location.country.as_ref().map(|c| c.as_str()),
+            client: Some(decision.client),
+            region: &table.regions[region as usize].name,
+            request_id: request_id.as_ref(),
+        };
+        policies::on_response(&mut answer, rules, &vars);
+    }
     Ok(answer)
 }

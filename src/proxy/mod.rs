@@ -13,6 +13,7 @@ mod attempt;
 mod error;
 mod explain;
 mod forward;
+mod policies;
 mod redirect;
 mod replay;
 mod rewrite;

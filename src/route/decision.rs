@@ -11,7 +11,7 @@ use crate::geo::{AddrSource, Location};
 use crate::http1::headers::{Known, Present};
 use crate::http1::raw_fields::HeadersRef;
 use crate::steer::{self, NoRegion, RegionId, RegionOrder};
-use crate::table::routes::{Route, RouteTarget};
+use crate::table::routes::{MatchRequest, Route, RouteTarget};
 
 use super::split;
 use crate::table::{Cluster, Endpoint, RoutingTable};
@@ -22,7 +22,12 @@ pub struct RequestFacts<'a> {
     /// Normalised host (see [`crate::table::routes::normalize_host`]).
     pub host: &'a str,
     pub path: &'a str,
+    pub query: Option<&'a str>,
     pub method: &'a Method,
+    /// The client used TLS.
+    pub https: bool,
+    /// Host or authority as sent (route `port` matches read it).
+    pub authority: &'a str,
     pub headers: HeadersRef<'a>,
     /// Which headers Meridian reads are in `headers` ([`Present::ALL`] to look for each).
     pub present: Present,
@@ -115,7 +120,17 @@ pub fn find_route<'t>(
 ) -> Result<(usize, &'t Route), DecisionError> {
     table
         .routes
-        .find(facts.host, facts.path, facts.method, facts.headers)
+        .find(
+            facts.host,
+            &MatchRequest {
+                path: facts.path,
+                query: facts.query,
+                method: facts.method,
+                headers: facts.headers,
+                https: facts.https,
+                authority: facts.authority,
+            },
+        )
         .ok_or_else(|| DecisionError::NoRoute {
             host: facts.host.to_owned(),
             path: facts.path.to_owned(),
@@ -184,6 +199,8 @@ pub fn decide_for_route<'t>(
     // A single cluster costs nothing here; a split takes one point of the route's sequence
     // for the cluster and the rest of it (rescaled) for the region inside that cluster.
     let (cluster_id, region_draw) = match &route.target {
+        // A route that answers at the edge has no cluster: the proxy answers it before this.
+        RouteTarget::Edge => (usize::MAX, draw.unwrap_or(0.0)),
         RouteTarget::Cluster(id) => (*id, draw.unwrap_or_else(|| route.next_draw())),
         RouteTarget::Weighted { clusters, .. } => {
             let split_draw = draw.unwrap_or_else(|| route.next_draw());

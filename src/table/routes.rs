@@ -12,6 +12,8 @@ use regex::Regex;
 
 use crate::http1::raw_fields::HeadersRef;
 use crate::steer::{RegionId, Steering};
+use crate::table::policies::RoutePolicies;
+use crate::table::policies::matching::ExtraMatch;
 use crate::table::retry::RetryPolicy;
 use crate::telemetry::metrics::RequestMetrics;
 
@@ -24,6 +26,9 @@ pub enum PathMatch {
     Exact(String),
     Prefix(String),
     Regex(Regex),
+    /// `ignore_case`: ASCII letters compare without case (a regex is built case-insensitive).
+    ExactIgnoreCase(String),
+    PrefixIgnoreCase(String),
 }
 
 impl PathMatch {
@@ -33,6 +38,11 @@ impl PathMatch {
             Self::Exact(p) => path == p,
             Self::Prefix(p) => path.starts_with(p.as_str()),
             Self::Regex(r) => r.is_match(path),
+            Self::ExactIgnoreCase(p) => path.eq_ignore_ascii_case(p),
+            Self::PrefixIgnoreCase(p) => path
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
         }
     }
 }
@@ -74,6 +84,8 @@ pub const MAX_SPLIT: usize = 64;
 /// Where a route sends its traffic.
 #[derive(Debug, Clone)]
 pub enum RouteTarget {
+    /// Nowhere: the route answers at the edge (a redirect or a direct response).
+    Edge,
     Cluster(ClusterId),
     /// A fixed split across clusters; weights sum to `total`.
     Weighted {
@@ -105,6 +117,23 @@ pub struct Route {
     /// Requests decided so far: the index into the region-split sequence.
     pub requests: AtomicU64,
     pub metrics: RouteMetrics,
+    /// Query, scheme, port and header-absence conditions; `None` (the common case) costs one
+    /// check per candidate route.
+    pub extra: Option<Box<ExtraMatch>>,
+    /// Rewrite, edge answer and header rules; `None` when the route has none.
+    pub policies: Option<Box<RoutePolicies>>,
+}
+
+/// What route matching reads from a request.
+#[derive(Clone, Copy)]
+pub struct MatchRequest<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: HeadersRef<'a>,
+    pub https: bool,
+    /// The Host or authority as the client sent it (a `port` match reads it).
+    pub authority: &'a str,
 }
 
 /// A route's request metric handles, resolved when the table is compiled.
@@ -136,10 +165,14 @@ impl Route {
         crate::steer::golden_draw(self.requests.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn matches_request(&self, path: &str, method: &Method, headers: HeadersRef<'_>) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
-            && self.path.matches(path)
-            && self.headers.iter().all(|h| h.matches(headers))
+    fn matches_request(&self, request: &MatchRequest<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(request.method))
+            && self.path.matches(request.path)
+            && self.headers.iter().all(|h| h.matches(request.headers))
+            && self
+                .extra
+                .as_ref()
+                .is_none_or(|extra| extra.matches(request))
     }
 }
 
@@ -245,18 +278,12 @@ impl RouteSet {
     }
 
     /// The first route that matches. `host` must be normalised (see [`normalize_host`]).
-    pub fn find(
-        &self,
-        host: &str,
-        path: &str,
-        method: &Method,
-        headers: HeadersRef<'_>,
-    ) -> Option<(usize, &Route)> {
+    pub fn find(&self, host: &str, request: &MatchRequest<'_>) -> Option<(usize, &Route)> {
         let check = |i: u32| {
             let i = i as usize;
             self.routes
                 .get(i)
-                .filter(|r| r.matches_request(path, method, headers))
+                .filter(|r| r.matches_request(request))
                 .map(|r| (i, r))
         };
         let named = match self.exact.get(host) {
@@ -380,6 +407,8 @@ mod tests {
             body_idle_timeout: Duration::from_secs(30),
             response_idle_timeout: Duration::from_secs(60),
             requests: AtomicU64::new(0),
+            extra: None,
+            policies: None,
             metrics: RouteMetrics {
                 per_cluster: Vec::new(),
                 no_cluster: RequestMetrics::new(
@@ -400,8 +429,19 @@ mod tests {
         RouteSet::new(routes, hosts)
     }
 
+    fn request<'a>(path: &'a str, method: &'a Method, headers: &'a HeaderMap) -> MatchRequest<'a> {
+        MatchRequest {
+            path,
+            query: None,
+            method,
+            headers: HeadersRef::Map(headers),
+            https: false,
+            authority: "",
+        }
+    }
+
     fn found(s: &RouteSet, host: &str, path: &str) -> Option<String> {
-        s.find(host, path, &Method::GET, HeadersRef::Map(&HeaderMap::new()))
+        s.find(host, &request(path, &Method::GET, &HeaderMap::new()))
             .map(|(_, r)| r.name.clone())
     }
 
@@ -451,18 +491,14 @@ mod tests {
         let hit = s
             .find(
                 "api.example.com",
-                "/users",
-                &Method::GET,
-                HeadersRef::Map(&headers),
+                &request("/users", &Method::GET, &headers),
             )
             .unwrap();
         assert_eq!(hit.1.name, "canary");
         let hit = s
             .find(
                 "api.example.com",
-                "/users",
-                &Method::POST,
-                HeadersRef::Map(&HeaderMap::new()),
+                &request("/users", &Method::POST, &HeaderMap::new()),
             )
             .unwrap();
         assert_eq!(hit.1.name, "post");

@@ -12,6 +12,7 @@ mod destination_rule;
 mod gateway;
 mod locality;
 mod regions;
+mod route_policies;
 mod virtual_service;
 
 pub use regions::{ImportOptions, RegionFlag};

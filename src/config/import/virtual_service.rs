@@ -115,7 +115,7 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
                 .insert(endpoint);
             targets.push((cluster, region, weight));
         }
-        if targets.is_empty() {
+        if targets.is_empty() && !route_policies::answers_at_edge(http) {
             let has_routes = http
                 .get("route")
                 .and_then(Value::as_array)
@@ -128,14 +128,16 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
                     "route left out: none of its destinations has a known region",
                 );
             } else {
-                b.note(r, at.clone(), FieldStatus::Unsupported, "only http routes with `route` destinations are imported (redirects and direct responses are not)");
+                b.note(r, at.clone(), FieldStatus::Unsupported, "an http route needs `route` destinations, a redirect or a direct response");
             }
             continue;
         }
         let mut route = Map::new();
         let clusters: BTreeSet<&String> = targets.iter().map(|(c, _, _)| c).collect();
         let regions: BTreeSet<&String> = targets.iter().map(|(_, r, _)| r).collect();
-        if clusters.len() == 1 {
+        if targets.is_empty() {
+            // Answered at the edge: no cluster.
+        } else if clusters.len() == 1 {
             route.insert("cluster".into(), json!(targets[0].0));
             if regions.len() > 1 {
                 let mut weights = Map::new();
@@ -223,6 +225,7 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
             }
             route.insert("retries".into(), Value::Object(out));
         }
+        route_policies::import(r, b, http, &at, &mut route);
         // Istio ORs the match entries: one Meridian route each.
         let matches: Vec<Value> = http
             .get("match")
@@ -249,7 +252,11 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
                 ("regex", "path_regex"),
             ] {
                 if let Some(v) = m.get("uri").and_then(|u| u.get(kind)) {
-                    out.insert(field.into(), v.clone());
+                    let v = match kind {
+                        "regex" => route_policies::anchored(v),
+                        _ => v.clone(),
+                    };
+                    out.insert(field.into(), v);
                     b.note(
                         r,
                         format!("{mat}.uri.{kind}"),
@@ -258,25 +265,7 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
                     );
                 }
             }
-            let mut headers = Vec::new();
-            for (h, cond) in m
-                .get("headers")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
-                for kind in ["exact", "prefix", "regex"] {
-                    if let Some(v) = cond.get(kind) {
-                        headers.push(json!({ "name": h, kind: v }));
-                        b.note(
-                            r,
-                            format!("{mat}.headers.{h}.{kind}"),
-                            FieldStatus::Mapped,
-                            "match.headers",
-                        );
-                    }
-                }
-            }
+            let headers = route_policies::header_conditions(r, b, m, &mat, "headers", "headers");
             if !headers.is_empty() {
                 out.insert("headers".into(), Value::Array(headers));
             }
@@ -289,9 +278,11 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
                     "match.methods",
                 );
             }
+            route_policies::match_extras(r, b, m, &mat, &mut out);
             if !out.is_empty() {
                 this.insert("match".into(), Value::Object(out));
             }
+            route_policies::fit_rewrite_to_match(&mut this);
             // Keys in the order a person writes them.
             let mut named = Map::new();
             named.insert("name".into(), json!(name));

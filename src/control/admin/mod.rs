@@ -16,6 +16,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+mod explain_policies;
+
 use crate::control::lifecycle::Server;
 use crate::control::reload::Trigger;
 use crate::route::decision::{RequestFacts, decide_for_route, find_route};
@@ -219,8 +221,8 @@ fn clusters_view(table: &RoutingTable) -> Value {
     })
 }
 
-/// `GET /explain?ip=&host=&path=&method=&header=name:value`: what a request like that would do
-/// now, without sending it.
+/// `GET /explain?ip=&host=&path=&query=&scheme=&method=&header=name:value`: what a request
+/// like that would do now, without sending it (and what the route's policies would change).
 fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -258,7 +260,10 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         peer: ip,
         host: &host,
         path,
+        query: first("query"),
         method: &method,
+        https: first("scheme").is_some_and(|s| s.eq_ignore_ascii_case("https")),
+        authority: raw_host,
         headers: crate::http1::raw_fields::HeadersRef::Map(&headers),
         present: crate::http1::headers::Present::of(crate::http1::raw_fields::HeadersRef::Map(
             &headers,
@@ -282,6 +287,13 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
             );
         }
     };
+    let policies = explain_policies::view(route, &facts);
+    if explain_policies::answers_at_edge(route) {
+        return (
+            StatusCode::OK,
+            json!({ "client": client, "route": route.name, "policies": policies, "result": "answered at the edge" }),
+        );
+    }
     let mut rng = fastrand::Rng::new();
     let decision = decide_for_route(table, route, &facts, &mut rng, Some(fastrand::f64()));
     let cluster_view = |cluster: &crate::table::Cluster, order: &steer::RegionOrder| {
@@ -315,6 +327,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
                 "region": table.region_name(d.region),
                 "panic": d.panic,
                 "endpoint": d.endpoint.address.to_string(),
+                "policies": policies,
                 "result": "routed",
             }),
         ),

@@ -3,6 +3,7 @@
 
 mod clusters;
 mod listeners;
+mod policies;
 mod regions;
 mod routes;
 

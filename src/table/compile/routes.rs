@@ -117,6 +117,8 @@ impl<'a> Compiler<'a> {
             let path = self.path_match(&here, r);
             let headers = self.header_matches(&here, r);
             let methods = self.methods(&here, r);
+            let extra = self.extra_match(&here, r);
+            let policies = self.route_policies(&here, r, path.as_ref());
             let target = self.target(&here, r, clusters);
             let steering = self.steering(here.key("steering"), &r.steering);
             let timeout = self.duration(here.key("timeout"), &r.timeout, DurationRange::TIMEOUT);
@@ -156,6 +158,8 @@ impl<'a> Compiler<'a> {
                     body_idle_timeout,
                     response_idle_timeout,
                     requests: Default::default(),
+                    extra,
+                    policies,
                 });
                 hosts.push(host_patterns);
             }
@@ -171,6 +175,7 @@ impl<'a> Compiler<'a> {
         labels: &MetricLabels,
     ) -> RouteMetrics {
         let ids: Vec<ClusterId> = match target {
+            RouteTarget::Edge => Vec::new(),
             RouteTarget::Cluster(id) => vec![*id],
             RouteTarget::Weighted { clusters, .. } => clusters.iter().map(|(id, _)| *id).collect(),
         };
@@ -237,17 +242,6 @@ impl<'a> Compiler<'a> {
         out
     }
 
-    pub(super) fn regex(&mut self, at: YamlPath, text: &str) -> Option<Regex> {
-        match Regex::new(text) {
-            Ok(re) => Some(re),
-            Err(e) => {
-                self.problems
-                    .at(at, format!("invalid regular expression: {e}"));
-                None
-            }
-        }
-    }
-
     pub(super) fn path_match(&mut self, here: &YamlPath, r: &RouteConfig) -> Option<PathMatch> {
         let m = &r.matches;
         let at = here.key("match");
@@ -279,42 +273,19 @@ impl<'a> Compiler<'a> {
             }
         }
         Some(match (&m.path_exact, &m.path_prefix, &m.path_regex) {
+            (Some(p), _, _) if m.ignore_case => PathMatch::ExactIgnoreCase(p.clone()),
+            (_, Some(p), _) if m.ignore_case => PathMatch::PrefixIgnoreCase(p.clone()),
             (Some(p), _, _) => PathMatch::Exact(p.clone()),
             (_, Some(p), _) => PathMatch::Prefix(p.clone()),
-            (_, _, Some(re)) => PathMatch::Regex(self.regex(at.key("path_regex"), re)?),
+            (_, _, Some(re)) => {
+                PathMatch::Regex(self.bounded_regex(at.key("path_regex"), re, m.ignore_case)?)
+            }
             _ => PathMatch::Any,
         })
     }
 
     pub(super) fn header_matches(&mut self, here: &YamlPath, r: &RouteConfig) -> Vec<HeaderMatch> {
-        let mut out = Vec::new();
-        for (i, h) in r.matches.headers.iter().enumerate() {
-            let at = here.key("match").key("headers").index(i);
-            let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) else {
-                self.problems.at(
-                    at.key("name"),
-                    format!("`{}` is not a valid header name", h.name),
-                );
-                continue;
-            };
-            let value = match (&h.exact, &h.prefix, &h.regex, h.present) {
-                (Some(v), None, None, None) => HeaderValueMatch::Exact(v.clone()),
-                (None, Some(v), None, None) => HeaderValueMatch::Prefix(v.clone()),
-                (None, None, Some(re), None) => match self.regex(at.key("regex"), re) {
-                    Some(re) => HeaderValueMatch::Regex(re),
-                    None => continue,
-                },
-                (None, None, None, Some(false)) => HeaderValueMatch::Absent,
-                (None, None, None, _) => HeaderValueMatch::Present,
-                _ => {
-                    self.problems
-                        .at(at, "give at most one of exact, prefix, regex, present");
-                    continue;
-                }
-            };
-            out.push(HeaderMatch { name, value });
-        }
-        out
+        self.header_list(here.key("match").key("headers"), &r.matches.headers)
     }
 
     pub(super) fn methods(&mut self, here: &YamlPath, r: &RouteConfig) -> Vec<http::Method> {
@@ -357,6 +328,9 @@ impl<'a> Compiler<'a> {
         r: &RouteConfig,
         clusters: &HashMap<&'a str, ClusterId>,
     ) -> Option<RouteTarget> {
+        if r.redirect.is_some() || r.direct_response.is_some() {
+            return self.edge_target(here, r);
+        }
         match (&r.cluster, r.clusters.is_empty()) {
             (Some(name), true) => Some(RouteTarget::Cluster(self.cluster_ref(
                 here.key("cluster"),
