@@ -10,8 +10,10 @@
 //! keeps its I/O source; problems carry file and line).
 
 mod durations;
+mod exact_vec;
 pub mod import;
 mod model;
+pub mod policies;
 mod problems;
 mod retries;
 mod yaml;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
 pub use model::*;
+pub use policies::*;
 pub use problems::{ConfigError, Problem, Problems};
 pub use retries::*;
 pub use yaml::{LineIndex, Parsed, YamlPath, parse_document, parse_values, to_yaml};

@@ -29,6 +29,8 @@ pub enum ProxyError {
         #[source]
         cause: Box<AttemptError>,
     },
+    #[error("an injected delay outlasted the route timeout of {after:?}")]
+    FaultDelayTimeout { after: Duration },
     #[error("upstream {endpoint} ({region}) did not answer within {after:?}")]
     Timeout {
         endpoint: SocketAddr,
@@ -67,7 +69,7 @@ impl ProxyError {
             }
             Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Timeout { .. } | Self::FaultDelayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -84,6 +86,7 @@ impl ProxyError {
             Self::Connect { .. } => "upstream-connect-failure",
             Self::Upstream { .. } => "upstream-reset",
             Self::Timeout { .. } => "upstream-timeout",
+            Self::FaultDelayTimeout { .. } => "fault-delay-timeout",
         }
     }
 

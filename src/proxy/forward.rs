@@ -2,6 +2,7 @@
 //! decision, the upstream request, then the exchange (`attempt`) or the WebSocket splice.
 
 use super::*;
+use crate::table::policies::cors::CorsVerdict;
 
 /// An HTTP/1.1 WebSocket handshake: GET with `Connection: upgrade` and `Upgrade: websocket`.
 /// Every other upgrade (h2c included) is stripped as a hop-by-hop header, never forwarded.
@@ -73,15 +74,35 @@ pub(super) async fn forward(
     };
     let (route_index, route) = find_route(table, &facts)?;
     trace.route = Some(route_index);
+    let peer_trusted = table.geo.is_trusted(peer.ip());
+    if peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1") {
+        trace.explain = Some(Vec::new());
+    }
+    // Policies that may answer at the edge, before any upstream is chosen.
+    let cors = match &route.cors {
+        Some(cors) => match policies::cors::verdict(cors, &parts.method, headers) {
+            CorsVerdict::Preflight(origin) => return Ok(policies::cors::preflight(cors, origin)),
+            CorsVerdict::Allowed(origin) => Some((&**cors, origin)),
+            CorsVerdict::Pass => None,
+        },
+        None => None,
+    };
+    if let Some(fault) = &route.fault
+        && let Some(mut answer) = policies::fault::inject(fault, route, started, trace).await?
+    {
+        if let Some((cors, origin)) = cors {
+            policies::cors::decorate(cors, origin, &mut answer);
+        }
+        return Ok(answer);
+    }
     let decision = decide_for_route(table, route, &facts, &mut rng, None)?;
     trace.cluster = Some(decision.cluster_id);
     trace.region = Some(decision.region);
     trace.client = Some(decision.client);
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
-    let peer_trusted = table.geo.is_trusted(peer.ip());
-    if peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1") {
-        trace.explain = Some(vec![explain_decision(table, &decision)]);
+    if let Some(lines) = &mut trace.explain {
+        lines.insert(0, explain_decision(table, &decision));
     }
     tracing::debug!(
         client = %decision.client,
@@ -175,6 +196,17 @@ pub(super) async fn forward(
                 route.body_idle_timeout,
             )
             .await?;
+            if let Some(mirrors) = &route.mirrors {
+                let original = policies::mirror::Original {
+                    parts: &parts,
+                    raw: raw.as_ref(),
+                    overrides: &overrides,
+                    host: &raw_host,
+                };
+                policies::mirror::send(
+                    table, &decision, mirrors, &original, &body, &mut rng, trace,
+                );
+            }
             let request = Outgoing {
                 parts: &parts,
                 headers,
@@ -198,5 +230,8 @@ pub(super) async fn forward(
     // Hop-by-hop fields were left out when the head was read.
     answer.region = Some(table.regions[region as usize].header.clone());
     answer.request_id = overrides.take(Overridden::RequestId);
+    if let Some((cors, origin)) = cors {
+        policies::cors::decorate(cors, origin, &mut answer);
+    }
     Ok(answer)
 }

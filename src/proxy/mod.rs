@@ -13,6 +13,7 @@ mod attempt;
 mod error;
 mod explain;
 mod forward;
+mod policies;
 mod redirect;
 mod replay;
 mod rewrite;
@@ -90,6 +91,8 @@ pub struct Trace {
     pub request_id: Option<HeaderValue>,
     /// Set when a trusted client asked for `x-meridian-debug`: the decision, then each try.
     pub explain: Option<Vec<String>>,
+    /// The faults injected (the access log's `fault`).
+    pub fault: crate::table::policies::fault::FaultKind,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -198,6 +201,7 @@ pub async fn handle(
             region: trace.region.map(|r| table.region_name(r)).unwrap_or(""),
             endpoint: trace.endpoint.map(|e| e.to_string()).unwrap_or_default(),
             attempts: trace.tries,
+            fault: trace.fault.as_str(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
         };
         access_log::log(&record, table.access_log);

@@ -9,6 +9,7 @@
 //! (and `meridian check`) calls.
 
 pub mod compile;
+pub mod policies;
 pub mod retry;
 pub mod routes;
 use std::collections::HashMap;

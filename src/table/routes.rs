@@ -120,6 +120,10 @@ pub struct Route {
     /// Requests decided so far: the index into the region-split sequence.
     pub requests: AtomicU64,
     pub metrics: RouteMetrics,
+    /// Route policies: `None` for a route without them (see `table::policies`).
+    pub cors: Option<Box<crate::table::policies::cors::Cors>>,
+    pub fault: Option<Box<crate::table::policies::fault::Fault>>,
+    pub mirrors: Option<Box<[crate::table::policies::mirror::Mirror]>>,
 }
 
 /// A route's request metric handles, resolved when the table is compiled.
@@ -395,6 +399,9 @@ mod tests {
             body_idle_timeout: Duration::from_secs(30),
             response_idle_timeout: Duration::from_secs(60),
             requests: AtomicU64::new(0),
+            cors: None,
+            fault: None,
+            mirrors: None,
             metrics: RouteMetrics {
                 per_cluster: Vec::new(),
                 no_cluster: RequestMetrics::new(

@@ -28,6 +28,8 @@ pub const GEO_LOOKUPS_TOTAL: &str = "meridian_geo_lookups_total";
 pub const GEOIP_BUILD_EPOCH_SECONDS: &str = "meridian_geoip_build_epoch_seconds";
 pub const DNS_LOOKUPS_TOTAL: &str = "meridian_dns_lookups_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "meridian_tls_handshakes_total";
+pub const FAULTS_TOTAL: &str = "meridian_faults_total";
+pub const MIRROR_REQUESTS_TOTAL: &str = "meridian_mirror_requests_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -54,6 +56,8 @@ pub struct Metrics {
     pub geoip_build_epoch: IntGauge,
     pub dns_lookups: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
+    pub faults: IntCounterVec,
+    pub mirror_requests: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -187,6 +191,18 @@ impl Metrics {
                 TLS_HANDSHAKES_TOTAL,
                 "TLS handshakes completed, by whether they resumed a session.",
                 &["listener", "resumed"],
+            ),
+            faults: counter(
+                &registry,
+                FAULTS_TOTAL,
+                "Faults injected, by kind (delay, abort).",
+                &["route", "kind"],
+            ),
+            mirror_requests: counter(
+                &registry,
+                MIRROR_REQUESTS_TOTAL,
+                "Mirror copies: sent (answered), failed, dropped (over max_in_flight), skipped (body not replayable).",
+                &["route", "cluster", "result"],
             ),
             registry,
         }

@@ -1,0 +1,86 @@
+//! `mirrors:` (or a single `mirror:`) on a route: fire-and-forget copies of requests to
+//! other clusters, as Istio's `mirror`/`mirrors` with `mirrorPercentage`.
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Mirror requests in flight per mirror cluster before more are dropped.
+pub const DEFAULT_MIRROR_MAX_IN_FLIGHT: u32 = 64;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct MirrorConfig {
+    pub cluster: String,
+    /// Share of requests copied, 0..100.
+    #[serde(default = "super::default_percent")]
+    pub percent: f64,
+    /// Copies in flight to this cluster at once; past that, copies are dropped (and counted).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_max_in_flight() -> u32 {
+    DEFAULT_MIRROR_MAX_IN_FLIGHT
+}
+
+/// A route's mirrors: `mirrors: [{cluster: a}, ...]`, or `mirror: {cluster: a}` for one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MirrorsConfig {
+    pub list: Vec<MirrorConfig>,
+    /// Written as a single `mirror:` (problems are reported under that key).
+    pub single: bool,
+}
+
+impl MirrorsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The config path of mirror `i` under its route.
+    pub fn path(&self, route: &super::super::YamlPath, i: usize) -> super::super::YamlPath {
+        match self.single {
+            true => route.key("mirror"),
+            false => route.key("mirrors").index(i),
+        }
+    }
+}
+
+impl Serialize for MirrorsConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.list.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for MirrorsConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MirrorsVisitor;
+        impl<'de> Visitor<'de> for MirrorsVisitor {
+            type Value = MirrorsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mirror { cluster: NAME, percent: N } or a list of them")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<MirrorConfig>()? {
+                    out.push(item);
+                }
+                Ok(MirrorsConfig {
+                    list: out,
+                    single: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let one = MirrorConfig::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(MirrorsConfig {
+                    list: vec![one],
+                    single: true,
+                })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(MirrorsConfig::default())
+            }
+        }
+        deserializer.deserialize_any(MirrorsVisitor)
+    }
+}
