@@ -16,18 +16,17 @@ pub(in crate::proxy) async fn inject(
     let drawn = fault.draw();
     trace.fault = drawn.kind();
     if let Some(lines) = &mut trace.explain {
-        lines.push(format!(
-            "fault {}{}{}",
-            drawn.kind().as_str(),
-            drawn
-                .delay
-                .map(|d| format!(" delay {d:?}"))
-                .unwrap_or_default(),
-            drawn
-                .abort
-                .map(|s| format!(" abort {}", s.as_u16()))
-                .unwrap_or_default(),
-        ));
+        let applied: Vec<String> = [
+            drawn.delay.map(|d| format!("delay {d:?}")),
+            drawn.abort.map(|s| format!("abort {}", s.as_u16())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        lines.push(match applied.is_empty() {
+            true => "fault: none".to_owned(),
+            false => format!("fault: {}", applied.join(", ")),
+        });
     }
     if let Some(delay) = drawn.delay {
         fault.delayed.inc();
