@@ -5,8 +5,11 @@
 //! Services become DNS endpoints (`<host>.<namespace>.svc.cluster.local:<port>`) in the region
 //! their subset label (or their name) names; regional weights become weighted steering.
 
+mod cors;
 mod destination_rule;
+mod fault;
 mod gateway;
+mod mirror;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};

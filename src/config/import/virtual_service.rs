@@ -218,6 +218,9 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &BTreeMap<(String, 
             }
             route.insert("retries".into(), Value::Object(out));
         }
+        cors::import(r, b, http, &at, &mut route);
+        fault::import(r, b, http, &at, &mut route);
+        mirror::import(r, b, subsets, http, &at, &mut route);
         // Istio ORs the match entries: one Meridian route each.
         let matches: Vec<Value> = http
             .get("match")
