@@ -199,6 +199,9 @@ fn check(config: &Path) -> ExitCode {
                 t.clusters.len(),
                 t.routes.routes.len()
             );
+            if let Some(policies) = table::policies::explain::summary(&t.routes) {
+                println!("{policies}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

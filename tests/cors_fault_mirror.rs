@@ -692,3 +692,248 @@ async fn bad_policy_fields_are_reported_with_their_line() {
         );
     }
 }
+
+const ALL_POLICIES: &str = "  - name: api
+    hosts: [\"*\"]
+    cluster: api
+    cors: { allow_origins: [{ exact: \"https://app.example.com\" }], allow_methods: [GET] }
+    fault: { abort: { status: 503, percent: 50 }, delay: { fixed: 1ms, percent: 100 } }
+    mirror: { cluster: shadow, percent: 100 }
+";
+
+#[tokio::test]
+async fn explain_and_config_show_the_policies() {
+    let backends = Backends::start().await;
+    let proxy = start_proxy(&config(&backends, dead_addr().await, ALL_POLICIES)).await;
+    let admin = proxy.admin.unwrap();
+    let explain = get(
+        admin,
+        "admin",
+        "/explain?ip=127.0.0.1&host=api.example.com&path=/&method=OPTIONS\
+         &header=origin:https://app.example.com&header=access-control-request-method:GET",
+        &[],
+    )
+    .await
+    .json();
+    let policies = &explain["policies"];
+    assert_eq!(
+        policies["cors"], "preflight answered at the edge",
+        "{explain}"
+    );
+    assert_eq!(policies["fault"]["abort"]["status"], 503);
+    assert_eq!(policies["fault"]["abort"]["percent"], 50.0);
+    assert_eq!(policies["fault"]["delay"]["fixed"], "1ms");
+    // The first request of a 50% share is not aborted; the delay is on every request.
+    assert_eq!(policies["fault"]["next_request"], "delay");
+    assert_eq!(policies["mirrors"][0]["cluster"], "shadow");
+    assert_eq!(policies["mirrors"][0]["next_request"], "mirrored");
+    let other = get(
+        admin,
+        "admin",
+        "/explain?ip=127.0.0.1&host=api.example.com&path=/&header=origin:https://evil.test",
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(
+        other["policies"]["cors"],
+        "origin not allowed: no CORS headers"
+    );
+    // /explain does not move the shares: a real request still gets the first draw.
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    assert_eq!(client.get("api.example.com", "/", &[]).await.status, 200);
+    let after = get(admin, "admin", "/explain?ip=127.0.0.1&host=a&path=/", &[])
+        .await
+        .json();
+    assert_eq!(after["policies"]["fault"]["next_request"], "both");
+
+    let effective = get(admin, "admin", "/config", &[]).await.json();
+    let route = &effective["config"]["routes"][0];
+    assert_eq!(
+        route["cors"]["allow_origins"][0]["exact"], "https://app.example.com",
+        "{effective}"
+    );
+    assert_eq!(route["fault"]["abort"]["status"], 503);
+    assert_eq!(route["mirrors"][0]["cluster"], "shadow");
+    assert_eq!(route["mirrors"][0]["max_in_flight"], 64);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `meridian check` names the policies; `meridian run` logs the fault of each request in both
+/// access log formats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_counts_and_access_log_shows_faults() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["text", "json"] {
+        let (proxy, admin) = (free_port(), free_port());
+        let text = config(&backends, dead_addr().await, ALL_POLICIES)
+            .replace(
+                "bind: \"127.0.0.1:0\" }]",
+                &format!("bind: \"127.0.0.1:{proxy}\" }}]"),
+            )
+            .replace(
+                "admin: { bind: \"127.0.0.1:0\" }",
+                &format!(
+                    "admin: {{ bind: \"127.0.0.1:{admin}\" }}\naccess_log: {{ format: {format} }}"
+                ),
+            );
+        let path = dir.path().join(format!("{format}.yaml"));
+        std::fs::write(&path, &text).unwrap();
+
+        let check = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(
+            stdout.contains("routes with policies: 1 with CORS, 1 with fault, 1 with mirror"),
+            "{stdout}"
+        );
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("MERIDIAN_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(admin).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "meridian did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut client = Client::connect(SocketAddr::from(([127, 0, 0, 1], proxy)), None).await;
+        // 100% delay, 50% abort: the first request is delayed, the second delayed and aborted.
+        assert_eq!(
+            client.get("api.example.com", "/first", &[]).await.status,
+            200
+        );
+        assert_eq!(
+            client.get("api.example.com", "/second", &[]).await.status,
+            503
+        );
+        let mut logged = Vec::new();
+        while logged.len() < 2 {
+            let line = tokio::time::timeout(Duration::from_secs(5), lines.recv())
+                .await
+                .expect("no access log line within 5 s")
+                .unwrap();
+            logged.push(line);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        match format {
+            "text" => {
+                assert!(
+                    logged[0].contains("/first 200") && logged[0].ends_with(" fault=delay"),
+                    "{logged:?}"
+                );
+                assert!(
+                    logged[1].contains("/second 503") && logged[1].ends_with(" fault=both"),
+                    "{logged:?}"
+                );
+            }
+            _ => {
+                let first: serde_json::Value = serde_json::from_str(&logged[0]).unwrap();
+                let second: serde_json::Value = serde_json::from_str(&logged[1]).unwrap();
+                assert_eq!(
+                    (&first["path"], &first["fault"]),
+                    (&"/first".into(), &"delay".into())
+                );
+                assert_eq!(
+                    (&second["status"], &second["fault"]),
+                    (&503.into(), &"both".into())
+                );
+            }
+        }
+    }
+}
+
+/// A reload with a bad policy keeps the table in service, policies and all; a good one swaps
+/// them.
+#[tokio::test]
+async fn bad_policy_reload_keeps_the_old_table() {
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    let routes = |fault: &str| {
+        format!("  - name: api\n    hosts: [\"*\"]\n    cluster: api\n    fault: {fault}\n")
+    };
+    let good = config(
+        &backends,
+        dead_addr().await,
+        &routes("{ abort: { status: 418 } }"),
+    );
+    std::fs::write(&path, &good).unwrap();
+    let mut loaded = config::load_file(&path).unwrap();
+    common::quiet(&mut loaded);
+    let first = table::compile(&loaded, table::CompileContext::default()).unwrap();
+    let proxy = meridian::server::start_with(first, Some(path.clone()))
+        .await
+        .unwrap();
+    let addr = proxy.proxy_addr().unwrap();
+    assert_eq!(get(addr, "a.test", "/", &[]).await.status, 418);
+
+    let bad = good.replace(
+        "{ abort: { status: 418 } }",
+        "{ abort: { status: 418, percent: 1000 } }",
+    );
+    std::fs::write(&path, &bad).unwrap();
+    let error = proxy
+        .server
+        .reload(meridian::reload::Trigger::Admin)
+        .await
+        .expect_err("a bad fault percent is refused")
+        .to_string();
+    assert!(
+        error.contains("routes[0].fault.abort.percent: 1000 is outside 0..100"),
+        "{error}"
+    );
+    assert_eq!(
+        get(addr, "a.test", "/", &[]).await.status,
+        418,
+        "the old table serves"
+    );
+    assert_eq!(backends.hits(), [0, 0, 0]);
+
+    let without = good.replace("    fault: { abort: { status: 418 } }\n", "");
+    std::fs::write(&path, &without).unwrap();
+    proxy
+        .server
+        .reload(meridian::reload::Trigger::Admin)
+        .await
+        .unwrap();
+    let answer = get(addr, "a.test", "/", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.region(), "us-east-1");
+}

@@ -282,6 +282,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
             );
         }
     };
+    let policies = crate::table::policies::explain::describe(table, route, &method, facts.headers);
     let mut rng = fastrand::Rng::new();
     let decision = decide_for_route(table, route, &facts, &mut rng, Some(fastrand::f64()));
     let cluster_view = |cluster: &crate::table::Cluster, order: &steer::RegionOrder| {
@@ -315,12 +316,13 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
                 "region": table.region_name(d.region),
                 "panic": d.panic,
                 "endpoint": d.endpoint.address.to_string(),
+                "policies": policies,
                 "result": "routed",
             }),
         ),
         Err(e) => (
             StatusCode::OK,
-            json!({ "client": client, "route": route.name, "result": e.to_string() }),
+            json!({ "client": client, "route": route.name, "policies": policies, "result": e.to_string() }),
         ),
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod chance;
 pub mod cors;
+pub mod explain;
 pub mod fault;
 pub mod mirror;
