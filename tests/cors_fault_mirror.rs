@@ -561,7 +561,7 @@ async fn debug_header_says_which_policies_applied() {
     let proxy = start_proxy(&config(&backends, mirror.addr, routes)).await;
     let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
     let mut seen = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let answer = client
             .get("api.example.com", "/", &[("x-meridian-debug", "1")])
             .await;
@@ -582,6 +582,14 @@ async fn debug_header_says_which_policies_applied() {
     assert!(seen[0].1.contains("route api cluster api"), "{}", seen[0].1);
     assert_eq!(seen[1].0, 503);
     assert!(seen[1].1.contains("fault: abort 503"), "{}", seen[1].1);
+    assert!(
+        !seen[1].1.contains("mirror"),
+        "an aborted request is not mirrored"
+    );
+    // The mirror's share counts only requests that reach it: its second is picked.
+    assert_eq!(seen[2].0, 200);
+    assert!(seen[2].1.contains("fault: none"), "{}", seen[2].1);
+    assert!(seen[2].1.contains("mirror shadow: sent"), "{}", seen[2].1);
 }
 
 /// Each bad policy field: (route fragment, line of the problem within it, message part).
