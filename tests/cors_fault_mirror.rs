@@ -945,3 +945,38 @@ async fn bad_policy_reload_keeps_the_old_table() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.region(), "us-east-1");
 }
+
+/// Meridian's own answers to an allowed origin carry the CORS headers too (as Envoy's local
+/// replies do), so a browser can read why its request failed.
+#[tokio::test]
+async fn cors_headers_on_meridians_own_answers() {
+    let backends = Backends::start().await;
+    let routes = "  - name: aborted
+    hosts: [aborted.test]
+    cluster: api
+    cors: { allow_origins: [{ exact: \"https://app.example.com\" }] }
+    fault: { abort: { status: 418 } }
+  - name: dead
+    hosts: [dead.test]
+    cluster: shadow
+    retries: { attempts: 0 }
+    cors: { allow_origins: [{ exact: \"https://app.example.com\" }] }
+";
+    let proxy = start_proxy(&config(&backends, dead_addr().await, routes)).await;
+    let mut client = Client::connect(proxy.proxy_addr().unwrap(), None).await;
+    for (host, status) in [("aborted.test", 418), ("dead.test", 502)] {
+        for (origin, cors) in [
+            ("https://app.example.com", true),
+            ("https://evil.test", false),
+        ] {
+            let answer = client.get(host, "/", &[("origin", origin)]).await;
+            assert_eq!(answer.status, status, "{host}");
+            assert_eq!(
+                answer.headers.get("access-control-allow-origin").is_some(),
+                cors,
+                "{host} {origin}"
+            );
+        }
+    }
+    assert_eq!(backends.hits(), [0, 0, 0]);
+}

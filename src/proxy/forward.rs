@@ -79,20 +79,17 @@ pub(super) async fn forward(
         trace.explain = Some(Vec::new());
     }
     // Policies that may answer at the edge, before any upstream is chosen.
-    let cors = match &route.cors {
-        Some(cors) => match policies::cors::verdict(cors, &parts.method, headers) {
+    if let Some(cors) = &route.cors {
+        match policies::cors::verdict(cors, &parts.method, headers) {
             CorsVerdict::Preflight(origin) => return Ok(policies::cors::preflight(cors, origin)),
-            CorsVerdict::Allowed(origin) => Some((&**cors, origin)),
-            CorsVerdict::Pass => None,
-        },
-        None => None,
-    };
-    if let Some(fault) = &route.fault
-        && let Some(mut answer) = policies::fault::inject(fault, route, started, trace).await?
-    {
-        if let Some((cors, origin)) = cors {
-            policies::cors::decorate(cors, origin, &mut answer);
+            // Whatever answers from here on (Meridian's own included) gets the CORS headers.
+            CorsVerdict::Allowed(origin) => trace.cors_origin = Some(origin),
+            CorsVerdict::Pass => {}
         }
+    }
+    if let Some(fault) = &route.fault
+        && let Some(answer) = policies::fault::inject(fault, route, started, trace).await?
+    {
         return Ok(answer);
     }
     let decision = decide_for_route(table, route, &facts, &mut rng, None)?;
@@ -230,8 +227,5 @@ pub(super) async fn forward(
     // Hop-by-hop fields were left out when the head was read.
     answer.region = Some(table.regions[region as usize].header.clone());
     answer.request_id = overrides.take(Overridden::RequestId);
-    if let Some((cors, origin)) = cors {
-        policies::cors::decorate(cors, origin, &mut answer);
-    }
     Ok(answer)
 }

@@ -93,6 +93,9 @@ pub struct Trace {
     pub explain: Option<Vec<String>>,
     /// The faults injected (the access log's `fault`).
     pub fault: crate::table::policies::fault::FaultKind,
+    /// The request's `Origin`, when the route's CORS policy allows it: the answer gets the
+    /// CORS headers.
+    pub cors_origin: Option<HeaderValue>,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -159,6 +162,14 @@ pub async fn handle(
             e.into_response().into()
         }
     };
+    if let Some(origin) = trace.cors_origin.take()
+        && let Some(cors) = trace
+            .route
+            .and_then(|i| table.routes.routes.get(i))
+            .and_then(|r| r.cors.as_deref())
+    {
+        policies::cors::decorate(cors, origin, &mut answer);
+    }
     let elapsed = started.elapsed();
     let status = answer.response.status().as_u16();
     let metrics = match trace.route.and_then(|i| table.routes.routes.get(i)) {
