@@ -980,3 +980,50 @@ async fn cors_headers_on_meridians_own_answers() {
     }
     assert_eq!(backends.hits(), [0, 0, 0]);
 }
+
+/// A copy goes to the mirror cluster's endpoint in the region the route's steering picks for
+/// the client, as the request itself does.
+#[tokio::test]
+async fn mirror_copies_follow_the_route_steering() {
+    let backends = Backends::start().await;
+    let mut us_mirror = MirrorBackend::start(false).await;
+    let mut eu_mirror = MirrorBackend::start(false).await;
+    let text = backends.fill(&format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: \"127.0.0.1:0\" }}
+geo:
+  overrides:
+    - {{ cidr: 127.0.0.2/32, region: eu-west-1 }}
+    - {{ cidr: 127.0.0.3/32, region: us-east-1 }}
+{{REGIONS}}
+clusters:
+  api: {{ endpoints: {{ us-east-1: [\"{{US}}\"], eu-west-1: [\"{{EU}}\"] }} }}
+  shadow: {{ endpoints: {{ us-east-1: [\"{}\"], eu-west-1: [\"{}\"] }} }}
+routes:
+  - {{ name: api, hosts: [\"*\"], cluster: api, mirror: {{ cluster: shadow }} }}
+",
+        us_mirror.addr, eu_mirror.addr
+    ));
+    let proxy = start_proxy(&text).await;
+    let addr = proxy.proxy_addr().unwrap();
+    for (from, region) in [([127, 0, 0, 2], "eu-west-1"), ([127, 0, 0, 3], "us-east-1")] {
+        let mut client = Client::connect(addr, Some(std::net::IpAddr::from(from))).await;
+        for _ in 0..5 {
+            let answer = client.get("api.example.com", "/", &[]).await;
+            assert_eq!(answer.region(), region);
+        }
+        let mirror = if region == "eu-west-1" {
+            &mut eu_mirror
+        } else {
+            &mut us_mirror
+        };
+        for _ in 0..5 {
+            mirror.next().await;
+        }
+    }
+    assert_eq!(eu_mirror.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(us_mirror.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(backends.hits(), [5, 5, 0]);
+}

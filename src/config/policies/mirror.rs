@@ -84,3 +84,60 @@ impl<'de> Deserialize<'de> for MirrorsConfig {
         deserializer.deserialize_any(MirrorsVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RouteConfig, parse_document};
+
+    fn route(policy: &str) -> Result<RouteConfig, String> {
+        let text = format!("name: r\nhosts: [\"*\"]\ncluster: c\n{policy}");
+        parse_document::<RouteConfig>(&text)
+            .map(|parsed| parsed.value)
+            .map_err(|problems| {
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+    }
+
+    #[test]
+    fn one_mirror_or_a_list() {
+        let cases: [(&str, Vec<(&str, f64, u32)>, bool); 5] = [
+            ("", vec![], false),
+            ("mirror: { cluster: a }", vec![("a", 100.0, 64)], true),
+            (
+                "mirrors: [{ cluster: a, percent: 5 }, { cluster: b, max_in_flight: 2 }]",
+                vec![("a", 5.0, 64), ("b", 100.0, 2)],
+                false,
+            ),
+            ("mirrors: []", vec![], false),
+            ("mirror: null", vec![], false),
+        ];
+        for (policy, want, single) in cases {
+            let r = route(policy).unwrap();
+            let got: Vec<(&str, f64, u32)> = r
+                .mirrors
+                .list
+                .iter()
+                .map(|m| (m.cluster.as_str(), m.percent, m.max_in_flight))
+                .collect();
+            assert_eq!(got, want, "{policy}");
+            assert_eq!(r.mirrors.single, single, "{policy}");
+        }
+    }
+
+    #[test]
+    fn malformed_mirrors_are_refused() {
+        for policy in [
+            "mirror: { cluster: a }\nmirrors: [{ cluster: b }]",
+            "mirror: shadow",
+            "mirrors: [{ percent: 5 }]",
+            "mirror: { cluster: a, max_in_flight: -1 }",
+        ] {
+            assert!(route(policy).is_err(), "{policy}");
+        }
+    }
+}
