@@ -87,8 +87,10 @@ impl<'de> Deserialize<'de> for MirrorsConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::{RouteConfig, parse_document};
+
+    /// (cluster, percent, max_in_flight) of each mirror.
+    type Mirrors<'a> = Vec<(&'a str, f64, u32)>;
 
     fn route(policy: &str) -> Result<RouteConfig, String> {
         let text = format!("name: r\nhosts: [\"*\"]\ncluster: c\n{policy}");
@@ -105,7 +107,7 @@ mod tests {
 
     #[test]
     fn one_mirror_or_a_list() {
-        let cases: [(&str, Vec<(&str, f64, u32)>, bool); 5] = [
+        let cases: [(&str, Mirrors, bool); 5] = [
             ("", vec![], false),
             ("mirror: { cluster: a }", vec![("a", 100.0, 64)], true),
             (
@@ -118,7 +120,7 @@ mod tests {
         ];
         for (policy, want, single) in cases {
             let r = route(policy).unwrap();
-            let got: Vec<(&str, f64, u32)> = r
+            let got: Mirrors = r
                 .mirrors
                 .list
                 .iter()
