@@ -152,6 +152,10 @@ pub async fn handle(
         Ok(answer) => answer,
         Err(e) => {
             match e.status() {
+                // A delay injected past the timeout was configured to happen: no warning.
+                _ if matches!(e, ProxyError::FaultDelayTimeout { .. }) => {
+                    tracing::debug!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
+                }
                 StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
                     tracing::debug!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
                 }
