@@ -78,6 +78,21 @@ fn faults_map_with_istio_meanings() {
     assert!(line("spec.http[0].fault.delay.fixedDelay").contains("mapped"));
     assert!(line("spec.http[0].fault.delay.percent").contains("mapped"));
     assert!(line("spec.http[1].fault.abort.percentage.value").contains("mapped"));
+
+    // No percentage: Istio aborts nothing, and so does the import (and says so).
+    let teapot = &route(&config, "ratings-0")["fault"]["abort"];
+    assert_eq!(
+        (teapot["status"].as_u64(), teapot["percent"].as_f64()),
+        (Some(418), Some(0.0))
+    );
+    let unset = report
+        .iter()
+        .find(|l| l.contains("ratings spec.http[0].fault.abort.percentage:"))
+        .unwrap_or_else(|| panic!("{}", report.join("\n")));
+    assert!(
+        unset.contains("approximated") && unset.contains("no request"),
+        "{unset}"
+    );
 }
 
 #[test]

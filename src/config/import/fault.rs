@@ -26,9 +26,8 @@ pub(super) fn import(
                     FieldStatus::Mapped,
                     "fault.delay.fixed",
                 );
-                if let Some(p) = percentage(r, b, delay, &here, "fault.delay.percent") {
-                    d.insert("percent".into(), json!(p));
-                }
+                let p = percentage(r, b, delay, &here, "fault.delay.percent");
+                d.insert("percent".into(), json!(p));
                 out.insert("delay".into(), Value::Object(d));
             }
             None => b.note(
@@ -51,9 +50,8 @@ pub(super) fn import(
                     FieldStatus::Mapped,
                     "fault.abort.status",
                 );
-                if let Some(p) = percentage(r, b, abort, &here, "fault.abort.percent") {
-                    a.insert("percent".into(), json!(p));
-                }
+                let p = percentage(r, b, abort, &here, "fault.abort.percent");
+                a.insert("percent".into(), json!(p));
                 out.insert("abort".into(), Value::Object(a));
             }
             None => b.note(
@@ -69,17 +67,29 @@ pub(super) fn import(
     }
 }
 
-/// `percentage.value` (or the deprecated integer `percent`) of a fault, noted as mapped.
-fn percentage(r: &Resource, b: &mut Builder, fault: &Value, at: &str, to: &str) -> Option<f64> {
+/// `percentage.value` (or the deprecated integer `percent`) of a fault. Without either, Istio
+/// (through Envoy) injects nothing, whatever its older docs said (istio/istio#36303): 0, and
+/// said so in the report.
+fn percentage(r: &Resource, b: &mut Builder, fault: &Value, at: &str, to: &str) -> f64 {
     if let Some(v) = fault
         .get("percentage")
         .and_then(|p| p.get("value"))
         .and_then(Value::as_f64)
     {
         b.note(r, format!("{at}.percentage.value"), FieldStatus::Mapped, to);
-        return Some(v);
+        return v;
     }
-    let v = fault.get("percent").and_then(Value::as_f64)?;
-    b.note(r, format!("{at}.percent"), FieldStatus::Mapped, to);
-    Some(v)
+    if let Some(v) = fault.get("percent").and_then(Value::as_f64) {
+        b.note(r, format!("{at}.percent"), FieldStatus::Mapped, to);
+        return v;
+    }
+    b.note(
+        r,
+        format!("{at}.percentage"),
+        FieldStatus::Approximated,
+        format!(
+            "not given: Istio injects this fault into no request, so {to} is 0; set it to inject"
+        ),
+    );
+    0.0
 }
