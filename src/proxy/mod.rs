@@ -182,6 +182,7 @@ pub async fn handle(
     };
     metrics.observe(status, elapsed.as_secs_f64());
     if let Some(lines) = &trace.explain
+        && !lines.is_empty()
         && let Ok(value) = HeaderValue::from_str(&lines.join("; "))
     {
         answer
