@@ -237,8 +237,11 @@ fn check(config: &Path) -> ExitCode {
                 t.clusters.len(),
                 t.routes.routes.len()
             );
+            if let Some(policies) = table::policies::explain::summary(&t.routes) {
+                println!("{policies}");
+            }
             for route in &t.routes.routes {
-                let policies = table::policies::route_summary(route);
+                let policies = table::policies::route_summary(&t, route);
                 if !policies.is_empty() {
                     println!("  route {}: {}", route.name, policies.join("; "));
                 }

@@ -10,9 +10,10 @@
 //! keeps its I/O source; problems carry file and line).
 
 mod durations;
+mod exact_vec;
 pub mod import;
 mod model;
-mod policies;
+pub mod policies;
 mod problems;
 mod retries;
 mod yaml;

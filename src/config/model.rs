@@ -5,14 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::marker::PhantomData;
 use std::path::PathBuf;
 
-use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::exact_vec::exact_vec;
 use super::policies::{
-    DirectResponseConfig, HeaderRulesConfig, MatchConfig, RedirectConfig, RewriteConfig,
+    DirectResponseConfig, HeaderRulesConfig, MatchConfig, MirrorsConfig, RedirectConfig,
+    RewriteConfig,
 };
 use super::retries::RetryConfig;
 
@@ -542,6 +543,17 @@ pub struct RouteConfig {
     pub request_headers: Option<Box<HeaderRulesConfig>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<Box<HeaderRulesConfig>>,
+    /// Route policies (see `config::policies`).
+    #[serde(default)]
+    pub cors: Option<super::policies::CorsConfig>,
+    #[serde(default)]
+    pub fault: Option<super::policies::FaultConfig>,
+    #[serde(
+        default,
+        alias = "mirror",
+        skip_serializing_if = "MirrorsConfig::is_empty"
+    )]
+    pub mirrors: super::policies::MirrorsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -649,32 +661,4 @@ fn default_response_idle_timeout() -> String {
 }
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY
-}
-
-/// Most items a list reserves room for up front.
-const MAX_RESERVED_ITEMS: usize = 1 << 20;
-
-/// A list read into exactly its length, as the loader tells it: serde's own `Vec` reserves
-/// at most 1 MiB up front and doubles from there, and each smaller copy of a list of 100,000
-/// routes (half a kilobyte each) stays resident until the allocator purges it.
-fn exact_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct ExactVec<T>(PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for ExactVec<T> {
-        type Value = Vec<T>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a sequence")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_RESERVED_ITEMS));
-            while let Some(item) = seq.next_element()? {
-                out.push(item);
-            }
-            Ok(out)
-        }
-    }
-    deserializer.deserialize_seq(ExactVec(PhantomData))
 }

@@ -31,6 +31,8 @@ pub enum ProxyError {
     },
     #[error("route `{route}`: the rewritten path is not a valid request target")]
     Rewrite { route: String },
+    #[error("an injected delay outlasted the route timeout of {after:?}")]
+    FaultDelayTimeout { after: Duration },
     #[error("upstream {endpoint} ({region}) did not answer within {after:?}")]
     Timeout {
         endpoint: SocketAddr,
@@ -69,7 +71,7 @@ impl ProxyError {
             }
             Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Timeout { .. } | Self::FaultDelayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Rewrite { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +90,7 @@ impl ProxyError {
             Self::Upstream { .. } => "upstream-reset",
             Self::Timeout { .. } => "upstream-timeout",
             Self::Rewrite { .. } => "rewrite-failed",
+            Self::FaultDelayTimeout { .. } => "fault-delay-timeout",
         }
     }
 

@@ -2,6 +2,7 @@
 //! decision, the upstream request, then the exchange (`attempt`) or the WebSocket splice.
 
 use super::*;
+use crate::table::policies::cors::CorsVerdict;
 
 use crate::table::policies::headers::VarValues;
 
@@ -80,14 +81,26 @@ pub(super) async fn forward(
     let (route_index, route) = find_route(table, &facts)?;
     trace.route = Some(route_index);
     let peer_trusted = table.geo.is_trusted(peer.ip());
-    let debug =
-        peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1");
+    if peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1") {
+        trace.explain = Some(Vec::new());
+    }
+    // Policies that may answer at the edge, before any upstream is chosen.
+    if let Some(cors) = &route.cors {
+        match policies::cors::verdict(cors, &parts.method, headers) {
+            CorsVerdict::Preflight(origin) => return Ok(policies::cors::preflight(cors, origin)),
+            // Whatever answers from here on (Meridian's own included) gets the CORS headers.
+            CorsVerdict::Allowed(origin) => trace.cors_origin = Some(origin),
+            CorsVerdict::Pass => {}
+        }
+    }
+    if let Some(fault) = &route.fault
+        && let Some(answer) = policies::fault::inject(fault, route, started, trace).await?
+    {
+        return Ok(answer);
+    }
     if let Some(policies) = &route.policies
         && let Some(edge) = &policies.answer
     {
-        if debug {
-            trace.explain = Some(Vec::new());
-        }
         return Ok(policies::answer_at_edge(
             table, route, policies, edge, &facts, trace,
         ));
@@ -98,8 +111,8 @@ pub(super) async fn forward(
     trace.client = Some(decision.client);
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
-    if debug {
-        trace.explain = Some(vec![explain_decision(table, &decision)]);
+    if let Some(lines) = &mut trace.explain {
+        lines.insert(0, explain_decision(table, &decision));
     }
     tracing::debug!(
         client = %decision.client,
@@ -212,6 +225,17 @@ pub(super) async fn forward(
                 route.body_idle_timeout,
             )
             .await?;
+            if let Some(mirrors) = &route.mirrors {
+                let original = policies::mirror::Original {
+                    parts: &parts,
+                    raw: raw.as_ref(),
+                    overrides: &overrides,
+                    host: &raw_host,
+                };
+                policies::mirror::send(
+                    table, &decision, mirrors, &original, &body, &mut rng, trace,
+                );
+            }
             let request = Outgoing {
                 parts: &parts,
                 headers,

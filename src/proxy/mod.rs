@@ -91,6 +91,11 @@ pub struct Trace {
     pub request_id: Option<HeaderValue>,
     /// Set when a trusted client asked for `x-meridian-debug`: the decision, then each try.
     pub explain: Option<Vec<String>>,
+    /// The faults injected (the access log's `fault`).
+    pub fault: crate::table::policies::fault::FaultKind,
+    /// The request's `Origin`, when the route's CORS policy allows it: the answer gets the
+    /// CORS headers.
+    pub cors_origin: Option<HeaderValue>,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -147,6 +152,10 @@ pub async fn handle(
         Ok(answer) => answer,
         Err(e) => {
             match e.status() {
+                // A delay injected past the timeout was configured to happen: no warning.
+                _ if matches!(e, ProxyError::FaultDelayTimeout { .. }) => {
+                    tracing::debug!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
+                }
                 StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
                     tracing::debug!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
                 }
@@ -157,6 +166,14 @@ pub async fn handle(
             e.into_response().into()
         }
     };
+    if let Some(origin) = trace.cors_origin.take()
+        && let Some(cors) = trace
+            .route
+            .and_then(|i| table.routes.routes.get(i))
+            .and_then(|r| r.cors.as_deref())
+    {
+        policies::cors::decorate(cors, origin, &mut answer);
+    }
     let elapsed = started.elapsed();
     let status = answer.response.status().as_u16();
     let metrics = match trace.route.and_then(|i| table.routes.routes.get(i)) {
@@ -165,6 +182,7 @@ pub async fn handle(
     };
     metrics.observe(status, elapsed.as_secs_f64());
     if let Some(lines) = &trace.explain
+        && !lines.is_empty()
         && let Ok(value) = HeaderValue::from_str(&lines.join("; "))
     {
         answer
@@ -199,6 +217,7 @@ pub async fn handle(
             region: trace.region.map(|r| table.region_name(r)).unwrap_or(""),
             endpoint: trace.endpoint.map(|e| e.to_string()).unwrap_or_default(),
             attempts: trace.tries,
+            fault: trace.fault.as_str(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
         };
         access_log::log(&record, table.access_log);

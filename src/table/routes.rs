@@ -122,6 +122,10 @@ pub struct Route {
     pub extra: Option<Box<ExtraMatch>>,
     /// Rewrite, edge answer and header rules; `None` when the route has none.
     pub policies: Option<Box<RoutePolicies>>,
+    /// Route policies: `None` for a route without them (see `table::policies`).
+    pub cors: Option<Box<crate::table::policies::cors::Cors>>,
+    pub fault: Option<Box<crate::table::policies::fault::Fault>>,
+    pub mirrors: Option<Box<[crate::table::policies::mirror::Mirror]>>,
 }
 
 /// What route matching reads from a request.
@@ -409,6 +413,9 @@ mod tests {
             requests: AtomicU64::new(0),
             extra: None,
             policies: None,
+            cors: None,
+            fault: None,
+            mirrors: None,
             metrics: RouteMetrics {
                 per_cluster: Vec::new(),
                 no_cluster: RequestMetrics::new(

@@ -32,6 +32,8 @@ pub struct AccessRecord<'a> {
     pub region: &'a str,
     pub endpoint: String,
     pub attempts: u32,
+    /// Faults injected: none, delay, abort or both.
+    pub fault: &'a str,
     pub duration_ms: f64,
 }
 
@@ -41,7 +43,7 @@ impl AccessRecord<'_> {
             AccessLogFormat::Off => None,
             AccessLogFormat::Json => serde_json::to_string(self).ok(),
             AccessLogFormat::Text => Some(format!(
-                "{} {} {} {}{} {} route={} region={} endpoint={} attempts={} {:.3}ms id={}",
+                "{} {} {} {}{} {} route={} region={} endpoint={} attempts={} {:.3}ms id={} fault={}",
                 self.client,
                 self.country,
                 self.method,
@@ -53,7 +55,8 @@ impl AccessRecord<'_> {
                 dash(&self.endpoint),
                 self.attempts,
                 self.duration_ms,
-                self.request_id
+                self.request_id,
+                self.fault
             )),
         }
     }
@@ -121,17 +124,19 @@ mod tests {
             region: "eu-west-1",
             endpoint: "10.1.0.5:8000".into(),
             attempts: 1,
+            fault: "abort",
             duration_ms: 1.5,
         };
         let text = r.line(AccessLogFormat::Text).unwrap();
         assert_eq!(
             text,
-            "198.51.100.7 DE GET api.example.com/x 200 route=api region=eu-west-1 endpoint=10.1.0.5:8000 attempts=1 1.500ms id=abc"
+            "198.51.100.7 DE GET api.example.com/x 200 route=api region=eu-west-1 endpoint=10.1.0.5:8000 attempts=1 1.500ms id=abc fault=abort"
         );
         let json: serde_json::Value =
             serde_json::from_str(&r.line(AccessLogFormat::Json).unwrap()).unwrap();
         assert_eq!(json["region"], "eu-west-1");
         assert_eq!(json["attempts"], 1);
+        assert_eq!(json["fault"], "abort");
         assert!(r.line(AccessLogFormat::Off).is_none());
     }
 }

@@ -29,6 +29,8 @@ pub const GEOIP_BUILD_EPOCH_SECONDS: &str = "meridian_geoip_build_epoch_seconds"
 pub const DNS_LOOKUPS_TOTAL: &str = "meridian_dns_lookups_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "meridian_tls_handshakes_total";
 pub const WORKER_CONNECTIONS_TOTAL: &str = "meridian_worker_connections_total";
+pub const FAULTS_TOTAL: &str = "meridian_faults_total";
+pub const MIRROR_REQUESTS_TOTAL: &str = "meridian_mirror_requests_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -56,6 +58,8 @@ pub struct Metrics {
     pub dns_lookups: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub worker_connections: IntCounterVec,
+    pub faults: IntCounterVec,
+    pub mirror_requests: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -195,6 +199,18 @@ impl Metrics {
                 WORKER_CONNECTIONS_TOTAL,
                 "Client connections accepted on proxy listeners, by worker thread.",
                 &["worker"],
+            ),
+            faults: counter(
+                &registry,
+                FAULTS_TOTAL,
+                "Faults injected, by kind (delay, abort).",
+                &["route", "kind"],
+            ),
+            mirror_requests: counter(
+                &registry,
+                MIRROR_REQUESTS_TOTAL,
+                "Mirror copies: sent (answered), failed, dropped (over max_in_flight), skipped (body not replayable).",
+                &["route", "cluster", "result"],
             ),
             registry,
         }

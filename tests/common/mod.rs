@@ -213,6 +213,8 @@ pub const DURATION_FIELDS: &[(&str, &str)] = &[
     ("routes[0].retries.per_try_timeout", "1ms"),
     ("routes[0].retries.backoff.base", "1ms"),
     ("routes[0].retries.backoff.max", "1ms"),
+    ("routes[0].fault.delay.fixed", "1ms"),
+    ("routes[0].cors.max_age", "0s"),
 ];
 
 /// The longest value any duration field accepts.
@@ -267,6 +269,13 @@ routes:
       backoff:
         base: <routes[0].retries.backoff.base>
         max: <routes[0].retries.backoff.max>
+    fault:
+      delay:
+        fixed: <routes[0].fault.delay.fixed>
+        percent: 0
+    cors:
+      allow_origins: [{{ exact: \"*\" }}]
+      max_age: <routes[0].cors.max_age>
 "
     );
     let mut lines = std::collections::HashMap::new();

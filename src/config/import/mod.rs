@@ -8,9 +8,12 @@
 //! weighted steering.
 
 mod aws_regions;
+mod cors;
 mod destination_rule;
+mod fault;
 mod gateway;
 mod locality;
+mod mirror;
 mod regions;
 mod route_policies;
 mod virtual_service;

@@ -128,7 +128,12 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
                     "route left out: none of its destinations has a known region",
                 );
             } else {
-                b.note(r, at.clone(), FieldStatus::Unsupported, "an http route needs `route` destinations, a redirect or a direct response");
+                b.note(
+                    r,
+                    at.clone(),
+                    FieldStatus::Unsupported,
+                    "an http route needs `route` destinations, a redirect or a direct response",
+                );
             }
             continue;
         }
@@ -226,6 +231,9 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &super::regions::Su
             route.insert("retries".into(), Value::Object(out));
         }
         route_policies::import(r, b, http, &at, &mut route);
+        cors::import(r, b, http, &at, &mut route);
+        fault::import(r, b, http, &at, &mut route);
+        mirror::import(r, b, subsets, http, &at, &mut route);
         // Istio ORs the match entries: one Meridian route each.
         let matches: Vec<Value> = http
             .get("match")

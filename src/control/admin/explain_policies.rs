@@ -10,8 +10,12 @@ use crate::table::policies::rewrite::rewrite_path;
 use crate::table::routes::Route;
 
 /// The policies part of an explanation; `None` for a route without any.
-pub(super) fn view(route: &Route, facts: &RequestFacts<'_>) -> Option<Value> {
-    let summary = crate::table::policies::route_summary(route);
+pub(super) fn view(
+    table: &crate::table::RoutingTable,
+    route: &Route,
+    facts: &RequestFacts<'_>,
+) -> Option<Value> {
+    let summary = crate::table::policies::route_summary(table, route);
     let policies = route.policies.as_ref();
     if summary.is_empty() {
         return None;

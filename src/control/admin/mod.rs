@@ -287,7 +287,14 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
             );
         }
     };
-    let policies = explain_policies::view(route, &facts);
+    let mut policies = explain_policies::view(table, route, &facts);
+    if route.cors.is_some() || route.fault.is_some() || route.mirrors.is_some() {
+        let more = crate::table::policies::explain::describe(table, route, &method, facts.headers);
+        let view = policies.get_or_insert_with(|| json!({}));
+        for key in ["cors", "fault", "mirrors"] {
+            view[key] = more[key].clone();
+        }
+    }
     if explain_policies::answers_at_edge(route) {
         return (
             StatusCode::OK,
@@ -333,7 +340,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         ),
         Err(e) => (
             StatusCode::OK,
-            json!({ "client": client, "route": route.name, "result": e.to_string() }),
+            json!({ "client": client, "route": route.name, "policies": policies, "result": e.to_string() }),
         ),
     }
 }

@@ -3,7 +3,12 @@
 //! upstream request, and response header rules applied to the answer.
 //!
 //! Called from `proxy::forward` only for a route whose `policies` is set; the compiled rules
-//! and their pure parts live in `table::policies`.
+//! and their pure parts live in `table::policies`. CORS, fault and mirror have a file each,
+//! each called from the phase it belongs to only when the route has it.
+
+pub(super) mod cors;
+pub(super) mod fault;
+pub(super) mod mirror;
 
 use super::*;
 

@@ -2,7 +2,10 @@
 //! line) out. Split by domain: regions and geo, listeners, clusters, routes.
 
 mod clusters;
+mod cors;
+mod fault;
 mod listeners;
+mod mirror;
 mod policies;
 mod regions;
 mod routes;

@@ -100,6 +100,7 @@ impl<'a> Compiler<'a> {
         let mut routes = Vec::with_capacity(self.config.routes.len());
         let mut hosts = Vec::with_capacity(self.config.routes.len());
         let labels = MetricLabels::new(self.config, clusters);
+        let mut mirror_counts = mirror::MirrorCounts::new();
         for (i, r) in self.config.routes.iter().enumerate() {
             let here = at.index(i);
             if r.name.is_empty() {
@@ -141,6 +142,12 @@ impl<'a> Compiler<'a> {
                     DurationRange::TIMEOUT,
                 )
                 .unwrap_or(Duration::from_secs(60));
+            let cors = r.cors.as_ref().and_then(|c| self.cors(here.key("cors"), c));
+            let fault = r
+                .fault
+                .as_ref()
+                .and_then(|f| self.fault(here.key("fault"), f, &r.name));
+            let mirrors = self.mirrors(&here, r, clusters, &mut mirror_counts);
             if let (Some(path), Some(target), Some(timeout)) = (path, target, timeout) {
                 let metrics = self.route_metrics(&r.name, &target, &labels);
                 routes.push(Route {
@@ -160,6 +167,9 @@ impl<'a> Compiler<'a> {
                     requests: Default::default(),
                     extra,
                     policies,
+                    cors,
+                    fault,
+                    mirrors,
                 });
                 hosts.push(host_patterns);
             }

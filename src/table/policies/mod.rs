@@ -1,14 +1,20 @@
 //! Compiled route policies: the extra match conditions (`matching`), path and authority
-//! rewrites (`rewrite`), answers given at the edge (`answer`: redirect and direct response)
-//! and header rules (`headers`).
+//! rewrites (`rewrite`), answers given at the edge (`answer`: redirect and direct response),
+//! header rules (`headers`), CORS (`cors`), fault injection (`fault`) and mirroring
+//! (`mirror`), with the exact per-request percentages the last two draw (`chance`).
 //!
 //! Built by `table::compile::policies`; read by `table::routes` while matching and by
 //! `proxy::policies` on the request path. A route without any holds `None`, so a request on it
 //! checks one pointer and does nothing else.
 
 pub mod answer;
+pub mod chance;
+pub mod cors;
+pub mod explain;
+pub mod fault;
 pub mod headers;
 pub mod matching;
+pub mod mirror;
 pub mod rewrite;
 
 use crate::table::routes::{PathMatch, Route};
@@ -55,7 +61,7 @@ impl RoutePolicies {
 
 /// What a route does beyond plain matching and forwarding, one phrase each: its extra match
 /// conditions and its policies (empty for a plain route). Shown by `meridian check`.
-pub fn route_summary(route: &Route) -> Vec<String> {
+pub fn route_summary(table: &crate::table::RoutingTable, route: &Route) -> Vec<String> {
     let mut out = Vec::new();
     if matches!(
         route.path,
@@ -68,6 +74,23 @@ pub fn route_summary(route: &Route) -> Vec<String> {
     }
     if let Some(policies) = &route.policies {
         out.extend(policies.summary());
+    }
+    if let Some(cors) = &route.cors {
+        out.push(cors.describe());
+    }
+    if let Some(fault) = &route.fault {
+        out.push(fault.describe());
+    }
+    for m in route.mirrors.iter().flatten() {
+        out.push(format!(
+            "mirror {}% to {} (at most {} in flight)",
+            m.chance.percent(),
+            table
+                .clusters
+                .get(m.cluster)
+                .map_or("?", |c| c.name.as_str()),
+            m.max_in_flight
+        ));
     }
     out
 }
