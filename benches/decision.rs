@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("decision/full_geo_path", |b| {
         b.iter(|| {
             let facts = RequestFacts {
+                query: None,
                 peer,
                 host: "127.0.0.1",
                 path: "/api/users",

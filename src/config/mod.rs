@@ -12,6 +12,7 @@
 mod durations;
 pub mod import;
 mod model;
+pub mod policies;
 mod problems;
 mod retries;
 mod yaml;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
 pub use model::*;
+pub use policies::affinity::{ConsistentHashConfig, HashCookieConfig, LoadBalancerConfig};
 pub use problems::{ConfigError, Problem, Problems};
 pub use retries::*;
 pub use yaml::{LineIndex, Parsed, YamlPath, parse_document, parse_values, to_yaml};

@@ -67,6 +67,7 @@ pub(super) async fn forward(
         peer: peer.ip(),
         host: &host,
         path: parts.uri.path(),
+        query: parts.uri.query(),
         method: &parts.method,
         headers,
         present,
@@ -79,6 +80,9 @@ pub(super) async fn forward(
     trace.client = Some(decision.client);
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
+    if let Some(key) = &decision.affinity {
+        trace.set_cookie.clone_from(&key.set_cookie);
+    }
     let peer_trusted = table.geo.is_trusted(peer.ip());
     if peer_trusted && present.has(Known::Debug) && headers.first(Known::Debug) == Some(b"1") {
         trace.explain = Some(vec![explain_decision(table, &decision)]);

@@ -13,6 +13,7 @@ mod attempt;
 mod error;
 mod explain;
 mod forward;
+mod policies;
 mod redirect;
 mod replay;
 mod rewrite;
@@ -90,6 +91,8 @@ pub struct Trace {
     pub request_id: Option<HeaderValue>,
     /// Set when a trusted client asked for `x-meridian-debug`: the decision, then each try.
     pub explain: Option<Vec<String>>,
+    /// A session-affinity cookie Meridian generated, for the answer whatever it is.
+    pub set_cookie: Option<HeaderValue>,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -156,6 +159,9 @@ pub async fn handle(
             e.into_response().into()
         }
     };
+    if let Some(cookie) = trace.set_cookie.take() {
+        policies::affinity::add_set_cookie(&mut answer, cookie);
+    }
     let elapsed = started.elapsed();
     let status = answer.response.status().as_u16();
     let metrics = match trace.route.and_then(|i| table.routes.routes.get(i)) {

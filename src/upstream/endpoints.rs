@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 
 use crate::config::LoadBalancer;
+use crate::steer::maglev::MaglevTable;
 use crate::steer::{self, Candidate, RegionHealth, RegionId};
 
 /// Where a region's endpoints come from.
@@ -32,19 +33,26 @@ pub enum EndpointSource {
     },
 }
 
-/// The endpoints in service and their round-robin schedule.
+/// The endpoints in service, their round-robin schedule and, for a cluster with session
+/// affinity, their Maglev table (built here, whenever the members change, never per request).
 #[derive(Debug, Default)]
 pub struct Members {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub rr_schedule: Vec<u32>,
+    pub maglev: Option<MaglevTable>,
 }
 
 impl Members {
-    fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
+    fn new(endpoints: Vec<Arc<Endpoint>>, hash_table: Option<u32>) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let maglev = hash_table.filter(|_| !endpoints.is_empty()).map(|size| {
+            let names: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
+            MaglevTable::build(&names, &weights, size)
+        });
         Self {
             rr_schedule: steer::round_robin_schedule(&weights),
             endpoints,
+            maglev,
         }
     }
 }
@@ -57,6 +65,8 @@ pub struct EndpointSet {
     /// The addresses each DNS source last resolved to (`None`: never resolved).
     resolved: Mutex<Vec<Option<Vec<IpAddr>>>>,
     pub rr_cursor: AtomicUsize,
+    /// Maglev table size when the cluster hashes (see [`EndpointSet::with_hash_table`]).
+    hash_table: Option<u32>,
 }
 
 impl Default for EndpointSet {
@@ -78,9 +88,10 @@ impl EndpointSet {
         Self {
             region,
             sources,
-            members: ArcSwap::from_pointee(Members::new(endpoints)),
+            members: ArcSwap::from_pointee(Members::new(endpoints, None)),
             resolved: Mutex::new(Vec::new()),
             rr_cursor: AtomicUsize::new(0),
+            hash_table: None,
         }
     }
 
@@ -103,6 +114,7 @@ impl EndpointSet {
             resolved: Mutex::new(resolved),
             sources,
             rr_cursor: AtomicUsize::new(0),
+            hash_table: None,
         };
         let resolved = set
             .resolved
@@ -111,6 +123,17 @@ impl EndpointSet {
             .clone();
         set.members.store(Arc::new(set.build(&resolved, state_of)));
         set
+    }
+
+    /// Keep a Maglev table of `size` slots over the members (rebuilt whenever DNS changes
+    /// them); `None` keeps none.
+    pub fn with_hash_table(mut self, size: Option<u32>) -> Self {
+        if size.is_some() {
+            self.hash_table = size;
+            let endpoints = self.members.load().endpoints.clone();
+            self.members.store(Arc::new(Members::new(endpoints, size)));
+        }
+        self
     }
 
     fn resolved_for(&self, source: &EndpointSource) -> Option<Vec<IpAddr>> {
@@ -165,7 +188,7 @@ impl EndpointSet {
                 }
             }
         }
-        Members::new(endpoints)
+        Members::new(endpoints, self.hash_table)
     }
 
     /// Record what DNS source `index` resolved to and replace the members if that changes
@@ -241,6 +264,25 @@ impl EndpointSet {
             &skip_index,
         )
         .and_then(|i| members.endpoints.get(i).cloned())
+    }
+}
+
+impl EndpointSet {
+    /// The endpoint for hash key `hash` (see [`MaglevTable::pick`]); `None` when the set keeps
+    /// no table or nothing can take the request.
+    pub fn pick_hashed(
+        &self,
+        hash: u64,
+        panic: bool,
+        skip: &dyn Fn(&Arc<Endpoint>) -> bool,
+    ) -> Option<Arc<Endpoint>> {
+        let members = self.members();
+        let skip_index = |i: usize| members.endpoints.get(i).is_some_and(skip);
+        members
+            .maglev
+            .as_ref()?
+            .pick(&members.endpoints, hash, panic, &skip_index)
+            .and_then(|i| members.endpoints.get(i).cloned())
     }
 }
 

@@ -196,6 +196,7 @@ fn clusters_view(table: &RoutingTable) -> Value {
             json!({
                 "name": c.name,
                 "load_balancer": c.load_balancer,
+                "affinity": c.affinity.as_ref().map(|a| a.describe()),
                 "regions": regions,
                 "active_requests": c.active_requests.load(Ordering::Relaxed),
                 "stats": {
@@ -238,7 +239,11 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
     };
     let raw_host = first("host").unwrap_or("");
     let host = normalize_host(raw_host);
-    let path = first("path").unwrap_or("/");
+    // `path=/cart?user=42` (encoded) carries a query too.
+    let (path, query) = match first("path").unwrap_or("/").split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (first("path").unwrap_or("/"), None),
+    };
     let method = first("method")
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .unwrap_or(Method::GET);
@@ -258,6 +263,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         peer: ip,
         host: &host,
         path,
+        query,
         method: &method,
         headers: crate::http1::raw_fields::HeadersRef::Map(&headers),
         present: crate::http1::headers::Present::of(crate::http1::raw_fields::HeadersRef::Map(
@@ -315,6 +321,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
                 "region": table.region_name(d.region),
                 "panic": d.panic,
                 "endpoint": d.endpoint.address.to_string(),
+                "hash_key": d.cluster.affinity.as_deref().map(|a| crate::route::affinity::explain(a, d.affinity.as_ref())),
                 "result": "routed",
             }),
         ),
