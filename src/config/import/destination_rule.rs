@@ -130,6 +130,9 @@ pub(super) fn import(
             )),
         }
     }
+    if let Some(lb) = tp.get("loadBalancer") {
+        consistent_hash::import(lb, settings, &mut notes);
+    }
     if tp
         .get("loadBalancer")
         .and_then(|l| l.get("localityLbSetting"))

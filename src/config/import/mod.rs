@@ -5,6 +5,7 @@
 //! Services become DNS endpoints (`<host>.<namespace>.svc.cluster.local:<port>`) in the region
 //! their subset label (or their name) names; regional weights become weighted steering.
 
+mod consistent_hash;
 mod destination_rule;
 mod gateway;
 mod virtual_service;
