@@ -159,18 +159,21 @@ mod tests {
         })
     }
 
+    /// The key, the request's headers and query, and what is hashed (bytes and source).
+    type Case = (
+        HashKey,
+        Vec<(&'static str, &'static str)>,
+        Option<&'static str>,
+        Option<(Vec<u8>, KeySource)>,
+    );
+
     #[test]
     fn the_key_comes_from_where_the_cluster_says() {
         let client: IpAddr = "198.51.100.7".parse().unwrap();
         let header = HashKey::Header(HeaderName::from_static("x-user"));
         let query = HashKey::QueryParameter("u".into());
         // (key, request headers, query, what is hashed: Some(bytes, source) or None)
-        let cases: Vec<(
-            HashKey,
-            Vec<(&str, &str)>,
-            Option<&str>,
-            Option<(Vec<u8>, KeySource)>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 header.clone(),
                 vec![("x-user", "alice")],
