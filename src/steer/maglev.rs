@@ -14,7 +14,8 @@ use super::{Candidate, usable};
 
 /// The table size Envoy and Istio use by default: a prime, so every permutation is a cycle.
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
-/// Largest table accepted: 4 MB of slots per cluster and region, about a second to build.
+/// Largest table accepted: 4 MB of slots per cluster and region, about 130 ms to build (50
+/// endpoints, release build); reloads that leave the members alone reuse the table.
 pub const MAX_TABLE_SIZE: u32 = 1_000_003;
 /// Smallest table accepted: below that, slots are too coarse to spread even a few endpoints.
 pub const MIN_TABLE_SIZE: u32 = 101;

@@ -149,7 +149,7 @@ impl<'a> Compiler<'a> {
                     };
                     Arc::new(
                         EndpointSet::new(region as RegionId, sources, before, &state_of)
-                            .with_hash_table(hash_table),
+                            .with_hash_table(hash_table, before),
                     )
                 })
                 .collect();
