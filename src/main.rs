@@ -246,6 +246,19 @@ fn check(config: &Path) -> ExitCode {
                     println!("  route {}: {}", route.name, policies.join("; "));
                 }
             }
+            for c in &t.clusters {
+                if let Some(a) = &c.affinity {
+                    println!(
+                        "  cluster {}: {} (else {})",
+                        c.name,
+                        a.describe(),
+                        serde_json::to_value(c.load_balancer)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

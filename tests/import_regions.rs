@@ -404,7 +404,7 @@ fn version_subsets_need_a_region_and_become_a_clusters_split() {
     assert_eq!(split, [("reviews-v1", 80), ("reviews-v2", 20)]);
     for (name, cluster) in &config.clusters {
         assert_eq!(
-            cluster.load_balancer,
+            cluster.load_balancer.policy,
             config::LoadBalancer::Random,
             "{name} keeps its DestinationRule's load balancer"
         );

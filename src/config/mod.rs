@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
 pub use model::*;
+pub use policies::affinity::{ConsistentHashConfig, HashCookieConfig, LoadBalancerConfig};
 pub use policies::*;
 pub use problems::{ConfigError, Problem, Problems};
 pub use retries::*;

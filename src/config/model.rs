@@ -269,7 +269,7 @@ pub enum LoadBalancer {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ClusterConfig {
     #[serde(default)]
-    pub load_balancer: LoadBalancer,
+    pub load_balancer: super::policies::affinity::LoadBalancerConfig,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
     /// Region name → endpoints in that region.

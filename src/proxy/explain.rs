@@ -16,8 +16,15 @@ pub(super) fn explain_decision(table: &RoutingTable, d: &RouteDecision<'_>) -> S
             )
         })
         .collect();
+    let hash = match d.cluster.affinity.as_deref() {
+        Some(a) => format!(
+            "; {}",
+            crate::route::affinity::explain(a, d.affinity.as_ref())
+        ),
+        None => String::new(),
+    };
     format!(
-        "client {} via {} country {} continent {} location {}; route {} cluster {}; order {}; region {}{}; endpoint {}",
+        "client {} via {} country {} continent {} location {}; route {} cluster {}; order {}; region {}{}; endpoint {}{hash}",
         d.client,
         match d.client_source {
             AddrSource::Peer => "peer",

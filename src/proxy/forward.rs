@@ -111,6 +111,9 @@ pub(super) async fn forward(
     trace.client = Some(decision.client);
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
+    if let Some(key) = &decision.affinity {
+        trace.set_cookie.clone_from(&key.set_cookie);
+    }
     if let Some(lines) = &mut trace.explain {
         lines.insert(0, explain_decision(table, &decision));
     }

@@ -96,6 +96,8 @@ pub struct Trace {
     /// The request's `Origin`, when the route's CORS policy allows it: the answer gets the
     /// CORS headers.
     pub cors_origin: Option<HeaderValue>,
+    /// A session-affinity cookie Meridian generated, for the answer whatever it is.
+    pub set_cookie: Option<HeaderValue>,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -173,6 +175,9 @@ pub async fn handle(
             .and_then(|r| r.cors.as_deref())
     {
         policies::cors::decorate(cors, origin, &mut answer);
+    }
+    if let Some(cookie) = trace.set_cookie.take() {
+        policies::affinity::add_set_cookie(&mut answer, cookie);
     }
     let elapsed = started.elapsed();
     let status = answer.response.status().as_u16();

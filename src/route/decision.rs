@@ -22,6 +22,7 @@ pub struct RequestFacts<'a> {
     /// Normalised host (see [`crate::table::routes::normalize_host`]).
     pub host: &'a str,
     pub path: &'a str,
+    /// The query string (after `?`), if any.
     pub query: Option<&'a str>,
     pub method: &'a Method,
     /// The client used TLS.
@@ -46,6 +47,8 @@ pub struct RouteDecision<'t> {
     pub region: RegionId,
     pub panic: bool,
     pub endpoint: Arc<Endpoint>,
+    /// The hash key, when the cluster has session affinity and the request carried one.
+    pub affinity: Option<super::affinity::HashedKey>,
 }
 
 /// Why a request cannot be routed.
@@ -228,10 +231,24 @@ pub fn decide_for_route<'t>(
         cluster.panic_threshold,
     )
     .map_err(|reason| no_endpoint(table, route, &cluster.name, &order, reason))?;
-    let endpoint = cluster
-        .regions
-        .get(pick.region as usize)
-        .and_then(|set| set.pick(cluster.load_balancer, pick.panic, rng, &|_| false))
+    let set = cluster.regions.get(pick.region as usize);
+    let (endpoint, affinity) = match cluster.affinity.as_deref() {
+        None => (
+            set.and_then(|set| set.pick(cluster.load_balancer, pick.panic, rng, &|_| false)),
+            None,
+        ),
+        Some(a) => super::affinity::pick(
+            a,
+            cluster,
+            set,
+            facts.headers,
+            facts.query,
+            client,
+            pick.panic,
+            rng,
+        ),
+    };
+    let endpoint = endpoint
         .ok_or_else(|| no_endpoint(table, route, &cluster.name, &order, NoRegion::NoEndpoints))?;
     Ok(RouteDecision {
         client,
@@ -244,6 +261,7 @@ pub fn decide_for_route<'t>(
         region: pick.region,
         panic: pick.panic,
         endpoint,
+        affinity,
     })
 }
 

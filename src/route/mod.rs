@@ -3,5 +3,6 @@
 //! API's explain and the benchmark. Uses `table` and the layers below it. Errors:
 //! [`decision::DecisionError`] (no route, no endpoint, a region loop); no I/O, so no sources.
 
+pub mod affinity;
 pub mod decision;
 pub mod split;

@@ -55,7 +55,10 @@ pub use crate::upstream::endpoints::{
 
 pub struct Cluster {
     pub name: String,
+    /// How endpoints are picked (with `affinity`: for requests without a hash key).
     pub load_balancer: LoadBalancer,
+    /// Consistent-hash session affinity; `None`: the pick is `load_balancer` alone.
+    pub affinity: Option<Box<policies::affinity::Affinity>>,
     /// Indexed by `RegionId`; empty sets for regions the cluster does not run in.
     pub regions: Vec<Arc<EndpointSet>>,
     /// Fraction (0..1) of healthy share below which the order goes into panic; 0: never.

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 
 use crate::config::LoadBalancer;
+use crate::steer::maglev::MaglevTable;
 use crate::steer::{self, Candidate, RegionHealth, RegionId};
 
 /// Where a region's endpoints come from.
@@ -32,19 +33,26 @@ pub enum EndpointSource {
     },
 }
 
-/// The endpoints in service and their round-robin schedule.
+/// The endpoints in service, their round-robin schedule and, for a cluster with session
+/// affinity, their Maglev table (built here, whenever the members change, never per request).
 #[derive(Debug, Default)]
 pub struct Members {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub rr_schedule: Vec<u32>,
+    pub maglev: Option<Arc<MaglevTable>>,
 }
 
 impl Members {
-    fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
+    fn new(endpoints: Vec<Arc<Endpoint>>, hash_table: Option<u32>) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let maglev = hash_table.filter(|_| !endpoints.is_empty()).map(|size| {
+            let names: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
+            Arc::new(MaglevTable::build(&names, &weights, size))
+        });
         Self {
             rr_schedule: steer::round_robin_schedule(&weights),
             endpoints,
+            maglev,
         }
     }
 }
@@ -57,6 +65,8 @@ pub struct EndpointSet {
     /// The addresses each DNS source last resolved to (`None`: never resolved).
     resolved: Mutex<Vec<Option<Vec<IpAddr>>>>,
     pub rr_cursor: AtomicUsize,
+    /// Maglev table size when the cluster hashes (see [`EndpointSet::with_hash_table`]).
+    hash_table: Option<u32>,
 }
 
 impl Default for EndpointSet {
@@ -78,9 +88,10 @@ impl EndpointSet {
         Self {
             region,
             sources,
-            members: ArcSwap::from_pointee(Members::new(endpoints)),
+            members: ArcSwap::from_pointee(Members::new(endpoints, None)),
             resolved: Mutex::new(Vec::new()),
             rr_cursor: AtomicUsize::new(0),
+            hash_table: None,
         }
     }
 
@@ -103,6 +114,7 @@ impl EndpointSet {
             resolved: Mutex::new(resolved),
             sources,
             rr_cursor: AtomicUsize::new(0),
+            hash_table: None,
         };
         let resolved = set
             .resolved
@@ -111,6 +123,42 @@ impl EndpointSet {
             .clone();
         set.members.store(Arc::new(set.build(&resolved, state_of)));
         set
+    }
+
+    /// Keep a Maglev table of `size` slots over the members (rebuilt whenever DNS changes
+    /// them); `None` keeps none. The table of `previous` (the same region in the table being
+    /// replaced) is reused when the size and the members' addresses and weights are the same.
+    pub fn with_hash_table(mut self, size: Option<u32>, previous: Option<&EndpointSet>) -> Self {
+        if size.is_none() {
+            return self;
+        }
+        self.hash_table = size;
+        let endpoints = self.members.load().endpoints.clone();
+        let same = |p: &Members| {
+            p.endpoints.len() == endpoints.len()
+                && p.endpoints
+                    .iter()
+                    .zip(&endpoints)
+                    .all(|(a, b)| a.address == b.address && a.weight == b.weight)
+        };
+        let reused = previous
+            .filter(|p| p.hash_table == size)
+            .map(|p| p.members())
+            .filter(|p| same(p))
+            .and_then(|p| p.maglev.clone());
+        let members = match reused {
+            Some(maglev) => {
+                let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+                Members {
+                    rr_schedule: steer::round_robin_schedule(&weights),
+                    endpoints,
+                    maglev: Some(maglev),
+                }
+            }
+            None => Members::new(endpoints, size),
+        };
+        self.members.store(Arc::new(members));
+        self
     }
 
     fn resolved_for(&self, source: &EndpointSource) -> Option<Vec<IpAddr>> {
@@ -165,7 +213,7 @@ impl EndpointSet {
                 }
             }
         }
-        Members::new(endpoints)
+        Members::new(endpoints, self.hash_table)
     }
 
     /// Record what DNS source `index` resolved to and replace the members if that changes
@@ -241,6 +289,25 @@ impl EndpointSet {
             &skip_index,
         )
         .and_then(|i| members.endpoints.get(i).cloned())
+    }
+}
+
+impl EndpointSet {
+    /// The endpoint for hash key `hash` (see [`MaglevTable::pick`]); `None` when the set keeps
+    /// no table or nothing can take the request.
+    pub fn pick_hashed(
+        &self,
+        hash: u64,
+        panic: bool,
+        skip: &dyn Fn(&Arc<Endpoint>) -> bool,
+    ) -> Option<Arc<Endpoint>> {
+        let members = self.members();
+        let skip_index = |i: usize| members.endpoints.get(i).is_some_and(skip);
+        members
+            .maglev
+            .as_ref()?
+            .pick(&members.endpoints, hash, panic, &skip_index)
+            .and_then(|i| members.endpoints.get(i).cloned())
     }
 }
 
@@ -436,5 +503,63 @@ mod tests {
         // A new set for the same sources (a reload) starts from what was resolved.
         let reloaded = EndpointSet::new(1, sources, Some(&set), &|_| None);
         assert_eq!(reloaded.members().endpoints.len(), 3);
+    }
+
+    #[test]
+    fn a_hashing_set_rebuilds_its_table_when_dns_changes_the_members() {
+        let sources = vec![EndpointSource::Dns {
+            name: "api.test".into(),
+            port: 80,
+            weight: 1,
+        }];
+        let plain = EndpointSet::new(1, sources.clone(), None, &|_| None);
+        assert!(plain.members().maglev.is_none(), "no table unless asked");
+        let set = EndpointSet::new(1, sources, None, &|_| None).with_hash_table(Some(101), None);
+        assert!(set.members().maglev.is_none(), "no members, no table");
+        assert!(set.pick_hashed(7, false, &|_| false).is_none());
+
+        set.set_resolved(0, vec![ip("10.0.0.1"), ip("10.0.0.2")]);
+        let two = set.members();
+        let table = two.maglev.as_ref().unwrap();
+        assert_eq!(table.len(), 101);
+        assert_eq!(table.slots_of(0) + table.slots_of(1), 101);
+        let picked = set.pick_hashed(7, false, &|_| false).unwrap();
+
+        // A third address joins: the table now spreads over three, and the key's endpoint
+        // is found by address in the new list.
+        set.set_resolved(0, vec![ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")]);
+        let three = set.members();
+        let table = three.maglev.as_ref().unwrap();
+        assert!((0..3).all(|i| table.slots_of(i) > 20));
+        let again = set.pick_hashed(7, false, &|_| false).unwrap();
+        assert!(three.endpoints.iter().any(|e| Arc::ptr_eq(e, &again)));
+        // Ejecting the key's endpoint moves the key to another member.
+        again.state.ejected.store(true, Ordering::SeqCst);
+        let moved = set.pick_hashed(7, false, &|_| false).unwrap();
+        assert_ne!(moved.address, again.address);
+        assert!(["10.0.0.1:80", "10.0.0.2:80"].contains(&picked.address.to_string().as_str()));
+    }
+
+    #[test]
+    fn a_reload_with_the_same_members_reuses_the_table() {
+        let fixed = |a: &str, w| EndpointSource::Fixed {
+            address: a.parse().unwrap(),
+            weight: w,
+        };
+        let sources = vec![fixed("10.0.0.1:80", 1), fixed("10.0.0.2:80", 2)];
+        let first =
+            EndpointSet::new(1, sources.clone(), None, &|_| None).with_hash_table(Some(101), None);
+        let table = |s: &EndpointSet| s.members().maglev.clone().unwrap();
+        let same = EndpointSet::new(1, sources.clone(), Some(&first), &|_| None)
+            .with_hash_table(Some(101), Some(&first));
+        assert!(Arc::ptr_eq(&table(&first), &table(&same)));
+        let resized = EndpointSet::new(1, sources, Some(&first), &|_| None)
+            .with_hash_table(Some(103), Some(&first));
+        assert_eq!(table(&resized).len(), 103);
+        let reweighted = vec![fixed("10.0.0.1:80", 1), fixed("10.0.0.2:80", 1)];
+        let other = EndpointSet::new(1, reweighted, Some(&first), &|_| None)
+            .with_hash_table(Some(101), Some(&first));
+        assert!(!Arc::ptr_eq(&table(&first), &table(&other)));
+        assert_eq!(table(&other).slots_of(0), 51);
     }
 }

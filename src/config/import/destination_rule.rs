@@ -130,6 +130,9 @@ pub(super) fn import(r: &Resource, b: &mut Builder, subsets: &mut super::regions
             )),
         }
     }
+    if let Some(lb) = tp.get("loadBalancer") {
+        consistent_hash::import(lb, settings, &mut notes);
+    }
     if let Some(tls) = tp.get("tls") {
         notes.push(upstream_tls(tls, settings));
     }

@@ -8,6 +8,7 @@
 //! weighted steering.
 
 mod aws_regions;
+mod consistent_hash;
 mod cors;
 mod destination_rule;
 mod fault;

@@ -3,6 +3,9 @@
 //! besides forwarding it (`request`: rewrite, redirect, direct response, header rules), and
 //! CORS, fault injection and mirroring, one file each. Read once by the table compiler
 //! (`table/compile`) and written by `import istio`; nothing on the request path reads these.
+//! Session affinity (`affinity`) is a cluster's, under `load_balancer`.
+
+pub mod affinity;
 
 mod cors;
 mod fault;

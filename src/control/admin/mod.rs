@@ -198,6 +198,7 @@ fn clusters_view(table: &RoutingTable) -> Value {
             json!({
                 "name": c.name,
                 "load_balancer": c.load_balancer,
+                "affinity": c.affinity.as_ref().map(|a| a.describe()),
                 "regions": regions,
                 "active_requests": c.active_requests.load(Ordering::Relaxed),
                 "stats": {
@@ -240,7 +241,11 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
     };
     let raw_host = first("host").unwrap_or("");
     let host = normalize_host(raw_host);
-    let path = first("path").unwrap_or("/");
+    // `path=/cart?user=42` (encoded) carries a query too.
+    let (path, query) = match first("path").unwrap_or("/").split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (first("path").unwrap_or("/"), None),
+    };
     let method = first("method")
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .unwrap_or(Method::GET);
@@ -260,7 +265,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
         peer: ip,
         host: &host,
         path,
-        query: first("query"),
+        query: first("query").or(query),
         method: &method,
         https: first("scheme").is_some_and(|s| s.eq_ignore_ascii_case("https")),
         authority: raw_host,
@@ -335,6 +340,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
                 "panic": d.panic,
                 "endpoint": d.endpoint.address.to_string(),
                 "policies": policies,
+                "hash_key": d.cluster.affinity.as_deref().map(|a| crate::route::affinity::explain(a, d.affinity.as_ref())),
                 "result": "routed",
             }),
         ),

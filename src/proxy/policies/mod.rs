@@ -6,6 +6,7 @@
 //! and their pure parts live in `table::policies`. CORS, fault and mirror have a file each,
 //! each called from the phase it belongs to only when the route has it.
 
+pub mod affinity;
 pub(super) mod cors;
 pub(super) mod fault;
 pub(super) mod mirror;

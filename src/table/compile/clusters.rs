@@ -97,6 +97,8 @@ impl<'a> Compiler<'a> {
                 )
                 .unwrap_or(Duration::from_secs(1));
             let previous = before.get(name.as_str()).copied();
+            let affinity = self.affinity(here.key("load_balancer"), &cluster.load_balancer);
+            let hash_table = affinity.as_ref().map(|a| a.table_size);
             let mut sources: Vec<Vec<EndpointSource>> =
                 (0..region_count).map(|_| Vec::new()).collect();
             let mut seen = HashSet::new();
@@ -145,12 +147,10 @@ impl<'a> Compiler<'a> {
                             .and_then(|c| c.endpoint(address))
                             .map(|e| e.state.clone())
                     };
-                    Arc::new(EndpointSet::new(
-                        region as RegionId,
-                        sources,
-                        before,
-                        &state_of,
-                    ))
+                    Arc::new(
+                        EndpointSet::new(region as RegionId, sources, before, &state_of)
+                            .with_hash_table(hash_table, before),
+                    )
                 })
                 .collect();
             let pool = self.connection_pool(&here, cluster, connect_timeout, previous);
@@ -176,7 +176,8 @@ impl<'a> Compiler<'a> {
             ids.insert(name.as_str(), out.len());
             out.push(Cluster {
                 name: name.clone(),
-                load_balancer: cluster.load_balancer,
+                load_balancer: cluster.load_balancer.policy,
+                affinity,
                 regions,
                 panic_threshold: cluster.panic_threshold / 100.0,
                 pool,

@@ -1,6 +1,7 @@
 //! The table compiler: a parsed config in, a whole [`RoutingTable`] or every problem (with its
 //! line) out. Split by domain: regions and geo, listeners, clusters, routes.
 
+mod affinity;
 mod clusters;
 mod cors;
 mod fault;

@@ -7,6 +7,7 @@
 //! `proxy::policies` on the request path. A route without any holds `None`, so a request on it
 //! checks one pointer and does nothing else.
 
+pub mod affinity;
 pub mod answer;
 pub mod chance;
 pub mod cors;

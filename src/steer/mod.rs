@@ -4,6 +4,9 @@
 //! Pure functions over compiled data and a caller-supplied RNG: no I/O, no clocks, no locks, so
 //! every rule is unit-tested here and benchmarked without sockets.
 
+pub mod hash;
+pub mod maglev;
+
 use std::fmt;
 
 use crate::config::{LoadBalancer, SteeringMode};
