@@ -11,6 +11,7 @@ mod aws_regions;
 mod destination_rule;
 mod gateway;
 mod locality;
+mod mutual_tls;
 mod regions;
 mod virtual_service;
 
