@@ -679,3 +679,65 @@ fn import_istio_maps_mutual_and_simple_tls_and_says_what_istio_mutual_needs() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_client_ca_verifies_new_handshakes_and_a_broken_one_is_refused() {
+    let backends = Backends::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, old_ca, new_ca) = (ca("server-ca"), ca("old-clients"), ca("new-clients"));
+    let (cert, key) = (dir.path().join("proxy.pem"), dir.path().join("proxy.key"));
+    write_leaf(&server_ca, "proxy", &["proxy.test"], &cert, &key);
+    let client_ca = dir.path().join("clients.pem");
+    std::fs::write(&client_ca, &old_ca.pem).unwrap();
+    let config_path = dir.path().join("meridian.yaml");
+    std::fs::write(
+        &config_path,
+        backends.fill(&format!(
+            "
+local_region: us-east-1
+listeners:
+  - name: https
+    bind: \"127.0.0.1:0\"
+    tls:
+      certificates: [{{ cert: \"{}\", key: \"{}\" }}]
+      client_ca: \"{}\"
+      require_client_cert: true
+admin: {{ bind: null }}
+access_log: {{ enabled: false }}
+{{REGIONS}}
+clusters:
+  api: {{ endpoints: {{ us-east-1: [\"{{US}}\"] }} }}
+routes:
+  - {{ name: api, hosts: [\"*\"], cluster: api }}
+",
+            cert.display(),
+            key.display(),
+            client_ca.display()
+        )),
+    )
+    .unwrap();
+    let loaded = meridian::config::load_file(&config_path).unwrap();
+    let table =
+        meridian::table::compile(&loaded, meridian::table::CompileContext::default()).unwrap();
+    let proxy = meridian::server::start_with(table, Some(config_path.clone()))
+        .await
+        .unwrap();
+    let https = proxy.listeners[0].1;
+    let old = client(&server_ca, Some((&old_ca, "old")));
+    let new = client(&server_ca, Some((&new_ca, "new")));
+    let get = http::Method::GET;
+    assert_eq!(request(&old, https, get.clone(), &[]).await.unwrap().0, 200);
+    assert!(request(&new, https, get.clone(), &[]).await.is_err());
+
+    std::fs::write(&client_ca, &new_ca.pem).unwrap();
+    // Same port, same listener: the verifier's CAs are swapped in place.
+    reload(&proxy).await.unwrap();
+    assert_eq!(request(&new, https, get.clone(), &[]).await.unwrap().0, 200);
+    assert!(request(&old, https, get.clone(), &[]).await.is_err());
+
+    std::fs::write(&client_ca, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    let err = reload(&proxy).await.unwrap_err();
+    assert!(err.contains("listeners[0].tls.client_ca"), "{err}");
+    assert_eq!(request(&new, https, get.clone(), &[]).await.unwrap().0, 200);
+    assert!(request(&old, https, get, &[]).await.is_err());
+}
