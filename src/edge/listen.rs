@@ -442,6 +442,7 @@ pub(crate) struct OwnHttp1 {
 impl OwnHttp1 {
     /// Serve a connection with Meridian's own HTTP/1.1 loop, which hands it to hyper
     /// (`service`) at the first request it does not take itself.
+    #[allow(clippy::too_many_arguments)]
     async fn serve<I, S, B>(
         self,
         io: I,
