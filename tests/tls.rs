@@ -366,10 +366,7 @@ routes:
     // A backend whose certificate the cluster does not trust is never talked to.
     let answer = get(addr, "untrusted.test", "/", &[]).await;
     assert_eq!(answer.status, 502);
-    assert_eq!(
-        answer.headers["x-meridian-error"],
-        "upstream-connect-failure"
-    );
+    assert_eq!(answer.headers["x-meridian-error"], "upstream-tls-failure");
     // Health checks speak TLS too: after three check intervals (plain HTTP would have failed
     // all three) the endpoint is still healthy.
     tokio::time::sleep(Duration::from_millis(300)).await;
