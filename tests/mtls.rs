@@ -310,6 +310,53 @@ async fn request(
     Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
 }
 
+/// One GET over HTTP/2 (ALPN h2), presenting a certificate from `client_ca` when given.
+async fn h2_request(
+    server_ca: &Ca,
+    client_ca: Option<(&Ca, &str)>,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(server_ca));
+    let mut config = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some((ca, cn)) => {
+            let (cert, key, _) = issue(ca, cn, &[]);
+            let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("proxy.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get("https://proxy.test/echo");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
 /// Complete the client's side of a handshake and read: what the server's alert said.
 async fn handshake_alert(connector: &TlsConnector, addr: SocketAddr) -> String {
     use tokio::io::AsyncReadExt;
@@ -397,6 +444,18 @@ routes:
         assert!(!header.contains("admin"), "{header}");
     }
 
+    // Over HTTP/2 as well (the connection's header reaches every stream).
+    let (status, seen) = h2_request(&server_ca, Some((&client_ca, "bob")), required, &spoof).await;
+    assert_eq!(status, 200);
+    let header = seen["headers"]["x-forwarded-client-cert"].as_str().unwrap();
+    assert!(header.contains(";Subject=\"CN=bob\""), "{header}");
+    let (status, seen) = h2_request(&server_ca, None, optional, &spoof).await;
+    assert_eq!(status, 200);
+    assert!(
+        seen["headers"].get("x-forwarded-client-cert").is_none(),
+        "{seen}"
+    );
+
     // Optional: without a certificate the client is served and the forged header removed;
     // with one it is forwarded; one from another CA is still refused.
     for method in [get.clone(), post.clone()] {
@@ -421,6 +480,31 @@ routes:
         request(&outsider, optional, get.clone(), &[])
             .await
             .is_err()
+    );
+
+    // A flood of clients without certificates (and with forged headers) is refused, none
+    // reaches the backend, and a member is still served afterwards.
+    let before = backends.hits();
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let anonymous = anonymous.clone();
+            tokio::spawn(async move {
+                request(&anonymous, required, http::Method::GET, &spoof)
+                    .await
+                    .is_err()
+            })
+        })
+        .collect();
+    for refused in flood {
+        assert!(refused.await.unwrap());
+    }
+    assert_eq!(backends.hits(), before);
+    assert_eq!(
+        request(&member, required, get.clone(), &[])
+            .await
+            .unwrap()
+            .0,
+        200
     );
 
     // Without forward_client_cert nothing is forwarded.

@@ -125,12 +125,20 @@ pub(crate) fn serve_listener(
             let ticketer = tickets
                 .clone()
                 .map(|t| t as Arc<dyn rustls::server::ProducesTickets>);
-            match crate::tls::server_config(
-                resolver.clone(),
-                tls.min_version,
-                ticketer,
-                client_ca.clone(),
-            ) {
+            // Fail closed: a listener that asks for client certificates is never served
+            // without its verifier (a compiled table always has one).
+            let config = match (client_auth, &client_ca) {
+                (Some(_), None) => Err(rustls::Error::General(
+                    "no client CA was loaded for the listener".into(),
+                )),
+                _ => crate::tls::server_config(
+                    resolver.clone(),
+                    tls.min_version,
+                    ticketer,
+                    client_ca.clone(),
+                ),
+            };
+            match config {
                 Ok(config) => Some(Arc::new(TlsAccept {
                     acceptor: tokio_rustls::TlsAcceptor::from(config),
                     handshakes: HandshakeMetrics::new(&handle.load().metrics, &spec.name),
