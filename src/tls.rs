@@ -5,11 +5,17 @@
 //! Reloads swap the certificates inside the resolver, so listeners are never rebound and open
 //! connections keep the certificate they started with.
 //!
-//! Session tickets, with random or shared keys that reloads replace, live in [`tickets`].
+//! Session tickets, with random or shared keys that reloads replace, live in [`tickets`];
+//! client certificates (mutual TLS) in [`client_auth`] (clients presenting one to a listener)
+//! and [`client_cert`] (Meridian presenting one to upstreams).
 //!
 //! Errors: [`TlsError`], naming the file, with the PEM, I/O or rustls cause as source.
 
+pub mod client_auth;
+pub mod client_cert;
 pub mod tickets;
+
+pub use client_cert::{UpstreamTls, UpstreamTlsField, UpstreamTlsSpec};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +42,8 @@ pub struct TlsSpec {
     pub certificates: Vec<(PathBuf, PathBuf)>,
     pub min_version: MinVersion,
     pub session_tickets: tickets::SessionTickets,
+    /// Client certificates asked for (mutual TLS), when set.
+    pub client_auth: Option<client_auth::ClientAuthSpec>,
 }
 
 /// Why certificates or keys could not be loaded: the tls layer's one error type. The text
@@ -49,6 +57,8 @@ pub enum TlsError {
         #[source]
         source: pem::Error,
     },
+    #[error("{} is {len} bytes, more than the {max} a PEM file may have", path.display())]
+    TooLarge { path: PathBuf, len: u64, max: u64 },
     #[error("{} holds no certificate", .0.display())]
     NoCertificate(PathBuf),
     #[error("{}: {what}: {source}", path.display())]
@@ -159,102 +169,29 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// A rustls server config offering h2 and http/1.1, issuing session tickets with `tickets`
-/// (without, sessions resume from rustls's own per-process cache only).
+/// (without, sessions resume from rustls's own per-process cache only), and asking clients
+/// for certificates when `clients` is set.
 pub fn server_config(
     resolver: Arc<SniResolver>,
     min: MinVersion,
     tickets: Option<Arc<dyn ProducesTickets>>,
+    clients: Option<Arc<client_auth::ClientVerifier>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config =
+    let builder =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(versions)?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+            .with_protocol_versions(versions)?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if let Some(tickets) = tickets {
         config.ticketer = tickets;
     }
     Ok(Arc::new(config))
-}
-
-/// TLS to the upstreams of a cluster, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTlsSpec {
-    /// Server name sent and verified; default: the endpoint's name, else its address.
-    pub sni: Option<String>,
-    /// PEM file of the CAs to trust; default: the system's roots.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// A connector for one cluster's upstream TLS.
-pub struct UpstreamTls {
-    pub spec: UpstreamTlsSpec,
-    pub connector: tokio_rustls::TlsConnector,
-}
-
-impl std::fmt::Debug for UpstreamTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamTls")
-            .field("spec", &self.spec)
-            .finish()
-    }
-}
-
-impl UpstreamTls {
-    pub fn new(spec: UpstreamTlsSpec) -> Result<Self, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        match &spec.ca_file {
-            Some(path) => {
-                let read = |source| TlsError::Read {
-                    what: "CA certificates",
-                    path: path.clone(),
-                    source,
-                };
-                for cert in CertificateDer::pem_file_iter(path).map_err(read)? {
-                    roots
-                        .add(cert.map_err(read)?)
-                        .map_err(|source| TlsError::Rustls {
-                            what: "unusable CA certificate",
-                            path: path.clone(),
-                            source,
-                        })?;
-                }
-            }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                for cert in native.certs {
-                    let _ = roots.add(cert);
-                }
-            }
-        }
-        if roots.is_empty() {
-            return Err(TlsError::NoRoots);
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Client)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Self {
-            spec,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        })
-    }
-
-    /// The name to send and verify for an endpoint at `address`.
-    pub fn server_name(
-        &self,
-        address: std::net::SocketAddr,
-    ) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
-        match &self.spec.sni {
-            Some(name) => ServerName::try_from(name.clone()),
-            None => Ok(ServerName::IpAddress(address.ip().into())),
-        }
-    }
 }

@@ -284,7 +284,8 @@ async fn tls_backend(ca: &Ca, name: &str, dir: &Path) -> SocketAddr {
     let certified = meridian::tls::load_pair(&cert, &key).unwrap();
     let resolver = meridian::tls::SniResolver::new(vec![certified]);
     let config =
-        meridian::tls::server_config(resolver, meridian::tls::MinVersion::Tls12, None).unwrap();
+        meridian::tls::server_config(resolver, meridian::tls::MinVersion::Tls12, None, None)
+            .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -365,10 +366,7 @@ routes:
     // A backend whose certificate the cluster does not trust is never talked to.
     let answer = get(addr, "untrusted.test", "/", &[]).await;
     assert_eq!(answer.status, 502);
-    assert_eq!(
-        answer.headers["x-meridian-error"],
-        "upstream-connect-failure"
-    );
+    assert_eq!(answer.headers["x-meridian-error"], "upstream-tls-failure");
     // Health checks speak TLS too: after three check intervals (plain HTTP would have failed
     // all three) the endpoint is still healthy.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -16,6 +16,7 @@ mod model;
 pub mod policies;
 mod problems;
 mod retries;
+mod tls;
 mod yaml;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use policies::affinity::{ConsistentHashConfig, HashCookieConfig, LoadBalance
 pub use policies::*;
 pub use problems::{ConfigError, Problem, Problems};
 pub use retries::*;
+pub use tls::*;
 pub use yaml::{LineIndex, Parsed, YamlPath, parse_document, parse_values, to_yaml};
 
 /// A parsed config with the line index of its source, ready to compile.
@@ -75,4 +77,21 @@ pub fn load_str(text: &str, source: &Path) -> Result<LoadedConfig, ConfigError> 
         problems: parsed.unknown_fields,
         source: source.to_path_buf(),
     })
+}
+
+/// The files a config names whose replacement is a reload: the GeoIP database, listener
+/// certificates and keys, session ticket key files, client CAs, clusters' TLS files (CAs,
+/// client certificates and keys), the admin token.
+pub fn named_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = config.geo.database.iter().cloned().collect();
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for c in &tls.certificates {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+        files.extend(tls.session_tickets.key_file.iter().cloned());
+    }
+    files.extend(crate::config::mutual_tls_files(config));
+    files.extend(config.admin.token_file.iter().cloned());
+    files
 }

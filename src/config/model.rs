@@ -16,6 +16,7 @@ use super::policies::{
     RewriteConfig,
 };
 use super::retries::RetryConfig;
+use super::tls::{ListenerTlsConfig, UpstreamTlsConfig};
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_OVERPROVISIONING: f64 = 1.4;
@@ -162,44 +163,6 @@ pub struct ListenerConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ListenerTlsConfig {
-    /// Certificate chain and key PEM files; SNI picks among them, the first is the default.
-    pub certificates: Vec<CertificateConfig>,
-    /// `"1.2"` (default) or `"1.3"`.
-    #[serde(default)]
-    pub min_version: Option<String>,
-    /// Session tickets: on by default, with random keys.
-    #[serde(default)]
-    pub session_tickets: SessionTicketsConfig,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct SessionTicketsConfig {
-    /// Issue session tickets, so clients resume sessions without a full handshake.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// A file of 80-byte keys (`openssl rand 80`): instances given the same file resume each
-    /// other's sessions. Without it each instance makes random keys at start and every reload.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-}
-
-impl Default for SessionTicketsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            key_file: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct CertificateConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AdminConfig {
     /// `ip:port` of the admin listener; `null` turns it off.
     #[serde(default = "default_admin_bind")]
@@ -289,16 +252,6 @@ pub struct ClusterConfig {
     /// Speak TLS to the endpoints (health checks too).
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct UpstreamTlsConfig {
-    /// Server name to send and verify (default: the endpoint's address).
-    #[serde(default)]
-    pub sni: Option<String>,
-    /// PEM file of the CAs to trust (default: the system's roots).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
 }
 
 /// Circuit breakers and pooling, as Istio's DestinationRule connectionPool. Per cluster.

@@ -258,7 +258,7 @@ pub async fn start_on(
             tracing::info!(addr = ?addr, "admin listening");
             let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
             let for_admin = server.clone();
-            let make_service = move |peer: SocketAddr, _: Option<Arc<FramingLog>>| {
+            let make_service = move |peer: SocketAddr, _: Option<Arc<FramingLog>>, _| {
                 let server = for_admin.clone();
                 service_fn(move |req| crate::control::admin::handle(server.clone(), peer, req))
             };

@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, ConfigError, LoadedConfig, Problem};
+use crate::config::{ConfigError, LoadedConfig, Problem};
 use crate::control::ControlError;
 use crate::control::lifecycle::Server;
 use crate::geo::FileIdentity;
@@ -135,20 +135,7 @@ impl ReloadStatus {
     }
 }
 
-/// The files a config names whose replacement is a reload: the GeoIP database, listener
-/// certificates and keys, session ticket key files, the admin token.
-pub fn named_files(config: &Config) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = config.geo.database.iter().cloned().collect();
-    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-        for c in &tls.certificates {
-            files.push(c.cert.clone());
-            files.push(c.key.clone());
-        }
-        files.extend(tls.session_tickets.key_file.iter().cloned());
-    }
-    files.extend(config.admin.token_file.iter().cloned());
-    files
-}
+pub use crate::config::named_files;
 
 /// SHA-256 of the config text and the identity (size, time) of the files it names: equal
 /// hashes mean there is nothing new to load.
@@ -324,7 +311,11 @@ impl Server {
             {
                 tickets.replace(ticketer.clone());
             }
+            table
+                .mtls
+                .renew_listener(&l.spec.name, l.client_ca.as_deref());
         }
+        table.mtls.renew_upstreams();
         for l in removed {
             tracing::info!(listener = %l.spec.name, addr = %l.addr, "listener removed by reload");
             l.stop.cancel();

@@ -26,6 +26,7 @@ use crate::http1::framing::{FramingLog, Sniffer};
 use crate::http1::handoff::HandedOff;
 use crate::table::{ListenerSpec, TableHandle};
 use crate::telemetry::metrics::HandshakeMetrics;
+use crate::tls::client_auth::{ClientVerifier, ForwardedClientCert};
 use crate::tls::tickets::TicketKeys;
 use crate::worker::Workers;
 
@@ -49,12 +50,33 @@ pub(crate) struct ActiveListener {
     /// The session ticket keys a TLS listener issues tickets with; reloads replace them in
     /// place.
     pub tickets: Option<Arc<TicketKeys>>,
+    /// The client certificate verifier of a listener with `client_ca`; reloads replace its
+    /// CAs in place.
+    pub client_ca: Option<Arc<ClientVerifier>>,
 }
 
 /// A TLS listener's acceptor and its handshake counters.
 pub(crate) struct TlsAccept {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub handshakes: HandshakeMetrics,
+    /// The header that forwards a client's certificate, when the listener has one.
+    pub forward_client_cert: Option<http::HeaderName>,
+}
+
+/// The client certificate header of a connection, made once after its handshake (the
+/// certificate's subject and names are parsed here, not per request).
+fn forwarded_client_cert(
+    header: &http::HeaderName,
+    session: &rustls::ServerConnection,
+) -> Arc<ForwardedClientCert> {
+    let value = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| crate::tls::client_auth::xfcc_value(der));
+    Arc::new(ForwardedClientCert {
+        header: header.clone(),
+        value,
+    })
 }
 
 /// Serve an already-bound proxy listener until the server stops or a reload removes it: one
@@ -93,15 +115,34 @@ pub(crate) fn serve_listener(
         .get(&spec.name)
         .cloned()
         .map(TicketKeys::new);
+    let client_auth = spec.tls.as_ref().and_then(|t| t.client_auth.as_ref());
+    let client_ca = client_auth.and_then(|auth| {
+        let loaded = handle.load().mtls.client_cas.get(&spec.name).cloned()?;
+        Some(ClientVerifier::new(auth.required, loaded))
+    });
     let acceptor = match (&spec.tls, &resolver) {
         (Some(tls), Some(resolver)) => {
             let ticketer = tickets
                 .clone()
                 .map(|t| t as Arc<dyn rustls::server::ProducesTickets>);
-            match crate::tls::server_config(resolver.clone(), tls.min_version, ticketer) {
+            // Fail closed: a listener that asks for client certificates is never served
+            // without its verifier (a compiled table always has one).
+            let config = match (client_auth, &client_ca) {
+                (Some(_), None) => Err(rustls::Error::General(
+                    "no client CA was loaded for the listener".into(),
+                )),
+                _ => crate::tls::server_config(
+                    resolver.clone(),
+                    tls.min_version,
+                    ticketer,
+                    client_ca.clone(),
+                ),
+            };
+            match config {
                 Ok(config) => Some(Arc::new(TlsAccept {
                     acceptor: tokio_rustls::TlsAcceptor::from(config),
                     handshakes: HandshakeMetrics::new(&handle.load().metrics, &spec.name),
+                    forward_client_cert: client_auth.and_then(|a| a.forward_header.clone()),
                 })),
                 Err(e) => {
                     tracing::error!(listener = %spec.name, error = %e, "TLS setup failed; the listener is not served");
@@ -112,6 +153,7 @@ pub(crate) fn serve_listener(
                         stop,
                         tls,
                         tickets,
+                        client_ca,
                     };
                 }
             }
@@ -135,11 +177,14 @@ pub(crate) fn serve_listener(
         header_read_timeout: spec.header_read_timeout,
         h2,
     };
-    let make_service = move |peer: SocketAddr, framing: Option<Arc<FramingLog>>| {
+    let make_service = move |peer: SocketAddr,
+                             framing: Option<Arc<FramingLog>>,
+                             client_cert: Option<Arc<ForwardedClientCert>>| {
         let table = table.clone();
         let scheme = scheme.clone();
         service_fn(move |req| {
             let framing = framing.clone();
+            let client_cert = client_cert.clone();
             // Boxed: hyper keeps room for the service future for the whole life of a
             // connection, and the handler's future is several KB; boxed, an idle
             // keep-alive connection holds a pointer instead. Marked upstream-bound, with
@@ -155,6 +200,7 @@ pub(crate) fn serve_listener(
                         redirect_https: redirect,
                         framing,
                         raw: None,
+                        client_cert,
                     },
                     req.map(crate::proxy::ClientBody::Incoming),
                 )
@@ -207,6 +253,7 @@ pub(crate) fn serve_listener(
         stop,
         tls: resolver,
         tickets,
+        client_ca,
     }
 }
 
@@ -245,7 +292,7 @@ pub(crate) async fn serve_io<I, S, B>(
 /// A TLS connection: handshake, then HTTP/1.1 (Meridian's own loop, when the listener has
 /// one) or HTTP/2 as ALPN chose.
 #[allow(clippy::too_many_arguments)]
-async fn serve_tls<S, B>(
+async fn serve_tls<F, S, B>(
     stream: SendTimeout<tokio::net::TcpStream>,
     peer: SocketAddr,
     tls: Arc<TlsAccept>,
@@ -254,9 +301,10 @@ async fn serve_tls<S, B>(
     own_http1: Option<OwnHttp1>,
     h2_limits: Option<H2Limits>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    service: S,
+    make_service: Arc<F>,
     shutdown: CancellationToken,
 ) where
+    F: Fn(SocketAddr, Option<Arc<FramingLog>>, Option<Arc<ForwardedClientCert>>) -> S,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
@@ -280,14 +328,28 @@ async fn serve_tls<S, B>(
     tls.handshakes
         .count(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
     let h2 = session.alpn_protocol() == Some(b"h2");
+    // Only on a listener that forwards client certificates: the others pay nothing.
+    let client_cert = tls
+        .forward_client_cert
+        .as_ref()
+        .map(|header| forwarded_client_cert(header, session));
+    let service = make_service(peer, framing.clone(), client_cert.clone());
     match (own_http1, h2_limits) {
         (_, Some(limits)) if h2 => {
             let io = TokioIo::new(tls_stream);
             crate::edge::h2::serve(io, service, limits, shutdown, peer).await
         }
         (Some(own), _) if !h2 => {
-            own.serve(tls_stream, peer, framing, builder, service, shutdown)
-                .await
+            own.serve(
+                tls_stream,
+                peer,
+                framing,
+                client_cert,
+                builder,
+                service,
+                shutdown,
+            )
+            .await
         }
         _ => {
             let io = TokioIo::new(Sniffer::new(tls_stream, framing));
@@ -388,11 +450,13 @@ pub(crate) struct OwnHttp1 {
 impl OwnHttp1 {
     /// Serve a connection with Meridian's own HTTP/1.1 loop, which hands it to hyper
     /// (`service`) at the first request it does not take itself.
+    #[allow(clippy::too_many_arguments)]
     async fn serve<I, S, B>(
         self,
         io: I,
         peer: SocketAddr,
         framing: Option<Arc<FramingLog>>,
+        client_cert: Option<Arc<ForwardedClientCert>>,
         builder: Arc<auto::Builder<TokioExecutor>>,
         service: S,
         shutdown: CancellationToken,
@@ -431,6 +495,7 @@ impl OwnHttp1 {
                     // Requests taken here carry no Transfer-Encoding: nothing to watch.
                     framing: None,
                     raw: Some(fields),
+                    client_cert: client_cert.clone(),
                 },
                 request,
             )
@@ -456,7 +521,10 @@ pub(crate) async fn accept_loop<F, S, B>(
     tracker: TaskTracker,
     setup: ConnectionSetup,
 ) where
-    F: Fn(SocketAddr, Option<Arc<FramingLog>>) -> S + Send + Sync + 'static,
+    F: Fn(SocketAddr, Option<Arc<FramingLog>>, Option<Arc<ForwardedClientCert>>) -> S
+        + Send
+        + Sync
+        + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
@@ -516,25 +584,34 @@ pub(crate) async fn accept_loop<F, S, B>(
             }
             let stream = SendTimeout::new(stream, send_timeout);
             let framing = sniff.then(|| Arc::new(FramingLog::default()));
-            let service = make_service(peer, framing.clone());
             match tls {
                 // Boxed, like the PROXY header read: what only TLS connections hold (the
                 // handshake, the TLS session) must not size every connection's task.
                 Some((acceptor, timeout)) => {
                     Box::pin(serve_tls(
-                        stream, peer, acceptor, timeout, framing, own_http1, h2, builder, service,
+                        stream,
+                        peer,
+                        acceptor,
+                        timeout,
+                        framing,
+                        own_http1,
+                        h2,
+                        builder,
+                        make_service,
                         shutdown,
                     ))
                     .await
                 }
                 None => match own_http1 {
                     Some(own) => {
-                        own.serve(stream, peer, framing, builder, service, shutdown)
+                        let service = make_service(peer, framing.clone(), None);
+                        own.serve(stream, peer, framing, None, builder, service, shutdown)
                             .await
                     }
                     // Boxed: hyper's connection state would otherwise size every connection
                     // task, Meridian's own HTTP/1.1 ones included.
                     None => {
+                        let service = make_service(peer, framing.clone(), None);
                         Box::pin(serve_io(
                             &builder,
                             TokioIo::new(Sniffer::new(stream, framing)),

@@ -41,6 +41,30 @@ pub enum ProxyError {
     },
 }
 
+impl AttemptError {
+    /// Whether TLS with the upstream failed: its certificate was not trusted, or it refused
+    /// Meridian's (or the lack of one: over TLS 1.3 that comes as an alert on the first read).
+    pub fn is_tls(&self) -> bool {
+        if matches!(self, Self::Checkout(UpstreamError::Tls { .. })) {
+            return true;
+        }
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        // Bounded: error chains are short, and a cycle must not hang a request.
+        for _ in 0..16 {
+            let Some(e) = next else { return false };
+            let inner_tls = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+            if inner_tls || e.is::<rustls::Error>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
 /// Why a try against an upstream failed: the cause inside [`ProxyError::Connect`] and
 /// [`ProxyError::Upstream`], never returned on its own.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +110,9 @@ impl ProxyError {
             Self::Decision(DecisionError::NoEndpoint { .. }) => "no-healthy-endpoint",
             Self::Decision(DecisionError::RegionLoop { .. }) => "region-loop",
             Self::Overflow { .. } => "overflow",
+            Self::Connect { cause, .. } | Self::Upstream { cause, .. } if cause.is_tls() => {
+                "upstream-tls-failure"
+            }
             Self::Connect { .. } => "upstream-connect-failure",
             Self::Upstream { .. } => "upstream-reset",
             Self::Timeout { .. } => "upstream-timeout",
@@ -97,6 +124,13 @@ impl ProxyError {
     /// What the client is told: enough to act on, without upstream addresses.
     fn client_message(&self) -> String {
         match self {
+            Self::Connect { region, cause, .. } | Self::Upstream { region, cause, .. }
+                if cause.is_tls() =>
+            {
+                format!(
+                    "TLS with an upstream in {region} failed (its certificate, or the client certificate it asks for)"
+                )
+            }
             Self::Connect { region, .. } => format!("could not connect to an upstream in {region}"),
             Self::Upstream { region, .. } => {
                 format!("the upstream in {region} failed before answering")

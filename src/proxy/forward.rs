@@ -51,6 +51,7 @@ pub(super) async fn forward(
         peer,
         scheme,
         mut raw,
+        client_cert,
         ..
     } = context;
     let (mut parts, body) = req.into_parts();
@@ -146,6 +147,9 @@ pub(super) async fn forward(
                 parts.headers.remove(X_MERIDIAN_DEBUG);
             }
         }
+    }
+    if let Some(client_cert) = &client_cert {
+        super::client_cert::forward(client_cert, &mut parts.headers, &mut raw);
     }
     let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let mut overrides = Overrides::default();

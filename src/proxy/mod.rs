@@ -10,6 +10,7 @@
 //! or `control`.
 
 mod attempt;
+mod client_cert;
 mod error;
 mod explain;
 mod forward;
@@ -116,6 +117,9 @@ pub struct RequestContext {
     pub framing: Option<Arc<crate::http1::framing::FramingLog>>,
     /// The head's fields as received, for a request read by Meridian's own HTTP/1.1 loop.
     pub raw: Option<Fields>,
+    /// The header telling the upstream about the client's certificate, on a listener that
+    /// forwards them (`tls.forward_client_cert`).
+    pub client_cert: Option<Arc<crate::tls::client_auth::ForwardedClientCert>>,
 }
 
 /// The request handler: always answers, never fails.

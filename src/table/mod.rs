@@ -9,6 +9,7 @@
 //! (and `meridian check`) calls.
 
 pub mod compile;
+pub mod mtls;
 pub mod policies;
 pub mod retry;
 pub mod routes;
@@ -149,6 +150,8 @@ pub struct RoutingTable {
     /// Session ticket keys of each TLS listener that issues tickets, by listener name: made
     /// anew by every compile, so a reload rotates them.
     pub tls_tickets: HashMap<String, Arc<dyn rustls::server::ProducesTickets>>,
+    /// Mutual TLS files loaded by this compile, swapped in by a reload.
+    pub mtls: mtls::MutualTls,
     pub drain_delay: Duration,
     pub drain_timeout: Duration,
     pub metrics: Arc<Metrics>,

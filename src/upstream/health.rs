@@ -79,7 +79,7 @@ pub async fn check_once(
             Some(tls) => {
                 let name = server_name(tls, addr)?;
                 let stream = tls
-                    .connector
+                    .connector()
                     .connect(name, stream)
                     .await
                     .map_err(|source| UpstreamError::Tls { addr, source })?;

@@ -433,7 +433,7 @@ impl ClusterPool {
             None => h1::Stream::Plain(stream),
             Some(tls) => {
                 let name = server_name(tls, addr)?;
-                let handshake = tls.connector.connect(name, stream);
+                let handshake = tls.connector().connect(name, stream);
                 match tokio::time::timeout(after, handshake).await {
                     Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
                     Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),

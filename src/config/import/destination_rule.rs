@@ -160,30 +160,17 @@ pub(super) fn upstream_tls(
         .to_ascii_uppercase();
     match mode.as_str() {
         "DISABLE" => (field, FieldStatus::Mapped, "plain HTTP upstream (the default)".into()),
-        "SIMPLE" if tls.get("insecureSkipVerify").and_then(Value::as_bool) == Some(true) => (
+        "SIMPLE" | "MUTUAL" if tls.get("insecureSkipVerify").and_then(Value::as_bool) == Some(true) => (
             field,
             FieldStatus::Unsupported,
             "insecureSkipVerify: Meridian always verifies upstream certificates; give it the CA with tls.ca_file".into(),
         ),
-        "SIMPLE" => {
-            let mut out = Map::new();
-            if let Some(sni) = str_at(tls, &["sni"]) {
-                out.insert("sni".into(), json!(sni));
-            }
-            if let Some(ca) = str_at(tls, &["caCertificates"]) {
-                out.insert("ca_file".into(), json!(ca));
-            }
-            settings.insert("tls".into(), Value::Object(out));
-            (
-                field,
-                FieldStatus::Mapped,
-                "tls (sni, ca_file; the system roots when no CA is given)".into(),
-            )
-        }
+        "SIMPLE" | "MUTUAL" => super::mutual_tls::client_tls(&mode, tls, settings),
+        "ISTIO_MUTUAL" => (field, FieldStatus::Unsupported, super::mutual_tls::ISTIO_MUTUAL.into()),
         other => (
             field,
             FieldStatus::Unsupported,
-            format!("mode {other}: Meridian's upstream TLS verifies the server but sends no client certificate"),
+            format!("mode {other} is not an Istio TLS mode"),
         ),
     }
 }

@@ -15,6 +15,7 @@ mod fault;
 mod gateway;
 mod locality;
 mod mirror;
+mod mutual_tls;
 mod regions;
 mod route_policies;
 mod virtual_service;

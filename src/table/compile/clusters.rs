@@ -227,25 +227,19 @@ impl<'a> Compiler<'a> {
             connect_timeout,
             max_idle_per_endpoint: c.max_idle_per_endpoint as usize,
         };
-        let tls_spec = cluster.tls.as_ref().map(|t| crate::tls::UpstreamTlsSpec {
-            sni: t.sni.clone(),
-            ca_file: t.ca_file.clone(),
-        });
+        let tls_spec = cluster
+            .tls
+            .as_ref()
+            .and_then(|t| self.upstream_tls_spec(here.key("tls"), t));
         // Unchanged limits and TLS keep the pool, and with it its open connections and counts.
         if let Some(p) = previous
             && *p.pool.limits() == limits
             && p.pool.tls.as_ref().map(|t| &t.spec) == tls_spec.as_ref()
         {
+            self.renew_upstream_tls(here.key("tls"), p.pool.tls.as_ref());
             return p.pool.clone();
         }
-        let tls = match tls_spec.map(crate::tls::UpstreamTls::new) {
-            Some(Ok(tls)) => Some(Arc::new(tls)),
-            Some(Err(e)) => {
-                self.problems.at(here.key("tls"), e.to_string());
-                None
-            }
-            None => None,
-        };
+        let tls = tls_spec.and_then(|spec| self.upstream_tls(here.key("tls"), spec));
         ClusterPool::with_tls(limits, tls)
     }
 

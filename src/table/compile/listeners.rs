@@ -120,6 +120,7 @@ impl<'a> Compiler<'a> {
         }
         self.tls_keys.insert(listener.to_owned(), keys);
         let session_tickets = self.session_tickets(at.key("session_tickets"), listener, t);
+        let client_auth = self.client_auth(at.clone(), listener, t);
         Some(TlsSpec {
             certificates: t
                 .certificates
@@ -128,6 +129,7 @@ impl<'a> Compiler<'a> {
                 .collect(),
             min_version,
             session_tickets,
+            client_auth,
         })
     }
 

@@ -7,6 +7,7 @@ mod cors;
 mod fault;
 mod listeners;
 mod mirror;
+mod mtls;
 mod policies;
 mod regions;
 mod routes;
@@ -77,6 +78,7 @@ pub fn compile(
     let mut c = Compiler {
         tls_keys: HashMap::new(),
         tls_tickets: HashMap::new(),
+        mtls: Default::default(),
         problems: loaded.problems.clone(),
         config: &loaded.config,
         regions: HashMap::new(),
@@ -106,6 +108,8 @@ struct Compiler<'a> {
     tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
     /// Session ticket keys made per TLS listener that issues tickets.
     tls_tickets: HashMap<String, Arc<dyn rustls::server::ProducesTickets>>,
+    /// Client CAs and kept pools' client configs loaded for mutual TLS.
+    mtls: crate::table::mtls::MutualTls,
     problems: Problems,
     config: &'a Config,
     regions: HashMap<&'a str, RegionId>,
@@ -169,6 +173,7 @@ impl<'a> Compiler<'a> {
             dns,
             tls_keys: std::mem::take(&mut self.tls_keys),
             tls_tickets: std::mem::take(&mut self.tls_tickets),
+            mtls: std::mem::take(&mut self.mtls),
             drain_delay,
             drain_timeout,
             unrouted_metrics: RequestMetrics::new(&self.metrics, "", "", ""),
