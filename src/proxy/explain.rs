@@ -19,7 +19,7 @@ pub(super) fn explain_decision(table: &RoutingTable, d: &RouteDecision<'_>) -> S
     let hash = match d.cluster.affinity.as_deref() {
         Some(a) => format!(
             "; {}",
-            crate::route::affinity::explain(a, d.affinity.as_ref())
+            crate::route::affinity::explain(a, d.affinity.as_deref())
         ),
         None => String::new(),
     };

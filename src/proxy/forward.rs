@@ -95,7 +95,8 @@ pub(super) async fn forward(
         }
     }
     if let Some(fault) = &route.fault
-        && let Some(answer) = policies::fault::inject(fault, route, started, trace).await?
+        // Boxed: its timer would otherwise grow every request's future, fault or not.
+        && let Some(answer) = Box::pin(policies::fault::inject(fault, route, started, trace)).await?
     {
         return Ok(answer);
     }

@@ -47,8 +47,9 @@ pub struct RouteDecision<'t> {
     pub region: RegionId,
     pub panic: bool,
     pub endpoint: Arc<Endpoint>,
-    /// The hash key, when the cluster has session affinity and the request carried one.
-    pub affinity: Option<super::affinity::HashedKey>,
+    /// The hash key, when the cluster has session affinity and the request carried one
+    /// (boxed: a decision is moved on every request, affinity or not).
+    pub affinity: Option<Box<super::affinity::HashedKey>>,
 }
 
 /// Why a request cannot be routed.
@@ -237,16 +238,19 @@ pub fn decide_for_route<'t>(
             set.and_then(|set| set.pick(cluster.load_balancer, pick.panic, rng, &|_| false)),
             None,
         ),
-        Some(a) => super::affinity::pick(
-            a,
-            cluster,
-            set,
-            facts.headers,
-            facts.query,
-            client,
-            pick.panic,
-            rng,
-        ),
+        Some(a) => {
+            let (endpoint, key) = super::affinity::pick(
+                a,
+                cluster,
+                set,
+                facts.headers,
+                facts.query,
+                client,
+                pick.panic,
+                rng,
+            );
+            (endpoint, key.map(Box::new))
+        }
     };
     let endpoint = endpoint
         .ok_or_else(|| no_endpoint(table, route, &cluster.name, &order, NoRegion::NoEndpoints))?;

@@ -340,7 +340,7 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
                 "panic": d.panic,
                 "endpoint": d.endpoint.address.to_string(),
                 "policies": policies,
-                "hash_key": d.cluster.affinity.as_deref().map(|a| crate::route::affinity::explain(a, d.affinity.as_ref())),
+                "hash_key": d.cluster.affinity.as_deref().map(|a| crate::route::affinity::explain(a, d.affinity.as_deref())),
                 "result": "routed",
             }),
         ),
