@@ -285,6 +285,9 @@ pub struct ClusterConfig {
     /// Speak TLS to the endpoints (health checks too).
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// `http1` (default), `http2` (TLS, ALPN h2), `h2c` (prior knowledge) or `auto`.
+    #[serde(default)]
+    pub protocol: super::UpstreamProtocol,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

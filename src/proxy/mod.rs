@@ -13,6 +13,8 @@ mod attempt;
 mod error;
 mod explain;
 mod forward;
+mod grpc;
+mod h2_attempt;
 mod redirect;
 mod replay;
 mod rewrite;
@@ -74,8 +76,17 @@ use crate::upstream::pool::{
 /// Guards an upstream response body holds until it has been read.
 pub type AttemptGuards = (RequestPermit, InFlight);
 
-/// Responses are either streamed from the upstream or made by Meridian.
-pub type ProxyBody = Either<UpstreamResponseBody<AttemptGuards>, Full<Bytes>>;
+/// Responses are streamed from an HTTP/1.1 upstream, made by Meridian, or streamed from an
+/// HTTP/2 upstream (trailers included). The HTTP/1.1 body comes first: its path matches once.
+pub type ProxyBody = Either<
+    UpstreamResponseBody<AttemptGuards>,
+    Either<Full<Bytes>, crate::upstream::h2_exchange::H2ResponseBody<AttemptGuards>>,
+>;
+
+/// A body made by Meridian.
+pub fn made_body(bytes: Bytes) -> ProxyBody {
+    Either::Right(Either::Left(Full::new(bytes)))
+}
 
 /// What happened to one request: for metrics, the access log and `x-meridian-decision`.
 #[derive(Debug, Default)]
@@ -90,6 +101,9 @@ pub struct Trace {
     pub request_id: Option<HeaderValue>,
     /// Set when a trusted client asked for `x-meridian-debug`: the decision, then each try.
     pub explain: Option<Vec<String>>,
+    /// A gRPC call's deadline (`grpc-timeout`, capped by the route timeout): it bounds the
+    /// response body too.
+    pub grpc_deadline: Option<Instant>,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -142,6 +156,8 @@ pub async fn handle(
         .then(|| HeadersRef::of(req.headers(), context.raw.as_ref()).value(Known::Host))
         .flatten();
     let mut trace = Trace::default();
+    // Only an HTTP/2 request can be a gRPC call: HTTP/1.1 requests skip the lookup.
+    let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.version(), req.headers());
     let mut answer = match forward(&table, context, req, started, &mut trace).await {
         Ok(answer) => answer,
         Err(e) => {
@@ -153,7 +169,11 @@ pub async fn handle(
                     tracing::warn!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
                 }
             }
-            e.into_response().into()
+            if grpc {
+                e.into_grpc_response().into()
+            } else {
+                e.into_response().into()
+            }
         }
     };
     let elapsed = started.elapsed();

@@ -13,6 +13,7 @@
 pub mod discovery;
 pub mod endpoints;
 pub mod error;
+pub mod h2_exchange;
 pub mod health;
 mod idle;
 pub mod outlier;

@@ -234,6 +234,7 @@ impl<'a> Compiler<'a> {
         if let Some(p) = previous
             && *p.pool.limits() == limits
             && p.pool.tls.as_ref().map(|t| &t.spec) == tls_spec.as_ref()
+            && p.pool.protocol() == cluster.protocol
         {
             return p.pool.clone();
         }
@@ -245,7 +246,8 @@ impl<'a> Compiler<'a> {
             }
             None => None,
         };
-        ClusterPool::with_tls(limits, tls)
+        super::protocol::check(self, here, cluster);
+        ClusterPool::with_protocol(limits, tls, cluster.protocol)
     }
 
     pub(super) fn outlier(

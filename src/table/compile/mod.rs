@@ -3,6 +3,7 @@
 
 mod clusters;
 mod listeners;
+mod protocol;
 mod regions;
 mod routes;
 
