@@ -163,7 +163,7 @@ pub(super) async fn attempts(
                 let retry_after = parse_retry_after(response.fields.get("retry-after"));
                 (failure, retry_after, Last::Response(response, conn, guards))
             }
-            Tried::AnsweredH2(answer, guards) => {
+            Tried::AnsweredH2(mut answer, guards) => {
                 let status = answer.response.status().as_u16();
                 cluster.stats.attempts_response.inc();
                 endpoint.state.record_outcome(status < 500);
@@ -182,6 +182,9 @@ pub(super) async fn attempts(
                         ),
                         region,
                     ));
+                }
+                if let Some(sent) = h2_attempt::sent_body(&mut answer).await {
+                    body.restore(sent);
                 }
                 (failure, None, Last::H2(answer, guards, trace.grpc_deadline))
             }

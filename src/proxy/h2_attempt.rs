@@ -4,7 +4,7 @@
 //! a stale HTTP/1.1 keep-alive connection does. Called by `attempt::try_once`.
 
 use super::*;
-use crate::upstream::h2_exchange::{self, H2Answer, H2Failure, H2ResponseBody};
+use crate::upstream::h2_exchange::{self, H2Answer, H2Failure, H2ResponseBody, PumpEnd};
 use crate::upstream::pool::H2Checkout;
 
 /// Streams sent in one try: the first, and one more for each refused unprocessed.
@@ -188,3 +188,25 @@ pub(super) fn grpc_failure(answer: &H2Answer) -> Option<u8> {
     }
     super::grpc::status_in(answer.response.headers()).filter(|code| *code != 0)
 }
+
+/// The request body back from an answer that will be retried: whole, when it was streamed to
+/// its end within the replay limit (a gRPC call's single message, typically). The client's
+/// end of stream normally comes right behind its last message, so the pump is given a moment
+/// to see it; a client still streaming keeps its body, and the answer is not retried.
+pub(super) async fn sent_body(answer: &mut H2Answer) -> Option<UpstreamBody> {
+    let pump = answer.pump.as_mut()?;
+    match tokio::time::timeout(PUMP_GRACE, pump).await {
+        Ok(Ok(PumpEnd::Complete(Some(bytes)))) => {
+            answer.pump = None;
+            Some(Either::Left(bytes))
+        }
+        Ok(_) => {
+            answer.pump = None;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// How long a retry waits for the request body's end to be seen (see [`sent_body`]).
+const PUMP_GRACE: Duration = Duration::from_millis(50);

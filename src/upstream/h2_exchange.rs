@@ -214,6 +214,8 @@ pub struct H2ResponseBody<G> {
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A gRPC call's deadline: past it the body ends with DEADLINE_EXCEEDED trailers.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// An error met while gathering chunks, for the next poll.
+    failed: Option<h2::Error>,
 }
 
 impl<G> H2ResponseBody<G> {
@@ -238,6 +240,7 @@ impl<G> H2ResponseBody<G> {
             idle_timeout,
             idle: None,
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            failed: None,
         };
         if matches!(body.state, State::Done) {
             body.finish();
@@ -259,7 +262,46 @@ impl<G> H2ResponseBody<G> {
         }
         self.finish();
     }
+
+    /// `first` and the small chunks already in after it, as one frame of at most
+    /// [`GATHER_UP_TO`] bytes: gRPC servers send each small message as a DATA frame of its
+    /// own, and passing each on alone costs the client a frame apiece. Every chunk taken is
+    /// released to the upstream's window (handed on: it may send as much again).
+    fn gather(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let _ = self.recv.flow_control().release_capacity(first.len());
+        if first.len() >= GATHER_UP_TO {
+            return first;
+        }
+        let mut gathered: Option<BytesMut> = None;
+        while gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER_UP_TO {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(more))) => {
+                    let _ = self.recv.flow_control().release_capacity(more.len());
+                    gathered
+                        .get_or_insert_with(|| {
+                            let mut b = BytesMut::with_capacity(GATHER_UP_TO);
+                            b.extend_from_slice(&first);
+                            b
+                        })
+                        .extend_from_slice(&more);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.failed = Some(e);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    self.state = State::Trailers;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        gathered.map_or(first, BytesMut::freeze)
+    }
 }
+
+/// Small DATA chunks already received are passed on together up to this size.
+const GATHER_UP_TO: usize = 16 * 1024;
 
 impl<G> Drop for H2ResponseBody<G> {
     fn drop(&mut self) {
@@ -299,13 +341,16 @@ impl<G: Unpin> Body for H2ResponseBody<G> {
             this.abandon();
             return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers()))));
         }
+        if let Some(e) = this.failed.take() {
+            this.abandon();
+            return Poll::Ready(Some(Err(Box::new(e))));
+        }
         loop {
             let polled = match this.state {
                 State::Done => return Poll::Ready(None),
                 State::Data => match this.recv.poll_data(cx) {
                     Poll::Ready(Some(Ok(data))) => {
-                        // Handed on: the upstream may send as much again.
-                        let _ = this.recv.flow_control().release_capacity(data.len());
+                        let data = this.gather(data, cx);
                         if let Some(idle) = this.idle.as_mut() {
                             idle.as_mut()
                                 .reset(crate::deadline::from_now(this.idle_timeout));

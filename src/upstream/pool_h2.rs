@@ -30,6 +30,9 @@ use crate::upstream::pool::Overflow;
 /// upstream waits (back-pressure reaches it past that).
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// h2's allowance for the overhead of small DATA frames held unread (each under 256 bytes
+/// costs 256 less its size): room for a connection window of 11-byte messages.
+const DATA_FRAME_BUDGET: usize = CONNECTION_WINDOW as usize * 24;
 
 /// A pool's HTTP/2 connections.
 pub struct H2Conns {
@@ -42,7 +45,17 @@ pub struct H2Conns {
     h1_endpoints: Mutex<foldhash::HashSet<SocketAddr>>,
 }
 
-type ConnsByAddr = foldhash::HashMap<SocketAddr, Vec<Arc<H2Conn>>>;
+type ConnsByAddr = foldhash::HashMap<SocketAddr, EndpointConns>;
+
+/// One worker's connections to one endpoint.
+#[derive(Default)]
+struct EndpointConns {
+    list: Vec<Arc<H2Conn>>,
+    /// Held while a connection to the endpoint is being opened: checkouts that find every
+    /// connection full wait for it rather than each opening one, and then see its stream
+    /// limit (the peer's SETTINGS are in before a new connection is used).
+    connecting: Arc<tokio::sync::Mutex<()>>,
+}
 
 /// One HTTP/2 connection.
 pub struct H2Conn {
@@ -173,7 +186,7 @@ impl H2Conns {
         per_connection: u32,
     ) -> Option<H2Stream> {
         let mut set = self.set(worker).lock().unwrap_or_else(|e| e.into_inner());
-        let list = set.get_mut(&addr)?;
+        let list = &mut set.get_mut(&addr)?.list;
         list.retain(|c| c.usable(per_connection));
         let found = list.iter().find(|c| c.has_room(per_connection))?;
         Some(H2Stream::claim(found))
@@ -185,7 +198,7 @@ impl H2Conns {
         let mut best: Option<Arc<H2Conn>> = None;
         for set in self.sets() {
             let set = set.lock().unwrap_or_else(|e| e.into_inner());
-            for conn in set.get(&addr).into_iter().flatten() {
+            for conn in set.get(&addr).into_iter().flat_map(|e| e.list.iter()) {
                 if conn.usable(per_connection)
                     && best.as_ref().is_none_or(|b| {
                         conn.active.load(Ordering::Relaxed) < b.active.load(Ordering::Relaxed)
@@ -204,14 +217,19 @@ impl H2Conns {
         let mut dropped = false;
         for set in self.sets() {
             let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
-            set.retain(|_, list| {
-                let before = list.len();
-                list.retain(|c| c.usable(per_connection));
-                dropped |= list.len() != before;
-                !list.is_empty()
-            });
+            for endpoint in set.values_mut() {
+                let before = endpoint.list.len();
+                endpoint.list.retain(|c| c.usable(per_connection));
+                dropped |= endpoint.list.len() != before;
+            }
         }
         dropped
+    }
+
+    /// The lock held while opening a connection to `addr` from worker `worker`.
+    fn connecting(&self, worker: usize, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let mut set = self.set(worker).lock().unwrap_or_else(|e| e.into_inner());
+        set.entry(addr).or_default().connecting.clone()
     }
 
     /// Open connections to `addr` (every worker), for tests and the status page.
@@ -221,8 +239,9 @@ impl H2Conns {
             .map(|set| {
                 let set = set.lock().unwrap_or_else(|e| e.into_inner());
                 set.get(&addr)
-                    .map(|l| {
-                        l.iter()
+                    .map(|e| {
+                        e.list
+                            .iter()
                             .filter(|c| !c.closed.load(Ordering::Acquire))
                             .count()
                     })
@@ -263,6 +282,11 @@ impl ClusterPool {
         addr: SocketAddr,
     ) -> Result<H2Checkout, UpstreamError> {
         let per_connection = self.limits.max_requests_per_connection;
+        let worker = crate::worker::index();
+        // One connect at a time per endpoint and worker: a connection opened meanwhile may
+        // have room (looked at again below, once the lock is held).
+        let connecting = h2.connecting(worker, addr);
+        let _connecting = connecting.lock().await;
         let mut pending: Option<PendingGuard<'_>> = None;
         loop {
             let released = self.released.notified();
@@ -356,6 +380,7 @@ impl ClusterPool {
             .unwrap_or_else(|e| e.into_inner())
             .entry(addr)
             .or_default()
+            .list
             .push(conn);
         Ok(H2Checkout::Stream(stream))
     }
@@ -374,13 +399,18 @@ where
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // Flow control bounds the bytes an upstream may have buffered here; this bounds
+        // the frames. gRPC servers send each small message as a DATA frame of its own, and
+        // a window of them must fit while the client reads slowly.
+        .data_frame_budget(DATA_FRAME_BUDGET)
         .enable_push(false)
         .handshake::<_, Bytes>(io);
-    let (send, connection) = match tokio::time::timeout(after, handshake).await {
+    let (send, mut connection) = match tokio::time::timeout(after, handshake).await {
         Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
         Ok(Err(source)) => return Err(UpstreamError::H2Handshake { addr, source }),
         Ok(Ok(pair)) => pair,
     };
+    let ping = connection.ping_pong();
     let closed = Arc::new(AtomicBool::new(false));
     let flag = closed.clone();
     tokio::spawn(async move {
@@ -389,5 +419,14 @@ where
         }
         flag.store(true, Ordering::Release);
     });
+    // The peer's SETTINGS come before its answer to a PING: once answered, the stream limit
+    // is the peer's, not h2's guess, and checkouts can trust it.
+    if let Some(mut ping) = ping {
+        match tokio::time::timeout(after, ping.ping(h2::Ping::opaque())).await {
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
+            Ok(Err(source)) => return Err(UpstreamError::H2Handshake { addr, source }),
+            Ok(Ok(_)) => {}
+        }
+    }
     Ok((send, closed))
 }
