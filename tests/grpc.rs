@@ -732,3 +732,90 @@ async fn a_call_opened_by_hand_reads_whole() {
         .unwrap();
     assert_eq!(reply.texts(), ["us:hand"]);
 }
+
+/// Whether the endpoint at `addr` of the first cluster is healthy, once it is `want` (a
+/// bounded wait on the health check task).
+async fn health_becomes(
+    proxy: &meridian::server::RunningServer,
+    addr: SocketAddr,
+    want: bool,
+) -> bool {
+    let table = proxy.table.load();
+    let state = table.clusters[0]
+        .endpoint(addr)
+        .expect("endpoint in the cluster")
+        .state
+        .clone();
+    for _ in 0..1000 {
+        if state.healthy.load(Ordering::SeqCst) == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn grpc_health_checks_mark_a_not_serving_backend_down_and_back() {
+    let not_serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let us = GrpcServer::start(
+        "us",
+        ServerOptions {
+            not_serving: not_serving.clone(),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let eu = GrpcServer::start("eu", ServerOptions::default()).await;
+    let proxy = start_proxy(&config(
+        us.addr,
+        eu.addr,
+        "    health_check: { grpc: { service: test.Echo }, interval: 20ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1 }",
+        "",
+    ))
+    .await;
+    assert!(
+        health_becomes(&proxy, us.addr, false).await,
+        "NOT_SERVING marks us down"
+    );
+    assert!(
+        health_becomes(&proxy, eu.addr, true).await,
+        "SERVING keeps eu up"
+    );
+    let client = GrpcClient::connect(proxy.proxy_addr().unwrap(), "g.test").await;
+    assert_eq!(client.unary("while down").await.texts(), ["eu:while down"]);
+    not_serving.store(false, Ordering::SeqCst);
+    assert!(
+        health_becomes(&proxy, us.addr, true).await,
+        "SERVING again brings us back"
+    );
+    assert_eq!(client.unary("back").await.texts(), ["us:back"]);
+    // The checks are real calls of the health service.
+    let checks = us.seen.calls.load(Ordering::SeqCst);
+    assert!(checks >= 2, "{checks}");
+}
+
+#[tokio::test]
+async fn a_grpc_health_check_takes_no_path() {
+    let yaml = format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+{REGIONS_YAML}
+clusters:
+  grpc:
+    protocol: h2c
+    endpoints: {{ us-east-1: [\"127.0.0.1:9\"] }}
+    health_check: {{ grpc: {{}}, path: /healthz }}
+routes:
+  - {{ name: grpc, hosts: [\"g.test\"], cluster: grpc }}
+"
+    );
+    let loaded = meridian::config::load_str(&yaml, std::path::Path::new("test.yaml")).unwrap();
+    let error = meridian::table::compile(&loaded, Default::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("remove `path`"), "{error}");
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use durations::{DurationRange, MAX_DURATION};
 pub use model::*;
 pub use problems::{ConfigError, Problem, Problems};
-pub use protocol::UpstreamProtocol;
+pub use protocol::{GrpcHealthCheckConfig, UpstreamProtocol};
 pub use retries::*;
 pub use yaml::{LineIndex, Parsed, YamlPath, parse_document, parse_values, to_yaml};
 

@@ -1,6 +1,7 @@
-//! The protocol a cluster speaks to its endpoints (`clusters.<name>.protocol`). Read by
-//! `table::compile` (checks that TLS-only protocols have TLS) and by `upstream::pool`, which
-//! keeps HTTP/2 connections for every protocol but `http1`.
+//! The protocol a cluster speaks to its endpoints (`clusters.<name>.protocol`), and the gRPC
+//! kind of health check (`health_check.grpc`). Read by `table::compile` (checks that TLS-only
+//! protocols have TLS), by `upstream::pool`, which keeps HTTP/2 connections for every protocol
+//! but `http1`, and by `upstream::health`.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,4 +35,12 @@ impl UpstreamProtocol {
             Self::Auto => "auto",
         }
     }
+}
+
+/// A gRPC health check (`grpc.health.v1.Health/Check`): passes when the endpoint says
+/// SERVING for `service` ("" asks about the server as a whole).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct GrpcHealthCheckConfig {
+    #[serde(default)]
+    pub service: String,
 }

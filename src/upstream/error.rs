@@ -49,6 +49,16 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// A gRPC health check's HTTP/2 exchange failed.
+    #[error("gRPC health check of {addr} failed: {source}")]
+    GrpcCheck {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
+    /// A gRPC health check was answered with a gRPC error status or no response message.
+    #[error("gRPC health check of {addr} was answered with grpc-status {status}")]
+    GrpcCheckStatus { addr: SocketAddr, status: String },
     #[error("health check request for {addr} cannot be built: {source}")]
     CheckRequest {
         addr: SocketAddr,

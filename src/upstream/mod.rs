@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod error;
 pub mod h2_exchange;
 pub mod health;
+mod health_grpc;
 mod idle;
 pub mod outlier;
 pub mod pool;

@@ -298,9 +298,18 @@ impl<'a> Compiler<'a> {
         at: YamlPath,
         h: &HealthCheckConfig,
     ) -> Option<Arc<HealthPolicy>> {
-        if !h.path.starts_with('/') {
-            self.problems
-                .at(at.key("path"), format!("`{}` must start with '/'", h.path));
+        match &h.grpc {
+            None if !h.path.starts_with('/') => {
+                self.problems
+                    .at(at.key("path"), format!("`{}` must start with '/'", h.path));
+            }
+            Some(_) if !h.path.is_empty() => {
+                self.problems.at(
+                    at.key("path"),
+                    "a gRPC health check calls grpc.health.v1.Health/Check: remove `path`",
+                );
+            }
+            _ => {}
         }
         for (key, value) in [
             ("healthy_threshold", h.healthy_threshold),
@@ -335,6 +344,7 @@ impl<'a> Compiler<'a> {
             expected_statuses: expected,
             jitter: jitter?,
             host: h.host.clone(),
+            grpc_service: h.grpc.as_ref().map(|g| g.service.clone()),
         }))
     }
 }
