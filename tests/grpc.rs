@@ -819,3 +819,88 @@ routes:
         .to_string();
     assert!(error.contains("remove `path`"), "{error}");
 }
+
+/// An HTTPS/1.1 backend (ALPN `http/1.1` only) answering "h1 hello", with a certificate for
+/// `grpc.test`; returns its address and the CA file that trusts it.
+async fn http1_tls_backend(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["grpc.test".to_owned()]).unwrap();
+    let ca_file = dir.join("h1-ca.pem");
+    std::fs::write(&ca_file, certified.cert.pem()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![certified.cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from("h1 hello")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_file)
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_http1_and_http2_insists_on_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, ca_file) = http1_tls_backend(dir.path()).await;
+    let yaml = format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+{REGIONS_YAML}
+clusters:
+  auto:
+    protocol: auto
+    tls: {{ sni: grpc.test, ca_file: \"{ca}\" }}
+    endpoints: {{ us-east-1: [\"{backend}\"] }}
+  strict:
+    protocol: http2
+    tls: {{ sni: grpc.test, ca_file: \"{ca}\" }}
+    endpoints: {{ us-east-1: [\"{backend}\"] }}
+    outlier_detection: {{ enabled: false }}
+routes:
+  - {{ name: auto, hosts: [\"auto.test\"], cluster: auto }}
+  - {{ name: strict, hosts: [\"strict.test\"], cluster: strict, retries: {{ attempts: 0 }} }}
+",
+        ca = ca_file.display()
+    );
+    let proxy = start_proxy(&yaml).await;
+    let addr = proxy.proxy_addr().unwrap();
+    for _ in 0..3 {
+        let answer = common::get(addr, "auto.test", "/", &[]).await;
+        assert_eq!(
+            (answer.status.as_u16(), answer.body.as_str()),
+            (200, "h1 hello")
+        );
+    }
+    let answer = common::get(addr, "strict.test", "/", &[]).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(
+        answer.headers["x-meridian-error"],
+        "upstream-connect-failure"
+    );
+}
