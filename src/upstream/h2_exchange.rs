@@ -133,7 +133,7 @@ async fn pump(mut body: StreamedBody, mut send: SendStream<Bytes>, replay_limit:
     let mut sent = Some(BytesMut::new());
     loop {
         let next = std::future::poll_fn(|cx| {
-            if let Poll::Ready(_) = send.poll_reset(cx) {
+            if send.poll_reset(cx).is_ready() {
                 return Poll::Ready(None);
             }
             Pin::new(&mut body).poll_frame(cx).map(Some)
