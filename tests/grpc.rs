@@ -904,3 +904,26 @@ routes:
         "upstream-connect-failure"
     );
 }
+
+#[tokio::test]
+async fn max_requests_per_connection_retires_http2_connections() {
+    let (us, eu) = two_servers(ServerOptions::default()).await;
+    let proxy = start_proxy(&config(
+        us.addr,
+        eu.addr,
+        "    connection_pool: { max_requests_per_connection: 2 }",
+        "",
+    ))
+    .await;
+    let client = GrpcClient::connect(proxy.proxy_addr().unwrap(), "g.test").await;
+    for i in 0..5 {
+        let reply = client.unary(&i.to_string()).await;
+        assert_eq!(reply.status, Some(0), "{reply:?}");
+    }
+    assert_eq!(us.seen.calls.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        us.seen.connections.load(Ordering::SeqCst),
+        3,
+        "two streams per connection, then a new one"
+    );
+}

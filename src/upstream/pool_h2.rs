@@ -13,8 +13,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -66,6 +67,10 @@ pub struct H2Conn {
     uses: AtomicU32,
     /// The driver ended, or a GOAWAY or error was seen: no new streams.
     closed: Arc<AtomicBool>,
+    opened: Instant,
+    /// Milliseconds after `opened` when the last stream ended (`u64::MAX`: streams open, or
+    /// none yet ended): how long the connection has idled, for `idle_timeout`.
+    idle_since: AtomicU64,
     /// Its place under `max_connections`, given up when the last stream and the set let go.
     _slot: ConnSlot,
 }
@@ -81,6 +86,19 @@ impl H2Conn {
         !self.closed.load(Ordering::Acquire)
             && (per_connection == 0 || self.uses.load(Ordering::Relaxed) < per_connection)
     }
+
+    /// No stream open, and none for `idle_timeout`: closed when next looked at (dropping
+    /// the last handle ends the connection).
+    fn idled_out(&self, idle_timeout: Duration) -> bool {
+        let since = self.idle_since.load(Ordering::Relaxed);
+        since != u64::MAX
+            && self.active.load(Ordering::Relaxed) == 0
+            && self
+                .opened
+                .elapsed()
+                .saturating_sub(Duration::from_millis(since))
+                >= idle_timeout
+    }
 }
 
 /// One stream's claim on a connection, held until its response ends.
@@ -93,6 +111,7 @@ pub struct H2Stream {
 impl H2Stream {
     fn claim(conn: &Arc<H2Conn>) -> Self {
         conn.active.fetch_add(1, Ordering::Relaxed);
+        conn.idle_since.store(u64::MAX, Ordering::Relaxed);
         let before = conn.uses.fetch_add(1, Ordering::Relaxed);
         Self {
             conn: conn.clone(),
@@ -113,7 +132,11 @@ impl H2Stream {
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        self.conn.active.fetch_sub(1, Ordering::Relaxed);
+        if self.conn.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let idle =
+                u64::try_from(self.conn.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.conn.idle_since.store(idle, Ordering::Relaxed);
+        }
     }
 }
 
@@ -184,10 +207,11 @@ impl H2Conns {
         worker: usize,
         addr: SocketAddr,
         per_connection: u32,
+        idle_timeout: Duration,
     ) -> Option<H2Stream> {
         let mut set = self.set(worker).lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut set.get_mut(&addr)?.list;
-        list.retain(|c| c.usable(per_connection));
+        list.retain(|c| c.usable(per_connection) && !c.idled_out(idle_timeout));
         let found = list.iter().find(|c| c.has_room(per_connection))?;
         Some(H2Stream::claim(found))
     }
@@ -270,7 +294,12 @@ impl ClusterPool {
             return Ok(H2Checkout::Http1);
         }
         let per_connection = self.limits.max_requests_per_connection;
-        if let Some(stream) = h2.take_stream(crate::worker::index(), addr, per_connection) {
+        if let Some(stream) = h2.take_stream(
+            crate::worker::index(),
+            addr,
+            per_connection,
+            self.limits.idle_timeout,
+        ) {
             return Ok(H2Checkout::Stream(stream));
         }
         Box::pin(self.h2_wait_or_connect(h2, addr)).await
@@ -292,7 +321,12 @@ impl ClusterPool {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(stream) = h2.take_stream(crate::worker::index(), addr, per_connection) {
+            if let Some(stream) = h2.take_stream(
+                crate::worker::index(),
+                addr,
+                per_connection,
+                self.limits.idle_timeout,
+            ) {
                 return Ok(H2Checkout::Stream(stream));
             }
             let permit = match self.connections.clone().try_acquire_owned() {
@@ -372,6 +406,8 @@ impl ClusterPool {
             active: AtomicUsize::new(0),
             uses: AtomicU32::new(0),
             closed: send.1,
+            opened: Instant::now(),
+            idle_since: AtomicU64::new(u64::MAX),
             _slot: slot,
         });
         let stream = H2Stream::claim(&conn);
@@ -391,7 +427,7 @@ impl ClusterPool {
 async fn handshake<T>(
     io: T,
     addr: SocketAddr,
-    after: std::time::Duration,
+    after: Duration,
 ) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), UpstreamError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
