@@ -927,3 +927,38 @@ async fn max_requests_per_connection_retires_http2_connections() {
         "two streams per connection, then a new one"
     );
 }
+
+#[tokio::test]
+async fn a_backend_that_stops_reading_holds_the_client_back() {
+    let (us, eu) = two_servers(ServerOptions::default()).await;
+    let proxy = start_proxy(&config(us.addr, eu.addr, "", "")).await;
+    let client = GrpcClient::connect(proxy.proxy_addr().unwrap(), "g.test").await;
+    // The backend reads the first message, then nothing more.
+    let (_response, mut send) = client.open("/test.Echo/Hang", &[]).await;
+    let chunk = frame(&vec![b'x'; 16 * 1024]);
+    let mut sent = 0usize;
+    for _ in 0..10_000 {
+        if sent >= 8 << 20 {
+            break;
+        }
+        send.reserve_capacity(chunk.len());
+        let capacity = std::future::poll_fn(|cx| send.poll_capacity(cx));
+        // A window that stays shut this long is the back-pressure under test (a slow
+        // machine can only end the loop early, never make it fail).
+        match tokio::time::timeout(Duration::from_millis(500), capacity).await {
+            Ok(Some(Ok(n))) if n >= chunk.len() => {
+                send.send_data(chunk.clone(), false).unwrap();
+                sent += chunk.len();
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("the stream failed: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(sent >= 16 * 1024, "the first message went through");
+    assert!(
+        sent < 3 << 20,
+        "{sent} bytes left the client while the backend read 16 KiB"
+    );
+    assert_eq!(us.seen.calls.load(Ordering::SeqCst), 1);
+}
