@@ -1,4 +1,5 @@
-//! Upstream connections: per-cluster pools of keep-alive HTTP/1.1 connections with Istio's
+//! Upstream connections: per-cluster pools of keep-alive HTTP/1.1 connections (and, for
+//! clusters with an HTTP/2 protocol, multiplexed HTTP/2 ones: `pool_h2.rs`) with Istio's
 //! connectionPool limits as circuit breakers.
 //!
 //! A checkout reuses an idle connection to the endpoint, opens a new one while the cluster is
