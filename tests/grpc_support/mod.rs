@@ -364,8 +364,17 @@ async fn handle(
             while messages.next().await.is_some() {
                 count += 1;
             }
+            // The client's trailers, when it sent any, are named in the answer.
+            let trailer = match messages.body.trailers().await {
+                Ok(Some(t)) => t
+                    .get("x-client-trailer")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!(":{v}"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
             let mut send = respond.send_response(ok_head(), false).unwrap();
-            let _ = send.send_data(frame(count.to_string().as_bytes()), false);
+            let _ = send.send_data(frame(format!("{count}{trailer}").as_bytes()), false);
             let _ = send.send_trailers(trailers(0, ""));
         }
         "/test.Echo/Denied" => {
