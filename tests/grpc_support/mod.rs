@@ -16,6 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+/// The protobuf message of the `Proto*` methods: `message Text { string text = 1; }`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Text {
+    #[prost(string, tag = "1")]
+    pub text: String,
+}
+
 /// One gRPC message, framed: uncompressed flag, big-endian length, bytes.
 pub fn frame(message: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(5 + message.len());
@@ -311,6 +318,45 @@ async fn handle(
             let mut send = respond.send_response(ok_head(), false).unwrap();
             let reply = format!("{name}:{}", String::from_utf8_lossy(&message));
             let _ = send.send_data(frame(reply.as_bytes()), false);
+            let _ = send.send_trailers(trailers(0, ""));
+        }
+        "/test.Echo/ProtoUnary" => {
+            use prost::Message as _;
+            let message = messages.next().await.unwrap_or_default();
+            let text = Text::decode(message).map(|t| t.text).unwrap_or_default();
+            let reply = Text {
+                text: format!("{name}:{text}"),
+            };
+            let mut send = respond.send_response(ok_head(), false).unwrap();
+            let _ = send.send_data(frame(&reply.encode_to_vec()), false);
+            let _ = send.send_trailers(trailers(0, ""));
+        }
+        "/test.Echo/ProtoDenied" => {
+            use prost::Message as _;
+            let _ = messages.next().await;
+            let mut send = respond.send_response(ok_head(), false).unwrap();
+            let partial = Text {
+                text: "partial".to_owned(),
+            };
+            let _ = send.send_data(frame(&partial.encode_to_vec()), false);
+            let _ = send.send_trailers(trailers(7, "no%20entry"));
+        }
+        "/test.Echo/ProtoStream" => {
+            use prost::Message as _;
+            let message = messages.next().await.unwrap_or_default();
+            let count: usize = Text::decode(message)
+                .ok()
+                .and_then(|t| t.text.parse().ok())
+                .unwrap_or(0);
+            let mut send = respond.send_response(ok_head(), false).unwrap();
+            for i in 0..count {
+                let m = Text {
+                    text: i.to_string(),
+                };
+                if send.send_data(frame(&m.encode_to_vec()), false).is_err() {
+                    return;
+                }
+            }
             let _ = send.send_trailers(trailers(0, ""));
         }
         "/test.Echo/ServerStream" => {
