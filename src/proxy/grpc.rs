@@ -62,6 +62,14 @@ pub(super) fn call_timeout(
         return None;
     }
     let value = headers.values_named(&GRPC_TIMEOUT).next()?;
+    // Only a gRPC call gets a gRPC deadline (and DEADLINE_EXCEEDED trailers).
+    if !headers
+        .values_named(&header::CONTENT_TYPE)
+        .next()
+        .is_some_and(is_grpc_content_type)
+    {
+        return None;
+    }
     parse_timeout(value)
         .map(|t| t.min(route_timeout))
         .filter(|t| *t < route_timeout)
@@ -202,28 +210,36 @@ mod tests {
     #[test]
     fn call_timeout_is_capped_by_the_route_and_only_for_http2() {
         let route = Duration::from_secs(15);
-        let cases: &[(Version, Option<&str>, Option<Duration>)] = &[
+        let grpc = Some("application/grpc");
+        let cases: &[(Version, Option<&str>, Option<&str>, Option<Duration>)] = &[
             (
                 Version::HTTP_2,
+                grpc,
                 Some("100m"),
                 Some(Duration::from_millis(100)),
             ),
-            (Version::HTTP_2, Some("99999999H"), None),
-            (Version::HTTP_2, Some("15S"), None),
-            (Version::HTTP_2, Some("bogus"), None),
-            (Version::HTTP_2, None, None),
-            (Version::HTTP_11, Some("100m"), None),
+            (Version::HTTP_2, grpc, Some("99999999H"), None),
+            (Version::HTTP_2, grpc, Some("15S"), None),
+            (Version::HTTP_2, grpc, Some("bogus"), None),
+            (Version::HTTP_2, grpc, None, None),
+            (Version::HTTP_11, grpc, Some("100m"), None),
+            // Not a gRPC call: the header means nothing.
+            (Version::HTTP_2, Some("text/plain"), Some("100m"), None),
+            (Version::HTTP_2, None, Some("100m"), None),
         ];
-        for &(version, value, want) in cases {
+        for &(version, content_type, value, want) in cases {
             let mut map = http::HeaderMap::new();
             if let Some(v) = value {
                 map.insert(GRPC_TIMEOUT.clone(), HeaderValue::from_static(v));
+            }
+            if let Some(v) = content_type {
+                map.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
             }
             let headers = HeadersRef::of(&map, None);
             assert_eq!(
                 call_timeout(version, headers, route),
                 want,
-                "{version:?} {value:?}"
+                "{version:?} {content_type:?} {value:?}"
             );
         }
     }
