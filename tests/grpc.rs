@@ -962,3 +962,52 @@ async fn a_backend_that_stops_reading_holds_the_client_back() {
     );
     assert_eq!(us.seen.calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_reload_changes_the_protocol_and_a_bad_one_keeps_the_old_table() {
+    let (us, eu) = two_servers(ServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.yaml");
+    let with = |protocol: &str| {
+        config(us.addr, eu.addr, "", "")
+            .replace("admin: { bind: null }", "admin: { bind: \"127.0.0.1:0\" }")
+            .replace("protocol: h2c", &format!("protocol: {protocol}"))
+    };
+    std::fs::write(&path, with("h2c")).unwrap();
+    let mut loaded = meridian::config::load_file(&path).unwrap();
+    common::quiet(&mut loaded);
+    let table = meridian::table::compile(&loaded, Default::default()).unwrap();
+    let proxy = meridian::server::start_with(table, Some(path.clone()))
+        .await
+        .unwrap();
+    let admin = proxy.admin.unwrap();
+    let reload = async || {
+        let mut admin_client = common::Client::connect(admin, None).await;
+        let answer = admin_client
+            .request(http::Method::POST, "admin", "/reload", &[])
+            .await;
+        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+        body["result"].as_str().unwrap_or_default().to_owned()
+    };
+    let client = GrpcClient::connect(proxy.proxy_addr().unwrap(), "g.test").await;
+    assert_eq!(client.unary("a").await.texts(), ["us:a"]);
+
+    // `http2` without a tls block is refused; the table in service keeps serving.
+    std::fs::write(&path, with("http2")).unwrap();
+    assert_ne!(reload().await, "applied");
+    assert_eq!(client.unary("b").await.texts(), ["us:b"]);
+
+    // http1 to backends that speak only HTTP/2: the change takes effect (and fails, as gRPC
+    // statuses); back to h2c, calls work again.
+    std::fs::write(&path, with("http1")).unwrap();
+    assert_eq!(reload().await, "applied");
+    let reply = client.unary("c").await;
+    assert_eq!(
+        (reply.http_status, reply.status),
+        (200, Some(14)),
+        "{reply:?}"
+    );
+    std::fs::write(&path, with("h2c")).unwrap();
+    assert_eq!(reload().await, "applied");
+    assert_eq!(client.unary("d").await.texts(), ["us:d"]);
+}
