@@ -211,7 +211,14 @@ mod tests {
     fn call_timeout_is_capped_by_the_route_and_only_for_http2() {
         let route = Duration::from_secs(15);
         let grpc = Some("application/grpc");
-        let cases: &[(Version, Option<&str>, Option<&str>, Option<Duration>)] = &[
+        // Version, content type, grpc-timeout, the call's timeout.
+        type Case = (
+            Version,
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<Duration>,
+        );
+        let cases: &[Case] = &[
             (
                 Version::HTTP_2,
                 grpc,
