@@ -1011,3 +1011,63 @@ async fn a_reload_changes_the_protocol_and_a_bad_one_keeps_the_old_table() {
     assert_eq!(reload().await, "applied");
     assert_eq!(client.unary("d").await.texts(), ["us:d"]);
 }
+
+#[tokio::test]
+async fn requests_waiting_on_a_connect_share_its_failure() {
+    // A listener whose accept queue is full and never drained: connects to it hang (or never
+    // get an HTTP/2 answer) until connect_timeout.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let hole = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(hole),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let yaml = format!(
+        "
+local_region: us-east-1
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: null }}
+{REGIONS_YAML}
+clusters:
+  hole:
+    protocol: h2c
+    connect_timeout: 300ms
+    endpoints: {{ us-east-1: [\"{hole}\"] }}
+    outlier_detection: {{ enabled: false }}
+routes:
+  - {{ name: hole, hosts: [\"g.test\"], cluster: hole, timeout: 10s, retries: {{ attempts: 0 }} }}
+"
+    );
+    let proxy = start_proxy(&yaml).await;
+    let client = GrpcClient::connect(proxy.proxy_addr().unwrap(), "g.test").await;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.unary(&i.to_string()).await })
+        })
+        .collect();
+    for call in calls {
+        let reply = tokio::time::timeout(LIMIT, call).await.unwrap().unwrap();
+        assert_eq!(
+            (reply.http_status, reply.status),
+            (200, Some(14)),
+            "{reply:?}"
+        );
+    }
+    // One connect timed out for all ten; one after another they would take 3 seconds.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    drop(fillers);
+}

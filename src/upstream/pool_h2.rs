@@ -56,6 +56,8 @@ struct EndpointConns {
     /// connection full wait for it rather than each opening one, and then see its stream
     /// limit (the peer's SETTINGS are in before a new connection is used).
     connecting: Arc<tokio::sync::Mutex<()>>,
+    /// When the last connect to the endpoint from this worker failed.
+    failed_at: Option<Instant>,
 }
 
 /// One HTTP/2 connection.
@@ -256,6 +258,19 @@ impl H2Conns {
         set.entry(addr).or_default().connecting.clone()
     }
 
+    /// Whether a connect to `addr` from worker `worker` failed after `since`.
+    fn failed_since(&self, worker: usize, addr: SocketAddr, since: Instant) -> bool {
+        let set = self.set(worker).lock().unwrap_or_else(|e| e.into_inner());
+        set.get(&addr)
+            .and_then(|e| e.failed_at)
+            .is_some_and(|at| at >= since)
+    }
+
+    fn connect_failed(&self, worker: usize, addr: SocketAddr) {
+        let mut set = self.set(worker).lock().unwrap_or_else(|e| e.into_inner());
+        set.entry(addr).or_default().failed_at = Some(Instant::now());
+    }
+
     /// Open connections to `addr` (every worker), for tests and the status page.
     pub fn open_to(&self, addr: SocketAddr) -> usize {
         self.sets()
@@ -312,21 +327,13 @@ impl ClusterPool {
     ) -> Result<H2Checkout, UpstreamError> {
         let per_connection = self.limits.max_requests_per_connection;
         let worker = crate::worker::index();
-        // One connect at a time per endpoint and worker: a connection opened meanwhile may
-        // have room (looked at again below, once the lock is held).
-        let connecting = h2.connecting(worker, addr);
-        let _connecting = connecting.lock().await;
+        let idle_timeout = self.limits.idle_timeout;
         let mut pending: Option<PendingGuard<'_>> = None;
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(stream) = h2.take_stream(
-                crate::worker::index(),
-                addr,
-                per_connection,
-                self.limits.idle_timeout,
-            ) {
+            if let Some(stream) = h2.take_stream(worker, addr, per_connection, idle_timeout) {
                 return Ok(H2Checkout::Stream(stream));
             }
             let permit = match self.connections.clone().try_acquire_owned() {
@@ -347,7 +354,29 @@ impl ClusterPool {
                 }
             };
             if let Some(permit) = permit {
-                return self.connect_h2(h2, addr, permit).await;
+                // One connect at a time per endpoint and worker: the connection another
+                // checkout opened meanwhile may have room, and a connect that just failed
+                // is not tried again by each request that waited for it (against an
+                // endpoint that drops packets, each would wait out connect_timeout in turn).
+                let asked = Instant::now();
+                let connecting = h2.connecting(worker, addr);
+                let _connecting = connecting.lock().await;
+                if let Some(stream) = h2.take_stream(worker, addr, per_connection, idle_timeout) {
+                    return Ok(H2Checkout::Stream(stream));
+                }
+                if h2.failed_since(worker, addr, asked) {
+                    return Err(UpstreamError::Connect {
+                        addr,
+                        source: std::io::Error::other(
+                            "a connect to this endpoint failed while this request waited for it",
+                        ),
+                    });
+                }
+                let connected = self.connect_h2(h2, addr, permit).await;
+                if connected.is_err() {
+                    h2.connect_failed(worker, addr);
+                }
+                return connected;
             }
             if pending.is_none() {
                 if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
@@ -418,6 +447,8 @@ impl ClusterPool {
             .or_default()
             .list
             .push(conn);
+        // Checkouts waiting for a place may use the new connection's streams.
+        self.released.notify_waiters();
         Ok(H2Checkout::Stream(stream))
     }
 }
