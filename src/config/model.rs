@@ -252,6 +252,9 @@ pub struct ClusterConfig {
     /// Speak TLS to the endpoints (health checks too).
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// `http1` (default), `http2` (TLS, ALPN h2), `h2c` (prior knowledge) or `auto`.
+    #[serde(default)]
+    pub protocol: super::UpstreamProtocol,
 }
 
 /// Circuit breakers and pooling, as Istio's DestinationRule connectionPool. Per cluster.
@@ -360,10 +363,15 @@ impl Default for OutlierDetectionConfig {
     }
 }
 
-/// Active HTTP health checks.
+/// Active health checks: an HTTP GET of `path`, or with `grpc` the gRPC health service.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct HealthCheckConfig {
+    /// Required for HTTP checks; none for gRPC ones.
+    #[serde(default)]
     pub path: String,
+    /// Check with `grpc.health.v1.Health/Check` instead of an HTTP GET.
+    #[serde(default)]
+    pub grpc: Option<super::GrpcHealthCheckConfig>,
     #[serde(default = "HealthCheckConfig::default_interval")]
     pub interval: String,
     #[serde(default = "HealthCheckConfig::default_timeout")]

@@ -51,6 +51,24 @@ impl StreamedBody {
             idle: None,
         }
     }
+
+    /// Put bytes already taken from the body back in front of it (they were sent on a stream
+    /// the upstream refused unprocessed, and go again on the next). They were counted
+    /// against the limit when first read; a prefix is not counted again.
+    pub fn unread(&mut self, sent: Bytes) {
+        if sent.is_empty() {
+            return;
+        }
+        self.prefix = Some(match self.prefix.take() {
+            None => sent,
+            Some(rest) => {
+                let mut joined = bytes::BytesMut::with_capacity(sent.len() + rest.len());
+                joined.extend_from_slice(&sent);
+                joined.extend_from_slice(&rest);
+                joined.freeze()
+            }
+        });
+    }
 }
 
 impl Body for StreamedBody {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::table::retry::RetryPolicy;
+use crate::upstream::h2_exchange::H2Answer;
 
 /// Counts a request against an endpoint while it is outstanding.
 pub struct InFlight(Arc<EndpointState>);
@@ -23,6 +24,8 @@ impl Drop for InFlight {
 /// One attempt's result.
 pub(super) enum Tried {
     Answered(UpstreamHead, PooledConn, AttemptGuards),
+    /// An HTTP/2 upstream's answer (boxed: the HTTP/1.1 path keeps its size).
+    AnsweredH2(Box<H2Answer>, AttemptGuards),
     Failed {
         failure: AttemptFailure,
         cause: AttemptError,
@@ -36,6 +39,7 @@ impl Tried {
     pub(super) fn summary(&self) -> String {
         match self {
             Self::Answered(head, _, _) => head.status.as_u16().to_string(),
+            Self::AnsweredH2(answer, _) => answer.response.status().as_u16().to_string(),
             Self::Failed { failure, .. } => format!("{failure:?}"),
             Self::Refused(overflow) => format!("overflow {}", overflow.as_str()),
         }
@@ -74,7 +78,13 @@ pub(super) async fn attempts(
         trace.endpoint = Some(endpoint.address);
         trace.region = Some(region);
         let tried_now = {
-            let exchange = try_once(cluster, &endpoint, request, attempt_body);
+            let exchange = try_once(
+                cluster,
+                &endpoint,
+                request,
+                attempt_body,
+                route.max_replay_body,
+            );
             // In a block: a try given up is dropped, with its connection and permits, before
             // the next one starts.
             tokio::pin!(exchange);
@@ -153,6 +163,31 @@ pub(super) async fn attempts(
                 let retry_after = parse_retry_after(response.fields.get("retry-after"));
                 (failure, retry_after, Last::Response(response, conn, guards))
             }
+            Tried::AnsweredH2(mut answer, guards) => {
+                let status = answer.response.status().as_u16();
+                cluster.stats.attempts_response.inc();
+                endpoint.state.record_outcome(status < 500);
+                cluster.reporter.report(&endpoint, Outcome::Status(status));
+                let failure = match h2_attempt::grpc_failure(&answer) {
+                    Some(code) => AttemptFailure::Grpc(code),
+                    None => AttemptFailure::Status(status),
+                };
+                if !policy.covers(failure) {
+                    return Ok((
+                        h2_attempt::h2_response(
+                            *answer,
+                            guards,
+                            route.response_idle_timeout,
+                            trace.grpc_deadline,
+                        ),
+                        region,
+                    ));
+                }
+                if let Some(sent) = h2_attempt::sent_body(&mut answer).await {
+                    body.restore(sent);
+                }
+                (failure, None, Last::H2(answer, guards, trace.grpc_deadline))
+            }
             Tried::Failed {
                 failure,
                 cause,
@@ -167,7 +202,7 @@ pub(super) async fn attempts(
                 endpoint.state.record_outcome(false);
                 match failure {
                     AttemptFailure::PerTryTimeout => cluster.stats.attempts_timeout.inc(),
-                    AttemptFailure::Reset | AttemptFailure::Status(_) => {
+                    AttemptFailure::Reset | AttemptFailure::Status(_) | AttemptFailure::Grpc(_) => {
                         cluster.stats.attempts_reset.inc()
                     }
                     AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream => {
@@ -224,6 +259,7 @@ pub(super) async fn attempts(
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Last {
     Response(UpstreamHead, PooledConn, AttemptGuards),
+    H2(Box<H2Answer>, AttemptGuards, Option<Instant>),
     Error(AttemptFailure, AttemptError),
 }
 
@@ -241,6 +277,10 @@ impl Last {
         match self {
             Self::Response(response, conn, guards) => Ok((
                 stream_response(response, conn, guards, response_idle),
+                region,
+            )),
+            Self::H2(answer, guards, deadline) => Ok((
+                h2_attempt::h2_response(*answer, guards, response_idle, deadline),
                 region,
             )),
             Self::Error(AttemptFailure::ConnectFailure | AttemptFailure::RefusedStream, cause) => {
@@ -409,7 +449,27 @@ pub(super) async fn try_once(
     endpoint: &Arc<Endpoint>,
     request: Outgoing<'_>,
     body: UpstreamBody,
+    replay_limit: u64,
 ) -> Tried {
+    // The one look at the protocol: an HTTP/1.1 cluster has no HTTP/2 connections. Boxed,
+    // so the HTTP/1.1 try does not carry the HTTP/2 one's state.
+    let body = match cluster.pool.h2() {
+        None => body,
+        Some(_) => {
+            match Box::pin(h2_attempt::try_once_h2(
+                cluster,
+                endpoint,
+                request,
+                body,
+                replay_limit,
+            ))
+            .await
+            {
+                h2_attempt::H2Tried::Tried(tried) => return tried,
+                h2_attempt::H2Tried::Http1(body) => body,
+            }
+        }
+    };
     let permit = match cluster.pool.admit() {
         Ok(permit) => permit,
         Err(overflow) => return Tried::Refused(overflow),

@@ -80,6 +80,8 @@ pub enum AttemptError {
     NotReplayable,
     #[error("no answer within {0:?}")]
     NoAnswer(Duration),
+    #[error(transparent)]
+    H2(#[from] crate::upstream::h2_exchange::H2Failure),
     #[error("the WebSocket handshake failed: {0}")]
     WebSocket(#[source] hyper::Error),
 }
@@ -122,7 +124,7 @@ impl ProxyError {
     }
 
     /// What the client is told: enough to act on, without upstream addresses.
-    fn client_message(&self) -> String {
+    pub(super) fn client_message(&self) -> String {
         match self {
             Self::Connect { region, cause, .. } | Self::Upstream { region, cause, .. }
                 if cause.is_tls() =>
@@ -144,7 +146,7 @@ impl ProxyError {
 
     pub fn into_response(self) -> Response<ProxyBody> {
         let body = format!("meridian: {}\n", self.client_message());
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        let mut response = Response::new(made_body(Bytes::from(body)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(

@@ -221,7 +221,7 @@ pub(super) async fn forward(
         return Ok(response.into());
     }
     let route = decision.route;
-    let deadline = crate::deadline::after(started, route.timeout);
+    let deadline = super::grpc::deadline(started, route.timeout, parts.version, headers, trace);
     // In a block of its own: the exchange borrows the overrides until it is dropped.
     let (mut answer, region) = {
         let exchange = async {
@@ -231,6 +231,7 @@ pub(super) async fn forward(
                 route.max_replay_body,
                 route.max_body,
                 route.body_idle_timeout,
+                decision.cluster.pool.h2().is_some(),
             )
             .await?;
             if let Some(mirrors) = &route.mirrors {

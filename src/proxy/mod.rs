@@ -14,6 +14,8 @@ mod client_cert;
 mod error;
 mod explain;
 mod forward;
+mod grpc;
+mod h2_attempt;
 mod policies;
 mod redirect;
 mod replay;
@@ -76,8 +78,17 @@ use crate::upstream::pool::{
 /// Guards an upstream response body holds until it has been read.
 pub type AttemptGuards = (RequestPermit, InFlight);
 
-/// Responses are either streamed from the upstream or made by Meridian.
-pub type ProxyBody = Either<UpstreamResponseBody<AttemptGuards>, Full<Bytes>>;
+/// Responses are streamed from an HTTP/1.1 upstream, made by Meridian, or streamed from an
+/// HTTP/2 upstream (trailers included). The HTTP/1.1 body comes first: its path matches once.
+pub type ProxyBody = Either<
+    UpstreamResponseBody<AttemptGuards>,
+    Either<Full<Bytes>, crate::upstream::h2_exchange::H2ResponseBody<AttemptGuards>>,
+>;
+
+/// A body made by Meridian.
+pub fn made_body(bytes: Bytes) -> ProxyBody {
+    Either::Right(Either::Left(Full::new(bytes)))
+}
 
 /// What happened to one request: for metrics, the access log and `x-meridian-decision`.
 #[derive(Debug, Default)]
@@ -99,6 +110,9 @@ pub struct Trace {
     pub cors_origin: Option<HeaderValue>,
     /// A session-affinity cookie Meridian generated, for the answer whatever it is.
     pub set_cookie: Option<HeaderValue>,
+    /// A gRPC call's deadline (`grpc-timeout`, capped by the route timeout): it bounds the
+    /// response body too.
+    pub grpc_deadline: Option<Instant>,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -154,6 +168,8 @@ pub async fn handle(
         .then(|| HeadersRef::of(req.headers(), context.raw.as_ref()).value(Known::Host))
         .flatten();
     let mut trace = Trace::default();
+    // Only an HTTP/2 request can be a gRPC call: HTTP/1.1 requests skip the lookup.
+    let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.version(), req.headers());
     let mut answer = match forward(&table, context, req, started, &mut trace).await {
         Ok(answer) => answer,
         Err(e) => {
@@ -169,7 +185,11 @@ pub async fn handle(
                     tracing::warn!(client = %peer, %method, path = %uri.path(), error = %e, "answered by meridian")
                 }
             }
-            e.into_response().into()
+            if grpc {
+                e.into_grpc_response().into()
+            } else {
+                e.into_response().into()
+            }
         }
     };
     if let Some(origin) = trace.cors_origin.take()

@@ -11,7 +11,7 @@ pub fn redirect_to_https(uri: &Uri, headers: HeadersRef<'_>, port: u16) -> Respo
         None => headers.first(Known::Host),
     };
     if !authority.is_some_and(crate::http1::strict::valid_authority) {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+        let mut response = Response::new(crate::proxy::made_body(Bytes::new()));
         *response.status_mut() = StatusCode::BAD_REQUEST;
         return response;
     }
@@ -31,7 +31,7 @@ pub fn redirect_to_https(uri: &Uri, headers: HeadersRef<'_>, port: u16) -> Respo
     } else {
         format!("https://{host}:{port}{path}")
     };
-    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut response = Response::new(crate::proxy::made_body(Bytes::new()));
     match HeaderValue::from_str(&location) {
         Ok(value) if !host.is_empty() => {
             *response.status_mut() = StatusCode::PERMANENT_REDIRECT;

@@ -18,12 +18,17 @@ impl ReplayBody {
     /// Buffer the body when it fits in `replay_limit` — read whole before anything is sent, so
     /// a broken chunked framing never reaches a backend — otherwise stream it, refusing
     /// anything past `max_body` (at once when Content-Length says so).
+    ///
+    /// `stream_at_once` (an HTTP/2 upstream) streams a body of unknown length from its first
+    /// byte: a bidirectional gRPC stream waits for answers before it sends more, so reading
+    /// ahead would stall it. The HTTP/2 try keeps what it sent, within the replay limit.
     pub(super) async fn new(
         body: ClientBody,
         headers: HeadersRef<'_>,
         replay_limit: u64,
         max_body: u64,
         body_idle: Duration,
+        stream_at_once: bool,
     ) -> Result<Self, ProxyError> {
         let mut body = match body {
             ClientBody::Empty => return Ok(Self::Buffered(Bytes::new())),
@@ -51,6 +56,11 @@ impl ReplayBody {
                 let collected = body.collect().await.map_err(ProxyError::BadBody)?;
                 return Ok(Self::Buffered(collected.to_bytes()));
             }
+            return Ok(Self::streaming(StreamedBody::new(
+                None, body, max_body, body_idle,
+            )));
+        }
+        if stream_at_once {
             return Ok(Self::streaming(StreamedBody::new(
                 None, body, max_body, body_idle,
             )));
@@ -105,10 +115,14 @@ impl ReplayBody {
         matches!(self, Self::Streaming(_, flag) if flag.load(Ordering::Relaxed))
     }
 
-    /// Give an unsent body back (nothing reached the upstream).
+    /// Give a body back: unsent (nothing reached the upstream), or, from an HTTP/2 stream,
+    /// what was sent of it (see `upstream::h2_exchange`).
     pub(super) fn restore(&mut self, body: UpstreamBody) {
         match (self, body) {
             (Self::Streaming(slot, _), Either::Right(streamed)) => *slot = Some(streamed),
+            // Streamed to its end within the replay limit, and kept: replayable as any
+            // buffered body.
+            (this @ Self::Streaming(..), Either::Left(bytes)) => *this = Self::Buffered(bytes),
             (Self::Once(slot), Either::Left(bytes)) => *slot = Some(bytes),
             _ => {}
         }

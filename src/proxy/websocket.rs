@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -89,7 +89,7 @@ pub async fn forward(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Ok(Response::from_parts(head, Either::Right(Full::new(body))));
+        return Ok(Response::from_parts(head, crate::proxy::made_body(body)));
     }
     let upstream = hyper::upgrade::on(&mut response);
     endpoint
@@ -115,6 +115,6 @@ pub async fn forward(
     let (head, _) = response.into_parts();
     Ok(Response::from_parts(
         head,
-        Either::Right(Full::new(Bytes::new())),
+        crate::proxy::made_body(Bytes::new()),
     ))
 }

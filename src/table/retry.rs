@@ -18,6 +18,8 @@ pub enum AttemptFailure {
     PerTryTimeout,
     /// A response with this status.
     Status(u16),
+    /// A gRPC trailers-only answer (HTTP 200) with this `grpc-status` (not 0).
+    Grpc(u8),
 }
 
 impl AttemptFailure {
@@ -83,6 +85,9 @@ pub struct RetryPolicy {
     pub on_refused_stream: bool,
     pub on_retriable_4xx: bool,
     pub on_statuses: Vec<u16>,
+    /// gRPC status codes retried (bit n: code n): Istio's `cancelled`, `deadline-exceeded`,
+    /// `internal`, `resource-exhausted` and `unavailable`.
+    pub on_grpc: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub budget_percent: f64,
@@ -102,6 +107,7 @@ impl Default for RetryPolicy {
             on_refused_stream: true,
             on_retriable_4xx: false,
             on_statuses: vec![503],
+            on_grpc: 0,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
             budget_percent: 20.0,
@@ -121,7 +127,10 @@ impl RetryPolicy {
             "reset" => self.on_reset = true,
             "refused-stream" => self.on_refused_stream = true,
             "retriable-4xx" => self.on_retriable_4xx = true,
-            _ => return false,
+            name => match grpc_condition(name) {
+                Some(code) => self.on_grpc |= 1 << code,
+                None => return false,
+            },
         }
         true
     }
@@ -152,6 +161,7 @@ impl RetryPolicy {
                     || (self.on_retriable_4xx && code == 409)
                     || self.on_statuses.contains(&code)
             }
+            AttemptFailure::Grpc(code) => code < 32 && self.on_grpc & (1 << code) != 0,
         }
     }
 
@@ -222,6 +232,18 @@ impl RetryPolicy {
             TryCost::Work => BudgetVerdict::Exhausted,
         }
     }
+}
+
+/// The gRPC status code of an Istio `retryOn` gRPC condition.
+pub fn grpc_condition(name: &str) -> Option<u8> {
+    Some(match name {
+        "cancelled" => 1,
+        "deadline-exceeded" => 4,
+        "resource-exhausted" => 8,
+        "internal" => 13,
+        "unavailable" => 14,
+        _ => return None,
+    })
 }
 
 /// The per-try timeout of a route that sets none: the first try and every retry get an
@@ -389,5 +411,38 @@ mod tests {
             parse_retry_after(Some(b"Wed, 21 Oct 2015 07:28:00 GMT")),
             None
         );
+    }
+
+    #[test]
+    fn grpc_conditions_cover_their_codes_only() {
+        let cases: &[(&str, u8)] = &[
+            ("cancelled", 1),
+            ("deadline-exceeded", 4),
+            ("resource-exhausted", 8),
+            ("internal", 13),
+            ("unavailable", 14),
+        ];
+        for &(name, code) in cases {
+            let mut p = RetryPolicy::none();
+            assert!(p.enable(name), "{name}");
+            for other in 0..=40u8 {
+                assert_eq!(
+                    p.covers(AttemptFailure::Grpc(other)),
+                    other == code,
+                    "{name} and grpc-status {other}"
+                );
+            }
+            // A gRPC condition says nothing about HTTP statuses.
+            assert!(!p.covers(AttemptFailure::Status(503)));
+        }
+        let mut p = RetryPolicy::none();
+        assert!(!p.enable("unknown"));
+        assert!(!p.covers(AttemptFailure::Grpc(14)));
+        // Reached the upstream: only idempotent calls, or those the route allows, go again.
+        assert!(p.enable("unavailable"));
+        assert!(!p.may_retry(AttemptFailure::Grpc(14), &Method::POST, true));
+        p.retry_non_idempotent = true;
+        assert!(p.may_retry(AttemptFailure::Grpc(14), &Method::POST, true));
+        assert!(!p.may_retry(AttemptFailure::Grpc(14), &Method::POST, false));
     }
 }

@@ -33,6 +33,15 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    H2Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
+    /// Protocol `http2`, and the endpoint did not choose `h2` by ALPN.
+    #[error("{addr} did not agree to HTTP/2 (ALPN h2) in the TLS handshake")]
+    NoH2 { addr: SocketAddr },
     /// A health check's HTTP/1.1 handshake or request failed.
     #[error("health check of {addr} failed: {source}")]
     Check {
@@ -40,6 +49,16 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// A gRPC health check's HTTP/2 exchange failed.
+    #[error("gRPC health check of {addr} failed: {source}")]
+    GrpcCheck {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
+    /// A gRPC health check was answered with a gRPC error status or no response message.
+    #[error("gRPC health check of {addr} was answered with grpc-status {status}")]
+    GrpcCheckStatus { addr: SocketAddr, status: String },
     #[error("health check request for {addr} cannot be built: {source}")]
     CheckRequest {
         addr: SocketAddr,

@@ -1,5 +1,6 @@
-//! Active health checks: an HTTP GET per endpoint every `interval`, each endpoint on its own
-//! task so a hanging check delays nobody else.
+//! Active health checks: an HTTP GET (or a gRPC `Health/Check`, see `health_grpc`) per
+//! endpoint every `interval`, each endpoint on its own task so a hanging check delays nobody
+//! else.
 //!
 //! The verdict changes only after `unhealthy_threshold` consecutive failures or
 //! `healthy_threshold` consecutive passes (hysteresis); any pass also ends an outlier ejection.
@@ -31,10 +32,16 @@ pub struct HealthPolicy {
     pub expected_statuses: Vec<(u16, u16)>,
     pub jitter: Duration,
     pub host: Option<String>,
+    /// A gRPC check of this service, instead of an HTTP GET: its result counts as status 200
+    /// when SERVING, 503 otherwise (so `expected_statuses` is not consulted).
+    pub grpc_service: Option<String>,
 }
 
 impl HealthPolicy {
     pub fn passes(&self, status: u16) -> bool {
+        if self.grpc_service.is_some() {
+            return status == 200;
+        }
         self.expected_statuses
             .iter()
             .any(|(lo, hi)| (*lo..=*hi).contains(&status))
@@ -70,6 +77,18 @@ pub async fn check_once(
     tls: Option<&crate::tls::UpstreamTls>,
 ) -> Result<u16, UpstreamError> {
     let addr = endpoint.address;
+    if let Some(service) = &policy.grpc_service {
+        let check = super::health_grpc::check(endpoint, service, tls);
+        return match tokio::time::timeout(policy.timeout, check).await {
+            Ok(Ok(true)) => Ok(200),
+            Ok(Ok(false)) => Ok(503),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::CheckTimeout {
+                addr,
+                after: policy.timeout,
+            }),
+        };
+    }
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -196,6 +215,7 @@ mod tests {
             expected_statuses: vec![(200, 399)],
             jitter: Duration::ZERO,
             host: None,
+            grpc_service: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Everything between Meridian and its upstreams: the connection pool with its circuit
-//! breakers, passive outlier detection, active health checks, and per-cluster counters.
+//! breakers (HTTP/1.1 and HTTP/2 connections), the HTTP/2 exchange (`h2_exchange`), passive
+//! outlier detection, active health checks (HTTP and gRPC), and per-cluster counters.
 //!
 //! The request path checks connections out of the pool and reports outcomes; control tasks
 //! (one detector per cluster, one health loop per endpoint) own every state change.
@@ -13,7 +14,9 @@
 pub mod discovery;
 pub mod endpoints;
 pub mod error;
+pub mod h2_exchange;
 pub mod health;
+mod health_grpc;
 mod idle;
 pub mod outlier;
 pub mod pool;

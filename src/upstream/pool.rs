@@ -1,4 +1,5 @@
-//! Upstream connections: per-cluster pools of keep-alive HTTP/1.1 connections with Istio's
+//! Upstream connections: per-cluster pools of keep-alive HTTP/1.1 connections (and, for
+//! clusters with an HTTP/2 protocol, multiplexed HTTP/2 ones: `pool_h2.rs`) with Istio's
 //! connectionPool limits as circuit breakers.
 //!
 //! A checkout reuses an idle connection to the endpoint, opens a new one while the cluster is
@@ -27,6 +28,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::UpstreamProtocol;
 use crate::http1::client::{self as h1, Connection};
 
 pub use crate::http1::body::UpstreamBody;
@@ -94,6 +96,8 @@ pub struct ClusterPool {
     /// Signalled when a connection goes idle or closes, for waiting checkouts.
     released: Arc<Notify>,
     reaper: Arc<ReaperSignal>,
+    /// HTTP/2 connections: `None` for an `http1` cluster.
+    h2: Option<H2Conns>,
 }
 
 impl std::fmt::Debug for ClusterPool {
@@ -138,7 +142,17 @@ impl ClusterPool {
     }
 
     pub fn with_tls(limits: PoolLimits, tls: Option<Arc<crate::tls::UpstreamTls>>) -> Arc<Self> {
+        Self::with_protocol(limits, tls, UpstreamProtocol::Http1)
+    }
+
+    /// A pool speaking `protocol` to its endpoints (TLS as `tls` says).
+    pub fn with_protocol(
+        limits: PoolLimits,
+        tls: Option<Arc<crate::tls::UpstreamTls>>,
+        protocol: UpstreamProtocol,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            h2: H2Conns::new(protocol, tls.as_deref()),
             tls,
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             requests: Arc::new(Semaphore::new(limits.max_requests.max(1))),
@@ -257,6 +271,13 @@ impl ClusterPool {
 
     pub fn limits(&self) -> &PoolLimits {
         &self.limits
+    }
+
+    /// The protocol the pool speaks to its endpoints.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.h2
+            .as_ref()
+            .map_or(UpstreamProtocol::Http1, H2Conns::protocol)
     }
 
     /// Requests outstanding against the cluster right now.
@@ -508,6 +529,10 @@ impl PooledConn {
         drop(self);
     }
 }
+
+#[path = "pool_h2.rs"]
+mod h2_conns;
+pub use h2_conns::{H2Checkout, H2Conns, H2Stream};
 
 #[cfg(test)]
 #[path = "pool_tests.rs"]

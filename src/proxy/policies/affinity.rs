@@ -30,7 +30,6 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http::Response;
-    use http_body_util::{Either, Full};
 
     #[test]
     fn the_upstreams_cookies_are_kept_beside_the_generated_one() {
@@ -42,7 +41,7 @@ mod tests {
             let colon = line.iter().position(|b| *b == b':').unwrap();
             fields.push(&line[..colon], &line[colon + 2..]);
         }
-        let mut answer: Box<Answer> = Response::new(Either::Right(Full::new(Bytes::new()))).into();
+        let mut answer: Box<Answer> = Response::new(crate::proxy::made_body(Bytes::new())).into();
         answer.upstream = fields;
         add_set_cookie(&mut answer, HeaderValue::from_static("sid=x; HttpOnly"));
         let response = answer.into_response();
@@ -51,7 +50,7 @@ mod tests {
         assert_eq!(response.headers()["x-other"], "x");
 
         // Meridian's own answer (no upstream fields): just the generated one.
-        let mut own: Box<Answer> = Response::new(Either::Right(Full::new(Bytes::new()))).into();
+        let mut own: Box<Answer> = Response::new(crate::proxy::made_body(Bytes::new())).into();
         add_set_cookie(&mut own, HeaderValue::from_static("sid=y"));
         assert_eq!(own.into_response().headers()[SET_COOKIE], "sid=y");
     }

@@ -21,7 +21,7 @@ pub(in crate::proxy) fn verdict(
 /// The preflight answer: never reaches an upstream.
 pub(in crate::proxy) fn preflight(cors: &Cors, origin: HeaderValue) -> Box<Answer> {
     let (status, headers) = cors.preflight(origin);
-    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut response = Response::new(crate::proxy::made_body(Bytes::new()));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response.into()

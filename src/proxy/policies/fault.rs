@@ -44,9 +44,9 @@ pub(in crate::proxy) async fn inject(
         return Ok(None);
     };
     fault.aborted.inc();
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+    let mut response = Response::new(crate::proxy::made_body(Bytes::from_static(
         b"fault filter abort\n",
-    ))));
+    )));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

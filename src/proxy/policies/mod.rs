@@ -48,7 +48,7 @@ pub(super) fn answer_at_edge(
                     r.code.as_u16()
                 ));
             }
-            let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+            let mut response = Response::new(crate::proxy::made_body(Bytes::new()));
             match HeaderValue::from_str(&location) {
                 Ok(value) => {
                     *response.status_mut() = r.code;
@@ -68,7 +68,7 @@ pub(super) fn answer_at_edge(
                     status.as_u16()
                 ));
             }
-            let mut response = Response::new(Either::Right(Full::new(body.clone())));
+            let mut response = Response::new(crate::proxy::made_body(body.clone()));
             *response.status_mut() = *status;
             if !body.is_empty() {
                 response.headers_mut().insert(

@@ -231,16 +231,18 @@ impl<'a> Compiler<'a> {
             .tls
             .as_ref()
             .and_then(|t| self.upstream_tls_spec(here.key("tls"), t));
+        super::protocol::check(self, here, cluster);
         // Unchanged limits and TLS keep the pool, and with it its open connections and counts.
         if let Some(p) = previous
             && *p.pool.limits() == limits
             && p.pool.tls.as_ref().map(|t| &t.spec) == tls_spec.as_ref()
+            && p.pool.protocol() == cluster.protocol
         {
             self.renew_upstream_tls(here.key("tls"), p.pool.tls.as_ref());
             return p.pool.clone();
         }
         let tls = tls_spec.and_then(|spec| self.upstream_tls(here.key("tls"), spec));
-        ClusterPool::with_tls(limits, tls)
+        ClusterPool::with_protocol(limits, tls, cluster.protocol)
     }
 
     pub(super) fn outlier(
@@ -291,9 +293,18 @@ impl<'a> Compiler<'a> {
         at: YamlPath,
         h: &HealthCheckConfig,
     ) -> Option<Arc<HealthPolicy>> {
-        if !h.path.starts_with('/') {
-            self.problems
-                .at(at.key("path"), format!("`{}` must start with '/'", h.path));
+        match &h.grpc {
+            None if !h.path.starts_with('/') => {
+                self.problems
+                    .at(at.key("path"), format!("`{}` must start with '/'", h.path));
+            }
+            Some(_) if !h.path.is_empty() => {
+                self.problems.at(
+                    at.key("path"),
+                    "a gRPC health check calls grpc.health.v1.Health/Check: remove `path`",
+                );
+            }
+            _ => {}
         }
         for (key, value) in [
             ("healthy_threshold", h.healthy_threshold),
@@ -328,6 +339,7 @@ impl<'a> Compiler<'a> {
             expected_statuses: expected,
             jitter: jitter?,
             host: h.host.clone(),
+            grpc_service: h.grpc.as_ref().map(|g| g.service.clone()),
         }))
     }
 }

@@ -9,6 +9,7 @@ mod listeners;
 mod mirror;
 mod mtls;
 mod policies;
+mod protocol;
 mod regions;
 mod routes;
 
