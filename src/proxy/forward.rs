@@ -42,18 +42,17 @@ pub(super) fn request_host(
 
 pub(super) async fn forward(
     table: &RoutingTable,
-    context: RequestContext,
+    context: &mut RequestContext,
     req: Request<ClientBody>,
     started: Instant,
     trace: &mut Trace,
 ) -> Result<Box<Answer>, ProxyError> {
-    let RequestContext {
-        peer,
-        scheme,
-        mut raw,
-        client_cert,
-        ..
-    } = context;
+    // Borrowed, not moved: the context stays in the handler's future, so this (larger) one
+    // does not carry a second copy of it.
+    let mut raw = context.raw.take();
+    let client_cert = context.client_cert.take();
+    let peer = context.peer;
+    let scheme = &context.scheme;
     let (mut parts, body) = req.into_parts();
     let headers = HeadersRef::of(&parts.headers, raw.as_ref());
     let present = Present::of(headers);
@@ -74,7 +73,8 @@ pub(super) async fn forward(
         path: parts.uri.path(),
         query: parts.uri.query(),
         method: &parts.method,
-        https: scheme == Scheme::HTTPS,
+        // A string compare: `Scheme`'s own comparison costs more, on every request.
+        https: scheme.as_str() == "https",
         authority,
         headers,
         present,
@@ -90,7 +90,9 @@ pub(super) async fn forward(
         match policies::cors::verdict(cors, &parts.method, headers) {
             CorsVerdict::Preflight(origin) => return Ok(policies::cors::preflight(cors, origin)),
             // Whatever answers from here on (Meridian's own included) gets the CORS headers.
-            CorsVerdict::Allowed(origin) => trace.cors_origin = Some(origin),
+            CorsVerdict::Allowed(origin) => {
+                trace.additions.get_or_insert_default().cors_origin = Some(origin);
+            }
             CorsVerdict::Pass => {}
         }
     }
@@ -113,8 +115,12 @@ pub(super) async fn forward(
     trace.client = Some(decision.client);
     trace.country = decision.location.country;
     table.count_geo_lookup(decision.location.source);
-    if let Some(key) = &decision.affinity {
-        trace.set_cookie.clone_from(&key.set_cookie);
+    if let Some(cookie) = decision
+        .affinity
+        .as_ref()
+        .and_then(|k| k.set_cookie.as_ref())
+    {
+        trace.additions.get_or_insert_default().set_cookie = Some(cookie.clone());
     }
     if let Some(lines) = &mut trace.explain {
         lines.insert(0, explain_decision(table, &decision));
@@ -160,7 +166,7 @@ pub(super) async fn forward(
         present,
         peer.ip(),
         peer_trusted,
-        &scheme,
+        scheme,
         &raw_host,
     );
     set_visited(
@@ -225,32 +231,37 @@ pub(super) async fn forward(
     // In a block of its own: the exchange borrows the overrides until it is dropped.
     let (mut answer, region) = {
         let exchange = async {
-            let body = ReplayBody::new(
-                body,
-                headers,
-                route.max_replay_body,
-                route.max_body,
-                route.body_idle_timeout,
-                decision.cluster.pool.h2().is_some(),
-            )
-            .await?;
-            if let Some(mirrors) = &route.mirrors {
-                let original = policies::mirror::Original {
+            // The body is declared in a block that ends before the tries are awaited, so the
+            // exchange keeps no second slot for it (a moved-from local otherwise keeps one).
+            let tries = {
+                let body = ReplayBody::new(
+                    body,
+                    headers,
+                    route.max_replay_body,
+                    route.max_body,
+                    route.body_idle_timeout,
+                    decision.cluster.pool.h2().is_some(),
+                )
+                .await?;
+                if let Some(mirrors) = &route.mirrors {
+                    let original = policies::mirror::Original {
+                        parts: &parts,
+                        raw: raw.as_ref(),
+                        overrides: &overrides,
+                        host: &raw_host,
+                    };
+                    policies::mirror::send(
+                        table, &decision, mirrors, &original, &body, &mut rng, trace,
+                    );
+                }
+                let request = Outgoing {
                     parts: &parts,
-                    raw: raw.as_ref(),
+                    headers,
                     overrides: &overrides,
-                    host: &raw_host,
                 };
-                policies::mirror::send(
-                    table, &decision, mirrors, &original, &body, &mut rng, trace,
-                );
-            }
-            let request = Outgoing {
-                parts: &parts,
-                headers,
-                overrides: &overrides,
+                attempts(table, &decision, request, body, &mut rng, trace)
             };
-            attempts(table, &decision, request, body, &mut rng, trace).await
+            tries.await
         };
         // Pinned where it is: handing the (large) future to the timeout by value would copy it.
         tokio::pin!(exchange);

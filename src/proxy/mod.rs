@@ -105,14 +105,22 @@ pub struct Trace {
     pub explain: Option<Vec<String>>,
     /// The faults injected (the access log's `fault`).
     pub fault: crate::table::policies::fault::FaultKind,
-    /// The request's `Origin`, when the route's CORS policy allows it: the answer gets the
-    /// CORS headers.
-    pub cors_origin: Option<HeaderValue>,
-    /// A session-affinity cookie Meridian generated, for the answer whatever it is.
-    pub set_cookie: Option<HeaderValue>,
+    /// What policies add to the answer, whatever it is; `None` (one pointer) on a route
+    /// without them.
+    pub additions: Option<Box<AnswerAdditions>>,
     /// A gRPC call's deadline (`grpc-timeout`, capped by the route timeout): it bounds the
     /// response body too.
     pub grpc_deadline: Option<Instant>,
+}
+
+/// Headers route policies add to any answer, Meridian's own included.
+#[derive(Debug, Default)]
+pub struct AnswerAdditions {
+    /// The request's `Origin`, when the route's CORS policy allows it: the answer gets the
+    /// CORS headers.
+    pub cors_origin: Option<HeaderValue>,
+    /// A session-affinity cookie Meridian generated.
+    pub set_cookie: Option<HeaderValue>,
 }
 
 /// The handler's answer (see [`crate::http1::answer::Answer`]) with the proxy's body.
@@ -170,7 +178,7 @@ pub async fn handle(
     let mut trace = Trace::default();
     // Only an HTTP/2 request can be a gRPC call: HTTP/1.1 requests skip the lookup.
     let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.version(), req.headers());
-    let mut answer = match forward(&table, context, req, started, &mut trace).await {
+    let mut answer = match forward(&table, &mut context, req, started, &mut trace).await {
         Ok(answer) => answer,
         Err(e) => {
             match e.status() {
@@ -192,16 +200,22 @@ pub async fn handle(
             }
         }
     };
-    if let Some(origin) = trace.cors_origin.take()
-        && let Some(cors) = trace
-            .route
-            .and_then(|i| table.routes.routes.get(i))
-            .and_then(|r| r.cors.as_deref())
-    {
-        policies::cors::decorate(cors, origin, &mut answer);
-    }
-    if let Some(cookie) = trace.set_cookie.take() {
-        policies::affinity::add_set_cookie(&mut answer, cookie);
+    if let Some(additions) = trace.additions.take() {
+        let AnswerAdditions {
+            cors_origin,
+            set_cookie,
+        } = *additions;
+        if let Some(origin) = cors_origin
+            && let Some(cors) = trace
+                .route
+                .and_then(|i| table.routes.routes.get(i))
+                .and_then(|r| r.cors.as_deref())
+        {
+            policies::cors::decorate(cors, origin, &mut answer);
+        }
+        if let Some(cookie) = set_cookie {
+            policies::affinity::add_set_cookie(&mut answer, cookie);
+        }
     }
     let elapsed = started.elapsed();
     let status = answer.response.status().as_u16();
