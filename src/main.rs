@@ -7,12 +7,36 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use meridian::config::words::count;
 use meridian::{demo, geo, reload, server, table};
 
 /// mimalloc: the request path allocates and frees on one thread, which its thread-local heaps
 /// serve more cheaply than the system allocator.
 #[global_allocator]
 static GLOBAL: meridian::alloc::Mimalloc = meridian::alloc::Mimalloc;
+
+/// What `meridian run --help` adds after its options: how a running instance takes a new
+/// config, and what it reads from the environment.
+const RUN_AFTER_HELP: &str = "\
+Reloading: a new config (and any file it names: GeoIP database, certificates, keys, CAs, the
+admin token) is taken without dropping connections, in three ways: the file changing on disk
+(watched), SIGHUP, and `POST /reload` on the admin listener. An invalid config is refused
+with every problem listed, and the running one stays.
+
+Stopping: SIGTERM or Ctrl-C drains (drain_delay, then up to drain_timeout) and exits 0; a
+second signal exits at once.
+
+Environment:
+  MERIDIAN_LOG           log filter for stderr: error, warn, info (default), debug (each
+                         routing decision), or directives such as warn,meridian=debug
+  MERIDIAN_LOCAL_REGION  overrides the file's local_region, so one config serves every
+                         region (must name one of its regions)
+  MIMALLOC_*             the memory allocator's own options (MIMALLOC_PURGE_DELAY and others)";
+
+/// What `meridian check --help` adds: the environment it reads.
+const CHECK_AFTER_HELP: &str = "\
+Environment:
+  MERIDIAN_LOCAL_REGION  overrides the file's local_region, as under `meridian run`";
 
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "A geo-aware edge reverse proxy")]
@@ -23,8 +47,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a config file.
+    /// Serve a config file: proxy listeners, the admin API, health checks and reloads.
+    #[command(after_help = RUN_AFTER_HELP)]
     Run {
+        /// Config file (YAML); relative paths inside it are from the working directory.
         #[arg(short, long, default_value = "config/meridian.yaml")]
         config: PathBuf,
         /// Worker threads, each a single-threaded runtime with its own listener sockets and
@@ -33,23 +59,28 @@ enum Command {
         worker_threads: Option<u16>,
     },
     /// Validate a config file: prints every problem with its line; exits 1 if there are any.
+    #[command(after_help = CHECK_AFTER_HELP)]
     Check {
+        /// Config file (YAML) to validate, with everything it names (GeoIP database,
+        /// certificates, keys).
         #[arg(short, long, default_value = "config/meridian.yaml")]
         config: PathBuf,
     },
     /// Run the built-in demo: three regional backends, the proxy and the demo GeoIP data.
     Demo {
-        /// Proxy listener.
+        /// Proxy listener address (`127.0.0.1:0` picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Admin listener.
+        /// Admin listener address (`127.0.0.1:0` picks a free port).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
     /// A demo regional backend that answers with its region name (for compose and tests).
     Backend {
+        /// Region name the backend answers with ("Hello from <region>").
         #[arg(long)]
         region: String,
+        /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:8000")]
         listen: SocketAddr,
     },
@@ -98,11 +129,18 @@ enum ImportCommand {
 #[derive(Subcommand)]
 enum GeoCommand {
     /// Build a City-style MaxMind DB from a YAML fixture.
-    Build { fixture: PathBuf, out: PathBuf },
+    Build {
+        /// YAML fixture: `networks` of `{ cidr, country, lat, lon, ... }`.
+        fixture: PathBuf,
+        /// MaxMind DB file to write (read back and checked before it is saved).
+        out: PathBuf,
+    },
     /// Look an address up in a MaxMind DB.
     Lookup {
+        /// MaxMind DB file (GeoLite2, GeoIP2, DB-IP, or one built with `geo build`).
         #[arg(long)]
         db: PathBuf,
+        /// IPv4 or IPv6 address to look up.
         ip: IpAddr,
     },
 }
@@ -198,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bytes = geo::fixture::build(&text, &fixture)?;
             std::fs::write(&out, &bytes)
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            println!("wrote {} ({} bytes)", out.display(), bytes.len());
+            println!("wrote {} ({})", out.display(), count(bytes.len(), "byte"));
             Ok(ExitCode::SUCCESS)
         }
         Command::Geo {
@@ -230,12 +268,12 @@ fn check(config: &Path) -> ExitCode {
     match table::load(config, table::CompileContext::default()) {
         Ok(t) => {
             println!(
-                "{} is valid: {} listeners, {} regions, {} clusters, {} routes",
+                "{} is valid: {}, {}, {}, {}",
                 config.display(),
-                t.listeners.len(),
-                t.regions.len(),
-                t.clusters.len(),
-                t.routes.routes.len()
+                count(t.listeners.len(), "listener"),
+                count(t.regions.len(), "region"),
+                count(t.clusters.len(), "cluster"),
+                count(t.routes.routes.len(), "route")
             );
             if let Some(policies) = table::policies::explain::summary(&t.routes) {
                 println!("{policies}");

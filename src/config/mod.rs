@@ -11,6 +11,7 @@
 
 mod durations;
 mod exact_vec;
+mod fields;
 pub mod import;
 mod model;
 pub mod policies;
@@ -18,6 +19,7 @@ mod problems;
 mod protocol;
 mod retries;
 mod tls;
+pub mod words;
 mod yaml;
 
 use std::path::Path;
@@ -43,6 +45,9 @@ pub struct LoadedConfig {
     pub problems: Problems,
     /// Where it came from, for messages.
     pub source: std::path::PathBuf,
+    /// `local_region` as [`LOCAL_REGION_ENV`] set it, over the file's: a problem with it is
+    /// then reported as the variable's, not as a line of the file.
+    pub local_region_from_env: Option<String>,
 }
 
 impl LoadedConfig {
@@ -68,16 +73,19 @@ pub const LOCAL_REGION_ENV: &str = "MERIDIAN_LOCAL_REGION";
 /// Parse config text; `source` names it in messages.
 pub fn load_str(text: &str, source: &Path) -> Result<LoadedConfig, ConfigError> {
     let mut parsed = parse_document::<Config>(text).map_err(|p| ConfigError::invalid(source, p))?;
+    let mut local_region_from_env = None;
     if let Ok(region) = std::env::var(LOCAL_REGION_ENV)
         && !region.trim().is_empty()
     {
         parsed.value.local_region = Some(region.trim().to_owned());
+        local_region_from_env = Some(region.trim().to_owned());
     }
     Ok(LoadedConfig {
         config: Arc::new(parsed.value),
         lines: parsed.lines,
         problems: parsed.unknown_fields,
         source: source.to_path_buf(),
+        local_region_from_env,
     })
 }
 

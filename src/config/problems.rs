@@ -24,6 +24,34 @@ impl fmt::Display for Problem {
     }
 }
 
+/// How a problem with an environment variable's value begins; such a problem has no path and
+/// no line, and is shown without the file's name.
+const FROM_ENVIRONMENT: &str = "environment variable ";
+
+/// At most this many characters of an environment variable's value are shown.
+const ENV_VALUE_SHOWN: usize = 64;
+
+impl Problem {
+    /// A problem with the value environment variable `variable` gave (`value`), e.g. a region
+    /// name that overrides the file's.
+    pub fn environment(variable: &str, value: &str, message: &str) -> Self {
+        let mut shown: String = value.chars().take(ENV_VALUE_SHOWN).collect();
+        if shown.len() < value.len() {
+            shown.push('…');
+        }
+        Self {
+            line: None,
+            path: None,
+            message: format!("{FROM_ENVIRONMENT}{variable}=`{shown}`: {message}"),
+        }
+    }
+
+    /// Whether this is a problem with an environment variable rather than with the file.
+    pub fn is_environment(&self) -> bool {
+        self.path.is_none() && self.line.is_none() && self.message.starts_with(FROM_ENVIRONMENT)
+    }
+}
+
 /// Problems gathered while reading and compiling a config.
 #[derive(Debug, Default, Clone)]
 pub struct Problems(Vec<Problem>);
@@ -56,6 +84,15 @@ impl Problems {
 
     pub fn iter(&self) -> impl Iterator<Item = &Problem> {
         self.0.iter()
+    }
+
+    /// Replace each problem at `path` with what `change` makes of it.
+    pub fn replace_at(&mut self, path: &YamlPath, change: impl Fn(&Problem) -> Problem) {
+        for problem in &mut self.0 {
+            if problem.path.as_ref() == Some(path) {
+                *problem = change(problem);
+            }
+        }
     }
 
     /// Fill in missing lines from the document's index and sort by line.
@@ -112,13 +149,16 @@ impl ConfigError {
 }
 
 fn render_problems(file: &Path, problems: &Problems) -> String {
-    let count = problems.len();
     let mut out = format!(
-        "{} is invalid ({count} problem{}); nothing was changed:",
+        "{} is invalid ({}); nothing was changed:",
         file.display(),
-        if count == 1 { "" } else { "s" }
+        super::words::count(problems.len(), "problem"),
     );
     for p in problems.iter() {
+        if p.is_environment() {
+            out.push_str(&format!("\n  {p}"));
+            continue;
+        }
         match p.line {
             Some(line) => out.push_str(&format!("\n  {}:{line}: {p}", file.display())),
             None => out.push_str(&format!("\n  {}: {p}", file.display())),
@@ -135,9 +175,8 @@ fn render_unknown_regions(destinations: &[String]) -> String {
         return "no destination has a known region: nothing to import".into();
     }
     let mut out = format!(
-        "the region of {} destination{} cannot be known, and Meridian does not guess one; nothing was written (--allow-partial imports the rest and reports these):",
-        destinations.len(),
-        if destinations.len() == 1 { "" } else { "s" }
+        "the region of {} cannot be known, and Meridian does not guess one; nothing was written (--allow-partial imports the rest and reports these):",
+        super::words::count(destinations.len(), "destination"),
     );
     for d in destinations.iter().take(UNKNOWN_REGIONS_SHOWN) {
         out.push_str("\n  ");

@@ -87,6 +87,15 @@ pub fn compile(
         previous: context.previous,
     };
     let table = c.table(context.generation, context.database, loaded.config.clone());
+    if let Some(region) = &loaded.local_region_from_env {
+        c.problems.replace_at(&root().key("local_region"), |p| {
+            crate::config::Problem::environment(
+                crate::config::LOCAL_REGION_ENV,
+                region,
+                &format!("{} (it overrides the file's local_region)", p.message),
+            )
+        });
+    }
     if c.problems.is_empty() {
         // `table` is always Some when nothing was reported.
         if let Some(table) = table {

@@ -7,9 +7,15 @@ impl<'a> Compiler<'a> {
         let found = self.regions.get(name).copied();
         if found.is_none() {
             let known: Vec<&str> = self.config.regions.keys().map(String::as_str).collect();
+            let hint = crate::config::words::nearest(name, &known)
+                .map(|near| format!(" (did you mean `{near}`?)"))
+                .unwrap_or_default();
             self.problems.at(
                 at,
-                format!("unknown region `{name}`; regions are: {}", known.join(", ")),
+                format!(
+                    "unknown region `{name}`{hint}; regions are: {}",
+                    known.join(", ")
+                ),
             );
         }
         found
