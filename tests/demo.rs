@@ -55,15 +55,24 @@ fn demo_curl_lines_do_what_they_say() {
         }
     }
 
+    let proxy = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("proxy  "))
+        .unwrap()
+        .to_owned();
     let mut tried = 0;
+    let mut weighted = 0;
     for line in printed
         .iter()
         .filter(|l| l.trim_start().starts_with("curl "))
     {
         let (command, comment) = line.trim().split_once("    # ").unwrap();
         let expect = comment.rsplit_once("→ ").unwrap().1.trim();
+        // The line as printed, with a time limit and errors shown for curl itself (a line
+        // may go on through a pipe).
+        let command_run = command.replacen("curl ", "curl --max-time 10 -sS ", 1);
         let out = Command::new("bash")
-            .args(["-c", &format!("{command} --max-time 10 -sS")])
+            .args(["-o", "pipefail", "-c", &command_run])
             .output()
             .unwrap();
         let body = String::from_utf8_lossy(&out.stdout);
@@ -72,15 +81,36 @@ fn demo_curl_lines_do_what_they_say() {
             "{command}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            body.contains(expect),
-            "`{command}` should show {expect}, showed {body:?}"
-        );
+        if expect == meridian::demo::WEIGHTED_SPLIT {
+            assert_weighted_split(&body);
+            weighted += 1;
+        } else {
+            assert!(
+                body.contains(expect),
+                "`{command}` should show {expect}, showed {body:?}"
+            );
+        }
         tried += 1;
     }
     assert!(
-        tried >= 6,
-        "expected the demo to print its curl lines: {printed:#?}"
+        tried >= 8 && weighted == 1,
+        "expected the demo to print its curl lines, one of them the weighted route's: {printed:#?}"
+    );
+
+    // The README shows the same lines, with the default proxy address.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let shown: Vec<String> = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("Try "))
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.replace(&proxy, "http://127.0.0.1:8080/"))
+        .collect();
+    assert!(shown.len() >= 9, "{printed:#?}");
+    let block = shown.join("\n");
+    assert!(
+        readme.contains(&format!("```text\n{block}\n```")),
+        "README.md's demo block must be exactly what the demo prints:\n{block}"
     );
 
     let admin = printed
@@ -107,4 +137,24 @@ fn demo_curl_lines_do_what_they_say() {
     };
     let exit = exit.unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// `sort | uniq -c` of 100 answers from the 50/30/20 route: each region within two requests
+/// of its weight.
+fn assert_weighted_split(counted: &str) {
+    let mut total = 0;
+    for (region, weight) in [("us-east-1", 50), ("eu-west-1", 30), ("ap-southeast-1", 20)] {
+        let n: i64 = counted
+            .lines()
+            .find(|l| l.contains(&format!("Hello from {region} ")))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count for {region} in {counted:?}"));
+        assert!(
+            (n - weight).abs() <= 2,
+            "{region}: {n} of 100, weight {weight}: {counted}"
+        );
+        total += n;
+    }
+    assert_eq!(total, 100, "{counted}");
 }

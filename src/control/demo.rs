@@ -201,6 +201,10 @@ async fn answer(
     Ok(response)
 }
 
+/// What the demo's weighted line shows: the route's 50/30/20 split draws from a fixed
+/// sequence, so any 100 requests in a row land within a request or two of it.
+pub const WEIGHTED_SPLIT: &str = "about 50 us-east-1, 30 eu-west-1, 20 ap-southeast-1";
+
 /// The running demo.
 pub struct Demo {
     pub server: RunningServer,
@@ -306,6 +310,11 @@ impl Demo {
                 format!("curl -H 'Host: eu.demo.local' -H 'X-Forwarded-For: 203.0.113.9' {url}"),
                 "route with only: [eu-west-1], even from Singapore",
                 "eu-west-1",
+            ),
+            (
+                format!("curl -s -H 'Host: weighted.demo.local' '{url}?[1-100]' | sort | uniq -c"),
+                "route with weights 50/30/20, 100 requests",
+                WEIGHTED_SPLIT,
             ),
             (
                 format!(
