@@ -18,6 +18,25 @@ use serde_json::Value;
 
 use super::yaml::YamlPath;
 
+/// The fields the model accepts where each unknown field (a path in `text`'s document) was
+/// found, for suggestions. Only runs when there are unknown fields.
+pub fn accepted_fields<T: DeserializeOwned>(
+    text: &str,
+    unknown: &[YamlPath],
+) -> HashMap<YamlPath, &'static [&'static str]> {
+    if unknown.is_empty() {
+        return HashMap::new();
+    }
+    let Some(value) = super::yaml::reparse(text) else {
+        return HashMap::new();
+    };
+    let parents: Vec<YamlPath> = unknown
+        .iter()
+        .map(|p| YamlPath(p.0[..p.0.len().saturating_sub(1)].to_vec()))
+        .collect();
+    fields_at::<T>(value, &parents)
+}
+
 /// The accepted field names of the structs at `places` (each the path of a mapping), as far as
 /// deserializing `value` as `T` reaches them.
 pub fn fields_at<T: DeserializeOwned>(

@@ -257,7 +257,7 @@ pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Prob
         let ignored = serde_ignored::Deserializer::new(value, &mut record);
         serde_path_to_error::deserialize(ignored)
     };
-    let accepted = accepted_fields::<T>(text, &unknown);
+    let accepted = super::fields::accepted_fields::<T>(text, &unknown);
     for path in unknown {
         let field = match path.0.last() {
             Some(Segment::Key(k)) => k.clone(),
@@ -288,33 +288,18 @@ pub fn parse_document<T: DeserializeOwned>(text: &str) -> Result<Parsed<T>, Prob
     }
 }
 
-/// The fields the model accepts where each unknown field was found, for suggestions. Only
-/// runs when there are unknown fields: it parses the text again rather than keeping a copy of
-/// every document that turns out valid.
-fn accepted_fields<T: DeserializeOwned>(
-    text: &str,
-    unknown: &[YamlPath],
-) -> std::collections::HashMap<YamlPath, &'static [&'static str]> {
-    if unknown.is_empty() {
-        return Default::default();
-    }
+/// The document's value again, for [`super::fields`]: parsed anew rather than kept from a
+/// first pass that almost always finds nothing to suggest.
+pub(super) fn reparse(text: &str) -> Option<Value> {
     let value = match from_events(text) {
         Some((value, _)) => value,
-        None => match from_tree(text) {
-            Ok((value, _, _)) => value,
-            Err(_) => return Default::default(),
-        },
+        None => from_tree(text).ok()?.0,
     };
-    let value = if value.is_null() {
+    Some(if value.is_null() {
         Value::Object(Map::new())
     } else {
         value
-    };
-    let parents: Vec<YamlPath> = unknown
-        .iter()
-        .map(|p| YamlPath(p.0[..p.0.len().saturating_sub(1)].to_vec()))
-        .collect();
-    super::fields::fields_at::<T>(value, &parents)
+    })
 }
 
 /// One document through saphyr's node tree: the value, its lines, and what is wrong with it.
