@@ -23,9 +23,21 @@ fn build(
     version: IpVersion,
     records: &[(&str, Value)],
 ) -> Vec<u8> {
+    build_at(1_700_000_000, database_type, description, version, records)
+}
+
+/// [`build`], stamped as built at `epoch` (Unix seconds).
+fn build_at(
+    epoch: u64,
+    database_type: &str,
+    description: &[(&str, &str)],
+    version: IpVersion,
+    records: &[(&str, Value)],
+) -> Vec<u8> {
     let mut writer = Writer::builder(database_type)
         .description(description)
         .ip_version(version)
+        .build_epoch(std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch))
         .build();
     for (cidr, record) in records {
         writer
@@ -515,7 +527,7 @@ async fn malformed_fields_settings_are_problems_with_their_line() {
         &build("GeoIP2-City", &[("en", "t")], IpVersion::V6, &three(nested)),
     );
     let huge = "a".repeat(100_000);
-    let deep = vec!["a"; 50].join(".");
+    let deep = ["a"; 50].join(".");
     for (fields, says) in [
         (
             "  fields: { country: \"\" }",

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use maxminddb::{MaxMindDbError, Reader, WithinOptions};
 
-use super::layout::{FieldMap, Layout, LayoutProblem};
+use super::layout::{FieldMap, FieldProblem, Layout, LayoutProblem};
 use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
 
 /// Why a GeoIP database could not be used.
@@ -38,17 +38,18 @@ pub enum GeoError {
     )]
     UnknownLayout { path: PathBuf, keys: Vec<String> },
     #[error(
-        "{}: field `{field}`{} holds {found} at {network}, not {expected}",
+        "{}: field `{}`{} holds {} at {}, not {}",
         path.display(),
-        setting.map(|s| format!(" ({s})")).unwrap_or_default()
+        problem.field,
+        problem.setting.map(|s| format!(" ({s})")).unwrap_or_default(),
+        problem.found,
+        problem.network,
+        problem.expected
     )]
     FieldType {
         path: PathBuf,
-        field: String,
-        setting: Option<&'static str>,
-        network: String,
-        found: String,
-        expected: &'static str,
+        /// Boxed: errors stay small on the Ok path.
+        problem: Box<FieldProblem>,
     },
 }
 
@@ -159,13 +160,9 @@ impl GeoDb {
                 path: origin.to_path_buf(),
                 keys,
             },
-            LayoutProblem::Field(f) => GeoError::FieldType {
+            LayoutProblem::Field(problem) => GeoError::FieldType {
                 path: origin.to_path_buf(),
-                field: f.field,
-                setting: f.setting,
-                network: f.network,
-                found: f.found,
-                expected: f.expected,
+                problem: Box::new(problem),
             },
         })?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);

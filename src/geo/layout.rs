@@ -453,7 +453,7 @@ mod tests {
             vec![Segment::Key("99999999999999999999999".into())]
         );
         let long = "a".repeat(MAX_PATH_LEN + 1);
-        let deep = vec!["a"; MAX_PATH_SEGMENTS + 1].join(".");
+        let deep = ["a"; MAX_PATH_SEGMENTS + 1].join(".");
         for (bad, says) in [
             ("", "empty field path"),
             ("a..b", "empty segment"),

@@ -136,6 +136,16 @@ impl GeoResolver {
         self
     }
 
+    /// When the oldest database in use was built (Unix seconds): what a staleness alert
+    /// needs when IPv4 and IPv6 come from separate files.
+    pub fn oldest_build_epoch(&self) -> Option<u64> {
+        [&self.database, &self.database_v6]
+            .into_iter()
+            .flatten()
+            .map(|db| db.build_epoch())
+            .min()
+    }
+
     /// The database that answers `ip` (already canonical).
     fn database_for(&self, ip: IpAddr) -> Option<&GeoDb> {
         match (&self.database_v6, ip) {
