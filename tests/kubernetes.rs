@@ -247,6 +247,23 @@ fn every_overlay_renders_correct_by_default() {
             updater["envFrom"][0]["secretRef"]["name"], "meridian-geoipupdate",
             "account id and license key from a Secret"
         );
+        // The pod runs as non-root: the updater's config file goes to a volume it can write.
+        let conf = Path::new(
+            named(env, "GEOIPUPDATE_CONF_FILE")["value"]
+                .as_str()
+                .unwrap(),
+        );
+        let state = updater["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| Path::new(m["mountPath"].as_str().unwrap()) == conf.parent().unwrap())
+            .unwrap_or_else(|| panic!("nothing writable at {}", conf.display()));
+        assert!(
+            named(&pod["volumes"], state["name"].as_str().unwrap())
+                .get("emptyDir")
+                .is_some()
+        );
         let updater_mount = named(&updater["volumeMounts"], mount["name"].as_str().unwrap());
         assert_eq!(
             Path::new(updater_mount["mountPath"].as_str().unwrap()),
