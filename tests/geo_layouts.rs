@@ -399,6 +399,7 @@ async fn a_fields_mapping_reads_any_other_layout() {
     let setup = Setup::new().await;
     let record = |cc: &str, lat: f64, lng: f64| {
         Value::map([
+            ("alt", s("SG")),
             ("cc", s(cc)),
             (
                 "geo",
@@ -421,11 +422,20 @@ async fn a_fields_mapping_reads_any_other_layout() {
         err.contains("custom.mmdb: cannot tell how its records are laid out"),
         "{err}"
     );
-    assert!(err.contains("fields cc, geo"), "{err}");
+    assert!(err.contains("fields alt, cc, geo"), "{err}");
     assert!(err.contains("geo.fields"), "{err}");
     let fields = "  fields: { country: cc, latitude: geo.lat, longitude: geo.lng }";
     let proxy = setup.start(&[&db], fields).await;
     assert_lands(&proxy, EVERYWHERE).await;
+
+    // A changed mapping re-reads the unchanged file with the new paths.
+    let path = setup.dir.path().join("meridian.yaml");
+    std::fs::write(&path, setup.config(&[&db], "  fields: { country: alt }")).unwrap();
+    assert_eq!(
+        proxy.server.reload(reload::Trigger::Admin).await.unwrap(),
+        reload::ReloadResult::Applied
+    );
+    assert_lands(&proxy, &[("198.51.100.7", "ap-southeast-1", "SG")]).await;
 }
 
 #[tokio::test]
@@ -568,7 +578,8 @@ async fn malformed_fields_settings_are_problems_with_their_line() {
         // Reported at the line of geo.fields (line 9 of the config) or the field in it.
         assert!(err.contains("meridian.yaml:9"), "{fields}: {err}");
     }
-    for database in ["[]", "7", "{ a: b }"] {
+    let many = format!("[{}]", vec!["\"x.mmdb\""; 10_000].join(", "));
+    for database in ["[]", "7", "{ a: b }", many.as_str()] {
         let text = setup
             .config(&[&db], "")
             .replace(&format!("\"{}\"", db.display()), database);

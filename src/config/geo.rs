@@ -76,3 +76,30 @@ pub struct GeoFieldsConfig {
     #[serde(default)]
     pub longitude: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_file_or_a_list_round_trips() {
+        for (yaml, files, json) in [
+            ("\"a.mmdb\"", vec!["a.mmdb"], "\"a.mmdb\""),
+            (
+                "[\"v4.mmdb\", \"v6.mmdb\"]",
+                vec!["v4.mmdb", "v6.mmdb"],
+                "[\"v4.mmdb\",\"v6.mmdb\"]",
+            ),
+        ] {
+            let parsed: GeoDatabaseFiles = serde_json::from_str(yaml).unwrap();
+            let want: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+            assert_eq!(parsed.paths(), want.as_slice());
+            assert_eq!(serde_json::to_string(&parsed).unwrap(), json);
+        }
+        // Past three entries nothing more is kept: the compiler refuses the list anyway.
+        let many = format!("[{}]", vec!["\"x\""; 1000].join(","));
+        let parsed: GeoDatabaseFiles = serde_json::from_str(&many).unwrap();
+        assert_eq!(parsed.paths().len(), 3);
+        assert!(serde_json::from_str::<GeoDatabaseFiles>("7").is_err());
+    }
+}
