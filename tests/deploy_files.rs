@@ -226,6 +226,7 @@ fn ports_and_paths_agree_with_the_binary() {
         "meridian_endpoint_healthy",
         "http_requests_total",
         "meridian_config_reloads_total",
+        "meridian_geoip_build_epoch_seconds",
     ] {
         assert!(alerts.contains(metric), "alerts lack {metric}");
     }
