@@ -1,5 +1,6 @@
 //! The GeoIP database: a MaxMind DB read fully into memory (never mmapped, so a file rewritten
-//! in place cannot change under a running lookup), verified when opened.
+//! in place cannot change under a running lookup), verified when opened, its record layout
+//! settled then (see `layout`).
 
 use std::cell::RefCell;
 use std::net::IpAddr;

@@ -1,8 +1,9 @@
 //! Where a client is: its address (socket peer or trusted X-Forwarded-For), then its location
-//! from CIDR overrides or the GeoIP database.
+//! from CIDR overrides or the GeoIP database (one file, or one per address family).
 //!
 //! Built by the table compiler; read on every request. Nothing here does I/O after start-up.
-//! Errors: [`GeoError`], loading the database, with the I/O or MaxMind cause as source.
+//! Errors: [`GeoError`], loading the database, with the I/O or MaxMind cause as source, or
+//! the field whose type does not fit the layout.
 
 mod codes;
 mod db;
