@@ -12,6 +12,7 @@
 mod durations;
 mod exact_vec;
 mod fields;
+pub mod geo;
 pub mod import;
 mod model;
 pub mod policies;
@@ -26,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
+pub use geo::{GeoDatabaseFiles, GeoFieldsConfig};
 pub use model::*;
 pub use policies::affinity::{ConsistentHashConfig, HashCookieConfig, LoadBalancerConfig};
 pub use policies::*;
@@ -93,7 +95,12 @@ pub fn load_str(text: &str, source: &Path) -> Result<LoadedConfig, ConfigError> 
 /// certificates and keys, session ticket key files, client CAs, clusters' TLS files (CAs,
 /// client certificates and keys), the admin token.
 pub fn named_files(config: &Config) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<std::path::PathBuf> = config.geo.database.iter().cloned().collect();
+    let mut files: Vec<std::path::PathBuf> = config
+        .geo
+        .database
+        .iter()
+        .flat_map(|d| d.paths().iter().cloned())
+        .collect();
     for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
         for c in &tls.certificates {
             files.push(c.cert.clone());

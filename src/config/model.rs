@@ -184,10 +184,13 @@ impl Default for AdminConfig {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct GeoConfig {
-    /// A MaxMind DB (GeoIP2/GeoLite2 City or Country, or compatible). Relative paths are taken
-    /// from the working directory.
+    /// A MaxMind DB (GeoIP2/GeoLite2, DB-IP, IPinfo, ip-location-db, ...), or two: IPv4 then
+    /// IPv6. Relative paths are taken from the working directory.
     #[serde(default)]
-    pub database: Option<PathBuf>,
+    pub database: Option<crate::config::geo::GeoDatabaseFiles>,
+    /// Where the place is in records of a layout Meridian does not recognise.
+    #[serde(default)]
+    pub fields: Option<crate::config::geo::GeoFieldsConfig>,
     /// Peers whose X-Forwarded-For is believed, as CIDRs.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,

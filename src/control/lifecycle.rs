@@ -188,8 +188,8 @@ pub async fn start_on(
     let admin_bind = table.admin_bind;
     let metrics = table.metrics.clone();
     metrics.generation.set(table.generation as i64);
-    if let Some(db) = &table.geo.database {
-        metrics.geoip_build_epoch.set(db.build_epoch() as i64);
+    if let Some(epoch) = table.geo.oldest_build_epoch() {
+        metrics.geoip_build_epoch.set(epoch as i64);
     }
     let hash = match &config_path {
         Some(path) => {

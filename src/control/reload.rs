@@ -290,8 +290,8 @@ impl Server {
         let table = Arc::new(table);
         self.table.store(table.clone());
         self.metrics.generation.set(table.generation as i64);
-        if let Some(db) = &table.geo.database {
-            self.metrics.geoip_build_epoch.set(db.build_epoch() as i64);
+        if let Some(epoch) = table.geo.oldest_build_epoch() {
+            self.metrics.geoip_build_epoch.set(epoch as i64);
         }
         serving.hash = hash;
         serving.refused = None;

@@ -1,14 +1,15 @@
 //! The GeoIP database: a MaxMind DB read fully into memory (never mmapped, so a file rewritten
-//! in place cannot change under a running lookup), verified when opened.
+//! in place cannot change under a running lookup), verified when opened, its record layout
+//! settled then (see `layout`).
 
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use maxminddb::Reader;
-use serde::Deserialize;
+use maxminddb::{MaxMindDbError, Reader, WithinOptions};
 
+use super::layout::{FieldMap, FieldProblem, Layout, LayoutProblem};
 use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
 
 /// Why a GeoIP database could not be used.
@@ -29,6 +30,27 @@ pub enum GeoError {
         path: PathBuf,
         #[source]
         source: maxminddb::MaxMindDbError,
+    },
+    #[error(
+        "{}: cannot tell how its records are laid out (the first has fields {}): map them with \
+         geo.fields (country, continent, latitude, longitude)",
+        path.display(),
+        keys.join(", ")
+    )]
+    UnknownLayout { path: PathBuf, keys: Vec<String> },
+    #[error(
+        "{}: field `{}`{} holds {} at {}, not {}",
+        path.display(),
+        problem.field,
+        problem.setting.map(|s| format!(" ({s})")).unwrap_or_default(),
+        problem.found,
+        problem.network,
+        problem.expected
+    )]
+    FieldType {
+        path: PathBuf,
+        /// Boxed: errors stay small on the Ok path.
+        problem: Box<FieldProblem>,
     },
 }
 
@@ -55,6 +77,8 @@ pub struct GeoDb {
     /// Tells databases apart in the per-thread cache of recent lookups.
     id: u64,
     reader: Reader<Vec<u8>>,
+    /// Settled when the file was opened: a lookup only matches on it.
+    layout: Layout,
     path: PathBuf,
     /// The file as it was when read (none for data that did not come from a file).
     identity: Option<FileIdentity>,
@@ -65,58 +89,50 @@ impl std::fmt::Debug for GeoDb {
         f.debug_struct("GeoDb")
             .field("path", &self.path)
             .field("database_type", &self.reader.metadata().database_type)
+            .field("layout", &self.layout.name())
             .finish()
     }
 }
 
-/// Only the fields steering needs; the rest of a City record is skipped, not decoded.
-#[derive(Deserialize)]
-struct Record<'a> {
-    #[serde(borrow, default)]
-    country: Option<IsoCode<'a>>,
-    #[serde(borrow, default)]
-    registered_country: Option<IsoCode<'a>>,
-    #[serde(borrow, default)]
-    continent: Option<Code<'a>>,
-    #[serde(default)]
-    location: Option<Coordinates>,
-}
-
-#[derive(Deserialize)]
-struct IsoCode<'a> {
-    #[serde(borrow, default)]
-    iso_code: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-struct Code<'a> {
-    #[serde(borrow, default)]
-    code: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-struct Coordinates {
-    #[serde(default)]
-    latitude: Option<f64>,
-    #[serde(default)]
-    longitude: Option<f64>,
-}
-
 impl GeoDb {
+    /// Open a database whose layout is detected from its records.
     pub fn open(path: &Path) -> Result<Self, GeoError> {
+        Self::open_with(path, None)
+    }
+
+    /// Open a database; `fields` (from `geo.fields`) says where the place is in its records.
+    pub fn open_with(path: &Path, fields: Option<&FieldMap>) -> Result<Self, GeoError> {
         let identity = FileIdentity::of(path);
         let bytes = std::fs::read(path).map_err(|source| GeoError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut db = Self::from_bytes(bytes, path)?;
+        let mut db = Self::from_bytes_with(bytes, path, fields)?;
         db.identity = identity;
         Ok(db)
     }
 
-    /// Whether `path` still holds the file this database was read from.
-    pub fn is_current(&self, path: &Path) -> bool {
-        self.path == path && self.identity.is_some() && self.identity == FileIdentity::of(path)
+    /// Whether `path` still holds the file this database was read from, read with `fields`.
+    pub fn is_current(&self, path: &Path, fields: Option<&FieldMap>) -> bool {
+        let same_layout = match (&self.layout, fields) {
+            (Layout::Fields(mine), Some(wanted)) => mine == wanted,
+            (Layout::Fields(_), None) | (_, Some(_)) => false,
+            (_, None) => true,
+        };
+        same_layout
+            && self.path == path
+            && self.identity.is_some()
+            && self.identity == FileIdentity::of(path)
+    }
+
+    /// 4 for a database of IPv4 networks only, 6 for one that also holds IPv6.
+    pub fn ip_version(&self) -> u16 {
+        self.reader.metadata().ip_version
+    }
+
+    /// `geoip2`, `flat` or `fields`: how records are read.
+    pub fn layout_name(&self) -> &'static str {
+        self.layout.name()
     }
 
     /// When the database was built (Unix seconds), from its metadata.
@@ -124,18 +140,37 @@ impl GeoDb {
         self.reader.metadata().build_epoch
     }
 
-    /// `origin` names the data in messages.
+    /// `origin` names the data in messages; the layout is detected.
     pub fn from_bytes(bytes: Vec<u8>, origin: &Path) -> Result<Self, GeoError> {
+        Self::from_bytes_with(bytes, origin, None)
+    }
+
+    pub fn from_bytes_with(
+        bytes: Vec<u8>,
+        origin: &Path,
+        fields: Option<&FieldMap>,
+    ) -> Result<Self, GeoError> {
         let invalid = |source| GeoError::Invalid {
             path: origin.to_path_buf(),
             source,
         };
         let reader = Reader::from_source(bytes).map_err(invalid)?;
-        reader.verify().map_err(invalid)?;
+        verify(&reader).map_err(invalid)?;
+        let layout = Layout::settle(&reader, fields).map_err(|problem| match problem {
+            LayoutProblem::Unknown { keys } => GeoError::UnknownLayout {
+                path: origin.to_path_buf(),
+                keys,
+            },
+            LayoutProblem::Field(problem) => GeoError::FieldType {
+                path: origin.to_path_buf(),
+                problem: Box::new(problem),
+            },
+        })?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             reader,
+            layout,
             path: origin.to_path_buf(),
             identity: None,
         })
@@ -178,20 +213,16 @@ impl GeoDb {
     /// [`lookup`](Self::lookup) without the cache: the database is read every time.
     pub fn lookup_uncached(&self, ip: IpAddr) -> Option<Location> {
         let result = self.reader.lookup(ip.to_canonical()).ok()?;
-        let record: Record<'_> = result.decode().ok()??;
-        let country = record
-            .country
-            .and_then(|c| c.iso_code)
-            .or_else(|| record.registered_country.and_then(|c| c.iso_code))
-            .and_then(CountryCode::parse);
-        let continent = record
+        let place = self.layout.decode(&result)?;
+        let country = place.country.and_then(CountryCode::parse);
+        let continent = place
             .continent
-            .and_then(|c| c.code)
             .and_then(ContinentCode::parse)
             .or_else(|| country.and_then(|c| c.continent()));
-        let coords = record
-            .location
-            .and_then(|l| Some((l.latitude?, l.longitude?)))
+        let coords = place
+            .latitude
+            .zip(place.longitude)
+            .filter(|(lat, lon)| (-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon))
             .or_else(|| continent.map(|c| c.centre()))
             .map(GeoPoint::new);
         if country.is_none() && continent.is_none() && coords.is_none() {
@@ -205,6 +236,34 @@ impl GeoDb {
             source: LocationSource::Database,
         })
     }
+}
+
+/// The crate's full verification, unless the metadata leaves the description or database type
+/// empty (as some redistributed databases do, and the crate refuses): then the same walk of the
+/// search tree and the data it points to, without those two metadata checks.
+fn verify(reader: &Reader<Vec<u8>>) -> Result<(), MaxMindDbError> {
+    let m = reader.metadata();
+    if !m.description.is_empty() && !m.database_type.is_empty() {
+        return reader.verify();
+    }
+    // A tree of N nodes has at most 2N leaves: more means a cycle.
+    let limit = (m.node_count as usize).saturating_mul(3);
+    let mut seen = std::collections::HashSet::new();
+    let options = WithinOptions::default().include_networks_without_data();
+    for (i, result) in reader.networks(options)?.enumerate() {
+        if i > limit {
+            return Err(MaxMindDbError::invalid_database(
+                "search tree appears to have a cycle",
+            ));
+        }
+        let result = result?;
+        if let Some(offset) = result.offset()
+            && seen.insert(offset)
+        {
+            result.decode::<serde::de::IgnoredAny>()?;
+        }
+    }
+    Ok(())
 }
 
 /// Recent lookups per thread: direct-mapped by address, keyed by database and address.

@@ -1,12 +1,14 @@
 //! Where a client is: its address (socket peer or trusted X-Forwarded-For), then its location
-//! from CIDR overrides or the GeoIP database.
+//! from CIDR overrides or the GeoIP database (one file, or one per address family).
 //!
 //! Built by the table compiler; read on every request. Nothing here does I/O after start-up.
-//! Errors: [`GeoError`], loading the database, with the I/O or MaxMind cause as source.
+//! Errors: [`GeoError`], loading the database, with the I/O or MaxMind cause as source, or
+//! the field whose type does not fit the layout.
 
 mod codes;
 mod db;
 pub mod fixture;
+mod layout;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use ipnet::IpNet;
 
 pub use codes::{ContinentCode, CountryCode};
 pub use db::{FileIdentity, GeoDb, GeoError};
+pub use layout::{FieldMap, FieldPath, MAX_PATH_LEN, MAX_PATH_SEGMENTS};
 
 /// Index of a region in the routing table (a CIDR override may name one).
 pub type RegionId = u8;
@@ -109,6 +112,8 @@ pub struct GeoResolver {
     /// Longest prefix first, so the first match is the most specific.
     pub overrides: Vec<GeoOverride>,
     pub database: Option<Arc<GeoDb>>,
+    /// The IPv6 file when `geo.database` names two; IPv4 clients stay with `database`.
+    pub database_v6: Option<Arc<GeoDb>>,
 }
 
 impl GeoResolver {
@@ -122,6 +127,31 @@ impl GeoResolver {
             trusted_proxies,
             overrides,
             database,
+            database_v6: None,
+        }
+    }
+
+    /// Answer IPv6 clients from `v6` instead of the main database.
+    pub fn with_ipv6_database(mut self, v6: Option<Arc<GeoDb>>) -> Self {
+        self.database_v6 = v6;
+        self
+    }
+
+    /// When the oldest database in use was built (Unix seconds): what a staleness alert
+    /// needs when IPv4 and IPv6 come from separate files.
+    pub fn oldest_build_epoch(&self) -> Option<u64> {
+        [&self.database, &self.database_v6]
+            .into_iter()
+            .flatten()
+            .map(|db| db.build_epoch())
+            .min()
+    }
+
+    /// The database that answers `ip` (already canonical).
+    fn database_for(&self, ip: IpAddr) -> Option<&GeoDb> {
+        match (&self.database_v6, ip) {
+            (Some(v6), IpAddr::V6(_)) => Some(v6),
+            _ => self.database.as_deref(),
         }
     }
 
@@ -169,7 +199,7 @@ impl GeoResolver {
         if let Some(o) = self.overrides.iter().find(|o| o.net.contains(&ip)) {
             return o.location;
         }
-        if let Some(db) = &self.database
+        if let Some(db) = self.database_for(ip)
             && let Some(location) = db.lookup(ip)
         {
             return location;

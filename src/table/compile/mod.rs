@@ -5,6 +5,7 @@ mod affinity;
 mod clusters;
 mod cors;
 mod fault;
+mod geo_db;
 mod listeners;
 mod mirror;
 mod mtls;

@@ -149,28 +149,12 @@ impl<'a> Compiler<'a> {
                 overrides.push(GeoOverride { net, location });
             }
         }
-        let database = match (database, &self.config.geo.database) {
-            (Some(db), _) => Some(db),
-            (None, Some(path)) => match self.current_database(path) {
-                Some(db) => Some(db),
-                None => match GeoDb::open(path) {
-                    Ok(db) => Some(Arc::new(db)),
-                    Err(e) => {
-                        self.problems.at(at.key("database"), e.to_string());
-                        None
-                    }
-                },
-            },
-            (None, None) => None,
+        // The demo's built-in database stands in for the files.
+        let (database, v6) = match database {
+            Some(db) => (Some(db), None),
+            None => self.geo_databases(),
         };
-        GeoResolver::new(trusted, overrides, database)
-    }
-
-    /// The previous table's database, if it was read from this very file.
-    pub(super) fn current_database(&self, path: &Path) -> Option<Arc<GeoDb>> {
-        self.previous
-            .and_then(|t| t.geo.database.clone())
-            .filter(|db| db.is_current(path))
+        GeoResolver::new(trusted, overrides, database).with_ipv6_database(v6)
     }
 }
 
