@@ -13,6 +13,7 @@ mod durations;
 mod exact_vec;
 pub mod import;
 mod model;
+mod peers;
 pub mod policies;
 mod problems;
 mod protocol;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
 pub use model::*;
+pub use peers::{PeerCheckConfig, PeerConfig};
 pub use policies::affinity::{ConsistentHashConfig, HashCookieConfig, LoadBalancerConfig};
 pub use policies::*;
 pub use problems::{ConfigError, Problem, Problems};

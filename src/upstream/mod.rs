@@ -6,7 +6,7 @@
 //! (one detector per cluster, one health loop per endpoint) own every state change.
 //!
 //! Errors: [`error::UpstreamError`] is the layer's one error type (pool checkouts, health
-//! checks, DNS resolver set-up), with I/O, TLS and protocol causes kept as sources.
+//! checks, peer probes, DNS resolver set-up), with I/O, TLS and protocol causes kept as sources.
 //!
 //! Layer: uses `steer`, `telemetry`, `http1` (the client codec), `tls`, `geo` and `config`;
 //! used by `table` (which holds pools and endpoint sets), `route`, `proxy` and `control`.
@@ -19,6 +19,7 @@ pub mod health;
 mod health_grpc;
 mod idle;
 pub mod outlier;
+pub mod peers;
 pub mod pool;
 mod response_body;
 
