@@ -652,3 +652,29 @@ async fn reloads_keep_a_kept_peers_state_and_stop_removed_peers_probes() {
     );
     assert_eq!(peer_view(admin, "eu-west-1").await["url"], new.url());
 }
+
+#[test]
+fn a_config_without_peers_builds_nothing_for_them() {
+    let base = "local_region: us-east-1
+admin: { bind: null }
+listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
+regions: { us-east-1: { lat: 38.9, lon: -77.4 }, eu-west-1: { lat: 53.3, lon: -6.3 } }
+clusters: { api: { endpoints: { us-east-1: [\"127.0.0.1:9\"], eu-west-1: [\"127.0.0.1:10\"] } } }
+routes: [{ name: api, hosts: [\"*\"], cluster: api }]
+";
+    let compile = |yaml: &str| {
+        let loaded = config::load_str(yaml, Path::new("test.yaml")).unwrap();
+        table::compile(&loaded, table::CompileContext::default()).unwrap()
+    };
+    let plain = compile(base);
+    assert!(plain.peers.is_none());
+    assert!(plain.clusters.iter().all(|c| c.peers.is_none()));
+    assert!(plain.peer_up(1));
+
+    let with = compile(&format!(
+        "{base}peers: [{{ region: eu-west-1, url: \"http://127.0.0.1:9901/readyz\" }}]\n"
+    ));
+    assert_eq!(with.peers.as_ref().unwrap().list.len(), 1);
+    assert!(with.clusters.iter().all(|c| c.peers.is_some()));
+    assert!(with.peer_up(1), "a new peer starts up");
+}
