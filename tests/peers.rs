@@ -651,6 +651,22 @@ async fn reloads_keep_a_kept_peers_state_and_stop_removed_peers_probes() {
         old.accepted()
     );
     assert_eq!(peer_view(admin, "eu-west-1").await["url"], new.url());
+
+    // A reload without peers: none listed, and the region's gauge is gone.
+    write_atomically(&path, &instance(&backends, "us-east-1", ""));
+    let (status, body) = reload(admin).await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    assert_eq!(
+        admin_json(admin, "/clusters").await["peers"],
+        serde_json::json!([])
+    );
+    let text = get(admin, "admin", "/metrics", &[]).await.body;
+    assert!(!text.contains("meridian_peer_up{"), "{text}");
+    assert_eq!(served(proxy, EU_CLIENT).await, "eu-west-1");
 }
 
 #[test]

@@ -143,6 +143,22 @@ pub struct Peers {
     pub view: Arc<PeerView>,
 }
 
+/// After a reload: drop the `meridian_peer_up` series of regions that no longer have a peer,
+/// so a removed peer does not stay on dashboards as up or down for ever.
+pub fn forget_removed(
+    metrics: &crate::telemetry::metrics::Metrics,
+    old: Option<&Peers>,
+    new: Option<&Peers>,
+) {
+    let Some(old) = old else { return };
+    let kept = |region: &str| new.is_some_and(|n| n.list.iter().any(|p| p.region_name == region));
+    for peer in old.list.iter().filter(|p| !kept(&p.region_name)) {
+        let _ = metrics
+            .peer_up
+            .remove_label_values(&[peer.region_name.as_str()]);
+    }
+}
+
 /// What one probe found.
 #[derive(Debug)]
 pub enum Probe {
