@@ -694,3 +694,61 @@ routes: [{ name: api, hosts: [\"*\"], cluster: api }]
     assert!(with.clusters.iter().all(|c| c.peers.is_some()));
     assert!(with.peer_up(1), "a new peer starts up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_peer_must_present_a_trusted_certificate() {
+    // A TLS peer that answers 200, with a certificate no system root signed.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key.into())
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, handshakes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (count_accepted, count_handshakes) = (accepted.clone(), handshakes.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count_accepted.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, count_handshakes) = (acceptor.clone(), count_handshakes.clone());
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    count_handshakes.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+
+    let backends = Backends::start().await;
+    let peers = peers_yaml(&[("eu-west-1", format!("https://{addr}/readyz"))]);
+    let us = start_proxy(&instance(&backends, "us-east-1", &peers)).await;
+    let (proxy, admin) = (us.proxy_addr().unwrap(), us.admin.unwrap());
+    eventually("the untrusted peer down", async || {
+        !peer_up(admin, "eu-west-1").await
+    })
+    .await;
+    assert!(probes(admin, "eu-west-1", "error").await >= 2);
+    assert_eq!(probes(admin, "eu-west-1", "up").await, 0);
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 2,
+        "probes spoke TLS to it"
+    );
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        0,
+        "the certificate was refused"
+    );
+    assert_eq!(served(proxy, EU_CLIENT).await, "us-east-1");
+}
