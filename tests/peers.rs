@@ -172,6 +172,19 @@ async fn a_region_whose_peer_is_down_drops_out_and_returns() {
         "{explain}"
     );
     assert!(order[1]["dropped"].is_null(), "{explain}");
+    // A trusted proxy's debug request says so too.
+    let debug = get(
+        proxy,
+        "api.example.com",
+        "/",
+        &[("x-forwarded-for", "127.0.0.3"), ("x-meridian-debug", "1")],
+    )
+    .await;
+    let decision = debug.headers["x-meridian-decision"].to_str().unwrap();
+    assert!(
+        decision.contains("order eu-west-1=0%(peer down),us-east-1=100%"),
+        "{decision}"
+    );
 
     // It is ready again: the region returns after two passes.
     eu.lifecycle.draining.store(false, Ordering::SeqCst);
@@ -468,6 +481,13 @@ regions:
         (
             format!("peers:\n{ok_peer}  - {{ region: eu-west-1, url: \"http://127.0.0.1:2/\" }}\n"),
             &[(3, "peers[1].region", "already has a peer")],
+        ),
+        (
+            "peers:\n  - { region: eu-west-1, url: \"bad\" }\n  - { region: eu-west-1, url: \"http://a:1/\" }\n".into(),
+            &[
+                (2, "peers[0].url", "must start with http://"),
+                (3, "peers[1].region", "already has a peer"),
+            ],
         ),
         (
             format!(

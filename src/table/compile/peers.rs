@@ -55,6 +55,7 @@ impl Compiler<'_> {
         let previous = self.previous.and_then(|t| t.peers.as_deref());
         let mut list: Vec<Arc<Peer>> = Vec::with_capacity(config.peers.len());
         let mut seen_urls: HashSet<&str> = HashSet::new();
+        let mut seen_regions: HashSet<RegionId> = HashSet::new();
         for (i, peer) in config.peers.iter().enumerate() {
             let here = at.index(i);
             let region = self.region_ref(here.key("region"), &peer.region);
@@ -68,7 +69,7 @@ impl Compiler<'_> {
                 );
             }
             if let Some(id) = region
-                && list.iter().any(|p| p.region == id)
+                && !seen_regions.insert(id)
             {
                 self.problems.at(
                     here.key("region"),
