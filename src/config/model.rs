@@ -55,6 +55,11 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Other regions' Meridian instances, probed so a region whose Meridian is down drops out.
+    #[serde(default)]
+    pub peers: Vec<super::PeerConfig>,
+    #[serde(default)]
+    pub peer_check: super::PeerCheckConfig,
     /// After SIGTERM: how long listeners keep accepting while /readyz already says 503 (set it
     /// to the load balancer's health-check period).
     #[serde(default = "default_drain_delay")]

@@ -1,5 +1,5 @@
 //! Lifecycle: bind every socket, start the listeners and the control tasks (outlier detectors,
-//! health checks, DNS discovery), drain on shutdown.
+//! health checks, peer probes, DNS discovery), drain on shutdown.
 //!
 //! `start` takes a compiled table (so validation always happens before any socket is bound)
 //! and returns the bound addresses, which lets tests bind `127.0.0.1:0`. Reloads (see
@@ -283,8 +283,8 @@ pub async fn start_on(
     })
 }
 
-/// One outlier detector and one idle-connection reaper per cluster, and one health-check loop
-/// per endpoint.
+/// One outlier detector and one idle-connection reaper per cluster, one health-check loop per
+/// endpoint, and one probe loop per peer.
 fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, tracker: &TaskTracker) {
     let region_names: Vec<String> = table.regions.iter().map(|r| r.name.clone()).collect();
     let needs_dns = table
@@ -302,6 +302,16 @@ fn spawn_control_tasks(table: &RoutingTable, shutdown: &CancellationToken, track
     } else {
         None
     };
+    // One probe loop per peer; a reload cancels them with the rest (the state stays).
+    if let Some(peers) = &table.peers {
+        for peer in &peers.list {
+            tracker.spawn(crate::upstream::peers::run(
+                peer.clone(),
+                peers.policy,
+                shutdown.clone(),
+            ));
+        }
+    }
     for cluster in &table.clusters {
         tracker.spawn(cluster.pool.clone().reap(shutdown.clone()));
         let reports = cluster

@@ -290,6 +290,11 @@ impl Server {
         let table = Arc::new(table);
         self.table.store(table.clone());
         self.metrics.generation.set(table.generation as i64);
+        crate::upstream::peers::forget_removed(
+            &self.metrics,
+            current.peers.as_deref(),
+            table.peers.as_deref(),
+        );
         if let Some(epoch) = table.geo.oldest_build_epoch() {
             self.metrics.geoip_build_epoch.set(epoch as i64);
         }

@@ -10,9 +10,14 @@ pub(super) fn explain_decision(table: &RoutingTable, d: &RouteDecision<'_>) -> S
         .iter()
         .map(|r| {
             format!(
-                "{}={:.0}%",
+                "{}={:.0}%{}",
                 table.region_name(*r),
-                d.cluster.health(*r).share() * 100.0
+                d.cluster.health(*r).share() * 100.0,
+                if d.cluster.peer_down(*r) {
+                    "(peer down)"
+                } else {
+                    ""
+                }
             )
         })
         .collect();

@@ -319,7 +319,9 @@ pub fn retry_target(
         .iter()
         .position(|r| *r == region)
         .unwrap_or(0);
-    order.as_slice().iter().skip(position + 1).find_map(|next| {
+    // A region whose peer is down is out of steering for retries too.
+    let later = order.as_slice().iter().skip(position + 1);
+    later.filter(|r| !cluster.peer_down(**r)).find_map(|next| {
         cluster
             .regions
             .get(*next as usize)

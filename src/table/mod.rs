@@ -72,6 +72,9 @@ pub struct Cluster {
     pub reports: Mutex<Option<mpsc::Receiver<Report>>>,
     pub outlier: Option<OutlierPolicy>,
     pub health_check: Option<Arc<HealthPolicy>>,
+    /// The table's peer view when `peers` are configured: a region whose peer is down counts
+    /// as having no healthy endpoint. `None`: no peers, nothing more to read.
+    pub peers: Option<Arc<crate::upstream::peers::PeerView>>,
     /// Requests (with all their tries) in flight against this cluster, for the retry budget.
     pub active_requests: AtomicUsize,
     /// Retries in flight against this cluster (for the retry budget).
@@ -100,11 +103,26 @@ impl Cluster {
         })
     }
 
+    /// How healthy `region` is for steering. A region whose peer Meridian is down counts as
+    /// if all its endpoints were unhealthy (so it drops out, and panic mode may still use it).
     pub fn health(&self, region: RegionId) -> RegionHealth {
-        self.regions
+        let health = self
+            .regions
             .get(region as usize)
             .map(|set| set.health())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.peer_down(region) {
+            return RegionHealth {
+                healthy_weight: 0,
+                ..health
+            };
+        }
+        health
+    }
+
+    /// Whether `region` is out of steering because its peer is down.
+    pub fn peer_down(&self, region: RegionId) -> bool {
+        self.peers.as_ref().is_some_and(|p| !p.is_up(region))
     }
 }
 
@@ -145,6 +163,8 @@ pub struct RoutingTable {
     /// Meridian tiers a request may already have passed.
     pub max_region_hops: u32,
     pub dns: DnsSettings,
+    /// Other regions' Meridian instances and their probes; `None` when none are configured.
+    pub peers: Option<Arc<crate::upstream::peers::Peers>>,
     /// Certificates of each TLS listener, by listener name.
     pub tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
     /// Session ticket keys of each TLS listener that issues tickets, by listener name: made
@@ -173,6 +193,12 @@ impl RoutingTable {
             LocationSource::Unknown => 2,
         };
         self.geo_lookups[i].inc();
+    }
+
+    /// Whether `region`'s peer is up (true for regions without a peer): what DNS answers and
+    /// anything else outside a cluster ask.
+    pub fn peer_up(&self, region: RegionId) -> bool {
+        self.peers.as_ref().is_none_or(|p| p.view.is_up(region))
     }
 
     pub fn region_name(&self, id: RegionId) -> &str {

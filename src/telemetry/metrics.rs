@@ -31,6 +31,8 @@ pub const TLS_HANDSHAKES_TOTAL: &str = "meridian_tls_handshakes_total";
 pub const WORKER_CONNECTIONS_TOTAL: &str = "meridian_worker_connections_total";
 pub const FAULTS_TOTAL: &str = "meridian_faults_total";
 pub const MIRROR_REQUESTS_TOTAL: &str = "meridian_mirror_requests_total";
+pub const PEER_UP: &str = "meridian_peer_up";
+pub const PEER_PROBES_TOTAL: &str = "meridian_peer_probes_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -60,6 +62,8 @@ pub struct Metrics {
     pub worker_connections: IntCounterVec,
     pub faults: IntCounterVec,
     pub mirror_requests: IntCounterVec,
+    pub peer_up: IntGaugeVec,
+    pub peer_probes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +125,15 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable_metric(GEOIP_BUILD_EPOCH_SECONDS, e));
         let _ = registry.register(Box::new(geoip_build_epoch.clone()));
+        let peer_up = IntGaugeVec::new(
+            Opts::new(
+                PEER_UP,
+                "1 while the region's peer Meridian answers its probes; 0: the region is out of steering.",
+            ),
+            &["region"],
+        )
+        .unwrap_or_else(|e| unreachable_metric(PEER_UP, e));
+        let _ = registry.register(Box::new(peer_up.clone()));
         Self {
             requests,
             duration,
@@ -211,6 +224,13 @@ impl Metrics {
                 MIRROR_REQUESTS_TOTAL,
                 "Mirror copies: sent (answered), failed, dropped (over max_in_flight), skipped (body not replayable).",
                 &["route", "cluster", "result"],
+            ),
+            peer_up,
+            peer_probes: counter(
+                &registry,
+                PEER_PROBES_TOTAL,
+                "Probes of peer Meridians, by result (up: 2xx, status: another status, error, timeout).",
+                &["region", "result"],
             ),
             registry,
         }
@@ -339,6 +359,10 @@ mod tests {
         m.reloads.with_label_values(&["applied", "signal"]).inc();
         HandshakeMetrics::new(&m, "https").count(true);
         m.worker_connections.with_label_values(&["1"]).inc();
+        m.peer_up.with_label_values(&["eu-west-1"]).set(1);
+        m.peer_probes
+            .with_label_values(&["eu-west-1", "timeout"])
+            .inc();
         let text = m.render();
         assert!(
             text.contains(
@@ -348,6 +372,10 @@ mod tests {
         );
         assert!(text.contains(r#"http_request_duration_seconds_count{cluster="api",code="503",region="eu-west-1",route="api"} 1"#));
         assert!(text.contains(r#"meridian_retries_total{cluster="api"} 1"#));
+        assert!(text.contains(r#"meridian_peer_up{region="eu-west-1"} 1"#));
+        assert!(
+            text.contains(r#"meridian_peer_probes_total{region="eu-west-1",result="timeout"} 1"#)
+        );
         assert!(
             text.contains(r#"meridian_config_reloads_total{result="applied",trigger="signal"} 1"#)
         );

@@ -67,6 +67,19 @@ pub enum UpstreamError {
     },
     #[error("health check of {addr} got no answer within {after:?}")]
     CheckTimeout { addr: SocketAddr, after: Duration },
+    /// A peer probe could not get an answer (connect, TLS or HTTP failed).
+    #[error("probe of peer {url} failed ({what}): {source}")]
+    PeerProbe {
+        url: std::sync::Arc<str>,
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("probe of peer {url} got no answer within {after:?}")]
+    PeerTimeout {
+        url: std::sync::Arc<str>,
+        after: Duration,
+    },
     #[error("cannot set up DNS resolution: {0} (check /etc/resolv.conf or set dns.nameservers)")]
     Resolver(#[source] Box<hickory_resolver::net::NetError>),
 }

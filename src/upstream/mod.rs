@@ -1,12 +1,14 @@
 //! Everything between Meridian and its upstreams: the connection pool with its circuit
 //! breakers (HTTP/1.1 and HTTP/2 connections), the HTTP/2 exchange (`h2_exchange`), passive
-//! outlier detection, active health checks (HTTP and gRPC), and per-cluster counters.
+//! outlier detection, active health checks (HTTP and gRPC), probes of peer Meridians in other
+//! regions (`peers`), and per-cluster counters.
 //!
 //! The request path checks connections out of the pool and reports outcomes; control tasks
-//! (one detector per cluster, one health loop per endpoint) own every state change.
+//! (one detector per cluster, one health loop per endpoint, one probe loop per peer) own every
+//! state change.
 //!
 //! Errors: [`error::UpstreamError`] is the layer's one error type (pool checkouts, health
-//! checks, DNS resolver set-up), with I/O, TLS and protocol causes kept as sources.
+//! checks, peer probes, DNS resolver set-up), with I/O, TLS and protocol causes kept as sources.
 //!
 //! Layer: uses `steer`, `telemetry`, `http1` (the client codec), `tls`, `geo` and `config`;
 //! used by `table` (which holds pools and endpoint sets), `route`, `proxy` and `control`.
@@ -19,6 +21,7 @@ pub mod health;
 mod health_grpc;
 mod idle;
 pub mod outlier;
+pub mod peers;
 pub mod pool;
 mod response_body;
 

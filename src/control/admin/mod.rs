@@ -219,7 +219,30 @@ fn clusters_view(table: &RoutingTable) -> Value {
         "local_region": table.region_name(table.local_region),
         "regions": table.regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         "clusters": clusters,
+        "peers": peers_view(table),
     })
+}
+
+/// Each peer, and whether its region is in steering (an empty list without peers).
+fn peers_view(table: &RoutingTable) -> Value {
+    let peers = table.peers.iter().flat_map(|p| p.list.iter());
+    let peers: Vec<Value> = peers
+        .map(|p| {
+            let up = p.state.is_up();
+            json!({
+                "region": p.region_name,
+                "url": &*p.target.url,
+                "up": up,
+                "probes": {
+                    "up": p.probes.up.get(),
+                    "status": p.probes.status.get(),
+                    "error": p.probes.error.get(),
+                    "timeout": p.probes.timeout.get(),
+                },
+            })
+        })
+        .collect();
+    Value::Array(peers)
 }
 
 /// `GET /explain?ip=&host=&path=&query=&scheme=&method=&header=name:value`: what a request
@@ -320,11 +343,15 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                json!({
+                let mut view = json!({
                     "region": table.region_name(*r),
                     "healthy_share": cluster.health(*r).share(),
                     "load": loads[i],
-                })
+                });
+                if cluster.peer_down(*r) {
+                    view["dropped"] = json!("its peer Meridian is down");
+                }
+                view
             })
             .collect::<Vec<_>>()
     };

@@ -186,6 +186,7 @@ impl<'a> Compiler<'a> {
                 reports: Mutex::new(reports),
                 outlier,
                 health_check,
+                peers: None,
                 active_requests: AtomicUsize::new(0),
                 active_retries: AtomicUsize::new(0),
             });

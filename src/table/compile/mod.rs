@@ -9,6 +9,7 @@ mod geo_db;
 mod listeners;
 mod mirror;
 mod mtls;
+mod peers;
 mod policies;
 mod protocol;
 mod regions;
@@ -152,7 +153,11 @@ impl<'a> Compiler<'a> {
         let listeners = self.listeners();
         let (admin_bind, admin_token) = self.admin();
         let geo = self.geo(database);
-        let (clusters, cluster_ids) = self.clusters(regions.len());
+        let (mut clusters, cluster_ids) = self.clusters(regions.len());
+        let peers = self.peers(regions.len());
+        for cluster in &mut clusters {
+            cluster.peers = peers.as_ref().map(|p| p.view.clone());
+        }
         let routes = self.routes(&cluster_ids);
         let dns = self.dns();
         let drain_delay = self.drain_duration("drain_delay", &self.config.drain_delay.clone());
@@ -182,6 +187,7 @@ impl<'a> Compiler<'a> {
             admin_token,
             max_region_hops: self.config.max_region_hops,
             dns,
+            peers,
             tls_keys: std::mem::take(&mut self.tls_keys),
             tls_tickets: std::mem::take(&mut self.tls_tickets),
             mtls: std::mem::take(&mut self.mtls),
