@@ -11,6 +11,7 @@
 
 mod durations;
 mod exact_vec;
+mod geodns;
 pub mod import;
 mod model;
 pub mod policies;
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
+pub use geodns::*;
 pub use model::*;
 pub use policies::affinity::{ConsistentHashConfig, HashCookieConfig, LoadBalancerConfig};
 pub use policies::*;

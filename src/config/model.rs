@@ -55,6 +55,9 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// The authoritative GeoDNS listener; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geodns: Option<Box<super::geodns::GeoDnsConfig>>,
     /// After SIGTERM: how long listeners keep accepting while /readyz already says 503 (set it
     /// to the load balancer's health-check period).
     #[serde(default = "default_drain_delay")]
@@ -217,6 +220,9 @@ pub struct GeoOverrideConfig {
 pub struct RegionConfig {
     pub lat: f64,
     pub lon: f64,
+    /// Addresses GeoDNS hands out for this region (its load balancer or Meridian ingress).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -9,6 +9,7 @@
 //! (and `meridian check`) calls.
 
 pub mod compile;
+pub mod geodns;
 pub mod mtls;
 pub mod policies;
 pub mod retry;
@@ -145,6 +146,8 @@ pub struct RoutingTable {
     /// Meridian tiers a request may already have passed.
     pub max_region_hops: u32,
     pub dns: DnsSettings,
+    /// The GeoDNS listener's zones and ingress addresses; `None`: no DNS listener.
+    pub geodns: Option<Box<geodns::GeoDns>>,
     /// Certificates of each TLS listener, by listener name.
     pub tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
     /// Session ticket keys of each TLS listener that issues tickets, by listener name: made

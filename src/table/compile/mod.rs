@@ -5,6 +5,7 @@ mod affinity;
 mod clusters;
 mod cors;
 mod fault;
+mod geodns;
 mod listeners;
 mod mirror;
 mod mtls;
@@ -144,6 +145,7 @@ impl<'a> Compiler<'a> {
         let geo = self.geo(database);
         let (clusters, cluster_ids) = self.clusters(regions.len());
         let routes = self.routes(&cluster_ids);
+        let geodns = self.geodns(&routes, &cluster_ids, &clusters);
         let dns = self.dns();
         let drain_delay = self.drain_duration("drain_delay", &self.config.drain_delay.clone());
         let drain_timeout =
@@ -172,6 +174,7 @@ impl<'a> Compiler<'a> {
             admin_token,
             max_region_hops: self.config.max_region_hops,
             dns,
+            geodns,
             tls_keys: std::mem::take(&mut self.tls_keys),
             tls_tickets: std::mem::take(&mut self.tls_tickets),
             mtls: std::mem::take(&mut self.mtls),
