@@ -31,6 +31,7 @@ pub const TLS_HANDSHAKES_TOTAL: &str = "meridian_tls_handshakes_total";
 pub const WORKER_CONNECTIONS_TOTAL: &str = "meridian_worker_connections_total";
 pub const FAULTS_TOTAL: &str = "meridian_faults_total";
 pub const MIRROR_REQUESTS_TOTAL: &str = "meridian_mirror_requests_total";
+pub const DNS_QUERIES_TOTAL: &str = "meridian_dns_queries_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -60,6 +61,9 @@ pub struct Metrics {
     pub worker_connections: IntCounterVec,
     pub faults: IntCounterVec,
     pub mirror_requests: IntCounterVec,
+    /// GeoDNS queries; labels bounded by the config (zone "" outside the zones, type "other"
+    /// past A, AAAA, SOA, NS and ANY).
+    pub dns_queries: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -211,6 +215,12 @@ impl Metrics {
                 MIRROR_REQUESTS_TOTAL,
                 "Mirror copies: sent (answered), failed, dropped (over max_in_flight), skipped (body not replayable).",
                 &["route", "cluster", "result"],
+            ),
+            dns_queries: counter(
+                &registry,
+                DNS_QUERIES_TOTAL,
+                "GeoDNS queries answered, by zone, query type, response code and first region named.",
+                &["zone", "type", "rcode", "region"],
             ),
             registry,
         }
