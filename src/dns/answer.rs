@@ -101,10 +101,13 @@ pub fn answer(
     };
     answered.message.add_query(query.clone());
     answered.qtype = type_label(query.query_type());
-    let subnet = request.edns.as_ref().and_then(|e| match e.option(EdnsCode::Subnet) {
-        Some(EdnsOption::Subnet(s)) => Some(*s),
-        _ => None,
-    });
+    let subnet = request
+        .edns
+        .as_ref()
+        .and_then(|e| match e.option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(s)) => Some(*s),
+            _ => None,
+        });
     let client = match client::locate(table, geodns.client_subnet, resolver, subnet.as_ref()) {
         Ok(c) => c,
         Err(_) => {
@@ -155,7 +158,14 @@ pub fn answer(
             };
             let steered = steer(table, geodns, target, client, family);
             for region in steered.pick.regions.as_slice() {
-                add_addresses(&mut answered.message, geodns, query.name(), *region, family, steered.ttl);
+                add_addresses(
+                    &mut answered.message,
+                    geodns,
+                    query.name(),
+                    *region,
+                    family,
+                    steered.ttl,
+                );
             }
             answered.region = steered.pick.regions.as_slice().first().copied();
             if answered.message.answers.is_empty() {
@@ -182,11 +192,12 @@ pub fn answer(
         }
     }
     if let (Some(edns), Some(used)) = (answered.message.edns.as_mut(), client.subnet) {
-        edns.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
-            used.addr(),
-            used.source_prefix(),
-            scope,
-        )));
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::new(
+                used.addr(),
+                used.source_prefix(),
+                scope,
+            )));
     }
     answered
 }
@@ -253,3 +264,7 @@ fn negative(message: &mut Message, zone: &Zone) {
         RData::SOA(zone.soa.clone()),
     ));
 }
+
+#[cfg(test)]
+#[path = "answer_tests.rs"]
+mod tests;

@@ -70,10 +70,10 @@ pub fn locate(
     }
     let addr = mask(subnet.addr(), source);
     let (location, known) = table.geo.locate_with_prefix(addr);
-    // The answer depends on no more bits than were sent, nor than the network that located
-    // the client spans.
-    let scope = known.map_or(source, |p| p.min(source));
-    let key_bits = scope.min(key_prefix(addr));
+    // The answer depends on the network that located the client and on the draw (the first
+    // /24 or /56): it holds for the longer of the two, and never claims more than was sent.
+    let key_bits = source.min(key_prefix(addr));
+    let scope = known.map_or(source, |p| p.max(key_prefix(addr)).min(source));
     Ok(DnsClient {
         addr,
         location,
@@ -123,7 +123,9 @@ pub fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let keep = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            let keep = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
             IpAddr::V4((bits & keep).into())
         }
         IpAddr::V6(v6) => {
@@ -171,7 +173,11 @@ mod tests {
         ];
         for (addr, prefix, want) in cases {
             let addr: IpAddr = addr.parse().unwrap();
-            assert_eq!(mask(addr, prefix), want.parse::<IpAddr>().unwrap(), "{addr}/{prefix}");
+            assert_eq!(
+                mask(addr, prefix),
+                want.parse::<IpAddr>().unwrap(),
+                "{addr}/{prefix}"
+            );
         }
     }
 

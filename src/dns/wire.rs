@@ -34,7 +34,9 @@ pub fn handle(
         Ok(m) => m,
         Err(_) => {
             let reply = formerr(packet)?;
-            metrics.with_label_values(&["", "other", "FORMERR", ""]).inc();
+            metrics
+                .with_label_values(&["", "other", "FORMERR", ""])
+                .inc();
             return Some(reply);
         }
     };

@@ -61,11 +61,12 @@ pub(super) fn explain(
             );
         };
         let mut edns = Edns::new();
-        edns.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
-            net.trunc().addr(),
-            net.prefix_len(),
-            0,
-        )));
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::new(
+                net.trunc().addr(),
+                net.prefix_len(),
+                0,
+            )));
         query.set_edns(edns);
     }
     let answered = answer(table, geodns, &query, ip);

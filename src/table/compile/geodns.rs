@@ -59,7 +59,9 @@ impl<'a> Compiler<'a> {
                     },
                     Err(_) => self.problems.at(
                         here.index(i),
-                        format!("`{text}` is not an IP address (e.g. 203.0.113.10 or 2001:db8::10)"),
+                        format!(
+                            "`{text}` is not an IP address (e.g. 203.0.113.10 or 2001:db8::10)"
+                        ),
                     ),
                 }
             }
@@ -198,7 +200,10 @@ impl<'a> Compiler<'a> {
         if zone.names.len() > MAX_NAMES_PER_ZONE {
             self.problems.at(
                 at.key("names"),
-                format!("{} names; at most {MAX_NAMES_PER_ZONE} per zone", zone.names.len()),
+                format!(
+                    "{} names; at most {MAX_NAMES_PER_ZONE} per zone",
+                    zone.names.len()
+                ),
             );
             return None;
         }
@@ -274,10 +279,8 @@ impl<'a> Compiler<'a> {
         };
         let name = self.dns_name(at.clone(), &absolute)?;
         if !apex.zone_of(&name) {
-            self.problems.at(
-                at,
-                format!("`{text}` is outside the zone `{zone_text}`"),
-            );
+            self.problems
+                .at(at, format!("`{text}` is outside the zone `{zone_text}`"));
             return None;
         }
         Some(name)
@@ -324,10 +327,14 @@ impl<'a> Compiler<'a> {
             }
             (None, Some(name)) => {
                 let Some(id) = cluster_ids.get(name.as_str()).copied() else {
-                    let known: Vec<&str> = self.config.clusters.keys().map(String::as_str).collect();
+                    let known: Vec<&str> =
+                        self.config.clusters.keys().map(String::as_str).collect();
                     self.problems.at(
                         at.key("cluster"),
-                        format!("unknown cluster `{name}`; clusters are: {}", known.join(", ")),
+                        format!(
+                            "unknown cluster `{name}`; clusters are: {}",
+                            known.join(", ")
+                        ),
                     );
                     return None;
                 };
@@ -357,11 +364,15 @@ impl<'a> Compiler<'a> {
                 None
             }
             None => {
-                let fqdn = format!("{}.", text.trim().trim_end_matches('.').to_ascii_lowercase());
+                let fqdn = format!(
+                    "{}.",
+                    text.trim().trim_end_matches('.').to_ascii_lowercase()
+                );
                 match Name::from_ascii(&fqdn) {
                     Ok(name) => Some(name),
                     Err(e) => {
-                        self.problems.at(at, format!("`{text}` is not a DNS name ({e})"));
+                        self.problems
+                            .at(at, format!("`{text}` is not a DNS name ({e})"));
                         None
                     }
                 }
