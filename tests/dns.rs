@@ -869,3 +869,32 @@ async fn stalled_tcp_clients_are_cut_off_and_connections_are_bounded() {
     assert_eq!(a_records(&reply), ["192.0.2.10"]);
     drop(second);
 }
+
+/// The commented GeoDNS block of config/meridian.yaml, uncommented, is a valid config.
+#[test]
+fn the_shipped_geodns_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/meridian.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (before, block) = text.split_once("# geodns:").unwrap();
+    let uncommented: String = std::iter::once("geodns:")
+        .chain(
+            block
+                .lines()
+                .skip(1)
+                .map(|l| l.strip_prefix("# ").unwrap_or(l)),
+        )
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = format!("{before}{uncommented}\n").replace(
+        "database: config/geoip/demo-city.mmdb",
+        &format!("database: {}", common::demo_db().display()),
+    );
+    let loaded = config::load_str(&text, &path).unwrap();
+    let table = match table::compile(&loaded, table::CompileContext::default()) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    let geodns = table.geodns.as_deref().unwrap();
+    assert_eq!(geodns.zones[0].names.len(), 1);
+    assert_eq!(geodns.ttl, 30);
+}
