@@ -597,6 +597,24 @@ fn bad_geodns_config_is_refused_with_field_and_line() {
     // (from, to, path, message part); the problem's line is the line of `from`
     let cases: Vec<(&str, String, &str, &str)> = vec![
         (
+            "max_answers: 1",
+            "max_answers: 1\n  tcp_max_connections: 99999999".into(),
+            "geodns.tcp_max_connections",
+            "takes 1 to 65536",
+        ),
+        (
+            "max_answers: 1",
+            "max_answers: 1\n  tcp_idle_timeout: 0s".into(),
+            "geodns.tcp_idle_timeout",
+            "too short",
+        ),
+        (
+            "ingress: [192.0.2.10,",
+            format!("ingress: [{}", "192.0.2.1, ".repeat(17)),
+            "regions.us-east-1.ingress",
+            "at most 16",
+        ),
+        (
             "ingress: [192.0.2.10,",
             "ingress: [192.0.2.300,".into(),
             "regions.us-east-1.ingress[0]",

@@ -100,7 +100,15 @@ fn set_region_up(table: &RoutingTable, region: &str, up: bool) {
 fn steered_names_answer_with_the_clients_region() {
     let t = table(1);
     // (name, type, client subnet, resolver, addresses, ttl)
-    let cases: &[(&str, RecordType, Option<&str>, &str, &[&str], u32)] = &[
+    type Case<'a> = (
+        &'a str,
+        RecordType,
+        Option<&'a str>,
+        &'a str,
+        &'a [&'a str],
+        u32,
+    );
+    let cases: &[Case] = &[
         (
             "www.example.com.",
             RecordType::A,
@@ -393,7 +401,8 @@ fn the_subnet_option_is_echoed_with_its_scope() {
         _ => None,
     };
     // The demo database's networks are /24 and /48; the draw reads the first /24 or /56.
-    let cases: &[(&str, RecordType, &str, (&str, u8, u8))] = &[
+    type Case<'a> = (&'a str, RecordType, &'a str, (&'a str, u8, u8));
+    let cases: &[Case] = &[
         (
             "www.example.com.",
             RecordType::A,
@@ -508,4 +517,50 @@ fn weighted_answers_are_fixed_per_subnet_and_split_across_subnets() {
         (80..=176).contains(&us),
         "a 50/50 split over 256 subnets gave {us} to us-east-1"
     );
+}
+
+#[test]
+fn the_subnet_option_is_believed_only_as_configured() {
+    let with = |setting: &str, trusted: &str| {
+        let text = CONFIG
+            .replace(
+                "MAX_ANSWERS",
+                &format!("max_answers: 1\n  client_subnet: {setting}"),
+            )
+            .replace("geo:\n", &format!("geo:\n  trusted_proxies: [{trusted}]\n"));
+        let loaded = crate::config::load_str(&text, Path::new("t.yaml")).unwrap();
+        crate::table::compile(&loaded, crate::table::CompileContext::default()).unwrap()
+    };
+    // A German subnet sent by a resolver in Singapore: (setting, trusted resolvers, resolver,
+    // answer, option echoed)
+    let cases = [
+        ("any", "10.0.0.1", "203.0.113.53", "198.51.100.10", true),
+        ("trusted", "10.0.0.1", "203.0.113.53", "203.0.113.10", false),
+        (
+            "trusted",
+            "203.0.113.0/24",
+            "203.0.113.53",
+            "198.51.100.10",
+            true,
+        ),
+        (
+            "off",
+            "203.0.113.0/24",
+            "203.0.113.53",
+            "203.0.113.10",
+            false,
+        ),
+    ];
+    for (setting, trusted, resolver, want, echoed) in cases {
+        let t = with(setting, trusted);
+        let q = query("www.example.com.", RecordType::A, Some("198.51.100.0/24"));
+        let a = ask(&t, &q, resolver);
+        assert_eq!(addresses(&a.message)[0], want, "{setting} {trusted}");
+        let option = a
+            .message
+            .edns
+            .as_ref()
+            .and_then(|e| e.option(EdnsCode::Subnet));
+        assert_eq!(option.is_some(), echoed, "{setting} {trusted}");
+    }
 }
