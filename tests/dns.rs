@@ -553,6 +553,33 @@ async fn a_reload_is_seen_by_the_next_query_and_fails_none() {
     let d = dig(dns, &["www.example.com", "+subnet=198.51.100.0/24"]).await;
     assert_eq!(d.addresses(), ["198.51.100.99"], "{}", d.raw);
 
+    // A smaller TCP connection limit applies to the listener kept in service.
+    let one = text.replace(
+        "  failover_ttl: 5s\n",
+        "  failover_ttl: 5s\n  tcp_max_connections: 1\n",
+    );
+    std::fs::write(&path, &one).unwrap();
+    server.reload(Trigger::Admin).await.unwrap();
+    assert_eq!(server.dns_addr().await, Some(dns));
+    let held = TcpStream::connect(dns).await.unwrap();
+    let mut waiting = TcpStream::connect(dns).await.unwrap();
+    let query = query_bytes(88, "www.example.com.", RecordType::A, None);
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    waiting.write_all(&framed).await.unwrap();
+    let mut length = [0u8; 2];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waiting.read_exact(&mut length))
+            .await
+            .is_err(),
+        "a second connection was served past tcp_max_connections: 1"
+    );
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), waiting.read_exact(&mut length))
+        .await
+        .unwrap()
+        .unwrap();
+
     // A new listen address: the listener moves there.
     let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();
@@ -596,6 +623,24 @@ fn bad_geodns_config_is_refused_with_field_and_line() {
     let huge_name = format!("{}.example.com", "a".repeat(300));
     // (from, to, path, message part); the problem's line is the line of `from`
     let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "max_answers: 1",
+            "max_answers: 1\n  rate_limit: { per_second: 0 }".into(),
+            "geodns.rate_limit.per_second",
+            "takes 1 to",
+        ),
+        (
+            "max_answers: 1",
+            "max_answers: 1\n  rate_limit: { per_second: 5, slip: 11 }".into(),
+            "geodns.rate_limit.slip",
+            "takes 0",
+        ),
+        (
+            "max_answers: 1",
+            "max_answers: 1\n  rate_limit: { per_second: 5, burst: 4294967295 }".into(),
+            "geodns.rate_limit.burst",
+            "takes 1 to",
+        ),
         (
             "max_answers: 1",
             "max_answers: 1\n  tcp_max_connections: 99999999".into(),
@@ -915,4 +960,64 @@ fn the_shipped_geodns_example_is_valid() {
     let geodns = table.geodns.as_deref().unwrap();
     assert_eq!(geodns.zones[0].names.len(), 1);
     assert_eq!(geodns.ttl, 30);
+}
+
+#[tokio::test]
+async fn a_source_past_its_rate_limit_gets_few_answers_and_others_are_unaffected() {
+    let backends = Backends::start().await;
+    let text = config_text(
+        &backends,
+        1,
+        "  rate_limit: { per_second: 5, burst: 5, slip: 2 }\n",
+    );
+    let proxy = start(&text, None).await;
+    let dns = proxy.dns.unwrap();
+    let flooder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for id in 0..40u16 {
+        let packet = query_bytes(id, "www.example.com.", RecordType::A, None);
+        flooder.send_to(&packet, dns).await.unwrap();
+    }
+    let (mut answered, mut truncated, mut replies) = (0, 0, 0);
+    let mut buffer = vec![0u8; 4096];
+    // Every reply that will come comes within moments; stop after a quiet 500ms.
+    while let Ok(Ok((len, _))) =
+        tokio::time::timeout(Duration::from_millis(500), flooder.recv_from(&mut buffer)).await
+    {
+        let m = Message::from_vec(&buffer[..len]).unwrap();
+        replies += 1;
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty());
+            truncated += 1;
+        } else if !m.answers.is_empty() {
+            answered += 1;
+        }
+        assert!(replies <= 40);
+    }
+    // The burst of 5, perhaps a token more while the 40 went out; half the rest slip.
+    assert!((5..=7).contains(&answered), "{answered} answered");
+    assert!((15..=18).contains(&truncated), "{truncated} truncated");
+    assert!(replies < 40);
+
+    // Another /24 is not limited, nor is TCP.
+    let other = UdpSocket::bind("127.0.1.1:0").await.unwrap();
+    other
+        .send_to(
+            &query_bytes(500, "www.example.com.", RecordType::A, None),
+            dns,
+        )
+        .await
+        .unwrap();
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), other.recv_from(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        a_records(&Message::from_vec(&buffer[..len]).unwrap()),
+        ["192.0.2.10"]
+    );
+    let d = dig(dns, &["www.example.com", "+tcp"]).await;
+    assert_eq!(d.addresses(), ["192.0.2.10"], "{}", d.raw);
+
+    let text = metrics(proxy.admin.unwrap()).await;
+    assert!(text.contains(r#"rcode="RATE_LIMITED""#), "{text}");
 }

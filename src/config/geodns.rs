@@ -36,8 +36,26 @@ pub struct GeoDnsConfig {
     /// A TCP connection with no complete query for this long is closed.
     #[serde(default = "default_tcp_idle_timeout")]
     pub tcp_idle_timeout: String,
+    /// Response rate limiting per source subnet over UDP (BIND's and Knot's RRL); off when
+    /// absent.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
     #[serde(default, deserialize_with = "exact_vec")]
     pub zones: Vec<ZoneConfig>,
+}
+
+/// Answers per second to one source /24 (IPv6: /56) over UDP. Past it, every `slip`-th
+/// query gets an empty truncated answer (a real client retries over TCP, which is never
+/// limited) and the others none.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    /// Answers a quiet source may send at once (default: two seconds' worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// 0: never answer a limited query.
+    #[serde(default = "default_slip")]
+    pub slip: u32,
 }
 
 /// Which resolvers' EDNS Client Subnet option locates the client.
@@ -111,6 +129,9 @@ fn default_tcp_max_connections() -> u32 {
 }
 fn default_tcp_idle_timeout() -> String {
     DEFAULT_GEODNS_TCP_IDLE_TIMEOUT.to_owned()
+}
+fn default_slip() -> u32 {
+    2
 }
 fn default_serial() -> u32 {
     1

@@ -53,7 +53,17 @@ pub(crate) fn prepare(
 /// Apply `change` after the new table is in service.
 pub(crate) fn apply(server: &Server, current: &mut Option<DnsListener>, change: DnsChange) {
     match change {
-        DnsChange::Keep => {}
+        DnsChange::Keep => {
+            let limit = server
+                .table
+                .load()
+                .geodns
+                .as_ref()
+                .map(|g| g.tcp_max_connections);
+            if let (Some(listener), Some(limit)) = (current.as_mut(), limit) {
+                listener.set_tcp_limit(limit, &server.tracker);
+            }
+        }
         DnsChange::Stop => {
             if let Some(old) = current.take() {
                 tracing::info!(addr = %old.addr, "GeoDNS listener removed by reload");

@@ -12,9 +12,11 @@
 //! - `client`: where the client is (the subnet option, overrides, GeoIP) and the answer's scope
 //! - `answer`: the pure answer to one parsed query
 //! - `wire`: packet in, packet out (parse, FORMERR, size limits, TC, metrics)
+//! - `rate_limit`: per-source response rate limiting for UDP
 //! - `server`: the UDP and TCP loops
 
 pub mod answer;
 pub mod client;
+pub mod rate_limit;
 pub mod server;
 pub mod wire;

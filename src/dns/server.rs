@@ -8,7 +8,7 @@
 //! for at most that long.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::rate_limit::{RateLimiter, Verdict, slip_reply};
 use super::wire::{Transport, handle};
-use crate::table::TableHandle;
+use crate::table::{RoutingTable, TableHandle};
 
 /// Queries one TCP connection may send before it is closed (RFC 7766 lets servers close).
 pub const MAX_QUERIES_PER_CONNECTION: usize = 1000;
@@ -45,6 +46,33 @@ pub struct DnsListener {
     /// Where it is bound.
     pub addr: SocketAddr,
     pub stop: CancellationToken,
+    /// TCP connection slots, resized by a reload that changes `tcp_max_connections`.
+    slots: Arc<Semaphore>,
+    tcp_limit: usize,
+}
+
+impl DnsListener {
+    /// Allow `limit` TCP connections from now on: more slots at once, fewer as open
+    /// connections close (the surplus is taken out of circulation when it comes free).
+    pub fn set_tcp_limit(&mut self, limit: usize, tracker: &TaskTracker) {
+        if limit > self.tcp_limit {
+            self.slots.add_permits(limit - self.tcp_limit);
+        } else if limit < self.tcp_limit {
+            let surplus = u32::try_from(self.tcp_limit - limit).unwrap_or(u32::MAX);
+            let (slots, stop) = (self.slots.clone(), self.stop.clone());
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    taken = slots.acquire_many_owned(surplus) => {
+                        if let Ok(taken) = taken {
+                            taken.forget();
+                        }
+                    }
+                }
+            });
+        }
+        self.tcp_limit = limit;
+    }
 }
 
 /// Bind UDP and TCP on `addr`; port 0 picks one port free for both.
@@ -85,17 +113,32 @@ pub fn serve(
     let udp = UdpSocket::from_std(sockets.udp)?;
     let tcp = TcpListener::from_std(sockets.tcp)?;
     tracker.spawn(udp_loop(udp, table.clone(), stop.clone()));
-    tracker.spawn(tcp_loop(tcp, table.clone(), stop.clone(), tracker.clone()));
+    let tcp_limit = table
+        .load()
+        .geodns
+        .as_ref()
+        .map_or(1, |g| g.tcp_max_connections);
+    let slots = Arc::new(Semaphore::new(tcp_limit));
+    tracker.spawn(tcp_loop(
+        tcp,
+        slots.clone(),
+        table.clone(),
+        stop.clone(),
+        tracker.clone(),
+    ));
     tracing::info!(addr = %sockets.addr, "GeoDNS listening (UDP and TCP)");
     Ok(DnsListener {
         configured,
         addr: sockets.addr,
         stop,
+        slots,
+        tcp_limit,
     })
 }
 
 async fn udp_loop(socket: UdpSocket, table: TableHandle, stop: CancellationToken) {
     let mut buffer = vec![0u8; UDP_READ_BUFFER];
+    let mut limiter: Option<RateLimiter> = None;
     loop {
         let received = tokio::select! {
             _ = stop.cancelled() => return,
@@ -111,9 +154,20 @@ async fn udp_loop(socket: UdpSocket, table: TableHandle, stop: CancellationToken
         };
         let reply = {
             let table = table.load();
-            buffer
-                .get(..len)
-                .and_then(|packet| handle(&table, packet, peer.ip(), Transport::Udp))
+            let packet = buffer.get(..len).unwrap_or_default();
+            match limit(&mut limiter, &table, peer.ip()) {
+                Verdict::Answer => handle(&table, packet, peer.ip(), Transport::Udp),
+                refused => {
+                    table
+                        .metrics
+                        .dns_queries
+                        .with_label_values(&["", "other", "RATE_LIMITED", ""])
+                        .inc();
+                    (refused == Verdict::Slip)
+                        .then(|| slip_reply(packet))
+                        .flatten()
+                }
+            }
         };
         if let Some(reply) = reply {
             let _ = socket.send_to(&reply, peer).await;
@@ -121,18 +175,27 @@ async fn udp_loop(socket: UdpSocket, table: TableHandle, stop: CancellationToken
     }
 }
 
+/// The rate limiter's verdict on a query from `source` (always `Answer` when the table has no
+/// rate limit; a changed limit starts a fresh table).
+fn limit(limiter: &mut Option<RateLimiter>, table: &RoutingTable, source: IpAddr) -> Verdict {
+    let Some(settings) = table.geodns.as_deref().and_then(|g| g.rate_limit) else {
+        *limiter = None;
+        return Verdict::Answer;
+    };
+    let current = match limiter {
+        Some(l) if l.settings == settings => l,
+        _ => limiter.insert(RateLimiter::new(settings)),
+    };
+    current.check(source, tokio::time::Instant::now())
+}
+
 async fn tcp_loop(
     listener: TcpListener,
+    slots: Arc<Semaphore>,
     table: TableHandle,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limit = table
-        .load()
-        .geodns
-        .as_ref()
-        .map_or(1, |g| g.tcp_max_connections);
-    let slots = Arc::new(Semaphore::new(limit));
     loop {
         // Take a slot before accepting: past the limit, connections wait in the backlog.
         let slot = tokio::select! {

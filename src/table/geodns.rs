@@ -27,9 +27,19 @@ pub struct GeoDns {
     pub client_subnet: ClientSubnetTrust,
     pub tcp_max_connections: usize,
     pub tcp_idle_timeout: Duration,
+    /// Per-source response rate limit over UDP; `None`: off (no table, no check).
+    pub rate_limit: Option<RateLimit>,
     pub zones: Vec<Zone>,
     /// Indexed by `RegionId`: the addresses handed out for each region.
     pub ingress: Vec<Ingress>,
+}
+
+/// Response rate limiting, compiled (see `config::RateLimitConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+    pub slip: u32,
 }
 
 /// One region's ingress addresses, by family.

@@ -8,8 +8,9 @@ use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{LowerName, Name};
 
 use super::*;
+use crate::config::RateLimitConfig;
 use crate::config::{DnsNameConfig, GeoDnsConfig, ZoneConfig};
-use crate::table::geodns::{DnsTarget, GeoDns, Ingress, Zone};
+use crate::table::geodns::{DnsTarget, GeoDns, Ingress, RateLimit, Zone};
 
 /// Limits that keep a config from making the listener's tables or answers huge.
 pub const MAX_ZONES: usize = 256;
@@ -18,6 +19,9 @@ pub const MAX_NS: usize = 16;
 /// Per region: every address of one family must fit in one UDP answer of 512 bytes.
 pub const MAX_INGRESS: usize = 16;
 pub const MAX_TCP_CONNECTIONS: u32 = 65_536;
+/// Rate limit bounds: a million answers a second per source is no limit at all.
+pub const MAX_RATE_PER_SECOND: u32 = 1_000_000;
+pub const MAX_SLIP: u32 = 10;
 
 /// TTLs of answers: a second to a day.
 const TTL_RANGE: DurationRange = DurationRange {
@@ -107,6 +111,10 @@ impl<'a> Compiler<'a> {
                 ),
             );
         }
+        let rate_limit = config
+            .rate_limit
+            .as_ref()
+            .and_then(|r| self.rate_limit(at.key("rate_limit"), r));
         if ingress.iter().all(|i| i == &Ingress::default()) {
             self.problems.at(
                 root().key("regions"),
@@ -145,9 +153,50 @@ impl<'a> Compiler<'a> {
             client_subnet: config.client_subnet,
             tcp_max_connections: config.tcp_max_connections.clamp(1, MAX_TCP_CONNECTIONS) as usize,
             tcp_idle_timeout: tcp_idle_timeout?,
+            rate_limit,
             zones,
             ingress,
         }))
+    }
+
+    fn rate_limit(&mut self, at: YamlPath, r: &RateLimitConfig) -> Option<RateLimit> {
+        let mut ok = true;
+        if r.per_second == 0 || r.per_second > MAX_RATE_PER_SECOND {
+            self.problems.at(
+                at.key("per_second"),
+                format!(
+                    "per_second is {}; it takes 1 to {MAX_RATE_PER_SECOND}",
+                    r.per_second
+                ),
+            );
+            ok = false;
+        }
+        let burst = r.burst.unwrap_or(r.per_second.saturating_mul(2));
+        if burst == 0 || burst > MAX_RATE_PER_SECOND.saturating_mul(10) {
+            self.problems.at(
+                at.key("burst"),
+                format!(
+                    "burst is {burst}; it takes 1 to {}",
+                    MAX_RATE_PER_SECOND.saturating_mul(10)
+                ),
+            );
+            ok = false;
+        }
+        if r.slip > MAX_SLIP {
+            self.problems.at(
+                at.key("slip"),
+                format!(
+                    "slip is {}; it takes 0 (never answer) to {MAX_SLIP}",
+                    r.slip
+                ),
+            );
+            ok = false;
+        }
+        ok.then_some(RateLimit {
+            per_second: r.per_second,
+            burst,
+            slip: r.slip,
+        })
     }
 
     fn zone(
