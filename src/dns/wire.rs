@@ -30,9 +30,14 @@ pub fn handle(
 ) -> Option<Vec<u8>> {
     let geodns = table.geodns.as_deref()?;
     let metrics = &table.metrics.dns_queries;
-    let request = match Message::from_vec(packet) {
-        Ok(m) => m,
-        Err(_) => {
+    let parsed = if counts_fit(packet) {
+        Message::from_vec(packet).ok()
+    } else {
+        None
+    };
+    let request = match parsed {
+        Some(m) => m,
+        None => {
             let reply = formerr(packet)?;
             metrics
                 .with_label_values(&["", "other", "FORMERR", ""])
@@ -68,6 +73,19 @@ pub fn handle(
     encode_within(&answered.message, limit)
 }
 
+/// Whether the header's counts could fit in the packet (at most one question, each at least 5
+/// bytes, each record at least 11) and so are worth parsing: the parser reserves room for
+/// every record the header promises, and 65535 questions in a 12-byte packet would have it
+/// allocate megabytes to find out they are not there.
+fn counts_fit(packet: &[u8]) -> bool {
+    let Some(header) = packet.get(..12) else {
+        return false;
+    };
+    let count = |at: usize| usize::from(u16::from_be_bytes([header[at], header[at + 1]]));
+    let (questions, records) = (count(4), count(6) + count(8) + count(10));
+    questions <= 1 && 12 + questions * 5 + records * 11 <= packet.len()
+}
+
 /// `message` encoded in at most `limit` bytes: whole, or with every record section dropped and
 /// TC set (the client retries over TCP), or nothing if even that does not fit.
 pub fn encode_within(message: &Message, limit: usize) -> Option<Vec<u8>> {
@@ -91,4 +109,39 @@ fn formerr(packet: &[u8]) -> Option<Vec<u8>> {
     let op_code = OpCode::from_u8((flags >> 3) & 0x0f);
     let message = Message::error_msg(id, op_code, ResponseCode::FormErr);
     message.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counts_fit;
+
+    #[test]
+    fn header_counts_must_fit_the_packet() {
+        let header = |qd: u16, an: u16, ar: u16, extra: usize| {
+            let mut p = vec![0u8; 12 + extra];
+            p[4..6].copy_from_slice(&qd.to_be_bytes());
+            p[6..8].copy_from_slice(&an.to_be_bytes());
+            p[10..12].copy_from_slice(&ar.to_be_bytes());
+            p
+        };
+        // (questions, answers, additional, bytes after the header, fits)
+        let cases = [
+            (1, 0, 0, 5, true),
+            (1, 0, 1, 16, true),
+            (0, 0, 0, 0, true),
+            (1, 0, 0, 4, false),
+            (2, 0, 0, 100, false),
+            (65535, 0, 0, 1, false),
+            (1, 0, 65535, 100, false),
+            (1, 65535, 65535, 100, false),
+        ];
+        for (qd, an, ar, extra, fits) in cases {
+            assert_eq!(
+                counts_fit(&header(qd, an, ar, extra)),
+                fits,
+                "{qd} {an} {ar} {extra}"
+            );
+        }
+        assert!(!counts_fit(&[0; 11]));
+    }
 }
