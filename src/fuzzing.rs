@@ -112,3 +112,69 @@ pub fn upstream_response(data: &[u8]) {
     let _ = crate::http1::client::read_answer_from(data, false);
     let _ = crate::http1::client::read_answer_from(data, true);
 }
+
+/// A GeoDNS packet → the listener's whole query path (parse, answer, encode) over UDP and
+/// TCP, against a fixed table with the demo GeoIP data. A UDP reply never exceeds the largest
+/// payload Meridian sends.
+pub fn dns_query(data: &[u8]) {
+    static TABLE: std::sync::OnceLock<Option<crate::table::RoutingTable>> =
+        std::sync::OnceLock::new();
+    let Some(table) = TABLE.get_or_init(dns_table) else {
+        return;
+    };
+    for resolver in [
+        std::net::IpAddr::from([198, 51, 100, 53]),
+        std::net::IpAddr::from([0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x53]),
+    ] {
+        use crate::dns::wire::{Transport, handle};
+        if let Some(reply) = handle(table, data, resolver, Transport::Udp) {
+            assert!(reply.len() <= usize::from(crate::dns::answer::MAX_UDP_PAYLOAD));
+        }
+        let _ = handle(table, data, resolver, Transport::Tcp);
+    }
+}
+
+fn dns_table() -> Option<crate::table::RoutingTable> {
+    const CONFIG: &str = "local_region: us-east-1
+listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
+admin: { bind: null }
+access_log: { enabled: false }
+regions:
+  us-east-1: { lat: 38.9, lon: -77.4, ingress: [192.0.2.10, \"2001:db8::10\"] }
+  eu-west-1: { lat: 53.3, lon: -6.3, ingress: [198.51.100.10] }
+clusters:
+  web: { endpoints: { us-east-1: [\"127.0.0.1:1\"], eu-west-1: [\"127.0.0.1:2\"] } }
+routes:
+  - { name: web, hosts: [\"*\"], cluster: web }
+geodns:
+  listen: \"127.0.0.1:0\"
+  max_answers: 2
+  zones:
+    - name: example.com
+      ns: [ns1.example.com]
+      soa: { rname: hostmaster.example.com }
+      names: [{ name: www, route: web }, { name: '@', cluster: web }, { name: a.b, route: web }]
+";
+    let loaded = crate::config::load_str(CONFIG, Path::new("fuzz-dns.yaml")).ok()?;
+    let database = crate::geo::GeoDb::from_bytes(
+        include_bytes!("../config/geoip/demo-city.mmdb").to_vec(),
+        Path::new("demo-city.mmdb"),
+    )
+    .ok()
+    .map(std::sync::Arc::new);
+    let context = crate::table::CompileContext {
+        database,
+        ..Default::default()
+    };
+    crate::table::compile(&loaded, context).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_dns_target_has_a_table_to_answer_from() {
+        // Without one every input would return at once and the target would test nothing.
+        let table = super::dns_table().unwrap();
+        assert!(table.geodns.is_some());
+    }
+}

@@ -7,6 +7,7 @@ pub mod alloc;
 pub mod config;
 pub mod control;
 pub mod deadline;
+pub mod dns;
 pub mod edge;
 pub mod fuzzing;
 pub mod geo;

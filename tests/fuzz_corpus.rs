@@ -28,6 +28,16 @@ fn config_corpus() {
 }
 
 #[test]
+fn dns_query_corpus() {
+    replay("dns_query", meridian::fuzzing::dns_query);
+}
+
+#[test]
+fn mutated_dns_queries() {
+    mutate("dns_query", meridian::fuzzing::dns_query, 100_000);
+}
+
+#[test]
 fn forwarded_for_corpus() {
     replay("forwarded_for", meridian::fuzzing::forwarded_for);
 }

@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "route",     // the routing decision over a table
     "proxy",     // the request handler's phases
     "edge",      // listeners, accept loop, TLS and PROXY protocol, hyper glue
+    "dns",       // the GeoDNS listener: answers from the table and route::geodns
     "control",   // lifecycle, reload, admin, demo
     "fuzzing",   // entry points for the fuzz targets
 ];

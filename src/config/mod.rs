@@ -13,6 +13,7 @@ mod durations;
 mod exact_vec;
 mod fields;
 pub mod geo;
+mod geodns;
 pub mod import;
 mod model;
 mod peers;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 pub use durations::{DurationRange, MAX_DURATION};
 pub use geo::{GeoDatabaseFiles, GeoFieldsConfig};
+pub use geodns::*;
 pub use model::*;
 pub use peers::{PeerCheckConfig, PeerConfig};
 pub use policies::affinity::{ConsistentHashConfig, HashCookieConfig, LoadBalancerConfig};

@@ -60,6 +60,9 @@ pub struct Config {
     pub peers: Vec<super::PeerConfig>,
     #[serde(default)]
     pub peer_check: super::PeerCheckConfig,
+    /// The authoritative GeoDNS listener; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geodns: Option<Box<super::geodns::GeoDnsConfig>>,
     /// After SIGTERM: how long listeners keep accepting while /readyz already says 503 (set it
     /// to the load balancer's health-check period).
     #[serde(default = "default_drain_delay")]
@@ -225,6 +228,9 @@ pub struct GeoOverrideConfig {
 pub struct RegionConfig {
     pub lat: f64,
     pub lon: f64,
+    /// Addresses GeoDNS hands out for this region (its load balancer or Meridian ingress).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -44,6 +44,8 @@ pub(crate) struct Serving {
     pub listeners: Vec<ActiveListener>,
     /// Cancels the outlier detectors and health checks of the table in service.
     pub control_tasks: CancellationToken,
+    /// The GeoDNS listener, when the table has one.
+    pub dns: Option<crate::dns::server::DnsListener>,
     /// Content hash of the config (and the files it names) in service.
     pub hash: String,
     /// Content hash of the last config refused since then: watchers do not refuse it again.
@@ -72,6 +74,8 @@ pub struct RunningServer {
     /// Listener name → bound address, in config order, as started.
     pub listeners: Vec<(String, SocketAddr)>,
     pub admin: Option<SocketAddr>,
+    /// Where the GeoDNS listener is bound (UDP and TCP), as started.
+    pub dns: Option<SocketAddr>,
     pub lifecycle: Arc<Lifecycle>,
 }
 
@@ -96,6 +100,11 @@ impl Server {
             .iter()
             .map(|l| (l.spec.name.clone(), l.addr))
             .collect()
+    }
+
+    /// Where the GeoDNS listener now in service is bound.
+    pub async fn dns_addr(&self) -> Option<SocketAddr> {
+        self.serving.lock().await.dns.as_ref().map(|l| l.addr)
     }
 
     /// Stop accepting, let in-flight requests finish (up to `drain_timeout`), then return.
@@ -209,6 +218,7 @@ pub async fn start_on(
         let sockets = bind_for(&spec, &workers)?;
         bound.push((spec, sockets));
     }
+    let dns_sockets = crate::control::geodns::bind(&table)?;
     let admin_listener = match admin_bind {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -231,6 +241,7 @@ pub async fn start_on(
         config_path,
         serving: tokio::sync::Mutex::new(Serving {
             listeners: Vec::new(),
+            dns: None,
             control_tasks: control_tasks.clone(),
             hash,
             refused: None,
@@ -250,7 +261,15 @@ pub async fn start_on(
         .iter()
         .map(|l| (l.spec.name.clone(), l.addr))
         .collect();
-    server.serving.lock().await.listeners = active;
+    let dns = dns_sockets.and_then(|(configured, sockets)| {
+        crate::control::geodns::serve(&server, configured, sockets)
+    });
+    let dns_addr = dns.as_ref().map(|l| l.addr);
+    {
+        let mut serving = server.serving.lock().await;
+        serving.listeners = active;
+        serving.dns = dns;
+    }
 
     let admin = match admin_listener {
         Some(listener) => {
@@ -280,6 +299,7 @@ pub async fn start_on(
         server,
         listeners,
         admin,
+        dns: dns_addr,
     })
 }
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod demo;
 mod error;
+mod geodns;
 pub mod lifecycle;
 pub mod reload;
 

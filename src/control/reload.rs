@@ -283,6 +283,7 @@ impl Server {
             let sockets = self.bind_listener(spec)?;
             new_listeners.push((spec.clone(), sockets));
         }
+        let dns_change = crate::control::geodns::prepare(serving.dns.as_ref(), &table)?;
         if table.admin_bind != current.admin_bind {
             tracing::warn!("admin.bind changed: the admin listener moves only on restart");
         }
@@ -329,6 +330,8 @@ impl Server {
         for (spec, sockets) in new_listeners {
             serving.listeners.push(self.serve_listener(spec, sockets));
         }
+
+        crate::control::geodns::apply(self, &mut serving.dns, dns_change);
 
         // Control tasks follow the new endpoint sets; endpoint state carried over in compile.
         serving.control_tasks.cancel();

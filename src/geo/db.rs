@@ -210,6 +210,16 @@ impl GeoDb {
         location
     }
 
+    /// The prefix length of the database network holding `ip` (found or not): every address
+    /// in it gets the same answer, which is what a DNS client-subnet scope says.
+    pub fn network_prefix(&self, ip: IpAddr) -> Option<u8> {
+        let ip = ip.to_canonical();
+        let result = self.reader.lookup(ip).ok()?;
+        let network = result.network().ok()?;
+        // An IPv4 address answered from above the IPv4 subtree has no IPv4 prefix to give.
+        (network.is_ipv4() == ip.is_ipv4()).then(|| network.prefix())
+    }
+
     /// [`lookup`](Self::lookup) without the cache: the database is read every time.
     pub fn lookup_uncached(&self, ip: IpAddr) -> Option<Location> {
         let result = self.reader.lookup(ip.to_canonical()).ok()?;

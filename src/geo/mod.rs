@@ -208,6 +208,19 @@ impl GeoResolver {
     }
 }
 
+impl GeoResolver {
+    /// [`locate`](Self::locate), and the prefix length of the network the answer holds for
+    /// (the override's CIDR, else the database's network), when one is known.
+    pub fn locate_with_prefix(&self, ip: IpAddr) -> (Location, Option<u8>) {
+        let ip = ip.to_canonical();
+        if let Some(o) = self.overrides.iter().find(|o| o.net.contains(&ip)) {
+            return (o.location, Some(o.net.prefix_len()));
+        }
+        let prefix = self.database.as_ref().and_then(|db| db.network_prefix(ip));
+        (self.locate(ip), prefix)
+    }
+}
+
 /// One X-Forwarded-For entry: `ip`, `ip:port`, `[v6]:port` (ports are dropped).
 fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim();

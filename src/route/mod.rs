@@ -5,4 +5,5 @@
 
 pub mod affinity;
 pub mod decision;
+pub mod geodns;
 pub mod split;

@@ -9,6 +9,7 @@
 //! (and `meridian check`) calls.
 
 pub mod compile;
+pub mod geodns;
 pub mod mtls;
 pub mod policies;
 pub mod retry;
@@ -165,6 +166,8 @@ pub struct RoutingTable {
     pub dns: DnsSettings,
     /// Other regions' Meridian instances and their probes; `None` when none are configured.
     pub peers: Option<Arc<crate::upstream::peers::Peers>>,
+    /// The GeoDNS listener's zones and ingress addresses; `None`: no DNS listener.
+    pub geodns: Option<Box<geodns::GeoDns>>,
     /// Certificates of each TLS listener, by listener name.
     pub tls_keys: HashMap<String, Vec<Arc<rustls::sign::CertifiedKey>>>,
     /// Session ticket keys of each TLS listener that issues tickets, by listener name: made

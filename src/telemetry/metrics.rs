@@ -33,6 +33,7 @@ pub const FAULTS_TOTAL: &str = "meridian_faults_total";
 pub const MIRROR_REQUESTS_TOTAL: &str = "meridian_mirror_requests_total";
 pub const PEER_UP: &str = "meridian_peer_up";
 pub const PEER_PROBES_TOTAL: &str = "meridian_peer_probes_total";
+pub const DNS_QUERIES_TOTAL: &str = "meridian_dns_queries_total";
 
 /// Request duration buckets, seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -64,6 +65,9 @@ pub struct Metrics {
     pub mirror_requests: IntCounterVec,
     pub peer_up: IntGaugeVec,
     pub peer_probes: IntCounterVec,
+    /// GeoDNS queries; labels bounded by the config (zone "" outside the zones, type "other"
+    /// past A, AAAA, SOA, NS and ANY).
+    pub dns_queries: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -231,6 +235,12 @@ impl Metrics {
                 PEER_PROBES_TOTAL,
                 "Probes of peer Meridians, by result (up: 2xx, status: another status, error, timeout).",
                 &["region", "result"],
+            ),
+            dns_queries: counter(
+                &registry,
+                DNS_QUERIES_TOTAL,
+                "GeoDNS queries answered, by zone, query type, response code and first region named.",
+                &["zone", "type", "rcode", "region"],
             ),
             registry,
         }

@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+mod explain_dns;
 mod explain_policies;
 
 use crate::control::lifecycle::Server;
@@ -247,6 +248,7 @@ fn peers_view(table: &RoutingTable) -> Value {
 
 /// `GET /explain?ip=&host=&path=&query=&scheme=&method=&header=name:value`: what a request
 /// like that would do now, without sending it (and what the route's policies would change).
+/// With `name=` it explains a GeoDNS answer instead (see `explain_dns`).
 fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -254,6 +256,9 @@ fn explain(table: &RoutingTable, query: &str) -> (StatusCode, Value) {
             .entry(k.into_owned())
             .or_default()
             .push(v.into_owned());
+    }
+    if params.contains_key("name") {
+        return explain_dns::explain(table, &params);
     }
     let first = |k: &str| params.get(k).and_then(|v| v.first()).map(String::as_str);
     let Some(ip) = first("ip").and_then(|ip| ip.parse::<IpAddr>().ok()) else {

@@ -6,6 +6,7 @@ mod clusters;
 mod cors;
 mod fault;
 mod geo_db;
+mod geodns;
 mod listeners;
 mod mirror;
 mod mtls;
@@ -159,6 +160,7 @@ impl<'a> Compiler<'a> {
             cluster.peers = peers.as_ref().map(|p| p.view.clone());
         }
         let routes = self.routes(&cluster_ids);
+        let geodns = self.geodns(&routes, &cluster_ids, &clusters);
         let dns = self.dns();
         let drain_delay = self.drain_duration("drain_delay", &self.config.drain_delay.clone());
         let drain_timeout =
@@ -188,6 +190,7 @@ impl<'a> Compiler<'a> {
             max_region_hops: self.config.max_region_hops,
             dns,
             peers,
+            geodns,
             tls_keys: std::mem::take(&mut self.tls_keys),
             tls_tickets: std::mem::take(&mut self.tls_tickets),
             mtls: std::mem::take(&mut self.mtls),
