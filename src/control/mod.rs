@@ -9,5 +9,6 @@ pub mod demo;
 mod error;
 pub mod lifecycle;
 pub mod reload;
+pub mod status;
 
 pub use error::ControlError;

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub worker_connections: IntCounterVec,
     pub faults: IntCounterVec,
     pub mirror_requests: IntCounterVec,
+    /// Requests by (client country, serving region), for the status page.
+    pub landing: super::landing::Landing,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -212,6 +214,7 @@ impl Metrics {
                 "Mirror copies: sent (answered), failed, dropped (over max_in_flight), skipped (body not replayable).",
                 &["route", "cluster", "result"],
             ),
+            landing: super::landing::Landing::new(),
             registry,
         }
     }
