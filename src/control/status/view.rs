@@ -247,10 +247,22 @@ pub fn parse_sample_client(raw: &str) -> Result<SampleClient, String> {
     }
     match CountryCode::parse(raw) {
         Some(country) => Ok(SampleClient::Country(country)),
-        None => Err(format!(
-            "`{}` is neither an IP address nor a two-letter country code",
-            raw.escape_debug()
-        )),
+        None => {
+            // Control characters are shown escaped; the rest as typed.
+            let shown: String = raw
+                .chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = match c.is_control() {
+                        true => c.escape_debug().collect(),
+                        false => vec![c],
+                    };
+                    escaped
+                })
+                .collect();
+            Err(format!(
+                "`{shown}` is neither an IP address nor a two-letter country code"
+            ))
+        }
     }
 }
 
@@ -421,7 +433,8 @@ mod tests {
             ("DEU", "neither"),
             ("1.2.3.4.5", "neither"),
             ("<script>", "neither"),
-            ("D\u{0}", "neither"),
+            ("D\u{0}", "`D\\0` is neither"),
+            ("DE'", "`DE'` is neither"),
             (long.as_str(), "10000 bytes long"),
         ];
         for (raw, message) in bad {
