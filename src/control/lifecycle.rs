@@ -65,6 +65,8 @@ pub struct Server {
     pub(crate) tracker: TaskTracker,
     /// The runtimes proxy listeners are served on, one socket per listener on each.
     pub(crate) workers: Arc<Workers>,
+    /// The status page's recent window, filled by the status sampler.
+    pub(crate) window: Arc<crate::control::status::StatusWindow>,
 }
 
 /// A started Meridian: its bound addresses and the handles to stop it.
@@ -250,8 +252,14 @@ pub async fn start_on(
         shutdown,
         tracker: TaskTracker::new(),
         workers,
+        window: Arc::default(),
     });
     server.spawn_control_tasks(&server.table.load(), &control_tasks);
+    server.tracker.spawn(crate::control::status::sampler::run(
+        server.table.clone(),
+        server.window.clone(),
+        server.shutdown.clone(),
+    ));
 
     let mut active = Vec::new();
     for (spec, listener) in bound {

@@ -10,5 +10,6 @@ mod error;
 mod geodns;
 pub mod lifecycle;
 pub mod reload;
+pub mod status;
 
 pub use error::ControlError;

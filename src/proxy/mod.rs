@@ -224,6 +224,9 @@ pub async fn handle(
         None => &table.unrouted_metrics,
     };
     metrics.observe(status, elapsed.as_secs_f64());
+    if let Some(region) = trace.region {
+        table.metrics.landing.count(trace.country, region);
+    }
     if let Some(lines) = &trace.explain
         && !lines.is_empty()
         && let Ok(value) = HeaderValue::from_str(&lines.join("; "))

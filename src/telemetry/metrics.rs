@@ -68,6 +68,8 @@ pub struct Metrics {
     /// GeoDNS queries; labels bounded by the config (zone "" outside the zones, type "other"
     /// past A, AAAA, SOA, NS and ANY).
     pub dns_queries: IntCounterVec,
+    /// Requests by (client country, serving region), for the status page.
+    pub landing: super::landing::Landing,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -242,6 +244,7 @@ impl Metrics {
                 "GeoDNS queries answered, by zone, query type, response code and first region named.",
                 &["zone", "type", "rcode", "region"],
             ),
+            landing: super::landing::Landing::new(),
             registry,
         }
     }

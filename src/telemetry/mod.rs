@@ -2,4 +2,5 @@
 //! low. Uses `config` only; exporting metrics is the admin API's job (`control`).
 
 pub mod access_log;
+pub mod landing;
 pub mod metrics;

@@ -21,6 +21,7 @@ mod explain_policies;
 
 use crate::control::lifecycle::Server;
 use crate::control::reload::Trigger;
+use crate::control::status;
 use crate::route::decision::{RequestFacts, decide_for_route, find_route};
 use crate::steer;
 use crate::table::routes::normalize_host;
@@ -70,6 +71,18 @@ pub async fn handle(
             let (status, body) = explain(&table, req.uri().query().unwrap_or(""));
             json_response(status, body)
         }
+        (&Method::GET, "/status") => json_response(
+            StatusCode::OK,
+            server.window.read(|ring| status::view::status(&table, ring)),
+        ),
+        (&Method::GET, "/status/clients") => json_response(
+            StatusCode::OK,
+            server.window.read(status::view::clients),
+        ),
+        (&Method::GET, "/status/routes") => {
+            let (status, body) = status_routes(&server, &table, req.uri().query().unwrap_or(""));
+            json_response(status, body)
+        }
         (&Method::POST, "/reload") => match server.reload(Trigger::Admin).await {
             Ok(result) => json_response(
                 StatusCode::OK,
@@ -92,7 +105,7 @@ pub async fn handle(
         (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n".into()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /, /healthz, /readyz, /metrics, /config, /clusters, /explain, POST /reload\n".into(),
+            "not found: try /, /healthz, /readyz, /metrics, /config, /clusters, /explain, /status, /status/clients, /status/routes, POST /reload\n".into(),
         ),
     })
 }
@@ -244,6 +257,23 @@ fn peers_view(table: &RoutingTable) -> Value {
         })
         .collect();
     Value::Array(peers)
+}
+
+/// `GET /status/routes?client=<IP or country>`: every route's mode and live split, and the
+/// region order a client like that would get; 400 with the reason for anything else.
+fn status_routes(server: &Server, table: &RoutingTable, query: &str) -> (StatusCode, Value) {
+    let client = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "client")
+        .map(|(_, v)| v.into_owned());
+    let client = match client.as_deref().map(status::view::parse_sample_client) {
+        None => None,
+        Some(Ok(client)) => Some(client),
+        Some(Err(error)) => return (StatusCode::BAD_REQUEST, json!({ "error": error })),
+    };
+    let view = server
+        .window
+        .read(|ring| status::view::routes(table, ring, client));
+    (StatusCode::OK, view)
 }
 
 /// `GET /explain?ip=&host=&path=&query=&scheme=&method=&header=name:value`: what a request
