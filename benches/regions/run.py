@@ -1,0 +1,723 @@
+#!/usr/bin/env python3
+"""The region lab: the reference deployment's three regions on one machine, with wide-area
+delays on the wire, and its post-deployment checklist measured (README "Reference deployment,
+measured"; results in benches/regions/results.md).
+
+    sudo python3 benches/regions/run.py                 # every scenario, 10-minute availability run
+    sudo python3 benches/regions/run.py --availability-seconds 120
+    sudo python3 benches/regions/run.py --smoke         # CI: build, one steady-state check, clean up
+
+Run as root (network namespaces). Python 3.11 standard library only, plus iproute2 and a release
+build of Meridian (`CARGO_TARGET_DIR=/work/rel-lab cargo build --release`; --meridian to
+point elsewhere).
+
+Layout: namespaces <prefix>us-east-1, <prefix>eu-west-1, <prefix>ap-southeast-1 and
+<prefix>clients, each with a veth into a bridge in <prefix>wan (10.77.0.0/24). Each region
+runs two backends (`meridian backend`, naming their region) and its own Meridian, whose config
+lists the local backends and the other regions' Meridians (their ingress addresses) as the
+remote endpoints traffic spills to. Requests that come from another region's Meridian (they
+carry X-Forwarded-For) are served only locally, so spill never loops. Each region's ingress
+address is the lab's delay relay (relay.py): it holds every segment for the one-way delay
+between the peer's region and this one, with jitter, and hands the connection to the local
+Meridian with a PROXY header naming the real client. The clients namespace holds users with
+source addresses from the demo GeoIP ranges (US 192.0.2.0/24, DE 198.51.100.0/24,
+SG 203.0.113.0/24); they find their region through the DNS step in client.py.
+
+Every namespace and process the lab makes is removed when it ends, on error and on signals too.
+"""
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DEFAULT_BINARY = Path(os.environ.get("CARGO_TARGET_DIR", "/work/rel-lab")) / "release/meridian"
+
+REGIONS = {
+    # name: (lab address, lat, lon, client range, a client address, one-way ms inside the region)
+    "us-east-1": ("10.77.0.1", 38.9, -77.4, "192.0.2.0/24", "192.0.2.10", 2),
+    "eu-west-1": ("10.77.0.2", 53.3, -6.3, "198.51.100.0/24", "198.51.100.10", 3),
+    "ap-southeast-1": ("10.77.0.3", 1.35, 103.8, "203.0.113.0/24", "203.0.113.10", 4),
+}
+CLIENTS_ADDRESS = "10.77.0.10"
+# One-way delay between regions, milliseconds.
+WAN_MS = {
+    frozenset(("us-east-1", "eu-west-1")): 40,
+    frozenset(("us-east-1", "ap-southeast-1")): 90,
+    frozenset(("eu-west-1", "ap-southeast-1")): 80,
+}
+JITTER = 0.1  # +-10% of each delay
+SLO_P99_MS = {"us-east-1": 100, "eu-west-1": 150, "ap-southeast-1": 200}
+SERVICE = "api.example.com"
+SHORT = {"us-east-1": "us", "eu-west-1": "eu", "ap-southeast-1": "ap"}
+
+
+def one_way_ms(a, b):
+    return REGIONS[a][5] if a == b else WAN_MS[frozenset((a, b))]
+
+
+def nearest_first(region):
+    return sorted(REGIONS, key=lambda other: one_way_ms(region, other))
+
+
+def log(message):
+    print(f"[lab {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sh(*args, check=True, quiet=False):
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+    if not quiet and result.returncode != 0:
+        log(f"(ignored) {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+class Lab:
+    def __init__(self, args):
+        self.args = args
+        self.prefix = args.prefix
+        self.binary = Path(args.meridian)
+        self.work = Path(tempfile.mkdtemp(prefix="meridian-lab-"))
+        self.namespaces = []  # the ones this lab created, removed at the end
+        self.processes = {}  # name -> (argv, namespace, Popen)
+        self.cleaned = False
+        self.delay_kind = "relay"
+        self.load_start = os.getloadavg()[0]
+
+    def ns(self, region):
+        return self.prefix + region
+
+    # ---------------------------------------------------------------- network
+
+    def build(self):
+        if os.geteuid() != 0:
+            raise SystemExit("the region lab needs root (network namespaces): run it with sudo")
+        if shutil.which("ip") is None:
+            raise SystemExit("`ip` is missing: apt-get install iproute2")
+        if not self.binary.exists():
+            raise SystemExit(
+                f"{self.binary} is missing: CARGO_TARGET_DIR={self.binary.parent.parent} "
+                "cargo build --release (or --meridian PATH)"
+            )
+        existing = sh("ip", "netns", "list").stdout.split()
+        members = [*REGIONS, "clients"]
+        for name in [*members, "wan"]:
+            if self.ns(name) in existing:
+                raise SystemExit(
+                    f"namespace {self.ns(name)} already exists (a lab still running, or one "
+                    f"killed with SIGKILL): `ip netns del {self.ns(name)}` if it is stale"
+                )
+        wan = self.ns("wan")
+        self.add_namespace(wan)
+        sh("ip", "-n", wan, "link", "add", "wan0", "type", "bridge")
+        sh("ip", "-n", wan, "link", "set", "wan0", "up")
+        for member in members:
+            name = self.ns(member)
+            self.add_namespace(name)
+            short = SHORT.get(member, "cl")
+            # Create the pair inside the hub namespace, then move one end to the member.
+            sh("ip", "-n", wan, "link", "add", f"v-{short}", "type", "veth", "peer", "name", "wan")
+            sh("ip", "-n", wan, "link", "set", "wan", "netns", name)
+            sh("ip", "-n", wan, "link", "set", f"v-{short}", "master", "wan0")
+            sh("ip", "-n", wan, "link", "set", f"v-{short}", "up")
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+            sh("ip", "-n", name, "link", "set", "wan", "up")
+        for region, (address, *_rest) in REGIONS.items():
+            sh("ip", "-n", self.ns(region), "addr", "add", f"{address}/24", "dev", "wan")
+            for other in REGIONS.values():
+                sh("ip", "-n", self.ns(region), "route", "add", other[3], "via", CLIENTS_ADDRESS)
+        clients = self.ns("clients")
+        sh("ip", "-n", clients, "addr", "add", f"{CLIENTS_ADDRESS}/24", "dev", "wan")
+        for region in REGIONS.values():
+            sh("ip", "-n", clients, "addr", "add", f"{region[4]}/32", "dev", "wan")
+        self.delay_kind = self.probe_netem()
+        log(f"namespaces up: {', '.join(self.namespaces)}; wide-area delay: {self.delay_kind}")
+
+    def add_namespace(self, name):
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+
+    def probe_netem(self):
+        """Whether this kernel has netem. The lab adds its delays with its own relay either
+        way (the relay keys the delay on the peer's region, which one qdisc per interface
+        cannot); the answer is reported so a run says what it used."""
+        probe = sh(
+            "ip", "netns", "exec", self.ns("clients"),
+            "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+            check=False, quiet=True,
+        )
+        if probe.returncode == 0:
+            sh("ip", "netns", "exec", self.ns("clients"), "tc", "qdisc", "del", "dev", "lo",
+               "root", check=False, quiet=True)
+            return "user-space delay relay (netem is available on this kernel but unused)"
+        return "user-space delay relay (no netem on this kernel: " + (
+            probe.stderr.strip().splitlines() or ["tc failed"])[0] + ")"
+
+    # ---------------------------------------------------------------- processes
+
+    def spawn(self, name, namespace, argv):
+        log_file = open(self.work / f"{name.replace('/', '-')}.log", "ab")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        self.processes[name] = (argv, namespace, process)
+        return process
+
+    def kill(self, name):
+        _argv, _namespace, process = self.processes[name]
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def restart(self, name):
+        argv, namespace, process = self.processes[name]
+        if process.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self.spawn(name, namespace, argv)
+
+    def wait_in(self, namespace, what, code, timeout=30.0):
+        """Run a bounded readiness probe (Python, `code` returns True when ready) inside a
+        namespace: poll every 50 ms until it holds or `timeout` passes."""
+        program = (
+            "import socket,sys,time,urllib.request\n"
+            f"deadline=time.monotonic()+{timeout}\n"
+            "def ready():\n"
+            f"    {code}\n"
+            f"for _ in range({int(timeout / 0.05) + 1}):\n"
+            "    try:\n"
+            "        if ready(): sys.exit(0)\n"
+            "    except Exception: pass\n"
+            "    if time.monotonic()>deadline: break\n"
+            "    time.sleep(0.05)\n"
+            "sys.exit(1)\n"
+        )
+        result = subprocess.run(
+            ["ip", "netns", "exec", namespace, sys.executable, "-c", program],
+            timeout=timeout + 10,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{what} not ready within {timeout}s (logs in {self.work})")
+
+    def meridian_config(self, region):
+        lat_lon = "".join(
+            f"  {name}: {{ lat: {r[1]}, lon: {r[2]} }}\n" for name, r in REGIONS.items()
+        )
+        endpoints = ""
+        for name, r in REGIONS.items():
+            if name == region:
+                endpoints += f'      {name}: ["127.0.0.1:9001", "127.0.0.1:9002"]\n'
+            else:
+                # The other region's Meridian, through its ingress (and so the WAN delay).
+                endpoints += f'      {name}: ["{r[0]}:80"]\n'
+        dns = ""
+        if self.args.dns == "geodns":
+            # GeoDNS listener (issue 26): answers A records for the service name with the
+            # ingress address of the region the steering picks; the relay forwards
+            # <ingress>:53 here.
+            ingress = "".join(f'      {name}: ["{r[0]}"]\n' for name, r in REGIONS.items())
+            peers = "".join(
+                f'      {name}: "http://{r[0]}:80/healthz"\n'
+                for name, r in REGIONS.items() if name != region
+            )
+            dns = (
+                "dns:\n"
+                '  bind: "127.0.0.1:5353"\n'
+                "  ttl: 5s\n"
+                "  max_answers: 2\n"
+                f"  names: [{SERVICE}]\n"
+                "  cluster: api\n"
+                f"  ingress:\n{ingress}"
+                f"  peers:\n{peers}"
+            )
+        return f"""# Generated by benches/regions/run.py for the lab's {region}.
+local_region: {region}
+listeners:
+  - {{ name: http, bind: "127.0.0.1:8080", proxy_protocol: true }}
+admin: {{ bind: "127.0.0.1:9901" }}
+access_log: {{ enabled: false }}
+geo:
+  database: "{REPO / 'config/geoip/demo-city.mmdb'}"
+  trusted_proxies: ["127.0.0.1/32"]     # the ingress relay, which sends a PROXY header
+regions:
+{lat_lon}clusters:
+  api:
+    connect_timeout: 500ms
+    endpoints:
+{endpoints}    outlier_detection: {{ max_ejection_percent: 100 }}
+    health_check: {{ path: /healthz, interval: 1s, timeout: 500ms, host: {SERVICE} }}
+routes:
+  # From another region's Meridian (it adds X-Forwarded-For): serve here, never spill back.
+  - name: from-peer
+    hosts: ["{SERVICE}"]
+    match: {{ headers: [{{ name: x-forwarded-for, present: true }}] }}
+    cluster: api
+    steering: {{ only: [{region}] }}
+    timeout: 3s
+  - {{ name: api, hosts: ["{SERVICE}"], cluster: api, timeout: 3s }}
+{dns}"""
+
+    def relay_spec(self, region):
+        address = REGIONS[region][0]
+        sources = {}
+        for name, r in REGIONS.items():
+            sources[r[3]] = name
+            sources[f"{r[0]}/32"] = name
+        spec = {
+            "sources": sources,
+            "delays_ms": {name: one_way_ms(name, region) for name in REGIONS},
+            "default_ms": REGIONS[region][5],
+            "jitter": JITTER,
+            "tcp": [{"listen": [address, 80], "target": ["127.0.0.1", 8080],
+                     "proxy_protocol": True}],
+        }
+        if self.args.dns == "geodns":
+            spec["udp"] = [{"listen": [address, 53], "target": ["127.0.0.1", 5353]}]
+        return spec
+
+    def start_region(self, region, backends=True, meridian=True):
+        ns = self.ns(region)
+        if not self.processes.get(f"{region}/relay"):
+            config = self.work / f"meridian-{region}.yaml"
+            config.write_text(self.meridian_config(region))
+            check = sh(str(self.binary), "check", "-c", str(config), check=False)
+            if check.returncode != 0:
+                raise RuntimeError(f"generated config for {region}: {check.stdout}{check.stderr}")
+            for port in (9001, 9002):
+                self.spawn(f"{region}/backend-{port}", ns, [
+                    str(self.binary), "backend", "--region", region,
+                    "--listen", f"127.0.0.1:{port}"])
+            self.spawn(f"{region}/meridian", ns, [
+                str(self.binary), "run", "-c", str(config), "--worker-threads", "1"])
+            self.spawn(f"{region}/relay", ns, [
+                sys.executable, str(HERE / "relay.py"), json.dumps(self.relay_spec(region))])
+            self.wait_region(region, backends, meridian)
+        else:
+            # Backends first, then Meridian, then the ingress: clients reach the region only
+            # once it can answer.
+            if backends:
+                for port in (9001, 9002):
+                    self.restart(f"{region}/backend-{port}")
+                self.wait_region(region, backends=True, meridian=False)
+            if meridian:
+                self.restart(f"{region}/meridian")
+                self.wait_in(ns, f"{region} meridian", "return urllib.request.urlopen("
+                             "'http://127.0.0.1:9901/readyz',timeout=1).status==200")
+                self.restart(f"{region}/relay")
+                self.wait_in(ns, f"{region} ingress", "return socket.create_connection(("
+                             f"'{REGIONS[region][0]}',80),timeout=1).close() is None")
+
+    def region_processes(self, region, backends=True, meridian=True):
+        names = []
+        if backends:
+            names += [f"{region}/backend-9001", f"{region}/backend-9002"]
+        if meridian:
+            names += [f"{region}/meridian", f"{region}/relay"]
+        return names
+
+    def wait_region(self, region, backends=True, meridian=True):
+        ns = self.ns(region)
+        if backends:
+            self.wait_in(ns, f"{region} backends", "return all(socket.create_connection(("
+                         "'127.0.0.1',p),timeout=1).close() is None for p in (9001,9002))")
+        if meridian:
+            self.wait_in(ns, f"{region} meridian", "return urllib.request.urlopen("
+                         "'http://127.0.0.1:9901/readyz',timeout=1).status==200")
+            self.wait_in(ns, f"{region} ingress", "return socket.create_connection(("
+                         f"'{REGIONS[region][0]}',80),timeout=1).close() is None")
+
+    def wait_all_healthy(self, region, timeout=30.0):
+        """Until this region's Meridian counts every endpoint healthy, its own backends and the
+        other regions' Meridians (its /clusters)."""
+        self.wait_in(
+            self.ns(region), f"{region}: every endpoint healthy",
+            "import json; c=json.load(urllib.request.urlopen('http://127.0.0.1:9901/clusters',"
+            "timeout=1)); return all(r['healthy_share']==1 for r in c['clusters'][0]['regions'])",
+            timeout,
+        )
+
+    def stop_region(self, region, backends=True, meridian=True):
+        for name in self.region_processes(region, backends, meridian):
+            self.kill(name)
+
+    # ---------------------------------------------------------------- clients
+
+    def start_clients(self, out, duration, workers, rate):
+        spec = {
+            "out": str(out),
+            "duration": duration,
+            "rate": rate,
+            "timeout": 2.0,
+            "attempts": 3,
+            "max_connection_age": 5.0,
+            "name": SERVICE,
+            "dns": self.args.dns,
+            # The static DNS step: each client region's own ingress first, then the nearest.
+            "static_answers": {
+                region: [REGIONS[r][0] for r in nearest_first(region)] for region in REGIONS
+            },
+            "dns_servers": {
+                region: [REGIONS[r][0] for r in nearest_first(region)] for region in REGIONS
+            },
+            "workers": workers,
+        }
+        return self.spawn("clients", self.ns("clients"), [
+            sys.executable, str(HERE / "client.py"), json.dumps(spec)])
+
+    # ---------------------------------------------------------------- cleanup
+
+    def cleanup(self):
+        if self.cleaned:
+            return
+        self.cleaned = True
+        for name, (_argv, _ns, process) in list(self.processes.items()):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not exit")
+        for namespace in reversed(self.namespaces):
+            # Anything still inside a namespace this lab made is the lab's own.
+            pids = sh("ip", "netns", "pids", namespace, check=False, quiet=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", namespace, check=False)
+        self.namespaces.clear()
+        if self.args.keep_logs:
+            log(f"logs kept in {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+        log("cleaned up: namespaces and processes removed")
+
+
+# -------------------------------------------------------------------- analysis
+
+
+def load_records(path):
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100.0 * (len(ordered) - 1))))]
+
+
+def window(records, start, end, **match):
+    return [r for r in records if start <= r["t"] < end
+            and all(r[k] == v for k, v in match.items())]
+
+
+def fmt_ms(value):
+    return "n/a" if value != value else f"{value:.1f}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def steady_table(records, start, end):
+    rows = []
+    for region in REGIONS:
+        rs = window(records, start, end, client=region)
+        ok = [r for r in rs if r["ok"]]
+        own = sum(1 for r in ok if r["served"] == region)
+        p99 = pct([r["ms"] for r in ok], 99)
+        rows.append([
+            region, len(rs), fmt_ms(pct([r["ms"] for r in ok], 50)), fmt_ms(p99),
+            f"< {SLO_P99_MS[region]}", "yes" if p99 < SLO_P99_MS[region] else "**no**",
+            f"{100.0 * own / max(1, len(ok)):.1f}%", len(rs) - len(ok),
+        ])
+    return table(["client region", "requests", "P50 ms", "P99 ms", "SLO P99 ms", "holds",
+                  "served in own region", "errors"], rows)
+
+
+def first_answer_s(records, region, mode, t_event, t_end, target_pred):
+    """Seconds from t_event to the first successful answer matching target_pred, or None."""
+    rs = sorted(window(records, t_event, t_end, client=region, mode=mode), key=lambda r: r["t"])
+    first = next((r for r in rs if r["ok"] and target_pred(r)), None)
+    return None if first is None else first["t"] + first["ms"] / 1000 - t_event
+
+
+def event_rows(records, region, t_event, t_restore, target_pred, label):
+    """Per client mode: time from the event to the first answer matching target_pred, errors
+    between event and restore, P99 during the first 10 s and after."""
+    rows = []
+    for mode in ("noretry", "retry"):
+        rs = window(records, t_event, t_restore, client=region, mode=mode)
+        first = next((r for r in sorted(rs, key=lambda r: r["t"]) if r["ok"] and target_pred(r)),
+                     None)
+        took = "never" if first is None else f"{(first['t'] + first['ms'] / 1000 - t_event):.2f} s"
+        # Settled: the first matching answer after the last request that did not match.
+        ordered = sorted(rs, key=lambda r: r["t"])
+        bad = [r["t"] for r in ordered if not (r["ok"] and target_pred(r))]
+        later = [r for r in ordered if not bad or r["t"] > bad[-1]]
+        settled = "never" if not later else (
+            f"{(later[0]['t'] + later[0]['ms'] / 1000 - t_event):.2f} s")
+        errors = sum(1 for r in rs if not r["ok"])
+        during = [r["ms"] for r in rs if r["ok"] and r["t"] < t_event + 10]
+        after = [r["ms"] for r in rs if r["ok"] and r["t"] >= t_event + 10]
+        rows.append([label, mode, took, settled, f"{errors} of {len(rs)}",
+                     fmt_ms(pct(during, 99)), fmt_ms(pct(after, 99))])
+    return rows
+
+
+EVENT_HEADER = ["event (US clients)", "client", "first answer from the new region",
+                "all answers from it after", "errors", "P99 ms first 10 s", "P99 ms after"]
+
+
+# -------------------------------------------------------------------- scenarios
+
+
+def workers_for(regions, modes):
+    return [{"region": r, "source": REGIONS[r][4], "mode": m} for r in regions for m in modes]
+
+
+def run_smoke(lab, args):
+    out = lab.work / "smoke.jsonl"
+    lab.start_all()
+    # 50 requests per client region, plus a US client sent to eu-west-1's ingress directly to
+    # measure the US-EU path. Its X-Forwarded-For makes eu-west-1 serve it locally (the route
+    # for requests from other regions' Meridians), so it crosses the ocean once each way.
+    workers = workers_for(REGIONS, ["noretry"])
+    workers.append({"region": "us-east-1", "source": REGIONS["us-east-1"][4],
+                    "mode": "noretry", "answers": [REGIONS["eu-west-1"][0]],
+                    "headers": {"X-Forwarded-For": REGIONS["us-east-1"][4]}})
+    for w in workers:
+        w["max_requests"] = 50
+    clients = lab.start_clients(out, duration=20, workers=workers, rate=10)
+    clients.wait(timeout=60)
+    records = load_records(out)
+    failures = []
+    for region in REGIONS:
+        rs = [r for r in records if r["client"] == region and not r.get("direct")]
+        served = {r["served"] for r in rs}
+        errors = [r for r in rs if not r["ok"]]
+        p50 = pct([r["ms"] for r in rs if r["ok"]], 50)
+        log(f"{region}: {len(rs)} requests, served by {sorted(served)}, P50 {fmt_ms(p50)} ms, "
+            f"{len(errors)} errors")
+        if len(rs) != 50 or errors or served != {region}:
+            failures.append(f"{region}: {len(rs)} requests, {len(errors)} errors, "
+                            f"served by {sorted(served)} (want 50, 0, [{region}])")
+    direct = [r for r in records if r.get("direct")]
+    lat = [r["ms"] for r in direct if r["ok"]]
+    log(f"us-east-1 -> eu-west-1 ingress: {len(lat)} answers, min {fmt_ms(min(lat, default=0))}"
+        f" ms, P50 {fmt_ms(pct(lat, 50))} ms (one-way delay {one_way_ms('us-east-1', 'eu-west-1')}"
+        " ms each way)")
+    round_trip = 2 * one_way_ms("us-east-1", "eu-west-1") * (1 - JITTER)
+    served = sorted({r["served"] for r in direct})
+    if len(lat) != 50 or served != ["eu-west-1"]:
+        failures.append(f"us-east-1 -> eu-west-1: {len(lat)} answers of 50, served by {served}")
+    elif min(lat) < round_trip:
+        failures.append(f"us-east-1 -> eu-west-1 took {min(lat):.1f} ms, under the "
+                        f"{round_trip:.0f} ms round trip: the WAN delay was not applied")
+    return failures
+
+
+def run_full(lab, args):
+    out = lab.work / "full.jsonl"
+    lab.start_all()
+    steady_s, event_s, recover_s = args.steady_seconds, args.event_seconds, args.recover_seconds
+    availability_s = args.availability_seconds
+    total = steady_s + 2 * (event_s + recover_s) + availability_s + 60
+    lab.start_clients(out, duration=total, workers=workers_for(REGIONS, ["noretry", "retry"]),
+                      rate=args.rate)
+    marks = {}
+    t0 = time.time()
+    log(f"steady state for {steady_s} s")
+    time.sleep(steady_s)  # measuring window, not synchronisation
+    marks["steady"] = (t0, time.time())
+
+    log("service down: us-east-1's backends killed")
+    marks["service_down"] = time.time()
+    lab.stop_region("us-east-1", meridian=False)
+    time.sleep(event_s)
+    lab.start_region("us-east-1", meridian=False)
+    marks["service_restore"] = time.time()  # backends answering again
+    log("service restored")
+    time.sleep(recover_s)
+
+    log("region down: us-east-1's backends, Meridian and ingress killed")
+    marks["region_down"] = time.time()
+    lab.stop_region("us-east-1")
+    time.sleep(event_s)
+    lab.start_region("us-east-1")
+    marks["region_restore"] = time.time()  # Meridian ready, ingress open
+    log("region restored")
+    time.sleep(recover_s)
+
+    log(f"availability: {availability_s} s, us-east-1 killed and restored twice")
+    a_start = time.time()
+    quarter = availability_s / 5
+    for k in range(2):
+        time.sleep(quarter)
+        lab.stop_region("us-east-1")
+        log(f"availability: region down ({k + 1})")
+        time.sleep(quarter)
+        lab.start_region("us-east-1")
+        log(f"availability: region restored ({k + 1})")
+    time.sleep(max(0.0, a_start + availability_s - time.time()))
+    a_end = time.time()
+    lab.kill("clients")
+    records = load_records(out)
+    return report(lab, args, records, marks, (a_start, a_end))
+
+
+def report(lab, args, records, marks, availability):
+    us = "us-east-1"
+    served_us = lambda r: r["served"] == us  # noqa: E731
+    served_elsewhere = lambda r: r["served"] not in ("", us)  # noqa: E731
+    sections = []
+    sections.append(f"Wide-area delay: {lab.delay_kind}. DNS step: {args.dns}. "
+                    f"{args.rate:g} requests/s per client, two clients (with and without "
+                    f"retries) per client region. Machine: {os.cpu_count()} cores, load average "
+                    f"(1 min) {lab.load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+                    "the end.")
+    sections.append(slo_table(records, marks, availability, served_elsewhere))
+    sections.append("### Steady state\n\n" + steady_table(records, *marks["steady"]))
+    rows = []
+    rows += event_rows(records, us, marks["service_down"], marks["service_restore"],
+                       served_elsewhere, "service down → spill")
+    rows += event_rows(records, us, marks["service_restore"], marks["region_down"],
+                       served_us, "service back → recovery")
+    rows += event_rows(records, us, marks["region_down"], marks["region_restore"],
+                       served_elsewhere, "region down → failover")
+    rows += event_rows(records, us, marks["region_restore"], availability[0],
+                       served_us, "region back → recovery")
+    sections.append("### Failure scenarios (us-east-1)\n\n" + table(EVENT_HEADER, rows))
+    rows = []
+    for mode in ("noretry", "retry"):
+        for region in [*REGIONS, "all"]:
+            match = {"mode": mode} | ({} if region == "all" else {"client": region})
+            rs = window(records, *availability, **match)
+            ok = sum(1 for r in rs if r["ok"])
+            share = 100.0 * ok / max(1, len(rs))
+            rows.append([mode, region, len(rs), ok, f"{share:.3f}%", "≥ 99.5%",
+                         "yes" if share >= 99.5 else "**no**"])
+    minutes = (availability[1] - availability[0]) / 60
+    sections.append(f"### Availability over {minutes:.1f} minutes, us-east-1 killed and "
+                    "restored twice\n\n" + table(["client", "client region", "requests",
+                                                   "successful", "availability", "SLO", "holds"],
+                                                  rows))
+    text = "\n\n".join(sections) + "\n"
+    print(text)
+    return text
+
+
+def slo_table(records, marks, availability, served_elsewhere):
+    rows = []
+    for region in REGIONS:
+        ok = [r["ms"] for r in window(records, *marks["steady"], client=region) if r["ok"]]
+        p99 = pct(ok, 99)
+        slo = SLO_P99_MS[region]
+        rows.append([f"P99 < {slo} ms, clients in {region} (steady state)", f"{fmt_ms(p99)} ms",
+                     "yes" if p99 < slo else "**no**"])
+    for label, start, end in (
+        ("service down", marks["service_down"], marks["service_restore"]),
+        ("region down", marks["region_down"], marks["region_restore"]),
+    ):
+        for mode in ("retry", "noretry"):
+            took = first_answer_s(records, "us-east-1", mode, start, end, served_elsewhere)
+            measured = "never (until restored)" if took is None else f"{took:.2f} s"
+            rows.append([f"failover < 5 min, {label} in us-east-1, US clients {mode}",
+                         measured, "yes" if took is not None and took < 300 else "**no**"])
+    for mode in ("retry", "noretry"):
+        rs = window(records, *availability, mode=mode)
+        share = 100.0 * sum(1 for r in rs if r["ok"]) / max(1, len(rs))
+        rows.append([f"availability ≥ 99.5%, all clients {mode}", f"{share:.3f}%",
+                     "yes" if share >= 99.5 else "**no**"])
+    return "### Against the SLOs\n\n" + table(["SLO", "measured", "holds"], rows)
+
+
+def start_all(lab):
+    for region in REGIONS:
+        lab.start_region(region)
+    for region in REGIONS:
+        lab.wait_all_healthy(region)
+
+
+Lab.start_all = start_all
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="build the lab, one steady-state check, clean up (CI)")
+    parser.add_argument("--meridian", default=str(DEFAULT_BINARY), help="release binary")
+    parser.add_argument("--prefix", default="mlab-", help="namespace name prefix")
+    parser.add_argument("--dns", choices=["static", "geodns"], default="static",
+                        help="the DNS step: static answers per client region (today), or A "
+                             "queries to each region's Meridian dns listener at <ingress>:53")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests/s per client")
+    parser.add_argument("--steady-seconds", type=float, default=20.0)
+    parser.add_argument("--event-seconds", type=float, default=20.0)
+    parser.add_argument("--recover-seconds", type=float, default=15.0)
+    parser.add_argument("--availability-seconds", type=float, default=600.0)
+    parser.add_argument("--results", help="write the tables to this Markdown file")
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args()
+
+    lab = Lab(args)
+    atexit.register(lab.cleanup)
+
+    def on_signal(signum, _frame):
+        lab.cleanup()
+        sys.exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        lab.build()
+        if args.smoke:
+            failures = run_smoke(lab, args)
+        else:
+            text = run_full(lab, args)
+            failures = []
+            if args.results:
+                Path(args.results).write_text(text)
+    finally:
+        lab.cleanup()
+    left = [n for n in sh("ip", "netns", "list").stdout.split() if n.startswith(args.prefix)]
+    if left:
+        failures = [*failures, f"namespaces left behind: {left}"]
+    if failures:
+        for failure in failures:
+            print(f"FAIL: {failure}", file=sys.stderr)
+        sys.exit(1)
+    log("ok")
+
+
+if __name__ == "__main__":
+    main()
