@@ -107,3 +107,18 @@ fn smoke_run_lands_each_client_region_in_its_own_region_with_wan_delay() {
         "namespaces left behind: {left:?}\n{report}"
     );
 }
+
+/// The lab client's GeoDNS step against a DNS responder on loopback (no root needed).
+#[test]
+fn lab_client_dns_step_parses_answers_and_walks_name_servers() {
+    let python = common::process::require_program("python3", "python3");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .current_dir(root)
+        .args(["-m", "unittest", "benches/regions/test_client.py"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Ran 7 tests"), "{stderr}");
+}

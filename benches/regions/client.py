@@ -45,6 +45,13 @@ def dns_query_a(server, name, source_ip, timeout):
         sock.settimeout(timeout)
         sock.sendto(packet, server)
         data, _ = sock.recvfrom(4096)
+    try:
+        return parse_a_answer(data, query_id)
+    except (IndexError, struct.error, OSError) as e:
+        raise ValueError(f"malformed DNS answer: {e}") from e
+
+
+def parse_a_answer(data, query_id):
     (answer_id, flags, qd, an, _ns, _ar) = struct.unpack(">HHHHHH", data[:12])
     if answer_id != query_id or flags & 0x000F != 0:
         return []
@@ -76,9 +83,10 @@ def skip_name(data, offset):
 def resolve_geodns(spec, client_region, source_ip):
     """The GeoDNS step (`--dns geodns`): ask the regions' DNS listeners (`<ingress>:53`, own
     region first, as a stub resolver walks its name servers) for the service name's A records."""
-    for server in spec["dns_servers"][client_region]:
+    for host, port in spec["dns_servers"][client_region]:
         try:
-            answer = dns_query_a((server, 53), spec["name"], source_ip, timeout=1.0)
+            answer = dns_query_a((host, port), spec["name"], source_ip,
+                                 timeout=spec.get("dns_timeout", 1.0))
         except (OSError, ValueError, struct.error):
             continue
         if answer:

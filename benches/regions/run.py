@@ -372,7 +372,7 @@ routes:
                 region: [REGIONS[r][0] for r in nearest_first(region)] for region in REGIONS
             },
             "dns_servers": {
-                region: [REGIONS[r][0] for r in nearest_first(region)] for region in REGIONS
+                region: [[REGIONS[r][0], 53] for r in nearest_first(region)] for region in REGIONS
             },
             "workers": workers,
         }
