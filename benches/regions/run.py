@@ -141,6 +141,7 @@ class Lab:
         sh("ip", "-n", clients, "addr", "add", f"{CLIENTS_ADDRESS}/24", "dev", "wan")
         for region in REGIONS.values():
             sh("ip", "-n", clients, "addr", "add", f"{region[4]}/32", "dev", "wan")
+        (self.work / "admin-token").write_text("lab-admin-token\n")
         self.delay_kind = self.probe_netem()
         log(f"namespaces up: {', '.join(self.namespaces)}; wide-area delay: {self.delay_kind}")
 
@@ -249,7 +250,7 @@ class Lab:
 local_region: {region}
 listeners:
   - {{ name: http, bind: "127.0.0.1:8080", proxy_protocol: true }}
-admin: {{ bind: "127.0.0.1:9901" }}
+admin: {{ bind: "127.0.0.1:9901", token_file: "{self.work / 'admin-token'}" }}
 access_log: {{ enabled: false }}
 geo:
   database: "{REPO / 'config/geoip/demo-city.mmdb'}"
@@ -346,7 +347,8 @@ routes:
         other regions' Meridians (its /clusters)."""
         self.wait_in(
             self.ns(region), f"{region}: every endpoint healthy",
-            "import json; c=json.load(urllib.request.urlopen('http://127.0.0.1:9901/clusters',"
+            "import json; c=json.load(urllib.request.urlopen(urllib.request.Request("
+            "'http://127.0.0.1:9901/clusters',headers={'authorization':'Bearer lab-admin-token'}),"
             "timeout=1)); return all(r['healthy_share']==1 for r in c['clusters'][0]['regions'])",
             timeout,
         )
@@ -354,6 +356,62 @@ routes:
     def stop_region(self, region, backends=True, meridian=True):
         for name in self.region_processes(region, backends, meridian):
             self.kill(name)
+
+    # ---------------------------------------------------------------- prometheus
+
+    def start_prometheus(self):
+        """A regional Prometheus in each region (the shipped prometheus.yml and alerts.yml,
+        scraping that region's Meridian every second) and a global one in the clients
+        namespace federating them with the shipped federation.yml."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise SystemExit("`prometheus` is missing: apt-get install prometheus")
+        shipped = (REPO / "docker/prometheus/prometheus.yml").read_text()
+        federation = "global:\n  scrape_interval: 1s\n" + (
+            REPO / "docker/prometheus/federation.yml").read_text()
+        for region, r in REGIONS.items():
+            config = shipped
+            for old, new in (
+                ("scrape_interval: 15s", "scrape_interval: 1s\n  evaluation_interval: 1s"),
+                ("edge_region: us-east-1", f"edge_region: {region}"),
+                ("/etc/prometheus/alerts.yml", str(REPO / "docker/prometheus/alerts.yml")),
+                ("/etc/prometheus/admin-token", str(self.work / "admin-token")),
+                ("meridian:9901", "127.0.0.1:9901"),
+            ):
+                if old not in config:
+                    raise RuntimeError(f"docker/prometheus/prometheus.yml lacks `{old}`")
+                config = config.replace(old, new)
+            self.run_prometheus(binary, region, self.ns(region), f"{r[0]}:9090", config)
+            target = f"prometheus.{region}.example.internal:9090"
+            if target not in federation:
+                raise RuntimeError(f"docker/prometheus/federation.yml lacks `{target}`")
+            federation = federation.replace(target, f"{r[0]}:9090")
+        self.run_prometheus(binary, "global", self.ns("clients"), f"{CLIENTS_ADDRESS}:9090",
+                            federation)
+
+    def run_prometheus(self, binary, name, namespace, listen, config):
+        path = self.work / f"prometheus-{name}.yml"
+        path.write_text(config)
+        self.spawn(f"prometheus-{name}", namespace, [
+            binary, f"--config.file={path}", f"--storage.tsdb.path={self.work / ('tsdb-' + name)}",
+            f"--web.listen-address={listen}"])
+        self.wait_in(namespace, f"prometheus {name}", "return urllib.request.urlopen("
+                     f"'http://{listen}/-/ready',timeout=1).status==200", timeout=60)
+
+    def federated(self, query):
+        """`query` on the global Prometheus: its result vector."""
+        program = (
+            "import json,sys,urllib.parse,urllib.request\n"
+            f"u='http://{CLIENTS_ADDRESS}:9090/api/v1/query?query='+urllib.parse.quote(sys.argv[1])\n"
+            "print(json.dumps(json.load(urllib.request.urlopen(u,timeout=5))['data']['result']))\n"
+        )
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.ns("clients"), sys.executable, "-c", program, query],
+            capture_output=True, text=True, timeout=20,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"global Prometheus query failed: {out.stderr.strip()}")
+        return json.loads(out.stdout)
 
     # ---------------------------------------------------------------- clients
 
@@ -549,6 +607,8 @@ def run_smoke(lab, args):
 def run_full(lab, args):
     out = lab.work / "full.jsonl"
     lab.start_all()
+    if args.prometheus:
+        lab.start_prometheus()
     steady_s, event_s, recover_s = args.steady_seconds, args.event_seconds, args.recover_seconds
     availability_s = args.availability_seconds
     total = steady_s + 2 * (event_s + recover_s) + availability_s + 60
@@ -631,9 +691,27 @@ def report(lab, args, records, marks, availability):
                     "restored twice\n\n" + table(["client", "client region", "requests",
                                                    "successful", "availability", "SLO", "holds"],
                                                   rows))
+    if args.prometheus:
+        sections.append(federation_table(lab))
     text = "\n\n".join(sections) + "\n"
     print(text)
     return text
+
+
+def federation_table(lab):
+    """What the global Prometheus knows: requests per (edge, upstream region) over the run
+    (increase() counts across the edge restarts), and the edges whose scrape is up."""
+    result = lab.federated(
+        "sum by (edge_region, region) (increase(http_requests_total{route!=\"\"}[1h]))")
+    rows = sorted(
+        [r["metric"].get("edge_region", "(none)"), r["metric"].get("region", "(none)"),
+         f"{float(r['value'][1]):.0f}"] for r in result)
+    up = lab.federated("up{job=\"meridian\"}")
+    edges = sorted(r["metric"].get("edge_region", "(none)") for r in up)
+    return ("### Global Prometheus (federated from the three regional ones)\n\n"
+            + table(["edge_region (took the request)", "region (served it)",
+                     "requests (increase over the run)"], rows)
+            + f"\n\nEdges scraped (`up{{job=\"meridian\"}}` federated): {', '.join(edges)}.")
 
 
 def slo_table(records, marks, availability, served_elsewhere):
@@ -685,6 +763,9 @@ def main():
     parser.add_argument("--event-seconds", type=float, default=20.0)
     parser.add_argument("--recover-seconds", type=float, default=15.0)
     parser.add_argument("--availability-seconds", type=float, default=600.0)
+    parser.add_argument("--prometheus", action="store_true",
+                        help="run the shipped Prometheus configs: one per region, a global one "
+                             "federating them; report what the global one sees")
     parser.add_argument("--results", help="write the tables to this Markdown file")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args()
