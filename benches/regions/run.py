@@ -8,8 +8,8 @@ measured"; results in benches/regions/results.md).
     sudo python3 benches/regions/run.py --smoke         # CI: build, one steady-state check, clean up
 
 Run as root (network namespaces). Python 3.11 standard library only, plus iproute2 and a release
-build of Meridian (`CARGO_TARGET_DIR=/work/rel-lab cargo build --release`; --meridian to
-point elsewhere).
+build of Meridian (`cargo build --release`: $CARGO_TARGET_DIR or target/, release/meridian;
+--meridian to point elsewhere).
 
 Layout: namespaces <prefix>us-east-1, <prefix>eu-west-1, <prefix>ap-southeast-1 and
 <prefix>clients, each with a veth into a bridge in <prefix>wan (10.77.0.0/24). Each region
@@ -58,7 +58,7 @@ from topology import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_BINARY = Path(os.environ.get("CARGO_TARGET_DIR", "/work/rel-lab")) / "release/meridian"
+DEFAULT_BINARY = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release/meridian"
 
 def log(message):
     print(f"[lab {time.strftime('%H:%M:%S')}] {message}", flush=True)
