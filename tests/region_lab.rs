@@ -1,0 +1,124 @@
+//! The region lab's smoke run (`benches/regions/run.py --smoke`) as a test: three regions and a
+//! clients namespace built with iproute2, each region with real backends, this build's
+//! Meridian and the lab's delay relay; 50 requests from each client region must all be served
+//! in that region, US clients reaching eu-west-1 must see the 40 ms one-way delay, and every
+//! namespace the lab made must be gone afterwards. Needs root and `ip`; it fails, never skips,
+//! without them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Namespaces of this test's own, apart from a lab someone runs by hand (prefix `mlab-`).
+const PREFIX: &str = "mlabt-";
+
+fn namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn smoke_run_lands_each_client_region_in_its_own_region_with_wan_delay() {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the region lab builds network namespaces and needs root: run the tests as root \
+         (CI runs as root)"
+    );
+    common::process::require_program("ip", "iproute2");
+    let python = common::process::require_program("python3", "python3");
+    let leftovers: Vec<String> = namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(PREFIX))
+        .collect();
+    assert!(leftovers.is_empty(), "stale lab namespaces: {leftovers:?}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/regions/run.py");
+    let out_dir = tempfile::tempdir().unwrap();
+    let stdout_path = out_dir.path().join("stdout");
+    let stderr_path = out_dir.path().join("stderr");
+    let mut child = Command::new(python)
+        .arg(&script)
+        .args([
+            "--smoke",
+            "--prefix",
+            PREFIX,
+            "--meridian",
+            env!("CARGO_BIN_EXE_meridian"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(180);
+    let start = Instant::now();
+    let mut status = None;
+    for _ in 0..(limit.as_millis() / 100) {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if status.is_none() {
+        // SIGTERM: the lab's handler removes its namespaces before exiting.
+        let _ = common::process::signal(child.id(), libc::SIGTERM);
+        let _ = child.wait();
+    }
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let report = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let status = status.unwrap_or_else(|| panic!("lab still running after {limit:?}\n{report}"));
+    assert!(
+        status.success(),
+        "lab smoke run failed ({status}) after {:?}\n{report}",
+        start.elapsed()
+    );
+
+    // What the run reports: each region's clients served at home, the WAN delay measured.
+    for region in ["us-east-1", "eu-west-1", "ap-southeast-1"] {
+        let line = format!("{region}: 50 requests, served by ['{region}']");
+        assert!(stdout.contains(&line), "missing `{line}`\n{report}");
+    }
+    assert!(
+        stdout.contains("wide-area delay: user-space delay relay"),
+        "{report}"
+    );
+    assert!(
+        stdout.contains("us-east-1 -> eu-west-1 ingress: 50 answers"),
+        "{report}"
+    );
+
+    let left: Vec<String> = namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(PREFIX))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "namespaces left behind: {left:?}\n{report}"
+    );
+}
+
+/// The lab client's GeoDNS step against a DNS responder on loopback (no root needed).
+#[test]
+fn lab_client_dns_step_parses_answers_and_walks_name_servers() {
+    let python = common::process::require_program("python3", "python3");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .current_dir(root)
+        .args(["-m", "unittest", "benches/regions/test_client.py"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Ran 7 tests"), "{stderr}");
+}
