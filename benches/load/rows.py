@@ -541,9 +541,49 @@ def thread_count(pid):
     return sum(len(list(Path(f"/proc/{p}/task").iterdir())) for p in tree_pids(pid))
 
 
+def callgrind_h1(tmp, name, cmd, port, stop):
+    """User-space instructions per HTTP/1.1 request under callgrind (on CPU 1, so one worker):
+    h2load --h1 runs of 2,000 and 12,000 requests (10 keep-alive connections), the difference
+    over 10,000, as policy_cost.py counts them."""
+    totals = []
+    for n in (2000, 12000):
+        out = Path(tmp) / f"callgrind.{name}.{n}"
+        proc = subprocess.Popen(["taskset", "-c", "1", "valgrind", "--tool=callgrind",
+                                 f"--callgrind-out-file={out}", *cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "MERIDIAN_LOG": "error"})
+        try:
+            base.wait_port(port, timeout=120)
+            subprocess.run(["taskset", "-c", "0", "h2load", "--h1", "-n", str(n), "-c", "10",
+                            "-H", "X-Forwarded-For: 198.51.100.7", f"http://127.0.0.1:{port}/"],
+                           check=True, capture_output=True)
+        finally:
+            proc.send_signal(stop)
+            proc.wait(timeout=120)
+        line = next(l for l in out.read_text().splitlines() if l.startswith(("summary:", "totals:")))
+        totals.append(int(line.split()[1]))
+    return (totals[1] - totals[0]) / 10000
+
+
 def mode_threads(args, meridian, tmp):
     reps, seconds, warm = (1, 3, 1) if args.quick else (3, 8, 2)
     rows = {}
+    instructions = {}
+    if not args.quick:
+        backend, nginx, haproxy, conf = http_configs(tmp, 1)
+        procs = Procs(tmp)
+        try:
+            procs.start("backend", [base.nginx_bin(), "-c", str(backend)], [HTTP_PORTS["backend"]])
+            # valgrind keeps a few descriptors for itself: HAProxy's full maxconn would not fit.
+            haproxy_cg = write(tmp, "haproxy-callgrind.cfg", haproxy.read_text().replace("maxconn 9990", "maxconn 1000"))
+            for name, cmd, stop in (
+                    ("meridian", [str(meridian), "run", "-c", str(conf)], signal.SIGTERM),
+                    ("nginx", [base.nginx_bin(), "-c", str(nginx)], signal.SIGQUIT),
+                    ("haproxy", [base.haproxy_bin(), "-f", str(haproxy_cg)], signal.SIGTERM)):
+                instructions[name] = callgrind_h1(tmp, name, cmd, HTTP_PORTS[name], stop)
+                print(f"{name}: {instructions[name]:,.0f} instructions per request (callgrind)", flush=True)
+        finally:
+            procs.stop_all()
     for cores in (1, 2):
         # One core: the proxy and the backend on CPU 1, wrk alone on CPU 0. Two: every process
         # may run on both cores, wrk included.
@@ -591,6 +631,10 @@ def mode_threads(args, meridian, tmp):
                 continue
             lines.append(f"| {name} | {cores} | {threads} | {rps} | {fmt(got['cpu'])} | "
                          f"{med(got['cpu']) / med(ref['cpu']):.2f} | {med(got['cpu']) / med(hap['cpu']):.2f} |")
+    if instructions:
+        lines += ["", "User-space instructions per request at one core (callgrind, the process on CPU 1; h2load --h1, "
+                  "10 keep-alive connections, 2,000 and 12,000 requests, the difference over 10,000): " + ", ".join(
+                      f"{n} {v:,.0f} ({v / instructions['nginx']:.2f}× nginx)" for n, v in instructions.items()) + "."]
     write_section("Default runtime at one and two cores", lines, Path(args.out))
 
 
@@ -829,9 +873,68 @@ TLS_PORTS = {"backend": 18400, ("meridian", "ecdsa"): 18401, ("meridian", "rsa")
              ("nginx", "ecdsa"): 18411, ("nginx", "rsa"): 18412}
 TLS_KEYS = {"ecdsa": ("ECDSA P-256", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
             "rsa": ("RSA-2048", ["-newkey", "rsa:2048"])}
-# Client processes at once: one s_time waits on every round trip, and the server's core would
-# idle between; several keep it busy (they all share CPU 0).
-S_TIME_CLIENTS = 3
+# Client processes at once, all on CPU 0: each waits on every round trip of its handshakes,
+# and the server's core would idle between them.
+TLS_CLIENTS = 6
+# One client process: new TLS 1.3 connections for SECONDS, each with one HTTP/1.0 GET read to
+# the end of its Content-Length, then closed. openssl s_time reads each answer until the server
+# closes, and took about 35 ms a connection with both servers' CPU mostly idle: it measured
+# waits, not handshakes.
+# With "reuse" each connection offers the session ticket of the one before it.
+TLS_CLIENT = r"""
+import socket, ssl, sys, time
+port, seconds, reuse = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "reuse"
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+session, done, resumed, failed = None, 0, 0, 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = ctx.wrap_socket(raw, session=session if reuse else None)
+    conn.sendall(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    if head.split(b"\\r\\n")[0].split(b" ")[1:2] == [b"200"] and len(body) == length:
+        done += 1
+    else:
+        failed += 1
+    resumed += conn.session_reused
+    if reuse:
+        session = conn.session
+    conn.close()
+print(done, resumed, failed)
+"""
+
+
+def tls_clients(port, seconds, reuse):
+    """`TLS_CLIENTS` client processes on CPU 0: (connections answered, resumed, seconds)."""
+    started = time.monotonic()
+    procs = [subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", TLS_CLIENT, str(port), str(seconds),
+                               "reuse" if reuse else "new"], stdout=subprocess.PIPE, text=True)
+             for _ in range(TLS_CLIENTS)]
+    outs = [proc.communicate(timeout=seconds + 60)[0] for proc in procs]
+    wall = time.monotonic() - started
+    done = resumed = failed = 0
+    for out in outs:
+        d, r, f = map(int, out.split())
+        done, resumed, failed = done + d, resumed + r, failed + f
+    if failed:
+        raise RuntimeError(f"{failed} of {done + failed} connections got no 200 answer")
+    return done, resumed, wall
 
 
 def tls_certificate(tmp, kind):
@@ -880,33 +983,6 @@ routes:
     return backend, nginx, meridian
 
 
-def s_time(port, seconds, reuse):
-    """`S_TIME_CLIENTS` openssl s_time processes on CPU 0, TLS 1.3, each connection fetching /
-    (HTTP/1.0, so the server closes it): (connections, resumed connections, seconds). With
-    `reuse` every connection after a process's first offers the ticket it got."""
-    cmd = ["taskset", "-c", "0", "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-www", "/",
-           "-time", str(seconds), "-reuse" if reuse else "-new"]
-    started = time.monotonic()
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(S_TIME_CLIENTS)]
-    connections, resumed = 0, 0
-    outs = [proc.communicate(timeout=seconds + 60)[0] for proc in procs]
-    # s_time's own "real seconds" are whole seconds: the wall time is taken here.
-    wall = time.monotonic() - started
-    for out in outs:
-        found = False
-        for line in out.splitlines():
-            # "2469 connections in 6 real seconds, 136 bytes read per connection"
-            if "connections in" in line and "real seconds" in line:
-                connections += int(line.split()[0])
-                found = True
-        # s_time marks each connection: 'r' resumed, '*' a full handshake (TLS 1.3: '*').
-        resumed += sum(line.count("r") for line in out.splitlines() if set(line) <= set("r*+.:"))
-        if not found:
-            raise RuntimeError(f"s_time said nothing useful:\n{out[-2000:]}")
-    return connections, resumed, wall
-
-
 def mode_tls_handshakes(args, meridian, tmp):
     reps, seconds = (1, 3) if args.quick else (3, 8)
     backend, nginx, conf = tls_configs(tmp)
@@ -925,7 +1001,7 @@ def mode_tls_handshakes(args, meridian, tmp):
                     for name in base.rotated(order, rep):
                         quiet_enough()
                         before = tree_ticks(pids[name])
-                        done, resumed, wall = s_time(TLS_PORTS[(name, kind)], seconds, reuse)
+                        done, resumed, wall = tls_clients(TLS_PORTS[(name, kind)], seconds, reuse)
                         used = (tree_ticks(pids[name]) - before) / CLK_TCK
                         row = got.setdefault((name, kind, reuse), {"rate": [], "cpu": [], "resumed": []})
                         row["rate"].append(done / wall)
@@ -937,14 +1013,15 @@ def mode_tls_handshakes(args, meridian, tmp):
         procs.stop_all()
     lines = [
         conditions() + f". {versions(meridian)} (OpenSSL {subprocess.run(['openssl', 'version'], capture_output=True, text=True).stdout.split()[1]}), "
-        "release build. A new TLS 1.3 connection per request: `openssl s_time -tls1_3 -www /` "
-        f"({S_TIME_CLIENTS} processes at once on CPU 0; `-new`: full handshakes, `-reuse`: each connection "
-        "after a process's first resumes with the session ticket it was given), one HTTP/1.0 GET proxied to "
-        "the backend (nginx, keep-alive) and the connection closed. Plain `meridian run` (session tickets on, "
+        "release build. A new TLS 1.3 connection per request, one HTTP/1.0 GET on it proxied to the backend "
+        f"(nginx, keep-alive), read to its end, then closed: {TLS_CLIENTS} Python `ssl` client processes at once "
+        "on CPU 0 with TCP_NODELAY (`openssl s_time`, which reads until the server closes, took about 35 ms a "
+        "connection with the servers mostly idle); full handshakes, or resumed ones (each connection offers the session "
+        "ticket of the one before; the share of connections the client saw resumed is in the last column). Plain `meridian run` (session tickets on, "
         "the default) and nginx (one worker, `ssl_session_tickets on`) on the same certificate, each with "
         f"the backend on CPU 1; {reps} × {seconds} s, order rotated; medians (min–max). Handshakes/s is what "
-        "the client side (one core) could drive; proxy CPU per connection is the figure that holds, and one "
-        "core's capacity is 10⁶ over it. Resumed: the share of connections s_time reports as reused.",
+        "the client side (one core, shared with other processes on the machine) could drive; proxy CPU per "
+        "connection is the figure that holds, and one core's capacity is 10⁶ over it.",
         "",
         "| target | certificate | handshake | connections/s | × nginx | proxy CPU µs/connection | × nginx | "
         "one core's capacity/s | resumed |",
