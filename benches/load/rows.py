@@ -18,6 +18,7 @@ import argparse
 import os
 import random
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -1183,6 +1184,7 @@ def main():
     ap.add_argument("--binary", help="the meridian binary to measure instead of building one")
     ap.add_argument("--quick", action="store_true", help="one short repetition, for trying it out")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--keep", action="store_true", help="keep the logs and callgrind files (for callgrind_annotate)")
     args = ap.parse_args()
     chosen = [m for m in MODES if getattr(args, m.replace("-", "_"))]
     if not chosen:
@@ -1193,7 +1195,13 @@ def main():
     meridian = meridian_binary(args)
     for mode in chosen:
         tmp = tempfile.mkdtemp(prefix=f"meridian-{mode}-")
-        MODES[mode](args, meridian, tmp)
+        try:
+            MODES[mode](args, meridian, tmp)
+        finally:
+            if args.keep:
+                print(f"logs and callgrind files kept in {tmp}", flush=True)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
