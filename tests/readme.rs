@@ -144,6 +144,9 @@ fn the_performance_summary_is_the_latest_run() {
         .unwrap()
         .split("\n## ")
         .next()
+        .unwrap()
+        .split("\n### ")
+        .next()
         .unwrap();
     let rows: Vec<&str> = section
         .lines()
