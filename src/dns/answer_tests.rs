@@ -421,6 +421,13 @@ fn the_subnet_option_is_echoed_with_its_scope() {
             "2001:db8:1::/56",
             ("2001:db8:1::", 56, 56),
         ),
+        // An IPv4-mapped subnet: the /24 network counts as /120, not as an IPv6 /56.
+        (
+            "www.example.com.",
+            RecordType::A,
+            "::ffff:198.51.100.0/120",
+            ("::ffff:198.51.100.0", 120, 120),
+        ),
         // Answers that hold for every client: scope 0.
         (
             "example.com.",

@@ -70,6 +70,9 @@ pub fn locate(
     }
     let addr = mask(subnet.addr(), source);
     let (location, known) = table.geo.locate_with_prefix(addr);
+    // The GeoIP network of an IPv4-mapped address (::ffff:a.b.c.d) is an IPv4 prefix: counted
+    // in the query's family it is 96 bits longer.
+    let known = known.map(|p| p.saturating_add(mapped_offset(addr)));
     // The answer depends on the network that located the client and on the draw (the first
     // /24 or /56): it holds for the longer of the two, and never claims more than was sent.
     let key_bits = source.min(key_prefix(addr));
@@ -114,7 +117,16 @@ fn check(subnet: &ClientSubnet) -> Result<(), SubnetError> {
 fn key_prefix(addr: IpAddr) -> u8 {
     match addr {
         IpAddr::V4(_) => KEY_PREFIX_V4,
+        IpAddr::V6(_) if mapped_offset(addr) > 0 => KEY_PREFIX_V4 + 96,
         IpAddr::V6(_) => KEY_PREFIX_V6,
+    }
+}
+
+/// 96 for an IPv4-mapped IPv6 address, whose IPv4 part starts at bit 96; 0 otherwise.
+fn mapped_offset(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => 96,
+        _ => 0,
     }
 }
 
