@@ -90,10 +90,11 @@ REASONS = {
                                "but sets the scope from the IPv4 /24 against the IPv6 /56, so the answer claims "
                                "::/56, every IPv4-mapped client; gdnsd's 120 is right",
     "2001:0:4136:e378:8000:63bf:39cc:9bfa/128": "gdnsd decodes the Teredo client's IPv4 address (the last 32 bits, "
-                                                "inverted) and locates that; Meridian looks the IPv6 address up as "
-                                                "it is, finds no location and answers local_region",
+                                                "inverted) and locates that; Meridian looks the address up as it is: "
+                                                "the database leads 6to4 and IPv4-mapped addresses to their IPv4 "
+                                                "network, not Teredo ones, so no location and local_region",
 }
-SCOPE_NOTE = ("The same region, another ECS scope. gdnsd merges neighbouring networks that get "
+SCOPE_NOTE = ("the same region, another ECS scope. gdnsd merges neighbouring networks that get "
               "the same answer into one (everything around 192.0.2.0/24 goes to us-east-1, so it says /6; an "
               "address in no network gets the widest such block, /1) and may return a scope longer than was "
               "sent (/18 for a /16 whose first /18 holds no network); Meridian returns the longer of the "
@@ -448,9 +449,9 @@ def main():
     lines += ["", f"Meridian answers {ratio:.2f} × gdnsd's queries per second (target ≥ 0.5) and spends "
               f"{cpu_ratio:.2f} × its CPU per query, so on a core of its own it would answer about "
               f"{1 / cpu_ratio:.2f} × gdnsd's: {1e6 / med['meridian']['cpu_us']:,.0f} against "
-              f"{1e6 / med['gdnsd']['cpu_us']:,.0f} queries per CPU-second. Neither server had its core to "
-              f"itself (busy {busy * 100:.0f}% at most, shared with other work), so the rates above are what "
-              f"this machine gave, not either server's ceiling.", ""]
+              f"{1e6 / med['gdnsd']['cpu_us']:,.0f} queries per CPU-second. Neither server kept its core busy "
+              f"(at most {busy * 100:.0f}%): the rates are bounded by dnsperf's one client and by the other work "
+              f"on both cores, so they are what this machine gave, not either server's ceiling.", ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
