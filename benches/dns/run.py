@@ -148,7 +148,7 @@ def ensure_tools():
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-q"], check=True, timeout=300, env=env)
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, timeout=600, env=env)
-    # Debian's package starts a system gdnsd on port 53; it is not ours, and we use other ports.
+    # Installing may start Debian's own gdnsd service on port 53: not ours; ours use free ports.
 
 
 def free_port():
@@ -322,6 +322,15 @@ def med_range(xs, fmt="{:.0f}"):
     return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
 
 
+def with_section(old, text):
+    """`old` with its SECTION (up to the next `## ` heading) replaced by `text`, or appended."""
+    start_i = old.find(SECTION + "\n")
+    if start_i < 0:
+        return old.rstrip("\n") + "\n\n" + text
+    end_i = old.find("\n## ", start_i + len(SECTION))
+    return old[:start_i] + text + ("\n" + old[end_i + 1:] if end_i >= 0 else "")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s")
@@ -435,7 +444,7 @@ def main():
     cpu_ratio = med["meridian"]["cpu_us"] / med["gdnsd"]["cpu_us"]
     lines += ["", f"Queries per second, one core: dnsperf on CPU {LOADGEN_CPU} (one client, 100 queries "
               f"outstanding, `www.example.com A` with the ECS option {BENCH_SUBNET} on every query), the server "
-              f"alone on CPU {SERVER_CPU}; {args.rounds} rounds of {args.seconds} s per server, interleaved, "
+              f"alone on CPU {SERVER_CPU}; {args.rounds} round{'s' if args.rounds > 1 else ''} of {args.seconds} s per server, interleaved, "
               f"each after 1 s of warm-up; medians (min–max). Server CPU from /proc over the queries answered:", "",
               "| server | queries/s | × gdnsd | server CPU µs/query | × gdnsd | server CPU busy | lost |",
               "|---|---|---|---|---|---|---|"]
@@ -455,16 +464,8 @@ def main():
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        old = RESULTS.read_text()
-        start_i = old.find(SECTION + "\n")
-        if start_i < 0:
-            new = old.rstrip("\n") + "\n\n" + text
-        else:
-            end_i = old.find("\n## ", start_i + len(SECTION))
-            new = old[:start_i] + text + ("\n" + old[end_i + 1:] if end_i >= 0 else "")
-        RESULTS.write_text(new)
+        RESULTS.write_text(with_section(RESULTS.read_text(), text))
         log(f"rewrote the '{SECTION[3:]}' section of {RESULTS.relative_to(ROOT)}")
-
 
 if __name__ == "__main__":
     try:
