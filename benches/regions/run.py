@@ -273,6 +273,15 @@ routes:
     cluster: api
     steering: {{ only: [{region}] }}
     timeout: 3s
+  # Other regions' health checks of this Meridian: healthy only while this region's own
+  # backends can serve (a spilled check would keep a region whose service is down in their
+  # steering and in their GeoDNS answers).
+  - name: local-health
+    hosts: ["{SERVICE}"]
+    match: {{ path_exact: /healthz }}
+    cluster: api
+    steering: {{ only: [{region}] }}
+    timeout: 3s
   - {{ name: api, hosts: ["{SERVICE}"], cluster: api, timeout: 3s }}
 {dns}"""
 
