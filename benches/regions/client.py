@@ -1,7 +1,8 @@
 """The lab's load generator: users in US, EU and APAC, run by run.py inside the clients
 namespace, each worker from its own source address in the demo GeoIP ranges.
 
-A worker resolves the service name (the DNS step: `resolve`), holds a keep-alive connection to
+A worker resolves the service name (the DNS step: `resolve`; GeoDNS answers are cached for
+their TTL, as a stub resolver's cache does), holds a keep-alive connection to
 the first address that answers, and sends paced GETs, writing one JSON line per request.
 Connections are recycled after `max_connection_age` seconds, as clients behind real load
 balancers are, so traffic can return to a recovered region. Modes:
@@ -32,10 +33,11 @@ def resolve_static(spec, client_region):
     return list(spec["static_answers"][client_region])
 
 
-def dns_query_a(server, name, source_ip, timeout):
+def dns_query_a(server, name, source_ip, timeout, ttls=None):
     """An A query for `name` to `server` (ip, port) over UDP, from `source_ip` (so a GeoDNS
     server that steers by the resolver's address sees this client): the addresses answered,
-    in order. The equivalent of `dig @server name A +short`."""
+    in order. The equivalent of `dig @server name A +short`. Each record's TTL is appended to
+    `ttls` when given."""
     query_id = random.randrange(1 << 16)
     header = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
@@ -46,12 +48,12 @@ def dns_query_a(server, name, source_ip, timeout):
         sock.sendto(packet, server)
         data, _ = sock.recvfrom(4096)
     try:
-        return parse_a_answer(data, query_id)
+        return parse_a_answer(data, query_id, ttls)
     except (IndexError, struct.error, OSError) as e:
         raise ValueError(f"malformed DNS answer: {e}") from e
 
 
-def parse_a_answer(data, query_id):
+def parse_a_answer(data, query_id, ttls=None):
     (answer_id, flags, qd, an, _ns, _ar) = struct.unpack(">HHHHHH", data[:12])
     if answer_id != query_id or flags & 0x000F != 0:
         return []
@@ -61,10 +63,12 @@ def parse_a_answer(data, query_id):
     addresses = []
     for _ in range(an):
         offset = skip_name(data, offset)
-        rtype, _rclass, _ttl, length = struct.unpack(">HHIH", data[offset : offset + 10])
+        rtype, _rclass, ttl, length = struct.unpack(">HHIH", data[offset : offset + 10])
         offset += 10
         if rtype == 1 and length == 4:
             addresses.append(socket.inet_ntoa(data[offset : offset + 4]))
+            if ttls is not None:
+                ttls.append(ttl)
         offset += length
     return addresses
 
@@ -80,13 +84,13 @@ def skip_name(data, offset):
     raise ValueError("name too long")
 
 
-def resolve_geodns(spec, client_region, source_ip):
+def resolve_geodns(spec, client_region, source_ip, ttls=None):
     """The GeoDNS step (`--dns geodns`): ask the regions' DNS listeners (`<ingress>:53`, own
     region first, as a stub resolver walks its name servers) for the service name's A records."""
     for host, port in spec["dns_servers"][client_region]:
         try:
             answer = dns_query_a((host, port), spec["name"], source_ip,
-                                 timeout=spec.get("dns_timeout", 1.0))
+                                 timeout=spec.get("dns_timeout", 1.0), ttls=ttls)
         except (OSError, ValueError, struct.error):
             continue
         if answer:
@@ -94,9 +98,9 @@ def resolve_geodns(spec, client_region, source_ip):
     return []
 
 
-def resolve(spec, client_region, source_ip):
+def resolve(spec, client_region, source_ip, ttls=None):
     if spec["dns"] == "geodns":
-        return resolve_geodns(spec, client_region, source_ip)
+        return resolve_geodns(spec, client_region, source_ip, ttls)
     return resolve_static(spec, client_region)
 
 
@@ -115,6 +119,24 @@ class Worker:
         self.lock = lock
         self.conn = None
         self.conn_since = 0.0
+        self.conn_address = ""
+        # The DNS answer and when its TTL runs out (a caching stub resolver's view).
+        self.cached = []
+        self.cached_until = 0.0
+
+    def lookup(self):
+        """The DNS answer: the cached one while its TTL lasts, else a new query. Returns
+        (answer, whether a query was made)."""
+        if self.answers:
+            return self.answers, False
+        now = time.monotonic()
+        if self.cached and now < self.cached_until:
+            return self.cached, False
+        ttls = []
+        answer = resolve(self.spec, self.region, self.source_ip, ttls)
+        if answer and ttls:
+            self.cached, self.cached_until = answer, time.monotonic() + min(ttls)
+        return answer, True
 
     def close(self):
         if self.conn is not None:
@@ -128,6 +150,7 @@ class Worker:
         )
         self.conn.connect()
         self.conn_since = time.monotonic()
+        self.conn_address = address
 
     def attempt(self, address):
         """One request; a new connection when `address` is given. (status, headers) or raises."""
@@ -146,12 +169,15 @@ class Worker:
         error = ""
         status = 0
         served = meridian = ""
+        resolved = None
         for number in range(tries):
             address = None
             aged = time.monotonic() - self.conn_since > self.spec["max_connection_age"]
             if self.conn is None or aged or number > 0:
                 if answer is None:
-                    answer = self.answers or resolve(self.spec, self.region, self.source_ip)
+                    answer, queried = self.lookup()
+                    if queried:
+                        resolved = answer
                 if not answer:
                     error = "no DNS answer"
                     break
@@ -181,6 +207,9 @@ class Worker:
             "meridian": meridian,
             "error": error,
             "direct": bool(self.answers),
+            # A new DNS answer taken in this request (else none), and the address connected to.
+            "resolved": resolved,
+            "address": self.conn_address,
         }
         with self.lock:
             self.out.write(json.dumps(record) + "\n")

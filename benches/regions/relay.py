@@ -14,6 +14,8 @@ import ipaddress
 import json
 import random
 import signal
+import socket
+import struct
 import sys
 import time
 
@@ -97,13 +99,28 @@ async def handle(client_reader, client_writer, link, target, proxy_protocol):
     )
 
 
-class UdpRelay(asyncio.DatagramProtocol):
-    """DNS: each query held for the delay, sent on from a socket of its own, the answer held
-    for the delay again on its way back."""
+def with_client_subnet(query, client_ip):
+    """`query` with an EDNS Client Subnet option (RFC 7871) naming the client's /24, as a
+    public resolver sends on its client's behalf: the query goes on from the relay's own
+    address, so this is how the DNS listener learns where the client is. A query that already
+    has additional records (its own OPT) goes on unchanged."""
+    if len(query) < 12 or query[10:12] != b"\0\0":
+        return query
+    family_prefix = struct.pack(">HBB", 1, 24, 0)
+    option = family_prefix + socket.inet_aton(client_ip)[:3]
+    rdata = struct.pack(">HH", 8, len(option)) + option
+    opt = b"\0" + struct.pack(">HHIH", 41, 1232, 0, len(rdata)) + rdata
+    return query[:10] + b"\0\1" + query[12:] + opt
 
-    def __init__(self, link, target):
+
+class UdpRelay(asyncio.DatagramProtocol):
+    """DNS: each query held for the delay, sent on from a socket of its own (with the client's
+    subnet when `client_subnet`), the answer held for the delay again on its way back."""
+
+    def __init__(self, link, target, client_subnet=False):
         self.link = link
         self.target = target
+        self.client_subnet = client_subnet
         self.transport = None
 
     def connection_made(self, transport):
@@ -114,6 +131,8 @@ class UdpRelay(asyncio.DatagramProtocol):
 
     async def forward(self, data, addr):
         base = self.link.delay_of(addr[0])
+        if self.client_subnet:
+            data = with_client_subnet(data, addr[0])
         await asyncio.sleep(self.link.sample(base))
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
@@ -152,7 +171,8 @@ async def main(spec):
     loop = asyncio.get_running_loop()
     for udp in spec.get("udp", []):
         await loop.create_datagram_endpoint(
-            lambda u=udp: UdpRelay(link, (u["target"][0], u["target"][1])),
+            lambda u=udp: UdpRelay(link, (u["target"][0], u["target"][1]),
+                                   u.get("client_subnet", False)),
             local_addr=(udp["listen"][0], udp["listen"][1]),
         )
     stop = loop.create_future()

@@ -86,6 +86,25 @@ def event_rows(records, region, t_event, t_restore, target_pred, label):
     return rows
 
 
+def dns_rows(records, region, t_event, t_end, label, back=False):
+    """GeoDNS runs: per client mode, the time from the event to the first new DNS answer
+    led by another region than `region` (`back`: led by `region` again), the queries made in
+    the phase and how many got no answer."""
+    own = REGIONS[region][0]
+    rows = []
+    for mode in ("noretry", "retry"):
+        rs = sorted(window(records, t_event, t_end, client=region, mode=mode),
+                    key=lambda r: r["t"])
+        queries = [r for r in rs if r.get("resolved") is not None]
+        moved = next((r for r in queries
+                      if r["resolved"] and (r["resolved"][0] == own) == back), None)
+        took = "never" if moved is None else f"{moved['t'] + moved['ms'] / 1000 - t_event:.2f} s"
+        first = " ".join(moved["resolved"]) if moved else ""
+        rows.append([label, mode, took, first, len(queries),
+                     sum(1 for r in queries if not r["resolved"])])
+    return rows
+
+
 EVENT_HEADER = ["event (US clients)", "client", "first answer from the new region",
                 "all answers from it after", "errors", "P99 ms first 10 s", "P99 ms after"]
 
@@ -112,6 +131,16 @@ def report(lab, args, records, marks, availability):
     rows += event_rows(records, us, marks["region_restore"], availability[0],
                        served_us, "region back → recovery")
     sections.append("### Failure scenarios (us-east-1)\n\n" + table(EVENT_HEADER, rows))
+    if args.dns == "geodns":
+        rows = dns_rows(records, us, marks["region_down"], marks["region_restore"],
+                        "region down")
+        rows += dns_rows(records, us, marks["region_restore"], availability[0],
+                         "region back", back=True)
+        sections.append(
+            "### GeoDNS answers to US clients (us-east-1)\n\n"
+            + table(["event", "client", "first answer led by the other region (back: by "
+                     "us-east-1)", "that answer", "DNS queries in the phase", "unanswered"],
+                    rows))
     rows = []
     for mode in ("noretry", "retry"):
         for region in [*REGIONS, "all"]:

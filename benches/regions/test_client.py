@@ -110,5 +110,21 @@ class DnsQuery(unittest.TestCase):
             silent.close()
 
 
+class RelayClientSubnet(unittest.TestCase):
+    def test_relay_adds_the_clients_subnet_and_the_answer_still_parses(self):
+        import relay  # noqa: E402
+
+        query = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x03api\x00\x00\x01\x00\x01"
+        sent = relay.with_client_subnet(query, "192.0.2.10")
+        self.assertEqual(struct.unpack(">H", sent[10:12])[0], 1)  # ARCOUNT
+        # OPT: root name, type 41, then the ECS option: code 8, family 1, /24, scope 0, 3 bytes.
+        self.assertEqual(sent[len(query):len(query) + 3], b"\x00\x00\x29")
+        self.assertTrue(sent.endswith(struct.pack(">HHHBB", 8, 7, 1, 24, 0) + b"\xc0\x00\x02"))
+        self.assertEqual(relay.with_client_subnet(sent, "192.0.2.10"), sent)  # already has one
+        ttls = []
+        got = client.parse_a_answer(answer(query, ["10.77.0.2"]), 7, ttls)
+        self.assertEqual((got, ttls), (["10.77.0.2"], [5]))
+
+
 if __name__ == "__main__":
     unittest.main()
