@@ -189,7 +189,7 @@ fn rust_version_is_the_newest_any_locked_dependency_needs() {
         .and_then(|v| v.strip_suffix('"'))
         .expect("Cargo.toml has a rust-version");
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["metadata", "--format-version", "1", "--locked"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
