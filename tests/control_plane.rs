@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Backends, Client, get};
+use common::{Admin, Backends, Client, DEMO_GEO, get, three_region_config};
 use http::Method;
 use meridian::server::{self, RunningServer};
 use meridian::{config, reload, table};
@@ -50,18 +50,18 @@ async fn admin_json(admin: std::net::SocketAddr, path: &str) -> serde_json::Valu
 }
 
 fn config_only(backends: &Backends, region: &str) -> String {
-    backends.fill(&format!(
-        "
-local_region: us-east-1
-listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
-admin: {{ bind: \"127.0.0.1:0\" }}
-access_log: {{ enabled: false }}
-{{REGIONS}}
-clusters:
+    let rest = format!(
+        "clusters:
   api: {{ endpoints: {{ us-east-1: [\"{{US}}\"], eu-west-1: [\"{{EU}}\"], ap-southeast-1: [\"{{AP}}\"] }} }}
 routes:
   - {{ name: api, hosts: [\"*\"], cluster: api, steering: {{ only: [{region}] }} }}
 "
+    );
+    backends.fill(&three_region_config(
+        "us-east-1",
+        Admin::Loopback,
+        "",
+        &rest,
     ))
 }
 
@@ -259,11 +259,15 @@ async fn a_bad_config_never_replaces_a_good_one() {
     assert_eq!(config["generation"], 1);
     let last = &config["last_reload"];
     assert_eq!(last["result"], "failed");
+    let bad_line = 1 + bad.lines().position(|l| l.contains("apii")).unwrap();
     let problem = &last["problems"][0];
-    assert_eq!(problem["line"], 14, "{last}");
+    assert_eq!(problem["line"], bad_line, "{last}");
     assert_eq!(problem["path"], "routes[0].cluster");
     assert!(
-        last["error"].as_str().unwrap().contains("meridian.yaml:14"),
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("meridian.yaml:{bad_line}:")),
         "{last}"
     );
     let metrics = get(admin, "admin", "/metrics", &[]).await.body;
@@ -461,19 +465,16 @@ async fn explain_and_the_debug_header_agree_with_where_requests_go() {
     let backends = Backends::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meridian.yaml");
-    let text = backends.fill(
-        "
-local_region: us-east-1
-listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
-admin: { bind: \"127.0.0.1:0\" }
-geo: { database: \"{DB}\", trusted_proxies: [\"127.0.0.1/32\"] }
-{REGIONS}
-clusters:
+    let text = backends.fill(&three_region_config(
+        "us-east-1",
+        Admin::Loopback,
+        DEMO_GEO,
+        "clusters:
   api: { endpoints: { us-east-1: [\"{US}\"], eu-west-1: [\"{EU}\"], ap-southeast-1: [\"{AP}\"] } }
 routes:
   - { name: api, hosts: [\"api.test\"], cluster: api }
 ",
-    );
+    ));
     std::fs::write(&path, text).unwrap();
     let proxy = start_from(&path).await;
     let (addr, admin) = (proxy.proxy_addr().unwrap(), proxy.admin.unwrap());
@@ -535,19 +536,16 @@ routes:
 #[tokio::test]
 async fn debug_header_from_an_untrusted_client_is_ignored_and_stripped() {
     let backends = Backends::start().await;
-    let proxy = common::start_proxy(&backends.fill(
-        "
-local_region: us-east-1
-listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
-admin: { bind: null }
-geo: { trusted_proxies: [\"10.0.0.0/8\"] }
-{REGIONS}
-clusters:
+    let proxy = common::start_proxy(&backends.fill(&three_region_config(
+        "us-east-1",
+        Admin::Off,
+        "geo: { trusted_proxies: [\"10.0.0.0/8\"] }\n",
+        "clusters:
   api: { endpoints: { us-east-1: [\"{US}\"] } }
 routes:
   - { name: api, hosts: [\"*\"], cluster: api }
 ",
-    ))
+    )))
     .await;
     let answer = get(
         proxy.proxy_addr().unwrap(),
@@ -675,20 +673,16 @@ async fn a_new_geoip_database_is_picked_up_and_a_broken_one_refused() {
     std::fs::write(&db, build("DE", 50.1, 8.7)).unwrap();
     let path = dir.path().join("meridian.yaml");
     let text = backends
-        .fill(
-            "
-local_region: us-east-1
-listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
-admin: { bind: null }
-access_log: { enabled: false }
-geo: { database: \"DB\", trusted_proxies: [\"127.0.0.1/32\"] }
-{REGIONS}
-clusters:
+        .fill(&three_region_config(
+            "us-east-1",
+            Admin::Off,
+            "geo: { database: \"DB\", trusted_proxies: [\"127.0.0.1/32\"] }\n",
+            "clusters:
   api: { endpoints: { us-east-1: [\"{US}\"], eu-west-1: [\"{EU}\"], ap-southeast-1: [\"{AP}\"] } }
 routes:
   - { name: api, hosts: [\"*\"], cluster: api }
 ",
-        )
+        ))
         .replace("\"DB\"", &format!("\"{}\"", db.display()));
     std::fs::write(&path, text).unwrap();
     let proxy = start_from(&path).await;

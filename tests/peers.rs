@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Backends, Client, get, start_proxy};
+use common::{Admin, Backends, Client, get, start_proxy, three_region_config};
 use http::Method;
 use meridian::server::{self, RunningServer};
 use meridian::{config, table};
@@ -28,18 +28,14 @@ const FAST_CHECK: &str =
 /// An instance in `local`, with clients 127.0.0.3 placed in eu-west-1 and 127.0.0.5 in
 /// ap-southeast-1, and `peers` (YAML lines) appended.
 fn instance(backends: &Backends, local: &str, peers: &str) -> String {
-    backends.fill(&format!(
-        "local_region: {local}
-listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
-admin: {{ bind: \"127.0.0.1:0\" }}
-access_log: {{ enabled: false }}
-geo:
+    let geo = "geo:
   trusted_proxies: [\"127.0.0.1/32\"]
   overrides:
-    - {{ cidr: 127.0.0.3/32, region: eu-west-1 }}
-    - {{ cidr: 127.0.0.5/32, region: ap-southeast-1 }}
-{{REGIONS}}
-clusters:
+    - { cidr: 127.0.0.3/32, region: eu-west-1 }
+    - { cidr: 127.0.0.5/32, region: ap-southeast-1 }
+";
+    let rest = format!(
+        "clusters:
   api:
     endpoints:
       us-east-1: [\"{{US}}\"]
@@ -49,7 +45,8 @@ routes:
   - {{ name: api, hosts: [\"*\"], cluster: api }}
 {peers}
 "
-    ))
+    );
+    backends.fill(&three_region_config(local, Admin::Loopback, geo, &rest))
 }
 
 fn peers_yaml(peers: &[(&str, String)]) -> String {
@@ -448,16 +445,14 @@ fn problems(yaml: &str) -> String {
 #[test]
 fn bad_peers_are_refused_with_file_line_and_field() {
     const HUGE: &str = "18446744073709551615s";
-    let base = "local_region: us-east-1
-admin: { bind: null }
-listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
-clusters: { api: { endpoints: { us-east-1: [\"127.0.0.1:9\"] } } }
+    let base = &three_region_config(
+        "us-east-1",
+        Admin::Off,
+        "",
+        "clusters: { api: { endpoints: { us-east-1: [\"127.0.0.1:9\"] } } }
 routes: [{ name: api, hosts: [\"*\"], cluster: api }]
-regions:
-  us-east-1: { lat: 38.9, lon: -77.4 }
-  eu-west-1: { lat: 53.3, lon: -6.3 }
-  ap-southeast-1: { lat: 1.35, lon: 103.8 }
-";
+",
+    );
     let ok_peer = "  - { region: eu-west-1, url: \"http://127.0.0.1:9901/readyz\" }\n";
     // (peers block, expected `line: field: text`), lines counted from the block's first line.
     type Expected<'a> = &'a [(usize, &'a str, &'a str)];

@@ -8,17 +8,15 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Backends, get, start_proxy};
+use common::{Admin, Backends, DEMO_GEO, get, start_proxy, three_region_config};
 use serde_json::Value;
 
-pub const STATUS_CONFIG: &str = "
-local_region: us-east-1
-listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
-admin: { bind: \"127.0.0.1:0\" }
-access_log: { enabled: false }
-geo: { database: \"{DB}\", trusted_proxies: [\"127.0.0.1/32\"] }
-{REGIONS}
-clusters:
+fn status_config() -> String {
+    three_region_config(
+        "us-east-1",
+        Admin::Loopback,
+        DEMO_GEO,
+        "clusters:
   api:
     endpoints: { us-east-1: [\"{US}\"], eu-west-1: [\"{EU}\"], ap-southeast-1: [\"{AP}\"] }
   spare:
@@ -30,7 +28,9 @@ routes:
     cluster: api
     steering: { mode: weighted, weights: { us-east-1: 50, eu-west-1: 30, ap-southeast-1: 20 } }
   - { name: api, hosts: [\"*\"], cluster: api }
-";
+",
+    )
+}
 
 async fn admin(admin: SocketAddr, path: &str) -> (u16, Value) {
     let answer = get(admin, "admin", path, &[]).await;
@@ -71,7 +71,7 @@ fn find<'v>(list: &'v Value, key: &str, value: &str) -> &'v Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_is_windowed_and_says_where_clients_land() {
     let backends = Backends::start().await;
-    let proxy = start_proxy(&backends.fill(STATUS_CONFIG)).await;
+    let proxy = start_proxy(&backends.fill(&status_config())).await;
     let (addr, admin_addr) = (proxy.proxy_addr().unwrap(), proxy.admin.unwrap());
 
     // Before any traffic: nothing is "100%".
@@ -192,7 +192,7 @@ async fn status_json_is_windowed_and_says_where_clients_land() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_sample_client_is_a_400_with_the_reason() {
     let backends = Backends::start().await;
-    let proxy = start_proxy(&backends.fill(STATUS_CONFIG)).await;
+    let proxy = start_proxy(&backends.fill(&status_config())).await;
     let admin_addr = proxy.admin.unwrap();
     let huge = "9".repeat(8_000);
     for (query, reason) in [

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use common::process::require_program;
-use common::{Backends, Client, start_proxy};
+use common::{Admin, Backends, Client, DEMO_GEO, start_proxy, three_region_config};
 use http::Method;
 use serde_json::{Value, json};
 
@@ -228,14 +228,12 @@ impl Driver {
     }
 }
 
-const CONFIG: &str = "
-local_region: us-east-1
-listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
-admin: { bind: \"127.0.0.1:0\" }
-access_log: { enabled: false }
-geo: { database: \"{DB}\", trusted_proxies: [\"127.0.0.1/32\"] }
-{REGIONS}
-clusters:
+fn config() -> String {
+    three_region_config(
+        "us-east-1",
+        Admin::Loopback,
+        DEMO_GEO,
+        "clusters:
   api:
     endpoints: { us-east-1: [\"{US}\"], eu-west-1: [\"{EU}\"], ap-southeast-1: [\"{AP}\"] }
     health_check: { path: /healthz, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }
@@ -248,7 +246,9 @@ routes:
     cluster: api
     steering: { mode: weighted, weights: { us-east-1: 50, eu-west-1: 30, ap-southeast-1: 20 } }
   - { name: api, hosts: [\"*\"], cluster: api }
-";
+",
+    )
+}
 
 /// The share figures of every region card, in page order.
 const SHARES: &str = "return Array.from(document.querySelectorAll('section.card[data-region]')).map(c => c.closest('.cards').previousElementSibling.dataset.cluster + '/' + c.dataset.region + ' ' + c.querySelector('[data-figure=share] b').textContent).sort();";
@@ -256,7 +256,7 @@ const SHARES: &str = "return Array.from(document.querySelectorAll('section.card[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_tells_the_truth() {
     let backends = Backends::start().await;
-    let proxy = start_proxy(&backends.fill(CONFIG)).await;
+    let proxy = start_proxy(&backends.fill(&config())).await;
     let addr = proxy.proxy_addr().unwrap();
 
     let driver = Driver::start().await;

@@ -542,28 +542,39 @@ def thread_count(pid):
     return sum(len(list(Path(f"/proc/{p}/task").iterdir())) for p in tree_pids(pid))
 
 
-def callgrind_h1(tmp, name, cmd, port, stop):
-    """User-space instructions per HTTP/1.1 request under callgrind (on CPU 1, so one worker):
-    h2load --h1 runs of 2,000 and 12,000 requests (10 keep-alive connections), the difference
-    over 10,000, as policy_cost.py counts them."""
-    totals = []
-    for n in (2000, 12000):
-        out = Path(tmp) / f"callgrind.{name}.{n}"
-        proc = subprocess.Popen(["taskset", "-c", "1", "valgrind", "--tool=callgrind",
-                                 f"--callgrind-out-file={out}", *cmd],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "MERIDIAN_LOG": "error"})
-        try:
-            base.wait_port(port, timeout=120)
-            subprocess.run(["taskset", "-c", "0", "h2load", "--h1", "-n", str(n), "-c", "10",
-                            "-H", "X-Forwarded-For: 198.51.100.7", f"http://127.0.0.1:{port}/"],
-                           check=True, capture_output=True)
-        finally:
-            proc.send_signal(stop)
-            proc.wait(timeout=120)
-        line = next(l for l in out.read_text().splitlines() if l.startswith(("summary:", "totals:")))
-        totals.append(int(line.split()[1]))
-    return (totals[1] - totals[0]) / 10000
+def under_callgrind(tmp, label, cmd, port, stop, load):
+    """Run `cmd` under callgrind on CPU 1 (so one worker) until it listens on `port`, then `load()`,
+    then stop it with `stop`: the user-space instructions it ran, and what `load()` returned."""
+    out = Path(tmp) / f"callgrind.{label}"
+    proc = subprocess.Popen(["taskset", "-c", "1", "valgrind", "--tool=callgrind",
+                             f"--callgrind-out-file={out}", *cmd],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MERIDIAN_LOG": "error"})
+    try:
+        base.wait_port(port, timeout=120)
+        done = load()
+    finally:
+        proc.send_signal(stop)
+        proc.wait(timeout=120)
+    line = next(l for l in out.read_text().splitlines() if l.startswith(("summary:", "totals:")))
+    return int(line.split()[1]), done
+
+
+def callgrind_h2load(tmp, name, cmd, port, stop, h2load_args, counts):
+    """User-space instructions per request under callgrind: h2load (on CPU 0) with `h2load_args(n)`
+    for each of the two request counts, the difference in instructions over the difference in
+    requests, so start-up and shutdown cancel out (as policy_cost.py counts them)."""
+    totals = [under_callgrind(tmp, f"{name}.{n}", cmd, port, stop,
+                              lambda: subprocess.run(["taskset", "-c", "0", "h2load", *h2load_args(n)],
+                                                     check=True, capture_output=True))[0]
+              for n in counts]
+    return (totals[1] - totals[0]) / (counts[1] - counts[0])
+
+
+def h1_load(port):
+    """h2load's arguments for n HTTP/1.1 requests on 10 keep-alive connections."""
+    return lambda n: ["--h1", "-n", str(n), "-c", "10", "-H", "X-Forwarded-For: 198.51.100.7",
+                      f"http://127.0.0.1:{port}/"]
 
 
 def mode_threads(args, meridian, tmp):
@@ -581,7 +592,8 @@ def mode_threads(args, meridian, tmp):
                     ("meridian", [str(meridian), "run", "-c", str(conf)], signal.SIGTERM),
                     ("nginx", [base.nginx_bin(), "-c", str(nginx)], signal.SIGQUIT),
                     ("haproxy", [base.haproxy_bin(), "-f", str(haproxy_cg)], signal.SIGTERM)):
-                instructions[name] = callgrind_h1(tmp, name, cmd, HTTP_PORTS[name], stop)
+                instructions[name] = callgrind_h2load(tmp, name, cmd, HTTP_PORTS[name], stop,
+                                                     h1_load(HTTP_PORTS[name]), (2000, 12000))
                 print(f"{name}: {instructions[name]:,.0f} instructions per request (callgrind)", flush=True)
         finally:
             procs.stop_all()
@@ -772,21 +784,9 @@ def callgrind_wrk(tmp, name, cmd, port, script, stop):
     """User-space instructions per request under callgrind with random clients: two wrk runs
     of different lengths against the process under valgrind; the difference in instructions
     over the difference in requests, so start-up and shutdown cancel out."""
-    points = []
-    for seconds in (4, 12):
-        out = Path(tmp) / f"callgrind.{name}.{seconds}"
-        proc = subprocess.Popen(["taskset", "-c", "1", "valgrind", "--tool=callgrind",
-                                 f"--callgrind-out-file={out}", *cmd],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "MERIDIAN_LOG": "error"})
-        try:
-            base.wait_port(port, timeout=120)
-            done = wrk_run(port, seconds, 10, 1, "0", script)
-        finally:
-            proc.send_signal(stop)
-            proc.wait(timeout=120)
-        line = next(l for l in out.read_text().splitlines() if l.startswith(("summary:", "totals:")))
-        points.append((int(line.split()[1]), done))
+    points = [under_callgrind(tmp, f"{name}.{seconds}", cmd, port, stop,
+                              lambda: wrk_run(port, seconds, 10, 1, "0", script))
+              for seconds in (4, 12)]
     return (points[1][0] - points[0][0]) / (points[1][1] - points[0][1])
 
 
@@ -1079,27 +1079,10 @@ routes:
     return backend, nginx, meridian
 
 
-def callgrind_h2load(tmp, name, cmd, port, stop, url_path="/", extra=()):
-    """Instructions per request under callgrind: h2load runs of 1,000 and 6,000 requests (10
-    connections, one stream each), the difference over 5,000."""
-    totals = []
-    for n in (1000, 6000):
-        out = Path(tmp) / f"callgrind.{name}.{n}"
-        proc = subprocess.Popen(["taskset", "-c", "1", "valgrind", "--tool=callgrind",
-                                 f"--callgrind-out-file={out}", *cmd],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "MERIDIAN_LOG": "error"})
-        try:
-            base.wait_port(port, timeout=120)
-            subprocess.run(["taskset", "-c", "0", "h2load", "-n", str(n), "-c", "10", "-m", "1", *extra,
-                            "-H", "x-forwarded-for: 198.51.100.7", f"http://127.0.0.1:{port}{url_path}"],
-                           check=True, capture_output=True)
-        finally:
-            proc.send_signal(stop)
-            proc.wait(timeout=120)
-        line = next(l for l in out.read_text().splitlines() if l.startswith(("summary:", "totals:")))
-        totals.append(int(line.split()[1]))
-    return (totals[1] - totals[0]) / 5000
+def h2c_load(port):
+    """h2load's arguments for n h2c requests on 10 connections, one stream each."""
+    return lambda n: ["-n", str(n), "-c", "10", "-m", "1", "-H", "x-forwarded-for: 198.51.100.7",
+                      f"http://127.0.0.1:{port}/"]
 
 
 def mode_h2(args, meridian, tmp):
@@ -1115,7 +1098,8 @@ def mode_h2(args, meridian, tmp):
         if not args.quick:
             for name, cmd, stop in (("meridian", [str(meridian), "run", "-c", str(conf)], signal.SIGTERM),
                                     ("nginx", [base.nginx_bin(), "-c", str(nginx)], signal.SIGQUIT)):
-                instructions[name] = callgrind_h2load(tmp, name, cmd, H2_PORTS[name], stop)
+                instructions[name] = callgrind_h2load(tmp, name, cmd, H2_PORTS[name], stop,
+                                                     h2c_load(H2_PORTS[name]), (1000, 6000))
                 print(f"{name}: {instructions[name]:,.0f} instructions per h2c request (callgrind)", flush=True)
         procs.start("meridian", [str(meridian), "run", "-c", str(conf)], [H2_PORTS["meridian"]])
         procs.start("nginx", [base.nginx_bin(), "-c", str(nginx)], [H2_PORTS["nginx"]])

@@ -24,6 +24,38 @@ pub const REGIONS_YAML: &str = "regions:
   ap-southeast-1: { lat: 1.35, lon: 103.8 }
 ";
 
+/// Where a test config puts the admin API.
+#[derive(Clone, Copy)]
+pub enum Admin {
+    /// On 127.0.0.1:0 (the test reads the bound address from the server).
+    Loopback,
+    /// None: `admin: { bind: null }`.
+    Off,
+}
+
+/// The geo section most end-to-end configs use: the demo GeoIP database (`{DB}`, for
+/// [`Backends::fill`]), and 127.0.0.1 trusted to name the client in `X-Forwarded-For`.
+pub const DEMO_GEO: &str = "geo: { database: \"{DB}\", trusted_proxies: [\"127.0.0.1/32\"] }\n";
+
+/// The config skeleton the end-to-end tests share: `local_region`, one HTTP listener on
+/// 127.0.0.1:0, the admin API, the access log off, `geo` (whole YAML lines, or "" for none), the
+/// three regions of [`REGIONS_YAML`], then `rest` (clusters, routes and whatever else the test
+/// is about). Placeholders in the parts (`{US}`, `{EU}`, `{AP}`, `{DB}`) are left for
+/// [`Backends::fill`].
+pub fn three_region_config(local_region: &str, admin: Admin, geo: &str, rest: &str) -> String {
+    let admin = match admin {
+        Admin::Loopback => "\"127.0.0.1:0\"",
+        Admin::Off => "null",
+    };
+    format!(
+        "local_region: {local_region}
+listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]
+admin: {{ bind: {admin} }}
+access_log: {{ enabled: false }}
+{geo}{REGIONS_YAML}{rest}"
+    )
+}
+
 pub fn demo_db() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geoip/demo-city.mmdb")
 }
