@@ -1,4 +1,5 @@
-//! TLS termination with rustls (the `ring` provider: it builds with nothing but a C compiler).
+//! TLS termination with rustls (the `aws-lc-rs` provider: RSA signatures at OpenSSL's speed,
+//! and it builds with nothing but a C compiler on Linux x86-64).
 //!
 //! Each TLS listener has an SNI resolver: the certificate whose names match the client's
 //! server name (wildcards included, checked the way clients check them), else the first one.
@@ -111,13 +112,14 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError>
         return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(read("a private key", key))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
-        TlsError::Rustls {
-            what: "unsupported private key",
-            path: key.to_path_buf(),
-            source,
-        }
-    })?;
+    let signing =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(|source| {
+            TlsError::Rustls {
+                what: "unsupported private key",
+                path: key.to_path_buf(),
+                source,
+            }
+        })?;
     let certified = CertifiedKey::new(chain, signing);
     certified
         .keys_match()
@@ -181,9 +183,10 @@ pub fn server_config(
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let builder =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(versions)?;
+    let builder = ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(versions)?;
     let builder = match clients {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),

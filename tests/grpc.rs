@@ -827,7 +827,7 @@ async fn http1_tls_backend(dir: &std::path::Path) -> (SocketAddr, std::path::Pat
     let ca_file = dir.join("h1-ca.pem");
     std::fs::write(&ca_file, certified.cert.pem()).unwrap();
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -77,7 +77,7 @@ fn roots(ca: &Ca) -> rustls::RootCertStore {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A backend for `backend.test` (signed by `server_ca`) that demands a client certificate

@@ -720,7 +720,7 @@ async fn an_https_peer_must_present_a_trusted_certificate() {
         .unwrap();
     let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

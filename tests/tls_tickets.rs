@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use bytes::Bytes;
 use common::Backends;
 use http_body_util::{BodyExt, Empty};
@@ -20,7 +21,6 @@ use hyper_util::rt::TokioIo;
 use meridian::reload::{ReloadResult, Trigger};
 use meridian::server::RunningServer;
 use rcgen::{CertificateParams, KeyPair};
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls::HandshakeKind;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -105,7 +105,7 @@ impl Client {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.clone()).unwrap();
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_protocol_versions(versions)
         .unwrap()

@@ -43,7 +43,7 @@ pub fn load_verifier(
     let roots = super::client_cert::load_roots(client_ca)?;
     let builder = WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
-        Arc::new(rustls::crypto::ring::default_provider()),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
     );
     let builder = if required {
         builder

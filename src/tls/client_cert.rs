@@ -127,14 +127,15 @@ fn load_client_pair(
         (UpstreamTlsField::Key, e)
     })?;
     // The same checks a listener's pair gets: a supported key that matches the certificate.
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
-        let e = TlsError::Rustls {
-            what: "unsupported private key",
-            path: key.to_path_buf(),
-            source,
-        };
-        (UpstreamTlsField::Key, e)
-    })?;
+    let signing =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(|source| {
+            let e = TlsError::Rustls {
+                what: "unsupported private key",
+                path: key.to_path_buf(),
+                source,
+            };
+            (UpstreamTlsField::Key, e)
+        })?;
     rustls::sign::CertifiedKey::new(chain.clone(), signing)
         .keys_match()
         .map_err(|source| {
@@ -165,11 +166,12 @@ pub fn client_config(
     if roots.is_empty() {
         return Err((UpstreamTlsField::CaFile, TlsError::NoRoots));
     }
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| (UpstreamTlsField::CaFile, TlsError::Client(e)))?
-            .with_root_certificates(roots);
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| (UpstreamTlsField::CaFile, TlsError::Client(e)))?
+    .with_root_certificates(roots);
     let config = match &spec.client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {

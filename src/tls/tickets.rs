@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::hkdf::{HKDF_SHA256, KeyType, Prk, Salt};
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hkdf::{HKDF_SHA256, KeyType, Prk, Salt};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 
 use super::TlsError;
@@ -69,7 +69,7 @@ impl SessionTickets {
     pub fn ticketer(&self) -> Result<Option<Arc<dyn ProducesTickets>>, TlsError> {
         match self {
             Self::Off => Ok(None),
-            Self::RandomKeys => rustls::crypto::ring::Ticketer::new()
+            Self::RandomKeys => rustls::crypto::aws_lc_rs::Ticketer::new()
                 .map(Some)
                 .map_err(TlsError::TicketKeys),
             Self::KeyFile(path) => {

@@ -107,7 +107,7 @@ impl GrpcServer {
         let name_owned = name.to_owned();
         let acceptor = options.tls.clone().map(|(cert, key)| {
             let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
+                rustls::crypto::aws_lc_rs::default_provider(),
             ))
             .with_safe_default_protocol_versions()
             .unwrap()
