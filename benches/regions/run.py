@@ -456,6 +456,7 @@ routes:
             "attempts": 3,
             "max_connection_age": MAX_CONNECTION_AGE_S,
             "dns_timeout": DNS_TIMEOUT_S,
+            "dns_down_ttl": self.args.dns_down_ttl,
             "name": SERVICE,
             "dns": self.args.dns,
             # The static DNS step: each client region's own ingress first, then the nearest.
@@ -580,11 +581,13 @@ def smoke_failover_bound(args):
 
 
 def smoke_restore_bound(args):
-    """Seconds from us-east-1 answering again until US users are served there, at worst: the
-    failover answer (failover_ttl, --dns-ttl here) taken just before is still cached when the
-    keep-alive connection to eu-west-1 ages out, so the next DNS step comes one connection age
-    later."""
-    return args.dns_ttl + MAX_CONNECTION_AGE_S + SMOKE_SLACK_S
+    """Seconds from us-east-1 answering again until US users are served there, at worst: their
+    resolvers remember us-east-1's name server as down, so they ask eu-west-1's, which names
+    us-east-1 first again once its peer probes pass PEER_HEALTHY times; a failover answer
+    (failover_ttl, --dns-ttl here) taken just before that is still cached when the keep-alive
+    connection to eu-west-1 ages out, so the next DNS step comes one connection age later."""
+    recovery = PEER_HEALTHY * PEER_INTERVAL_S + PEER_TIMEOUT_S
+    return recovery + args.dns_ttl + MAX_CONNECTION_AGE_S + SMOKE_SLACK_S
 
 
 def wait_records(path, until, bound):
@@ -771,6 +774,10 @@ def main():
                              "(the default and only choice with --smoke)")
     parser.add_argument("--dns-ttl", type=float, default=5.0,
                         help="with --dns geodns: the listener's ttl and failover_ttl, seconds")
+    parser.add_argument("--dns-down-ttl", type=float, default=900.0,
+                        help="with --dns geodns: how long a client asks a name server that "
+                             "timed out last, seconds (unbound's infra-host-ttl default; 0: "
+                             "always ask in order, own region's first)")
     parser.add_argument("--rate", type=float, default=20.0, help="requests/s per client")
     parser.add_argument("--steady-seconds", type=float, default=20.0)
     parser.add_argument("--event-seconds", type=float, default=20.0)
