@@ -1,9 +1,13 @@
 //! The region lab's smoke run (`benches/regions/run.py --smoke`) as a test: three regions and a
 //! clients namespace built with iproute2, each region with real backends, this build's
-//! Meridian and the lab's delay relay; 50 requests from each client region must all be served
-//! in that region, US clients reaching eu-west-1 must see the 40 ms one-way delay, and every
-//! namespace the lab made must be gone afterwards. Needs root and `ip`; it fails, never skips,
-//! without them.
+//! Meridian (HTTP and GeoDNS) and the lab's delay relay. Steady state: 50 requests from each
+//! client region, resolved through GeoDNS, must all be served in that region, and US clients
+//! reaching eu-west-1 must see the 40 ms one-way delay. Region kill: us-east-1's backends,
+//! Meridian and relay are killed; US users must be answered from eu-west-1 within the bound the
+//! lab derives from the TTL, the peer probes and the dead name server's timeout, users with
+//! retries must see no error, and after the restore both must be served in us-east-1 again.
+//! Every namespace the lab made must be gone afterwards. Needs root and `ip`; it fails, never
+//! skips, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -25,7 +29,7 @@ fn namespaces() -> Vec<String> {
 }
 
 #[test]
-fn smoke_run_lands_each_client_region_in_its_own_region_with_wan_delay() {
+fn smoke_run_serves_each_region_at_home_then_survives_a_region_kill() {
     // SAFETY: geteuid(2) takes nothing and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
@@ -97,6 +101,37 @@ fn smoke_run_lands_each_client_region_in_its_own_region_with_wan_delay() {
         stdout.contains("us-east-1 -> eu-west-1 ingress: 50 answers"),
         "{report}"
     );
+    // The region kill: both US users failed over to eu-west-1 through a GeoDNS answer led by
+    // its ingress (10.77.0.2), the one with retries without an error, and both came back.
+    assert!(
+        stdout.contains("region kill: us-east-1's backends, Meridian and ingress killed"),
+        "{report}"
+    );
+    for label in ["without retries", "with retries"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("region kill: US users {label}: first answer")))
+            .unwrap_or_else(|| panic!("no failover line for users {label}\n{report}"));
+        assert!(
+            line.contains("GeoDNS answer after the kill 10.77.0.2"),
+            "{line}\n{report}"
+        );
+        assert!(!line.contains("eu-west-1 never"), "{line}\n{report}");
+        assert!(
+            line.contains(", 0 not from eu-west-1 after"),
+            "{line}\n{report}"
+        );
+        if label == "with retries" {
+            assert!(line.contains(", 0 errors of "), "{line}\n{report}");
+        }
+        let back = format!("region restore: US users {label} back in us-east-1 ");
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&back))
+            .unwrap_or_else(|| panic!("missing `{back}`\n{report}"));
+        assert!(!line.contains("us-east-1 never"), "{line}\n{report}");
+    }
+    assert!(stdout.contains("smoke wall time"), "{report}");
 
     let left: Vec<String> = namespaces()
         .into_iter()
@@ -120,5 +155,5 @@ fn lab_client_dns_step_parses_answers_and_walks_name_servers() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("Ran 8 tests"), "{stderr}");
+    assert!(stderr.contains("Ran 10 tests"), "{stderr}");
 }

@@ -2,7 +2,9 @@
 namespace, each worker from its own source address in the demo GeoIP ranges.
 
 A worker resolves the service name (the DNS step: `resolve`; GeoDNS answers are cached for
-their TTL, as a stub resolver's cache does), holds a keep-alive connection to
+their TTL, as a stub resolver's cache does, and a name server that timed out is asked last for
+a while, as a recursive resolver's infrastructure cache does: `ServerMemory`), holds a
+keep-alive connection to
 the first address that answers, and sends paced GETs, writing one JSON line per request.
 Connections are recycled after `max_connection_age` seconds, as clients behind real load
 balancers are, so traffic can return to a recovered region. Modes:
@@ -84,23 +86,60 @@ def skip_name(data, offset):
     raise ValueError("name too long")
 
 
-def resolve_geodns(spec, client_region, source_ip, ttls=None):
+class ServerMemory:
+    """Name servers that timed out, asked last until `ttl` seconds have passed (0: never
+    remembered). A recursive resolver does this: unbound keeps each server's timeouts in its
+    infrastructure cache for `infra-host-ttl` (900 s by default) and stops choosing a server
+    that does not answer; BIND prefers the servers with the lowest smoothed round-trip time.
+    Without it, every DNS step while a region is down would first wait out that region's dead
+    name server."""
+
+    def __init__(self, ttl, clock=time.monotonic):
+        self.ttl = ttl
+        self.clock = clock
+        self.down_until = {}
+
+    def order(self, servers):
+        """`servers` with the remembered ones moved last, each group in its given order."""
+        now = self.clock()
+        down = [s for s in servers if self.down_until.get(tuple(s), 0.0) > now]
+        return [s for s in servers if s not in down] + down
+
+    def timed_out(self, server):
+        if self.ttl > 0:
+            self.down_until[tuple(server)] = self.clock() + self.ttl
+
+    def answered(self, server):
+        self.down_until.pop(tuple(server), None)
+
+
+def resolve_geodns(spec, client_region, source_ip, ttls=None, memory=None):
     """The GeoDNS step (`--dns geodns`): ask the regions' DNS listeners (`<ingress>:53`, own
-    region first, as a stub resolver walks its name servers) for the service name's A records."""
-    for host, port in spec["dns_servers"][client_region]:
+    region first, as a stub resolver walks its name servers) for the service name's A records.
+    With `memory` (a ServerMemory), servers that timed out lately are asked last."""
+    servers = spec["dns_servers"][client_region]
+    if memory is not None:
+        servers = memory.order(servers)
+    for host, port in servers:
         try:
             answer = dns_query_a((host, port), spec["name"], source_ip,
                                  timeout=spec.get("dns_timeout", 1.0), ttls=ttls)
+        except TimeoutError:
+            if memory is not None:
+                memory.timed_out((host, port))
+            continue
         except (OSError, ValueError, struct.error):
             continue
+        if memory is not None:
+            memory.answered((host, port))
         if answer:
             return answer
     return []
 
 
-def resolve(spec, client_region, source_ip, ttls=None):
+def resolve(spec, client_region, source_ip, ttls=None, memory=None):
     if spec["dns"] == "geodns":
-        return resolve_geodns(spec, client_region, source_ip, ttls)
+        return resolve_geodns(spec, client_region, source_ip, ttls, memory)
     return resolve_static(spec, client_region)
 
 
@@ -123,6 +162,8 @@ class Worker:
         # The DNS answer and when its TTL runs out (a caching stub resolver's view).
         self.cached = []
         self.cached_until = 0.0
+        # The name servers that timed out (each user has its own resolver here).
+        self.servers = ServerMemory(spec.get("dns_down_ttl", 0.0))
 
     def lookup(self):
         """The DNS answer: the cached one while its TTL lasts, else a new query. Returns
@@ -133,7 +174,7 @@ class Worker:
         if self.cached and now < self.cached_until:
             return self.cached, False
         ttls = []
-        answer = resolve(self.spec, self.region, self.source_ip, ttls)
+        answer = resolve(self.spec, self.region, self.source_ip, ttls, self.servers)
         if answer and ttls:
             self.cached, self.cached_until = answer, time.monotonic() + min(ttls)
         return answer, True

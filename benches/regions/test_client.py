@@ -1,12 +1,14 @@
 """Checks of the lab client's GeoDNS step (client.dns_query_a) against a small DNS responder on
 loopback: the answer's A records in order (compressed names), error codes, a reply for another
-query, and a truncated reply. Run with `python3 -m unittest benches/regions/test_client.py`
+query, a truncated reply, and the walk over the name servers (one that timed out asked last
+for a while). Run with `python3 -m unittest benches/regions/test_client.py`
 (tests/region_lab.rs does)."""
 
 import socket
 import struct
 import sys
 import threading
+import time
 import unittest
 from pathlib import Path
 
@@ -108,6 +110,51 @@ class DnsQuery(unittest.TestCase):
         finally:
             responder.close()
             silent.close()
+
+    def test_resolver_asks_a_server_that_timed_out_last_until_it_is_forgotten(self):
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        now = [100.0]
+        memory = client.ServerMemory(60.0, clock=lambda: now[0])
+        spec = {
+            "name": "api.example.com",
+            "dns": "geodns",
+            "dns_timeout": 0.3,
+            "dns_servers": {"us-east-1": [list(silent.getsockname())]},
+        }
+        try:
+            # The first step waits out the silent server, then the second answers.
+            responder = Responder(lambda q: answer(q, ["10.77.0.2"]))
+            spec["dns_servers"]["us-east-1"].append(list(responder.address))
+            started = time.monotonic()
+            got = client.resolve(spec, "us-east-1", "127.0.0.1", memory=memory)
+            responder.close()
+            self.assertEqual(got, ["10.77.0.2"])
+            self.assertGreaterEqual(time.monotonic() - started, 0.3)
+            # Remembered: the next step asks the other server first and does not wait.
+            responder = Responder(lambda q: answer(q, ["10.77.0.2"]))
+            spec["dns_servers"]["us-east-1"][1] = list(responder.address)
+            started = time.monotonic()
+            got = client.resolve(spec, "us-east-1", "127.0.0.1", memory=memory)
+            responder.close()
+            self.assertEqual(got, ["10.77.0.2"])
+            self.assertLess(time.monotonic() - started, 0.3)
+            self.assertEqual(memory.order(spec["dns_servers"]["us-east-1"])[0],
+                             spec["dns_servers"]["us-east-1"][1])
+            # Still asked when it is the only one left, and forgotten after the TTL.
+            self.assertEqual(memory.order(spec["dns_servers"]["us-east-1"][:1]),
+                             spec["dns_servers"]["us-east-1"][:1])
+            now[0] += 60.0
+            self.assertEqual(memory.order(spec["dns_servers"]["us-east-1"]),
+                             spec["dns_servers"]["us-east-1"])
+        finally:
+            silent.close()
+
+    def test_resolver_without_memory_asks_in_order_every_time(self):
+        memory = client.ServerMemory(0.0)
+        memory.timed_out(("127.0.0.1", 53))
+        self.assertEqual(memory.order([["127.0.0.1", 53], ["127.0.0.2", 53]]),
+                         [["127.0.0.1", 53], ["127.0.0.2", 53]])
 
 
 class RelayClientSubnet(unittest.TestCase):
