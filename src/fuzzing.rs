@@ -134,6 +134,207 @@ pub fn dns_query(data: &[u8]) {
     }
 }
 
+/// A request head (line 1: authority, line 2: request target, line 3: method, then
+/// `name: value` header lines) → the strict checks, then everything the request path does
+/// with it before any upstream: route match (query, scheme, port, header conditions), CORS,
+/// the redirect Location, the path rewrite, header rules, the steering decision with session
+/// affinity keys, and the `grpc-timeout` deadline. Against a fixed table that uses each.
+pub fn route_policies(data: &[u8]) {
+    static TABLE: std::sync::OnceLock<Option<crate::table::RoutingTable>> =
+        std::sync::OnceLock::new();
+    let Some(table) = TABLE.get_or_init(policies_table) else {
+        return;
+    };
+    let mut lines = data.split(|b| *b == b'\n');
+    let authority = lines.next().unwrap_or_default();
+    let target = lines.next().unwrap_or_default();
+    let Ok(method) = Method::from_bytes(lines.next().unwrap_or(b"GET")) else {
+        return;
+    };
+    let Ok(uri) = Uri::try_from(target) else {
+        return;
+    };
+    let mut map = HeaderMap::new();
+    if let Ok(host) = HeaderValue::from_bytes(authority) {
+        map.insert(http::header::HOST, host);
+    }
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    let headers = crate::http1::raw_fields::HeadersRef::Map(&map);
+    let present = crate::http1::headers::Present::of(headers);
+    if crate::http1::strict::check_request(&method, Version::HTTP_11, &uri, headers, present)
+        .is_err()
+    {
+        return;
+    }
+    let Some(authority) = map.get(http::header::HOST).and_then(|h| h.to_str().ok()) else {
+        return;
+    };
+    let host = crate::table::routes::normalize_host(authority);
+    for https in [false, true] {
+        let facts = crate::route::decision::RequestFacts {
+            peer: [127, 0, 0, 1].into(),
+            host: &host,
+            path: uri.path(),
+            query: uri.query(),
+            method: &method,
+            https,
+            authority,
+            headers,
+            present,
+        };
+        let Ok((_, route)) = crate::route::decision::find_route(table, &facts) else {
+            continue;
+        };
+        route_policies_of(route, &facts, &map);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let _ = crate::route::decision::decide_for_route(table, route, &facts, &mut rng, None);
+    }
+    for value in map.get_all("grpc-timeout") {
+        let _ = crate::proxy::grpc::parse_timeout(value.as_bytes());
+    }
+}
+
+fn route_policies_of(
+    route: &crate::table::routes::Route,
+    facts: &crate::route::decision::RequestFacts<'_>,
+    map: &HeaderMap,
+) {
+    use crate::table::policies::{answer, cors::CorsVerdict, headers::VarValues, rewrite};
+    if let Some(cors) = &route.cors {
+        let origin = map.get(http::header::ORIGIN).map(HeaderValue::as_bytes);
+        let asks = map.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+        match cors.verdict(facts.method, origin, asks) {
+            CorsVerdict::Preflight(origin) => drop(cors.preflight(origin)),
+            CorsVerdict::Allowed(origin) => drop(cors.answer_headers(origin, None)),
+            CorsVerdict::Pass => {}
+        }
+    }
+    let Some(policies) = &route.policies else {
+        return;
+    };
+    if let Some(answer::EdgeAnswer::Redirect(redirect)) = &policies.answer {
+        let request = answer::RedirectRequest {
+            https: facts.https,
+            authority: facts.authority,
+            path: facts.path,
+            query: facts.query,
+        };
+        let _ = answer::location(redirect, &route.path, &request);
+    }
+    if let Some(rule) = policies.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+        let _ = rewrite::rewrite_path(rule, &route.path, facts.path);
+    }
+    let request_id = map.get("x-request-id");
+    let vars = VarValues {
+        country: Some("DE"),
+        client: Some(facts.peer),
+        region: "eu-west-1",
+        request_id,
+    };
+    for rules in [&policies.request_headers, &policies.response_headers]
+        .into_iter()
+        .flatten()
+    {
+        let mut headers = map.clone();
+        rules.apply(&mut headers, &vars);
+    }
+}
+
+fn policies_table() -> Option<crate::table::RoutingTable> {
+    const CONFIG: &str = r#"local_region: us-east-1
+listeners: [{ name: http, bind: "127.0.0.1:0" }]
+admin: { bind: null }
+access_log: { enabled: false }
+geo: { trusted_proxies: [127.0.0.0/8] }
+regions:
+  us-east-1: { lat: 38.9, lon: -77.4 }
+  eu-west-1: { lat: 53.3, lon: -6.3 }
+clusters:
+  web: { endpoints: { us-east-1: ["127.0.0.1:1"], eu-west-1: ["127.0.0.1:2"] } }
+  by-header:
+    endpoints: { us-east-1: ["127.0.0.1:3", "127.0.0.1:4"] }
+    load_balancer: { consistent_hash: { header: x-user } }
+  by-cookie:
+    endpoints: { us-east-1: ["127.0.0.1:5", "127.0.0.1:6"] }
+    load_balancer: { consistent_hash: { cookie: { name: sid, ttl: 1h, path: / } } }
+  by-query:
+    endpoints: { us-east-1: ["127.0.0.1:7", "127.0.0.1:8"] }
+    load_balancer: { consistent_hash: { query_parameter: user } }
+  by-source:
+    endpoints: { us-east-1: ["127.0.0.1:9", "127.0.0.1:10"] }
+    load_balancer: { consistent_hash: { source_ip: true } }
+routes:
+  - name: secure
+    hosts: ["*"]
+    match: { scheme: https, path_prefix: /secure }
+    direct_response: { status: 200, body: secure-only }
+  - name: beta
+    hosts: ["*"]
+    match: { query: [{ name: version, exact: beta }, { name: debug, present: true }] }
+    redirect: { scheme: https, host: beta.example.com, port: 8443, code: 307 }
+  - name: numeric
+    hosts: ["*"]
+    match: { query: [{ name: id, regex: "^[0-9]+$" }], path_prefix: /items/ }
+    redirect: { prefix: /things/ }
+  - name: moved
+    hosts: ["*"]
+    match: { path_prefix: /old/, ignore_case: true }
+    redirect: { path: /index.html, code: 302 }
+  - name: admin-port
+    hosts: ["*"]
+    match: { port: 8443, without_headers: [{ name: x-canary, exact: "1" }] }
+    cluster: by-header
+  - name: service
+    hosts: ["*"]
+    match: { path_regex: "^/service/([^/]+)(/.*)?$" }
+    rewrite: { path_regex: { pattern: "^/service/([^/]+)(/.*)?$", substitution: "\2/instance/\1" } }
+    request_headers:
+      set: { x-client-country: "%CLIENT_COUNTRY%", x-via: "%REGION% %%" }
+      add: { x-client: "%CLIENT_ADDRESS% %REQUEST_ID%" }
+      remove: [cookie]
+    response_headers: { set: { x-served-from: "%REGION%" } }
+    cluster: by-cookie
+  - name: tools
+    hosts: ["*"]
+    match: { path_prefix: /tools/, headers: [{ name: x-tenant, regex: "^[a-z]{1,8}$" }] }
+    rewrite: { prefix: /, authority: tools.internal }
+    cluster: by-query
+  - name: api
+    hosts: ["*"]
+    match: { path_prefix: / }
+    cluster: by-source
+    cors:
+      allow_origins: [{ exact: "https://example.com" }, { prefix: "https://preview-" }, { regex: "^https://[a-z]+[.]example[.]org$" }]
+      allow_methods: [GET, POST]
+      allow_headers: [authorization, content-type]
+      expose_headers: [x-served-from]
+      allow_credentials: true
+      max_age: 24h
+"#;
+    let loaded = crate::config::load_str(CONFIG, Path::new("fuzz-policies.yaml")).ok()?;
+    crate::table::compile(&loaded, crate::table::CompileContext::default()).ok()
+}
+
+/// An Istio VirtualService/Gateway/DestinationRule document → `meridian import istio`.
+pub fn istio_import(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(imported) = crate::config::import::istio(text) {
+        let _ = imported.render();
+    }
+}
+
 fn dns_table() -> Option<crate::table::RoutingTable> {
     const CONFIG: &str = "local_region: us-east-1
 listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
@@ -176,5 +377,21 @@ mod tests {
         // Without one every input would return at once and the target would test nothing.
         let table = super::dns_table().unwrap();
         assert!(table.geodns.is_some());
+    }
+
+    #[test]
+    fn the_policies_target_has_every_policy_to_run() {
+        let table = super::policies_table().unwrap();
+        let routes = &table.routes.routes;
+        assert!(routes.iter().any(|r| r.cors.is_some()));
+        assert!(routes.iter().any(|r| r.extra.is_some()));
+        let policies: Vec<_> = routes.iter().filter_map(|r| r.policies.as_ref()).collect();
+        assert!(policies.iter().any(|p| p.answer.is_some()));
+        assert!(policies.iter().any(|p| p.rewrite.is_some()));
+        assert!(policies.iter().any(|p| p.request_headers.is_some()));
+        // A request the target can route: a known route, a rewrite, every header rule.
+        super::route_policies(
+            b"a.example.com\n/service/x/y?id=1\nGET\nx-user: u\norigin: https://example.com",
+        );
     }
 }

@@ -38,6 +38,21 @@ fn mutated_dns_queries() {
 }
 
 #[test]
+fn route_policies_corpus() {
+    replay("route_policies", meridian::fuzzing::route_policies);
+}
+
+#[test]
+fn mutated_route_policies() {
+    mutate("route_policies", meridian::fuzzing::route_policies, 20_000);
+}
+
+#[test]
+fn istio_import_corpus() {
+    replay("istio_import", meridian::fuzzing::istio_import);
+}
+
+#[test]
 fn forwarded_for_corpus() {
     replay("forwarded_for", meridian::fuzzing::forwarded_for);
 }

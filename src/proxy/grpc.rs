@@ -28,7 +28,7 @@ pub(super) fn is_grpc(version: Version, headers: &http::HeaderMap) -> bool {
 
 /// A `grpc-timeout` value (`TimeoutValue TimeoutUnit`: 1 to 8 digits, then one of
 /// `H M S m u n`); `None` when malformed, which leaves the call to the route timeout.
-pub(super) fn parse_timeout(value: &[u8]) -> Option<Duration> {
+pub(crate) fn parse_timeout(value: &[u8]) -> Option<Duration> {
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > MAX_TIMEOUT_DIGITS {
         return None;

@@ -14,7 +14,7 @@ mod client_cert;
 mod error;
 mod explain;
 mod forward;
-mod grpc;
+pub(crate) mod grpc;
 mod h2_attempt;
 mod policies;
 mod redirect;
