@@ -297,7 +297,7 @@ routes:
   - name: service
     hosts: ["*"]
     match: { path_regex: "^/service/([^/]+)(/.*)?$" }
-    rewrite: { path_regex: { pattern: "^/service/([^/]+)(/.*)?$", substitution: "\2/instance/\1" } }
+    rewrite: { path_regex: { pattern: "^/service/([^/]+)(/.*)?$", substitution: '\2/instance/\1' } }
     request_headers:
       set: { x-client-country: "%CLIENT_COUNTRY%", x-via: "%REGION% %%" }
       add: { x-client: "%CLIENT_ADDRESS% %REQUEST_ID%" }
