@@ -48,6 +48,14 @@ impl<B> Answer<B> {
             request_id,
         } = *self;
         let headers = response.headers_mut();
+        // With no header of Meridian's own in the map yet (the common answer), the upstream's
+        // fields go in first and the two below replace theirs by `insert`: no second map.
+        let mut upstream = Some(upstream).filter(|u| !u.is_empty());
+        if headers.is_empty()
+            && let Some(fields) = upstream.take()
+        {
+            fields.merge_into(headers);
+        }
         if let Some(region) = region {
             headers.insert(X_MERIDIAN_REGION, region);
         }
@@ -57,8 +65,8 @@ impl<B> Answer<B> {
             id.set_sensitive(true);
             headers.insert(X_REQUEST_ID, id);
         }
-        if !upstream.is_empty() {
-            upstream.merge_into(headers);
+        if let Some(fields) = upstream {
+            fields.merge_into(headers);
         }
         response
     }
@@ -83,4 +91,51 @@ pub enum ClientBody {
     /// Read whole by Meridian's own HTTP/1.1 loop (a small Content-Length body).
     Full(Bytes),
     Empty,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(head: &'static [u8]) -> Fields {
+        let mut f = Fields::with_capacity(Bytes::from_static(head), 4);
+        for line in head.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(colon) = line.iter().position(|b| *b == b':') {
+                f.push(&line[..colon], line[colon + 1..].trim_ascii());
+            }
+        }
+        f
+    }
+
+    const HEAD: &[u8] =
+        b"Server: up\r\nX-Request-Id: theirs\r\nSet-Cookie: a\r\nX-Meridian-Region: x\r\nSet-Cookie: b\r\n";
+
+    /// Meridian's region and request id replace the upstream's fields of those names, with the
+    /// map empty before (the common answer) or holding headers of Meridian's own.
+    #[test]
+    fn own_headers_replace_the_upstream_fields_of_their_names() {
+        for own in [None, Some("ours-too")] {
+            let mut response = Response::new(());
+            if let Some(value) = own {
+                response
+                    .headers_mut()
+                    .insert("server", HeaderValue::from_static(value));
+            }
+            let answer = Box::new(Answer {
+                response,
+                upstream: upstream(HEAD),
+                region: Some(HeaderValue::from_static("eu-west-1")),
+                request_id: Some(HeaderValue::from_static("ours")),
+            });
+            let map = answer.into_response().into_parts().0.headers;
+            let all = |name: &str| map.get_all(name).iter().collect::<Vec<_>>();
+            assert_eq!(all("x-request-id"), ["ours"], "{own:?}");
+            assert!(map["x-request-id"].is_sensitive(), "{own:?}");
+            assert_eq!(all("x-meridian-region"), ["eu-west-1"], "{own:?}");
+            assert_eq!(all("set-cookie"), ["a", "b"], "{own:?}");
+            assert_eq!(all("server"), [own.unwrap_or("up")], "{own:?}");
+            assert_eq!(map.len(), 5, "{own:?}");
+        }
+    }
 }

@@ -129,22 +129,19 @@ impl Fields {
     /// Meridian sets replaces what the upstream said).
     pub fn merge_into(self, map: &mut HeaderMap) {
         let own = map.len();
-        let mut merged = HeaderMap::with_capacity(self.spans.len() + own);
-        for span in &self.spans {
-            // httparse accepts only token characters in names, which HeaderName accepts too;
-            // a name it refused anyway is left out rather than failing the answer.
-            let Ok(name) = HeaderName::from_bytes(self.name_of(span)) else {
-                continue;
-            };
-            if own > 0 && map.contains_key(&name) {
-                continue;
+        if own == 0 {
+            // Nothing to give way to, and no order to keep: the fields go straight in.
+            map.reserve(self.spans.len());
+            for (name, value) in self.headers() {
+                map.append(name, value);
             }
-            let value = self.head.slice_ref(self.value_of(span));
-            // SAFETY: httparse accepted the value, so every byte is HTAB, SP, a visible ASCII
-            // character or obs-text: exactly what a HeaderValue may hold.
-            merged.append(name, unsafe {
-                HeaderValue::from_maybe_shared_unchecked(value)
-            });
+            return;
+        }
+        let mut merged = HeaderMap::with_capacity(self.spans.len() + own);
+        for (name, value) in self.headers() {
+            if !map.contains_key(&name) {
+                merged.append(name, value);
+            }
         }
         let mut last = None;
         for (name, value) in std::mem::take(map) {
@@ -157,6 +154,21 @@ impl Fields {
             }
         }
         *map = merged;
+    }
+
+    /// The fields as header names and values, values sharing the head's bytes.
+    fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+        self.spans.iter().filter_map(|span| {
+            // httparse accepts only token characters in names, which HeaderName accepts too;
+            // a name it refused anyway is left out rather than failing the answer.
+            let name = HeaderName::from_bytes(self.name_of(span)).ok()?;
+            let value = self.head.slice_ref(self.value_of(span));
+            // SAFETY: httparse accepted the value, so every byte is HTAB, SP, a visible ASCII
+            // character or obs-text: exactly what a HeaderValue may hold.
+            Some((name, unsafe {
+                HeaderValue::from_maybe_shared_unchecked(value)
+            }))
+        })
     }
 }
 
