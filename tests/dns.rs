@@ -34,6 +34,7 @@ geo:
   database: {DB}
   overrides:
     - { cidr: 127.0.0.2/32, region: eu-west-1 }
+    - { cidr: 203.0.113.192/26, region: us-east-1 }
 regions:
   us-east-1:      { lat: 38.9, lon: -77.4, ingress: [192.0.2.10, \"2001:db8::10\"] }
   eu-west-1:      { lat: 53.3, lon: -6.3, ingress: [198.51.100.10, \"2001:db8::20\"] }
@@ -264,11 +265,17 @@ async fn clients_get_their_regions_ingress_by_subnet_or_resolver_address() {
             &["2001:db8::30"],
             Some("2001:db8:1::/48/48"),
         ),
-        // Singapore and the US.
+        // Singapore and the US. Singapore's /24 holds an override to us-east-1 (a /26): the
+        // answer for the first address holds for a /25, longer than the subnet sent.
         (
             &["www.example.com", "A", "+subnet=203.0.113.0/24"],
             &["203.0.113.10"],
-            Some("203.0.113.0/24/24"),
+            Some("203.0.113.0/24/25"),
+        ),
+        (
+            &["www.example.com", "A", "+subnet=203.0.113.192/26"],
+            &["192.0.2.10"],
+            Some("203.0.113.192/26/26"),
         ),
         (
             &["www.example.com", "A", "+subnet=192.0.2.0/24"],

@@ -17,7 +17,9 @@ admin: { bind: null }
 access_log: { enabled: false }
 geo:
   database: config/geoip/demo-city.mmdb
-  overrides: [{ cidr: 10.9.0.0/16, region: ap-southeast-1 }]
+  overrides:
+    - { cidr: 10.9.0.0/16, region: ap-southeast-1 }
+    - { cidr: 10.9.8.0/26, region: us-east-1 }
 regions:
   us-east-1:      { lat: 38.9, lon: -77.4, ingress: [192.0.2.10, "2001:db8::10"] }
   eu-west-1:      { lat: 53.3, lon: -6.3, ingress: [198.51.100.10, 198.51.100.11, "2001:db8::20"] }
@@ -427,6 +429,33 @@ fn the_subnet_option_is_echoed_with_its_scope() {
             RecordType::A,
             "::ffff:198.51.100.0/120",
             ("::ffff:198.51.100.0", 120, 120),
+        ),
+        // Overrides: an answer's scope takes in no address of an override nested in the
+        // client's network or subnet that the client is not in; past the subnet sent, it tells
+        // the resolver to send more.
+        (
+            "www.example.com.",
+            RecordType::A,
+            "10.9.8.128/25",
+            ("10.9.8.128", 25, 25),
+        ),
+        (
+            "www.example.com.",
+            RecordType::A,
+            "10.9.0.0/16",
+            ("10.9.0.0", 16, 21),
+        ),
+        (
+            "www.example.com.",
+            RecordType::A,
+            "10.9.8.0/26",
+            ("10.9.8.0", 26, 26),
+        ),
+        (
+            "www.example.com.",
+            RecordType::A,
+            "10.9.1.0/24",
+            ("10.9.1.0", 24, 24),
         ),
         // Answers that hold for every client: scope 0.
         (

@@ -74,9 +74,17 @@ pub fn locate(
     // in the query's family it is 96 bits longer.
     let known = known.map(|p| p.saturating_add(mapped_offset(addr)));
     // The answer depends on the network that located the client and on the draw (the first
-    // /24 or /56): it holds for the longer of the two, and never claims more than was sent.
+    // /24 or /56): it holds for the longer of the two, and claims no more than was sent...
     let key_bits = source.min(key_prefix(addr));
-    let scope = known.map_or(source, |p| p.max(key_prefix(addr)).min(source));
+    let held = known.map_or(source, |p| p.max(key_prefix(addr)).min(source));
+    // ...nor any address of an override the client is not in (one nested in its network, or
+    // inside the subnet sent). Past the subnet sent, that scope tells the resolver its subnet
+    // was not specific enough (RFC 7871 §7.2.1).
+    let clear = table
+        .geo
+        .prefix_clear_of_other_overrides(addr)
+        .saturating_add(mapped_offset(addr));
+    let scope = held.max(clear);
     Ok(DnsClient {
         addr,
         location,

@@ -216,9 +216,34 @@ impl GeoResolver {
         if let Some(o) = self.overrides.iter().find(|o| o.net.contains(&ip)) {
             return (o.location, Some(o.net.prefix_len()));
         }
-        let prefix = self.database.as_ref().and_then(|db| db.network_prefix(ip));
+        let prefix = self.database_for(ip).and_then(|db| db.network_prefix(ip));
         (self.locate(ip), prefix)
     }
+
+    /// The shortest prefix of `ip` that holds no address of an override `ip` is not in: any
+    /// shorter one takes in part of such an override, whose addresses are located otherwise
+    /// (an override nested in the one or the database network that located `ip`).
+    pub fn prefix_clear_of_other_overrides(&self, ip: IpAddr) -> u8 {
+        let ip = ip.to_canonical();
+        self.overrides
+            .iter()
+            .filter(|o| !o.net.contains(&ip))
+            .filter_map(|o| common_prefix(ip, o.net.network()))
+            // The first bit where `ip` leaves the override's network.
+            .map(|bits| bits.saturating_add(1))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// How many leading bits two addresses of one family share (`None` across families).
+fn common_prefix(a: IpAddr, b: IpAddr) -> Option<u8> {
+    let bits = match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
+        _ => return None,
+    };
+    u8::try_from(bits).ok()
 }
 
 /// One X-Forwarded-For entry: `ip`, `ip:port`, `[v6]:port` (ports are dropped).
@@ -387,5 +412,53 @@ mod tests {
         let d = distance_km(dublin, virginia);
         assert!((5300.0..5600.0).contains(&d), "{d}");
         assert_eq!(distance_km(dublin, dublin), 0.0);
+    }
+
+    /// The network an answer holds for comes from the file that answers the client: an IPv6
+    /// client's from the IPv6 database when `geo.database` names two.
+    #[test]
+    fn network_prefixes_come_from_the_database_that_answers() {
+        let demo = Arc::new(
+            GeoDb::open(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/geoip/demo-city.mmdb"
+            )))
+            .unwrap(),
+        );
+        let v6_only =
+            GeoResolver::new(Vec::new(), Vec::new(), None).with_ipv6_database(Some(demo.clone()));
+        let ip: IpAddr = "2001:db8:1::".parse().unwrap();
+        let (location, prefix) = v6_only.locate_with_prefix(ip);
+        assert!(location.country.is_some());
+        assert_eq!(prefix, Some(48));
+        let (_, v4_prefix) = v6_only.locate_with_prefix("198.51.100.7".parse().unwrap());
+        assert_eq!(v4_prefix, None, "no IPv4 database");
+    }
+
+    #[test]
+    fn prefixes_clear_of_overrides_stop_where_the_address_leaves_them() {
+        let over = |cidr: &str| GeoOverride {
+            net: cidr.parse().unwrap(),
+            location: Location::default(),
+        };
+        let geo = GeoResolver::new(
+            Vec::new(),
+            vec![
+                over("10.9.0.0/16"),
+                over("10.9.8.0/26"),
+                over("2001:db8::/32"),
+            ],
+            None,
+        );
+        let clear = |ip: &str| geo.prefix_clear_of_other_overrides(ip.parse().unwrap());
+        // Inside the /16, beside the /26: the first bit where it leaves the /26.
+        assert_eq!(clear("10.9.8.128"), 25);
+        assert_eq!(clear("10.9.0.0"), 21);
+        // Inside both: nothing to stay clear of.
+        assert_eq!(clear("10.9.8.1"), 0);
+        // An IPv4-mapped address is an IPv4 one; other families never count.
+        assert_eq!(clear("::ffff:10.9.8.128"), 25);
+        assert_eq!(clear("2001:db9::"), 32);
+        assert_eq!(clear("192.0.2.1"), 1);
     }
 }
