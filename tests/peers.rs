@@ -516,6 +516,18 @@ routes: [{ name: api, hosts: [\"*\"], cluster: api }]
             "peers:\n  - { region: eu-west-1, url: \"http://127.0.0.1:99999/\" }\n".into(),
             &[(2, "peers[0].url", "has a port outside 1..=65535")],
         ),
+        (
+            "peers:\n  - region: eu-west-1\n    url: \"http://127.0.0.1:9901/\"\n    tls: { ca_file: /x.pem }\n".into(),
+            &[(4, "peers[0].tls", "applies to https URLs only")],
+        ),
+        (
+            "peers:\n  - region: eu-west-1\n    url: \"https://127.0.0.1:9901/\"\n    tls:\n      cert: /c.pem\n".into(),
+            &[(5, "peers[0].tls.cert", "needs `key` too")],
+        ),
+        (
+            "peers:\n  - region: eu-west-1\n    url: \"https://127.0.0.1:9901/\"\n    tls:\n      ca_file: /nonexistent/ca.pem\n".into(),
+            &[(5, "peers[0].tls.ca_file", "/nonexistent/ca.pem")],
+        ),
     ];
     let base_lines = base.lines().count();
     for (block, want) in cases {
@@ -710,6 +722,8 @@ routes: [{ name: api, hosts: [\"*\"], cluster: api }]
     assert!(with.peer_up(1), "a new peer starts up");
 }
 
+/// An https peer is probed with the system's CAs unless its `tls` names others: a peer whose
+/// certificate no system root signed is down, and up once `tls.ca_file` trusts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_peer_must_present_a_trusted_certificate() {
     // A TLS peer that answers 200, with a certificate no system root signed.
@@ -766,4 +780,25 @@ async fn an_https_peer_must_present_a_trusted_certificate() {
         "the certificate was refused"
     );
     assert_eq!(served(proxy, EU_CLIENT).await, "us-east-1");
+
+    // The same peer with its certificate as the CA to trust: up, and EU clients go there.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("peer-ca.pem");
+    std::fs::write(&ca_file, cert.pem()).unwrap();
+    let trusting = format!(
+        "{FAST_CHECK}\npeers:\n  - {{ region: eu-west-1, url: \"https://{addr}/readyz\", tls: {{ ca_file: \"{}\" }} }}\n",
+        ca_file.display()
+    );
+    let us = start_proxy(&instance(&backends, "us-east-1", &trusting)).await;
+    let (proxy, admin) = (us.proxy_addr().unwrap(), us.admin.unwrap());
+    eventually("the trusted peer up", async || {
+        probes(admin, "eu-west-1", "up").await >= 1
+    })
+    .await;
+    assert!(peer_up(admin, "eu-west-1").await);
+    assert!(
+        handshakes.load(Ordering::SeqCst) >= 1,
+        "handshakes completed"
+    );
+    assert_eq!(served(proxy, EU_CLIENT).await, "eu-west-1");
 }

@@ -13,6 +13,10 @@ pub struct PeerConfig {
     pub region: String,
     /// `http://host:port/path` or `https://host:port/path`; a 2xx answer means up.
     pub url: String,
+    /// For an `https` URL: the CAs to trust instead of the system's, the name to verify, and a
+    /// client certificate for a peer that asks for one (the fields of a cluster's `tls`).
+    #[serde(default)]
+    pub tls: Option<super::UpstreamTlsConfig>,
 }
 
 /// How peers are probed: one GET every `interval`, each within `timeout`, with the same

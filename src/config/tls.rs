@@ -6,14 +6,19 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// The mutual TLS files a config names (listeners' client CAs; clusters' CAs, client
-/// certificates and keys): replacing one is a reload.
+/// The mutual TLS files a config names (listeners' client CAs; clusters' and peers' CAs,
+/// client certificates and keys): replacing one is a reload.
 pub fn mutual_tls_files(config: &super::Config) -> Vec<PathBuf> {
     let listeners = config.listeners.iter().filter_map(|l| l.tls.as_ref());
     let clusters = config.clusters.values().filter_map(|c| c.tls.as_ref());
+    let peers = config.peers.iter().filter_map(|p| p.tls.as_ref());
     listeners
         .filter_map(|t| t.client_ca.clone())
-        .chain(clusters.flat_map(|t| [&t.ca_file, &t.cert, &t.key].into_iter().flatten().cloned()))
+        .chain(
+            clusters
+                .chain(peers)
+                .flat_map(|t| [&t.ca_file, &t.cert, &t.key].into_iter().flatten().cloned()),
+        )
         .collect()
 }
 
@@ -70,7 +75,7 @@ pub struct CertificateConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct UpstreamTlsConfig {
     /// Server name to send and verify (default: the endpoint's address).
     #[serde(default)]

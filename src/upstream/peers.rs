@@ -295,7 +295,9 @@ async fn get_status(target: &PeerTarget) -> Result<u16, UpstreamError> {
     match &target.tls {
         None => exchange(target, stream).await,
         Some(tls) => {
-            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+            // `tls.sni` when set, else the URL's host (a name or an address).
+            let name = tls.spec.sni.as_ref().unwrap_or(&target.host);
+            let name = rustls_pki_types::ServerName::try_from(name.clone())
                 .map_err(failed(target, "server name"))?;
             let stream = tls
                 .connector()

@@ -6,7 +6,7 @@
 //! and `Cluster::health` reads.
 
 use super::*;
-use crate::config::PeerCheckConfig;
+use crate::config::{PeerCheckConfig, PeerConfig};
 use crate::upstream::peers::{
     Peer, PeerPolicy, PeerState, PeerTarget, PeerView, Peers, ProbeCounters,
 };
@@ -90,7 +90,8 @@ impl Compiler<'_> {
                     .iter()
                     .find(|old| old.region_name == peer.region && *old.target.url == *peer.url)
             });
-            let target = match kept {
+            // A peer with TLS files of its own has them read on every compile, as a cluster's.
+            let target = match kept.filter(|_| peer.tls.is_none()) {
                 Some(old) => Some(PeerTarget {
                     url: old.target.url.clone(),
                     host: old.target.host.clone(),
@@ -99,7 +100,7 @@ impl Compiler<'_> {
                     path: old.target.path.clone(),
                     tls: old.target.tls.clone(),
                 }),
-                None => self.peer_target(here.key("url"), &peer.url),
+                None => self.peer_target(here, peer),
             };
             let (Some(region), Some(target)) = (region, target) else {
                 continue;
@@ -167,26 +168,44 @@ impl Compiler<'_> {
         })
     }
 
-    /// `http(s)://host:port/path`, the port written out.
-    fn peer_target(&mut self, at: YamlPath, url: &str) -> Option<PeerTarget> {
+    /// `http(s)://host:port/path`, the port written out, and for https the TLS to speak.
+    fn peer_target(&mut self, here: YamlPath, peer: &PeerConfig) -> Option<PeerTarget> {
+        let (at, url) = (here.clone().key("url"), peer.url.as_str());
         match parse_peer_url(url) {
             Ok((tls, host, port, authority, path)) => {
-                let tls = if tls {
-                    let spec = crate::tls::UpstreamTlsSpec {
-                        sni: None,
-                        ca_file: None,
-                        client_cert: None,
-                    };
-                    match crate::tls::UpstreamTls::new(spec) {
-                        Ok(t) => Some(Arc::new(t)),
-                        Err((_, e)) => {
-                            self.problems
-                                .at(at, format!("https needs the system's CA roots: {e}"));
-                            return None;
+                let tls = match (tls, &peer.tls) {
+                    (false, None) => None,
+                    (false, Some(_)) => {
+                        self.problems.at(
+                            here.key("tls"),
+                            "applies to https URLs only; write the peer's URL with https://",
+                        );
+                        return None;
+                    }
+                    (true, Some(t)) => {
+                        let at = here.key("tls");
+                        let spec = self.upstream_tls_spec(at.clone(), t)?;
+                        Some(self.upstream_tls(at, spec)?)
+                    }
+                    (true, None) => {
+                        let spec = crate::tls::UpstreamTlsSpec {
+                            sni: None,
+                            ca_file: None,
+                            client_cert: None,
+                        };
+                        match crate::tls::UpstreamTls::new(spec) {
+                            Ok(t) => Some(Arc::new(t)),
+                            Err((_, e)) => {
+                                self.problems.at(
+                                    at,
+                                    format!(
+                                        "https needs the system's CA roots (or `tls.ca_file`): {e}"
+                                    ),
+                                );
+                                return None;
+                            }
                         }
                     }
-                } else {
-                    None
                 };
                 Some(PeerTarget {
                     url: url.into(),
