@@ -7,7 +7,8 @@
 //! lab derives from the TTL, the peer probes and the dead name server's timeout, users with
 //! retries must see no error, and after the restore both must be served in us-east-1 again.
 //! Every namespace the lab made must be gone afterwards. Needs root and `ip`; it fails, never
-//! skips, without them.
+//! skips, without them. The lab client's DNS step and the relay's timing (a new connection pays
+//! the handshake's round trip) are also checked on loopback, without root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -156,4 +157,21 @@ fn lab_client_dns_step_parses_answers_and_walks_name_servers() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("Ran 10 tests"), "{stderr}");
+}
+
+/// The lab's delay relay on loopback (no root needed): a new connection's first answer pays
+/// the handshake's round trip, a second exchange on it one round trip, a refused target is
+/// reset a round trip after the connect.
+#[test]
+fn lab_relay_delays_the_handshake_round_trip() {
+    let python = common::process::require_program("python3", "python3");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .current_dir(root)
+        .args(["-m", "unittest", "benches/regions/test_relay.py"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Ran 3 tests"), "{stderr}");
 }

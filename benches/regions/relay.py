@@ -1,5 +1,6 @@
 """The lab's delay relay: a TCP (and UDP, for DNS) proxy that holds every segment for the
-link's one-way delay, with jitter, in both directions.
+link's one-way delay, with jitter, in both directions, and a new TCP connection's first bytes
+for the handshake's round trip as well.
 
 The kernels the lab runs on have no `netem` qdisc, so the wide-area delay between regions is
 added here, in user space, on each region's ingress address. The delay depends on where the
@@ -43,18 +44,19 @@ class Link:
         return max(0.0, base * (1.0 + random.uniform(-self.jitter, self.jitter)))
 
 
-async def pump(reader, writer, link, base, first=b""):
-    """Copy reader -> writer, each chunk sent when its own delay has passed, in order."""
+async def pump(reader, writer, link, base, first=b"", not_before=0.0):
+    """Copy reader -> writer, each chunk sent when its own delay has passed, in order. A chunk
+    read before `not_before` (monotonic) counts as sent then: the handshake's round trip."""
     queue = asyncio.Queue()
 
     async def sender():
         while True:
             due, chunk = await queue.get()
-            if chunk is None:
-                break
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if chunk is None:
+                break
             writer.write(chunk)
             await writer.drain()
         writer.close()
@@ -69,11 +71,14 @@ async def pump(reader, writer, link, base, first=b""):
             if not chunk:
                 break
             # Keep segments in order: a segment is never due before the one before it.
-            last_due = max(time.monotonic() + link.sample(base), last_due)
+            sent = max(time.monotonic(), not_before)
+            last_due = max(sent + link.sample(base), last_due)
             queue.put_nowait((last_due, chunk))
     except (ConnectionError, OSError):
         pass
-    queue.put_nowait((0.0, None))
+    # The close (FIN or RST) is a segment too: it arrives one delay after it was sent.
+    sent = max(time.monotonic(), not_before)
+    queue.put_nowait((max(sent + link.sample(base), last_due), None))
     try:
         await task
     except (ConnectionError, OSError):
@@ -81,21 +86,39 @@ async def pump(reader, writer, link, base, first=b""):
 
 
 async def handle(client_reader, client_writer, link, target, proxy_protocol):
+    # The kernel completed the client's handshake at once; on the link it takes a round trip
+    # (SYN there, SYN-ACK back), and the client sends nothing before that. So nothing from the
+    # client counts as sent before then, and its first bytes reach the server a one-way delay
+    # later: 3 x one-way after the client began connecting, as on a real link.
+    accepted = time.monotonic()
     peer = client_writer.get_extra_info("peername")
     local = client_writer.get_extra_info("sockname")
     base = link.delay_of(peer[0])
+    handshake_done = accepted + link.sample(base) + link.sample(base)
     try:
+        # Local inside the region: the relay's own connect costs no wide-area delay.
         upstream_reader, upstream_writer = await asyncio.open_connection(*target)
     except OSError:
+        # Refused: on the link the client's SYN is answered by a RST a round trip later.
+        await asyncio.sleep(max(0.0, handshake_done - time.monotonic()))
+        sock = client_writer.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
         client_writer.close()
         return
     header = b""
     if proxy_protocol:
         # PROXY v1: the region's Meridian sees the real client address (and so its location).
         header = f"PROXY TCP4 {peer[0]} {local[0]} {peer[1]} {local[1]}\r\n".encode()
+    # The server answers what the client sent, which is held above, so its answers need no
+    # hold of their own; only what it sends unasked (a close) waits for the client's ACK to
+    # have reached it, one more one-way after the handshake's round trip.
+    server_ready = handshake_done + link.sample(base)
     await asyncio.gather(
-        pump(client_reader, upstream_writer, link, base, header),
-        pump(upstream_reader, client_writer, link, base),
+        pump(client_reader, upstream_writer, link, base, header, handshake_done),
+        pump(upstream_reader, client_writer, link, base, not_before=server_ready),
     )
 
 
