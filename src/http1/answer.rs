@@ -97,16 +97,7 @@ pub enum ClientBody {
 mod tests {
     use super::*;
 
-    fn upstream(head: &'static [u8]) -> Fields {
-        let mut f = Fields::with_capacity(Bytes::from_static(head), 4);
-        for line in head.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(colon) = line.iter().position(|b| *b == b':') {
-                f.push(&line[..colon], line[colon + 1..].trim_ascii());
-            }
-        }
-        f
-    }
+    use crate::http1::raw_fields::tests::fields as upstream;
 
     const HEAD: &[u8] =
         b"Server: up\r\nX-Request-Id: theirs\r\nSet-Cookie: a\r\nX-Meridian-Region: x\r\nSet-Cookie: b\r\n";

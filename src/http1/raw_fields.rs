@@ -423,11 +423,11 @@ impl<'a> HeadersRef<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Fields of `Name: value` lines, as a parser would record them.
-    fn fields(head: &'static [u8]) -> Fields {
+    pub(crate) fn fields(head: &'static [u8]) -> Fields {
         let mut f = Fields::with_capacity(Bytes::from_static(head), 4);
         for line in head.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
