@@ -722,6 +722,53 @@ routes: [{ name: api, hosts: [\"*\"], cluster: api }]
     assert!(with.peer_up(1), "a new peer starts up");
 }
 
+/// A reload keeps a peer's verdict while its region and URL stay, but its TLS follows the new
+/// config: `tls` removed means the system's CAs again, not the old file's.
+#[test]
+fn a_reload_that_drops_a_peers_tls_drops_its_ca() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("peer-ca.pem");
+    std::fs::write(&ca_file, cert.pem()).unwrap();
+    let base = "local_region: us-east-1
+admin: { bind: null }
+listeners: [{ name: http, bind: \"127.0.0.1:0\" }]
+regions: { us-east-1: { lat: 38.9, lon: -77.4 }, eu-west-1: { lat: 53.3, lon: -6.3 } }
+clusters: { api: { endpoints: { us-east-1: [\"127.0.0.1:9\"] } } }
+routes: [{ name: api, hosts: [\"*\"], cluster: api }]
+";
+    let peer = "peers: [{ region: eu-west-1, url: \"https://127.0.0.1:9901/readyz\"";
+    let compile = |yaml: &str, previous: Option<&table::RoutingTable>| {
+        let loaded = config::load_str(yaml, Path::new("test.yaml")).unwrap();
+        let context = table::CompileContext {
+            previous,
+            ..Default::default()
+        };
+        table::compile(&loaded, context).unwrap()
+    };
+    let ca_of = |t: &table::RoutingTable| {
+        let peers = t.peers.as_ref().unwrap();
+        let tls = peers.list[0].target.tls.as_ref().expect("https");
+        tls.spec.ca_file.clone()
+    };
+    let with = compile(
+        &format!(
+            "{base}{peer}, tls: {{ ca_file: \"{}\" }} }}]\n",
+            ca_file.display()
+        ),
+        None,
+    );
+    assert_eq!(ca_of(&with), Some(ca_file.clone()));
+    let without = compile(&format!("{base}{peer} }}]\n"), Some(&with));
+    assert_eq!(ca_of(&without), None, "the private CA is gone");
+    let again = compile(&format!("{base}{peer} }}]\n"), Some(&without));
+    assert_eq!(ca_of(&again), None);
+}
+
 /// An https peer is probed with the system's CAs unless its `tls` names others: a peer whose
 /// certificate no system root signed is down, and up once `tls.ca_file` trusts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

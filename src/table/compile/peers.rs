@@ -90,8 +90,14 @@ impl Compiler<'_> {
                     .iter()
                     .find(|old| old.region_name == peer.region && *old.target.url == *peer.url)
             });
-            // A peer with TLS files of its own has them read on every compile, as a cluster's.
-            let target = match kept.filter(|_| peer.tls.is_none()) {
+            // A peer with TLS files of its own, now or before, has its TLS built on every
+            // compile (its files read again, as a cluster's); one with plain settings keeps it.
+            let plain_tls = |old: &Peer| {
+                old.target.tls.as_ref().is_none_or(|t| {
+                    t.spec.sni.is_none() && t.spec.ca_file.is_none() && t.spec.client_cert.is_none()
+                })
+            };
+            let target = match kept.filter(|old| peer.tls.is_none() && plain_tls(old)) {
                 Some(old) => Some(PeerTarget {
                     url: old.target.url.clone(),
                     host: old.target.host.clone(),
