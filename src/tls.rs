@@ -76,6 +76,12 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    #[error("`{name}` is not a DNS name or IP address to send and verify: {source}")]
+    ServerName {
+        name: String,
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
     #[error("no CA certificate to verify upstreams with (set tls.ca_file)")]
     NoRoots,
     #[error("cannot set up a TLS client: {0}")]

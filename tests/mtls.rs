@@ -656,6 +656,12 @@ fn broken_huge_mismatched_and_missing_files_are_problems_at_their_field() {
         ),
         (
             String::new(),
+            ", sni: \"not a name!\"".into(),
+            "clusters.c.tls.sni",
+            "`not a name!` is not a DNS name or IP address",
+        ),
+        (
+            String::new(),
             format!(", key: \"{}\"", path("key.pem")),
             "clusters.c.tls.key",
             "needs `cert` too",

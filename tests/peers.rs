@@ -528,6 +528,10 @@ routes: [{ name: api, hosts: [\"*\"], cluster: api }]
             "peers:\n  - region: eu-west-1\n    url: \"https://127.0.0.1:9901/\"\n    tls:\n      ca_file: /nonexistent/ca.pem\n".into(),
             &[(5, "peers[0].tls.ca_file", "/nonexistent/ca.pem")],
         ),
+        (
+            "peers:\n  - region: eu-west-1\n    url: \"https://127.0.0.1:9901/\"\n    tls:\n      sni: \"bad_name..\"\n".into(),
+            &[(5, "peers[0].tls.sni", "`bad_name..` is not a DNS name")],
+        ),
     ];
     let base_lines = base.lines().count();
     for (block, want) in cases {

@@ -40,6 +40,7 @@ pub enum UpstreamTlsField {
     CaFile,
     Cert,
     Key,
+    Sni,
 }
 
 impl UpstreamTlsField {
@@ -48,6 +49,7 @@ impl UpstreamTlsField {
             Self::CaFile => "ca_file",
             Self::Cert => "cert",
             Self::Key => "key",
+            Self::Sni => "sni",
         }
     }
 }
@@ -153,6 +155,16 @@ fn load_client_pair(
 pub fn client_config(
     spec: &UpstreamTlsSpec,
 ) -> Result<Arc<ClientConfig>, (UpstreamTlsField, TlsError)> {
+    // Checked here so a bad name is refused with its field, not on every connect.
+    if let Some(name) = &spec.sni {
+        ServerName::try_from(name.as_str()).map_err(|source| {
+            let e = TlsError::ServerName {
+                name: name.clone(),
+                source,
+            };
+            (UpstreamTlsField::Sni, e)
+        })?;
+    }
     let roots = match &spec.ca_file {
         Some(path) => load_roots(path).map_err(|e| (UpstreamTlsField::CaFile, e))?,
         None => {
