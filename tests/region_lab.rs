@@ -144,19 +144,28 @@ fn smoke_run_serves_each_region_at_home_then_survives_a_region_kill() {
     );
 }
 
-/// The lab client's GeoDNS step against a DNS responder on loopback (no root needed).
-#[test]
-fn lab_client_dns_step_parses_answers_and_walks_name_servers() {
+/// Run one of the lab's Python unittest files from the repository root; it must pass and run
+/// `tests` tests (so a file that quietly lost its tests fails here).
+fn run_unittest(file: &str, tests: usize) {
     let python = common::process::require_program("python3", "python3");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(python)
         .current_dir(root)
-        .args(["-m", "unittest", "benches/regions/test_client.py"])
+        .args(["-m", "unittest", file])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("Ran 10 tests"), "{stderr}");
+    assert!(out.status.success(), "{file}: {stderr}");
+    assert!(
+        stderr.contains(&format!("Ran {tests} tests")),
+        "{file}: {stderr}"
+    );
+}
+
+/// The lab client's GeoDNS step against a DNS responder on loopback (no root needed).
+#[test]
+fn lab_client_dns_step_parses_answers_and_walks_name_servers() {
+    run_unittest("benches/regions/test_client.py", 10);
 }
 
 /// The lab's delay relay on loopback (no root needed): a new connection's first answer pays
@@ -164,14 +173,5 @@ fn lab_client_dns_step_parses_answers_and_walks_name_servers() {
 /// reset a round trip after the connect.
 #[test]
 fn lab_relay_delays_the_handshake_round_trip() {
-    let python = common::process::require_program("python3", "python3");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(python)
-        .current_dir(root)
-        .args(["-m", "unittest", "benches/regions/test_relay.py"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("Ran 3 tests"), "{stderr}");
+    run_unittest("benches/regions/test_relay.py", 3);
 }
