@@ -5,11 +5,13 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use maxminddb::{LookupResult, MaxMindDbError, Reader, WithinOptions};
 
 use super::layout::{FieldMap, FieldProblem, Layout, LayoutProblem};
+use super::shortcut::{Ipv4Shortcut, Record};
 use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
 
 /// Why a GeoIP database could not be used.
@@ -72,11 +74,27 @@ impl FileIdentity {
     }
 }
 
+/// The file's bytes, shared by the crate's reader and the IPv4 shortcut's walk.
+#[derive(Clone)]
+struct FileBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Addresses whose shortcut walk is checked against the crate's when a database opens.
+const SHORTCUT_CHECKS: u32 = 4096;
+
 /// An opened, verified GeoIP database.
 pub struct GeoDb {
     /// Tells databases apart in the per-thread cache of recent lookups.
     id: u64,
-    reader: Reader<Vec<u8>>,
+    reader: Reader<FileBytes>,
+    file: FileBytes,
+    /// IPv4 lookups start 16 levels down the tree (none if the table could not be built).
+    ipv4: Option<Ipv4Shortcut>,
     /// Settled when the file was opened: a lookup only matches on it.
     layout: Layout,
     path: PathBuf,
@@ -130,6 +148,11 @@ impl GeoDb {
         self.reader.metadata().ip_version
     }
 
+    /// Whether IPv4 lookups start from the shortcut table (see `shortcut`).
+    pub fn has_ipv4_shortcut(&self) -> bool {
+        self.ipv4.is_some()
+    }
+
     /// `geoip2`, `flat` or `fields`: how records are read.
     pub fn layout_name(&self) -> &'static str {
         self.layout.name()
@@ -154,8 +177,10 @@ impl GeoDb {
             path: origin.to_path_buf(),
             source,
         };
-        let reader = Reader::from_source(bytes).map_err(invalid)?;
+        let file = FileBytes(Arc::new(bytes));
+        let reader = Reader::from_source(file.clone()).map_err(invalid)?;
         verify(&reader).map_err(invalid)?;
+        let ipv4 = ipv4_shortcut(&reader, file.as_ref());
         let layout = Layout::settle(&reader, fields).map_err(|problem| match problem {
             LayoutProblem::Unknown { keys } => GeoError::UnknownLayout {
                 path: origin.to_path_buf(),
@@ -170,6 +195,8 @@ impl GeoDb {
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             reader,
+            file,
+            ipv4,
             layout,
             path: origin.to_path_buf(),
             identity: None,
@@ -224,15 +251,40 @@ impl GeoDb {
     /// per-thread cache of decoded records when an address in any network sharing that record
     /// was looked up recently, else decoded and remembered.
     fn lookup_record(&self, ip: IpAddr) -> Option<Location> {
-        let result = self.reader.lookup(ip).ok()?;
-        // No data: nothing to decode in any layout.
-        let offset = result.offset()?;
+        let (offset, found) = self.record(ip)?;
         if let Some(location) = RECORDS.with_borrow(|records| records.get(self.id, offset)) {
             return location;
         }
+        // The crate's decoder starts only from its own lookup, so a record not held is found
+        // twice: the shortcut's table cannot be handed to it.
+        let result = match found {
+            Some(result) => result,
+            None => self.reader.lookup(ip).ok()?,
+        };
         let location = self.locate(&result);
         RECORDS.with_borrow_mut(|records| records.put(self.id, offset, location));
         location
+    }
+
+    /// The offset of `ip`'s record in the data section (`None`: no record), by the IPv4
+    /// shortcut when it can, else by the crate's lookup, which is then returned for decoding.
+    fn record(&self, ip: IpAddr) -> Option<(usize, Option<LookupResult<'_, FileBytes>>)> {
+        if let (IpAddr::V4(v4), Some(shortcut)) = (ip, &self.ipv4) {
+            return match shortcut.record(self.file.as_ref(), u32::from(v4))? {
+                Record::Data(offset) => Some((offset, None)),
+                Record::None => None,
+            };
+        }
+        let result = self.reader.lookup(ip).ok()?;
+        // No data: nothing to decode in any layout.
+        Some((result.offset()?, Some(result)))
+    }
+
+    /// Where `ip`'s record is, with nothing decoded: the tree walk a new client pays (for the
+    /// benchmarks).
+    #[doc(hidden)]
+    pub fn record_offset(&self, ip: IpAddr) -> Option<usize> {
+        self.record(ip.to_canonical()).map(|(offset, _)| offset)
     }
 
     /// [`lookup`](Self::lookup) without either cache: the tree is walked and the record
@@ -244,7 +296,7 @@ impl GeoDb {
 
     /// The location a looked-up record gives: a function of the database and the record's
     /// offset alone, which is what lets [`RecordCache`] share it between addresses.
-    fn locate(&self, result: &LookupResult<'_, Vec<u8>>) -> Option<Location> {
+    fn locate(&self, result: &LookupResult<'_, FileBytes>) -> Option<Location> {
         let place = self.layout.decode(result)?;
         let country = place.country.and_then(CountryCode::parse);
         let continent = place
@@ -273,7 +325,7 @@ impl GeoDb {
 /// The crate's full verification, unless the metadata leaves the description or database type
 /// empty (as some redistributed databases do, and the crate refuses): then the same walk of the
 /// search tree and the data it points to, without those two metadata checks.
-fn verify(reader: &Reader<Vec<u8>>) -> Result<(), MaxMindDbError> {
+fn verify(reader: &Reader<FileBytes>) -> Result<(), MaxMindDbError> {
     let m = reader.metadata();
     if !m.description.is_empty() && !m.database_type.is_empty() {
         return reader.verify();
@@ -296,6 +348,25 @@ fn verify(reader: &Reader<Vec<u8>>) -> Result<(), MaxMindDbError> {
         }
     }
     Ok(())
+}
+
+/// The IPv4 shortcut of a verified database, kept only if it finds the same record as the
+/// crate's walk for addresses spread over the whole IPv4 space.
+fn ipv4_shortcut(reader: &Reader<FileBytes>, file: &[u8]) -> Option<Ipv4Shortcut> {
+    let m = reader.metadata();
+    let node_count = usize::try_from(m.node_count).ok()?;
+    let shortcut = Ipv4Shortcut::build(file, node_count, m.record_size, m.ip_version)?;
+    let step = u32::MAX / SHORTCUT_CHECKS;
+    let agrees = (0..SHORTCUT_CHECKS).all(|i| {
+        // An odd stride, so the low bits below the table's 16 vary too.
+        let ip = i.wrapping_mul(step) | (i.wrapping_mul(0x9E37) & 0xffff);
+        let theirs = reader
+            .lookup(IpAddr::from(std::net::Ipv4Addr::from(ip)))
+            .ok()
+            .map(|r| r.offset().map_or(Record::None, Record::Data));
+        shortcut.record(file, ip) == theirs
+    });
+    agrees.then_some(shortcut)
 }
 
 /// Recent lookups per thread: direct-mapped by address, keyed by database and address.
@@ -399,6 +470,8 @@ mod tests {
     #[test]
     fn recent_lookups_never_answer_for_another_database_or_address() {
         let (de, fr) = (db("DE"), db("FR"));
+        // IPv4 lookups here take the shortcut table.
+        assert!(de.has_ipv4_shortcut() && fr.has_ipv4_shortcut());
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         let country = |db: &GeoDb, ip| db.lookup(ip).and_then(|l| l.country).map(|c| c.to_string());
         for _ in 0..2 {
