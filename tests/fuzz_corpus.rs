@@ -53,6 +53,16 @@ fn istio_import_corpus() {
 }
 
 #[test]
+fn geo_database_corpus() {
+    replay("geo_database", meridian::fuzzing::geo_database);
+}
+
+#[test]
+fn mutated_geo_databases() {
+    mutate("geo_database", meridian::fuzzing::geo_database, 3_000);
+}
+
+#[test]
 fn forwarded_for_corpus() {
     replay("forwarded_for", meridian::fuzzing::forwarded_for);
 }
