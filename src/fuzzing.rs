@@ -370,6 +370,34 @@ geodns:
     crate::table::compile(&loaded, context).ok()
 }
 
+/// A GeoIP database file (`geo.database`, an operator's file that may be damaged or hostile) →
+/// open and verify, then look addresses up: every answer through the IPv4 shortcut and the
+/// record cache must be the reader's own.
+pub fn geo_database(data: &[u8]) {
+    let Ok(db) = crate::geo::GeoDb::from_bytes(data.to_vec(), Path::new("fuzz.mmdb")) else {
+        return;
+    };
+    // Neighbours in one network share a record: the second is answered by the record cache.
+    let addresses: [std::net::IpAddr; 9] = [
+        std::net::Ipv4Addr::new(0, 0, 0, 0).into(),
+        std::net::Ipv4Addr::new(198, 51, 100, 7).into(),
+        std::net::Ipv4Addr::new(198, 51, 100, 9).into(),
+        std::net::Ipv4Addr::new(203, 0, 113, 200).into(),
+        std::net::Ipv4Addr::new(10, 9, 8, 7).into(),
+        std::net::Ipv4Addr::new(255, 255, 255, 255).into(),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+        std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xc633, 0x6407).into(),
+    ];
+    for ip in addresses {
+        let uncached = db.lookup_uncached(ip);
+        // Twice: the second answer comes from the cache of recent addresses.
+        assert_eq!(db.lookup(ip), uncached, "{ip}");
+        assert_eq!(db.lookup(ip), uncached, "{ip}");
+        let _ = db.network_prefix(ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -393,31 +421,5 @@ mod tests {
         super::route_policies(
             b"a.example.com\n/service/x/y?id=1\nGET\nx-user: u\norigin: https://example.com",
         );
-    }
-}
-
-/// A GeoIP database file (`geo.database`, an operator's file that may be damaged or hostile) →
-/// open and verify, then look addresses up: every answer through the IPv4 shortcut and the
-/// record cache must be the reader's own.
-pub fn geo_database(data: &[u8]) {
-    let Ok(db) = crate::geo::GeoDb::from_bytes(data.to_vec(), Path::new("fuzz.mmdb")) else {
-        return;
-    };
-    let addresses: [std::net::IpAddr; 8] = [
-        std::net::Ipv4Addr::new(0, 0, 0, 0).into(),
-        std::net::Ipv4Addr::new(198, 51, 100, 7).into(),
-        std::net::Ipv4Addr::new(203, 0, 113, 200).into(),
-        std::net::Ipv4Addr::new(10, 9, 8, 7).into(),
-        std::net::Ipv4Addr::new(255, 255, 255, 255).into(),
-        std::net::Ipv6Addr::LOCALHOST.into(),
-        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
-        std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xc633, 0x6407).into(),
-    ];
-    for ip in addresses {
-        let uncached = db.lookup_uncached(ip);
-        // Twice: the second answer comes from the caches.
-        assert_eq!(db.lookup(ip), uncached, "{ip}");
-        assert_eq!(db.lookup(ip), uncached, "{ip}");
-        let _ = db.network_prefix(ip);
     }
 }

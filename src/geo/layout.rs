@@ -134,9 +134,9 @@ pub struct RawPlace<'a> {
 #[derive(Deserialize, Default)]
 struct Coordinates {
     #[serde(default)]
-    latitude: Option<f64>,
+    latitude: Option<Degrees>,
     #[serde(default)]
-    longitude: Option<f64>,
+    longitude: Option<Degrees>,
 }
 
 #[derive(Deserialize)]
@@ -235,8 +235,8 @@ impl Layout {
                     country: text(["country", "iso_code"])
                         .or_else(|| text(["registered_country", "iso_code"])),
                     continent: text(["continent", "code"]),
-                    latitude: location.latitude,
-                    longitude: location.longitude,
+                    latitude: location.latitude.map(|d| d.0),
+                    longitude: location.longitude.map(|d| d.0),
                 })
             }
             Self::Flat => {
@@ -511,8 +511,20 @@ mod tests {
         ]);
         // No `country`: the registered country stands in.
         let registered = V::map([("registered_country", V::map([("iso_code", text("FR"))]))]);
+        // Coordinates as a 32-bit float and an integer are read too.
+        let other_numbers = V::map([
+            ("country", V::map([("iso_code", text("SG"))])),
+            (
+                "location",
+                V::map([("latitude", V::Float(1.5)), ("longitude", V::from(103u16))]),
+            ),
+        ]);
         let mut writer = Writer::new("Test");
-        for (net, record) in [("192.0.2.0/24", full), ("198.51.100.0/24", registered)] {
+        for (net, record) in [
+            ("192.0.2.0/24", full),
+            ("198.51.100.0/24", registered),
+            ("203.0.113.128/25", other_numbers),
+        ] {
             writer
                 .insert_value(net.parse::<ipnet::IpNet>().unwrap(), record)
                 .unwrap();
@@ -534,6 +546,15 @@ mod tests {
             place("198.51.100.1"),
             Some(RawPlace {
                 country: Some("FR"),
+                ..RawPlace::default()
+            })
+        );
+        assert_eq!(
+            place("203.0.113.200"),
+            Some(RawPlace {
+                country: Some("SG"),
+                latitude: Some(1.5),
+                longitude: Some(103.0),
                 ..RawPlace::default()
             })
         );

@@ -68,23 +68,32 @@ impl Ipv4Shortcut {
                 start = shortcut.child(file, start, 0)?;
             }
         }
-        let mut entries = Vec::with_capacity(1 << TABLE_BITS);
-        for prefix in 0..1u32 << TABLE_BITS {
-            let mut node = start;
-            for bit in (0..TABLE_BITS).rev() {
-                if node >= node_count {
-                    break;
+        // Level by level: the entries of one level are the children of the level above, in
+        // address order (a walk that already ended stays where it ended).
+        let mut entries = vec![u32::try_from(start).ok()?];
+        for _ in 0..TABLE_BITS {
+            let mut next = Vec::with_capacity(entries.len() * 2);
+            for &node in &entries {
+                let node = node as usize;
+                for side in 0..2 {
+                    let child = if node < node_count {
+                        shortcut.child(file, node, side)?
+                    } else {
+                        node
+                    };
+                    next.push(u32::try_from(child).ok()?);
                 }
-                node = shortcut.child(file, node, ((prefix >> bit) & 1) as usize)?;
             }
-            entries.push(u32::try_from(node).ok()?);
+            entries = next;
         }
         shortcut.entries = entries.into_boxed_slice();
         Some(shortcut)
     }
 
-    /// The record the tree holds for `ip`: the same answer as walking it from the root.
-    /// `None` only for a tree that points outside itself, which a verified file does not.
+    /// The record the tree holds for `ip`: the same answer as walking it from the root (a
+    /// pointer into the 16-byte separator, which the reader refuses and verification rules
+    /// out, is no data here). `None` only if a node read falls outside the file, which the
+    /// size check in [`build`](Self::build) already rules out.
     #[inline]
     pub fn record(&self, file: &[u8], ip: u32) -> Option<Record> {
         let mut node = *self.entries.get((ip >> (32 - TABLE_BITS)) as usize)? as usize;

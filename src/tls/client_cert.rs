@@ -25,7 +25,7 @@ pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// TLS to the upstreams of a cluster, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTlsSpec {
-    /// Server name sent and verified; default: the endpoint's name, else its address.
+    /// Server name sent and verified; default: the endpoint's address.
     pub sni: Option<String>,
     /// PEM file of the CAs to trust; default: the system's roots.
     pub ca_file: Option<PathBuf>,
