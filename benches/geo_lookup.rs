@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -76,10 +76,10 @@ fn bench(c: &mut Criterion) {
         .filter(|ip| db.lookup_uncached(**ip).is_some())
         .count();
     eprintln!(
-        "{}: {} of 10,000 random public addresses located; IPv4 shortcut: {}",
+        "{}: {} of 10,000 random public addresses located; shortcuts (IPv4, IPv6): {:?}",
         path.display(),
         found,
-        db.has_ipv4_shortcut()
+        db.has_shortcuts()
     );
     // What a request gets (shortcut walk, record cache) is what the plain walk and decode give.
     for ip in clients.iter().take(50_000) {
@@ -120,6 +120,38 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             next = (next + 1) & (clients.len() - 1);
             black_box(db.lookup(black_box(clients[next])))
+        })
+    });
+
+    // IPv6 clients: random addresses in 2000::/3 that the database places (most of that space
+    // is in no network, and an address there ends its walk early).
+    let mut v6_clients = Vec::with_capacity(1 << 16);
+    while v6_clients.len() < 1 << 16 {
+        let ip = IpAddr::V6(Ipv6Addr::from((rng.u128(..) >> 3) | (1 << 125)));
+        if db.lookup_uncached(ip).is_some() {
+            v6_clients.push(ip);
+        }
+    }
+    for ip in v6_clients.iter().take(20_000) {
+        assert_eq!(db.lookup(*ip), db.lookup_uncached(*ip), "{ip}");
+    }
+    let mut next = 0usize;
+    c.bench_function("geo/geolite2_city/tree_walk_random_ipv6", |b| {
+        b.iter(|| {
+            next = (next + 1) & (v6_clients.len() - 1);
+            black_box(
+                reader
+                    .lookup(black_box(v6_clients[next]))
+                    .ok()
+                    .and_then(|r| r.offset()),
+            )
+        })
+    });
+    let mut next = 0usize;
+    c.bench_function("geo/geolite2_city/shortcut_walk_random_ipv6", |b| {
+        b.iter(|| {
+            next = (next + 1) & (v6_clients.len() - 1);
+            black_box(db.record_offset(black_box(v6_clients[next])))
         })
     });
 }

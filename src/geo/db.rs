@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use maxminddb::{LookupResult, MaxMindDbError, Reader, WithinOptions};
 
 use super::layout::{FieldMap, FieldProblem, Layout, LayoutProblem};
-use super::shortcut::{Ipv4Shortcut, Record};
+use super::shortcut::{Record, TreeShortcut};
 use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
 
 /// Why a GeoIP database could not be used.
@@ -84,7 +84,8 @@ impl AsRef<[u8]> for FileBytes {
     }
 }
 
-/// Addresses whose shortcut walk is checked against the crate's when a database opens.
+/// Addresses per table whose shortcut walk is checked against the crate's when a database
+/// opens.
 const SHORTCUT_CHECKS: u32 = 4096;
 
 /// An opened, verified GeoIP database.
@@ -93,8 +94,10 @@ pub struct GeoDb {
     id: u64,
     reader: Reader<FileBytes>,
     file: FileBytes,
-    /// IPv4 lookups start 16 levels down the tree (none if the table could not be built).
-    ipv4: Option<Ipv4Shortcut>,
+    /// Lookups start 16 levels down the tree (none where a table could not be built, and no
+    /// IPv6 table for an IPv4-only database).
+    ipv4: Option<TreeShortcut>,
+    ipv6: Option<TreeShortcut>,
     /// Settled when the file was opened: a lookup only matches on it.
     layout: Layout,
     path: PathBuf,
@@ -148,9 +151,9 @@ impl GeoDb {
         self.reader.metadata().ip_version
     }
 
-    /// Whether IPv4 lookups start from the shortcut table (see `shortcut`).
-    pub fn has_ipv4_shortcut(&self) -> bool {
-        self.ipv4.is_some()
+    /// Whether IPv4 and IPv6 lookups start from a shortcut table (see `shortcut`).
+    pub fn has_shortcuts(&self) -> (bool, bool) {
+        (self.ipv4.is_some(), self.ipv6.is_some())
     }
 
     /// `geoip2`, `flat` or `fields`: how records are read.
@@ -180,7 +183,7 @@ impl GeoDb {
         let file = FileBytes(Arc::new(bytes));
         let reader = Reader::from_source(file.clone()).map_err(invalid)?;
         verify(&reader).map_err(invalid)?;
-        let ipv4 = ipv4_shortcut(&reader, file.as_ref());
+        let (ipv4, ipv6) = shortcuts(&reader, file.as_ref());
         let layout = Layout::settle(&reader, fields).map_err(|problem| match problem {
             LayoutProblem::Unknown { keys } => GeoError::UnknownLayout {
                 path: origin.to_path_buf(),
@@ -197,6 +200,7 @@ impl GeoDb {
             reader,
             file,
             ipv4,
+            ipv6,
             layout,
             path: origin.to_path_buf(),
             identity: None,
@@ -266,11 +270,16 @@ impl GeoDb {
         location
     }
 
-    /// The offset of `ip`'s record in the data section (`None`: no record), by the IPv4
-    /// shortcut when it can, else by the crate's lookup, which is then returned for decoding.
+    /// The offset of `ip`'s record in the data section (`None`: no record), by a shortcut
+    /// table when there is one, else by the crate's lookup, which is then returned for
+    /// decoding.
     fn record(&self, ip: IpAddr) -> Option<(usize, Option<LookupResult<'_, FileBytes>>)> {
-        if let (IpAddr::V4(v4), Some(shortcut)) = (ip, &self.ipv4) {
-            return match shortcut.record(self.file.as_ref(), u32::from(v4))? {
+        let (shortcut, address) = match ip {
+            IpAddr::V4(v4) => (&self.ipv4, u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => (&self.ipv6, u128::from(v6)),
+        };
+        if let Some(shortcut) = shortcut {
+            return match shortcut.record(self.file.as_ref(), address)? {
                 Record::Data(offset) => Some((offset, None)),
                 Record::None => None,
             };
@@ -350,23 +359,42 @@ fn verify(reader: &Reader<FileBytes>) -> Result<(), MaxMindDbError> {
     Ok(())
 }
 
-/// The IPv4 shortcut of a verified database, kept only if it finds the same record as the
-/// crate's walk for addresses spread over the whole IPv4 space.
-fn ipv4_shortcut(reader: &Reader<FileBytes>, file: &[u8]) -> Option<Ipv4Shortcut> {
+/// The shortcut tables of a verified database, each kept only if it finds the same record as
+/// the crate's walk for addresses spread over its whole address space.
+fn shortcuts(
+    reader: &Reader<FileBytes>,
+    file: &[u8],
+) -> (Option<TreeShortcut>, Option<TreeShortcut>) {
     let m = reader.metadata();
-    let node_count = usize::try_from(m.node_count).ok()?;
-    let shortcut = Ipv4Shortcut::build(file, node_count, m.record_size, m.ip_version)?;
-    let step = u32::MAX / SHORTCUT_CHECKS;
-    let agrees = (0..SHORTCUT_CHECKS).all(|i| {
-        // An odd stride, so the low bits below the table's 16 vary too.
-        let ip = i.wrapping_mul(step) | (i.wrapping_mul(0x9E37) & 0xffff);
+    let Ok(nodes) = usize::try_from(m.node_count) else {
+        return (None, None);
+    };
+    let agrees = |shortcut: &TreeShortcut, ip: IpAddr, address: u128| {
         let theirs = reader
-            .lookup(IpAddr::from(std::net::Ipv4Addr::from(ip)))
+            .lookup(ip)
             .ok()
             .map(|r| r.offset().map_or(Record::None, Record::Data));
-        shortcut.record(file, ip) == theirs
+        shortcut.record(file, address) == theirs
+    };
+    // An odd multiplier spreads the checks over the bits below a table's 16 too.
+    let spread = |i: u32| u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    let ipv4 = TreeShortcut::ipv4(file, nodes, m.record_size, m.ip_version).filter(|s| {
+        (0..SHORTCUT_CHECKS).all(|i| {
+            let ip = (spread(i) >> 96) as u32;
+            agrees(s, std::net::Ipv4Addr::from(ip).into(), u128::from(ip))
+        })
     });
-    agrees.then_some(shortcut)
+    let ipv6 = TreeShortcut::ipv6(file, nodes, m.record_size, m.ip_version).filter(|s| {
+        (0..SHORTCUT_CHECKS).all(|i| {
+            // Half of them in 2000::/3, where addresses are handed out.
+            let mut ip = spread(i);
+            if i % 2 == 0 {
+                ip = (ip >> 3) | (1 << 125);
+            }
+            agrees(s, std::net::Ipv6Addr::from(ip).into(), ip)
+        })
+    });
+    (ipv4, ipv6)
 }
 
 /// Recent lookups per thread: direct-mapped by address, keyed by database and address.
@@ -470,8 +498,9 @@ mod tests {
     #[test]
     fn recent_lookups_never_answer_for_another_database_or_address() {
         let (de, fr) = (db("DE"), db("FR"));
-        // IPv4 lookups here take the shortcut table.
-        assert!(de.has_ipv4_shortcut() && fr.has_ipv4_shortcut());
+        // Lookups here take the shortcut tables.
+        assert_eq!(de.has_shortcuts(), (true, true));
+        assert_eq!(fr.has_shortcuts(), (true, true));
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         let country = |db: &GeoDb, ip| db.lookup(ip).and_then(|l| l.country).map(|c| c.to_string());
         for _ in 0..2 {

@@ -1,12 +1,13 @@
-//! A shortcut into a GeoIP database's IPv4 search tree: the node each 16-bit address prefix
-//! leads to, worked out once when [`GeoDb`](super::GeoDb) opens the file. Looking up an address
-//! seen for the first time then starts 16 levels down instead of reading those 16 nodes one
-//! after another, each in a different part of a tree of tens of megabytes.
+//! Shortcuts into a GeoIP database's search tree: the node each 16-bit address prefix leads
+//! to, one table for the IPv4 subtree and one for IPv6, worked out once when
+//! [`GeoDb`](super::GeoDb) opens the file. Looking up an address seen for the first time then
+//! starts 16 levels down instead of reading those 16 nodes one after another, each in a
+//! different part of a tree of tens of megabytes.
 
-/// Address bits the table answers for: 65,536 entries of 4 bytes, 256 KiB per database.
+/// Address bits a table answers for: 65,536 entries of 4 bytes, 256 KiB per table.
 const TABLE_BITS: u32 = 16;
 
-/// Where a walk of the IPv4 subtree ends.
+/// Where a walk of the tree ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
     /// The record at this offset of the data section.
@@ -15,49 +16,34 @@ pub enum Record {
     None,
 }
 
-/// The first [`TABLE_BITS`] levels of the IPv4 subtree as a table; see the module's text.
-pub struct Ipv4Shortcut {
+/// The first [`TABLE_BITS`] levels below a start node as a table; see the module's text.
+pub struct TreeShortcut {
     /// Per 16-bit prefix: the node the walk goes on from (below `node_count`), or the record
     /// value it already ended on (a data pointer, or `node_count` for "no data").
     entries: Box<[u32]>,
     node_count: usize,
     /// Bytes per node: 6, 7 or 8 for 24-, 28- and 32-bit records.
     node_bytes: usize,
+    /// Address width in bits: 32 for the IPv4 table, 128 for the IPv6 one.
+    width: u32,
 }
 
-impl std::fmt::Debug for Ipv4Shortcut {
+impl std::fmt::Debug for TreeShortcut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ipv4Shortcut")
+        f.debug_struct("TreeShortcut")
+            .field("width", &self.width)
             .field("node_count", &self.node_count)
             .field("node_bytes", &self.node_bytes)
             .finish_non_exhaustive()
     }
 }
 
-impl Ipv4Shortcut {
-    /// Build the table for the tree at the start of `file`. `None` when the layout is not one
-    /// the format defines, or when the tree does not fit the file: lookups then take the
+impl TreeShortcut {
+    /// The IPv4 table of the tree at the start of `file`. `None` when the record size is not
+    /// one the format defines, or when the tree does not fit the file: lookups then take the
     /// crate's walk only.
-    pub fn build(
-        file: &[u8],
-        node_count: usize,
-        record_size: u16,
-        ip_version: u16,
-    ) -> Option<Self> {
-        let node_bytes = match record_size {
-            24 => 6,
-            28 => 7,
-            32 => 8,
-            _ => return None,
-        };
-        if node_count > u32::MAX as usize || node_count.checked_mul(node_bytes)? > file.len() {
-            return None;
-        }
-        let mut shortcut = Self {
-            entries: Box::default(),
-            node_count,
-            node_bytes,
-        };
+    pub fn ipv4(file: &[u8], node_count: usize, record_size: u16, ip_version: u16) -> Option<Self> {
+        let mut shortcut = Self::empty(file, node_count, record_size, 32)?;
         // An IPv6 tree holds IPv4 as ::a.b.c.d: 96 zero bits lead to its IPv4 subtree.
         let mut start = 0;
         if ip_version == 6 {
@@ -68,16 +54,49 @@ impl Ipv4Shortcut {
                 start = shortcut.child(file, start, 0)?;
             }
         }
-        // Level by level: the entries of one level are the children of the level above, in
-        // address order (a walk that already ended stays where it ended).
+        shortcut.fill(file, start)?;
+        Some(shortcut)
+    }
+
+    /// The IPv6 table (from the root); `None` for an IPv4-only database too.
+    pub fn ipv6(file: &[u8], node_count: usize, record_size: u16, ip_version: u16) -> Option<Self> {
+        if ip_version != 6 {
+            return None;
+        }
+        let mut shortcut = Self::empty(file, node_count, record_size, 128)?;
+        shortcut.fill(file, 0)?;
+        Some(shortcut)
+    }
+
+    fn empty(file: &[u8], node_count: usize, record_size: u16, width: u32) -> Option<Self> {
+        let node_bytes = match record_size {
+            24 => 6,
+            28 => 7,
+            32 => 8,
+            _ => return None,
+        };
+        if node_count > u32::MAX as usize || node_count.checked_mul(node_bytes)? > file.len() {
+            return None;
+        }
+        Some(Self {
+            entries: Box::default(),
+            node_count,
+            node_bytes,
+            width,
+        })
+    }
+
+    /// Fill the table from `start`, level by level: the entries of one level are the children
+    /// of the level above, in address order (a walk that already ended stays where it ended).
+    fn fill(&mut self, file: &[u8], start: usize) -> Option<()> {
         let mut entries = vec![u32::try_from(start).ok()?];
         for _ in 0..TABLE_BITS {
             let mut next = Vec::with_capacity(entries.len() * 2);
             for &node in &entries {
                 let node = node as usize;
                 for side in 0..2 {
-                    let child = if node < node_count {
-                        shortcut.child(file, node, side)?
+                    let child = if node < self.node_count {
+                        self.child(file, node, side)?
                     } else {
                         node
                     };
@@ -86,22 +105,25 @@ impl Ipv4Shortcut {
             }
             entries = next;
         }
-        shortcut.entries = entries.into_boxed_slice();
-        Some(shortcut)
+        self.entries = entries.into_boxed_slice();
+        Some(())
     }
 
-    /// The record the tree holds for `ip`: the same answer as walking it from the root (a
-    /// pointer into the 16-byte separator, which the reader refuses and verification rules
-    /// out, is no data here). `None` only if a node read falls outside the file, which the
-    /// size check in [`build`](Self::build) already rules out.
+    /// The record the tree holds for `address` (an IPv4 address in the low 32 bits for the
+    /// IPv4 table): the same answer as walking the tree from the top (a pointer into the
+    /// 16-byte separator, which the reader refuses and verification rules out, is no data
+    /// here). `None` only if a node read falls outside the file, which the size check when the
+    /// table was made already rules out.
     #[inline]
-    pub fn record(&self, file: &[u8], ip: u32) -> Option<Record> {
-        let mut node = *self.entries.get((ip >> (32 - TABLE_BITS)) as usize)? as usize;
-        for bit in (0..32 - TABLE_BITS).rev() {
+    pub fn record(&self, file: &[u8], address: u128) -> Option<Record> {
+        let rest = self.width - TABLE_BITS;
+        let top = (address >> rest) as usize & ((1 << TABLE_BITS) - 1);
+        let mut node = *self.entries.get(top)? as usize;
+        for bit in (0..rest).rev() {
             if node >= self.node_count {
                 break;
             }
-            node = self.child(file, node, ((ip >> bit) & 1) as usize)?;
+            node = self.child(file, node, ((address >> bit) & 1) as usize)?;
         }
         // Past the tree's nodes and the 16-byte separator: an offset in the data section.
         // Still on a node (the tree is deeper than an address) is no data, as in the crate.
@@ -147,9 +169,16 @@ mod tests {
 
     use super::*;
 
-    /// A database of `count` random networks (nested ones overwrite), each record naming it.
-    fn database(version: IpVersion, size: RecordSize, count: usize, seed: u64) -> Vec<u8> {
+    /// A database of `count` random networks (nested ones overwrite), each record naming it;
+    /// with the networks inserted.
+    fn database(
+        version: IpVersion,
+        size: RecordSize,
+        count: usize,
+        seed: u64,
+    ) -> (Vec<u8>, Vec<IpNet>) {
         let mut rng = fastrand::Rng::with_seed(seed);
+        let mut networks = Vec::new();
         let mut writer = Writer::builder("Shortcut-Test")
             .ip_version(version)
             .record_size(size)
@@ -164,46 +193,96 @@ mod tests {
                 _ => IpNet::V4(v4),
             };
             // Inserts into reserved or aliased space are refused; those networks are skipped.
-            let _ = writer.insert(net.trunc(), &std::collections::BTreeMap::from([("n", i)]));
+            if writer
+                .insert(net.trunc(), &std::collections::BTreeMap::from([("n", i)]))
+                .is_ok()
+            {
+                networks.push(net.trunc());
+            }
         }
-        writer.to_bytes().unwrap()
+        (writer.to_bytes().unwrap(), networks)
     }
 
-    fn crate_record(reader: &Reader<&[u8]>, ip: u32) -> Record {
-        let result = reader.lookup(IpAddr::V4(Ipv4Addr::from(ip))).unwrap();
+    fn crate_record(reader: &Reader<&[u8]>, ip: IpAddr) -> Record {
+        let result = reader.lookup(ip).unwrap();
         result.offset().map_or(Record::None, Record::Data)
     }
 
+    /// Our walk against the crate's; counts (found, none).
+    fn compare(
+        shortcut: &TreeShortcut,
+        file: &[u8],
+        reader: &Reader<&[u8]>,
+        addresses: impl Iterator<Item = IpAddr>,
+    ) -> (usize, usize) {
+        let (mut found, mut none) = (0, 0);
+        for ip in addresses {
+            let bits = match ip {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                IpAddr::V6(v6) => u128::from(v6),
+            };
+            let ours = shortcut.record(file, bits).unwrap();
+            assert_eq!(ours, crate_record(reader, ip), "{ip}");
+            match ours {
+                Record::Data(_) => found += 1,
+                Record::None => none += 1,
+            }
+        }
+        (found, none)
+    }
+
     #[test]
-    fn the_shortcut_finds_the_crates_record_for_every_layout() {
+    fn the_shortcuts_find_the_crates_record_for_every_layout() {
         let sizes = [RecordSize::Bits24, RecordSize::Bits28, RecordSize::Bits32];
         for (i, size) in sizes.into_iter().enumerate() {
             for version in [IpVersion::V4, IpVersion::V6] {
-                let file = database(version, size, 3000, i as u64);
+                let (file, networks) = database(version, size, 3000, i as u64);
                 let reader = Reader::from_source(file.as_slice()).unwrap();
                 let m = reader.metadata();
-                let shortcut =
-                    Ipv4Shortcut::build(&file, m.node_count as usize, m.record_size, m.ip_version)
-                        .unwrap_or_else(|| panic!("{size:?} {version:?}: no shortcut"));
+                let (nodes, bits, ip_version) =
+                    (m.node_count as usize, m.record_size, m.ip_version);
+                let what = format!("{size:?} {version:?}");
+                let v4 = TreeShortcut::ipv4(&file, nodes, bits, ip_version)
+                    .unwrap_or_else(|| panic!("{what}: no IPv4 shortcut"));
                 let mut rng = fastrand::Rng::with_seed(99);
-                let (mut found, mut none) = (0, 0);
-                // Random addresses, and both ends of every /16 and /24 around some of them.
-                for _ in 0..20_000 {
+                // Random addresses, and both ends of the /16 and the /24 around each.
+                let addresses = (0..20_000).flat_map(|_| {
                     let ip = rng.u32(..);
-                    for ip in [ip, ip & !0xffff, ip | 0xffff, ip & !0xff, ip | 0xff] {
-                        let ours = shortcut.record(&file, ip).unwrap();
-                        assert_eq!(ours, crate_record(&reader, ip), "{size:?} {version:?} {ip}");
-                        match ours {
-                            Record::Data(_) => found += 1,
-                            Record::None => none += 1,
-                        }
-                    }
-                }
+                    [ip, ip & !0xffff, ip | 0xffff, ip & !0xff, ip | 0xff]
+                        .map(|ip| IpAddr::V4(Ipv4Addr::from(ip)))
+                });
+                let (found, none) = compare(&v4, &file, &reader, addresses);
                 // Both answers were exercised.
-                assert!(
-                    found > 1000 && none > 1000,
-                    "{size:?} {version:?}: {found} {none}"
-                );
+                assert!(found > 1000 && none > 1000, "{what}: {found} {none}");
+
+                let v6 = TreeShortcut::ipv6(&file, nodes, bits, ip_version);
+                if version == IpVersion::V4 {
+                    assert!(v6.is_none(), "{what}: an IPv6 table for an IPv4 tree");
+                    continue;
+                }
+                let v6 = v6.unwrap_or_else(|| panic!("{what}: no IPv6 shortcut"));
+                // Inside and at the ends of each inserted IPv6 network, IPv4 addresses in
+                // their ::a.b.c.d form, and random addresses (mostly in no network).
+                let mut addresses = Vec::new();
+                for net in networks.iter().filter_map(|n| match n {
+                    IpNet::V6(n) => Some(*n),
+                    IpNet::V4(_) => None,
+                }) {
+                    let (low, high) = (u128::from(net.network()), u128::from(net.broadcast()));
+                    let inside = low + rng.u128(..=(high - low));
+                    addresses.extend([
+                        low,
+                        high,
+                        inside,
+                        low.wrapping_sub(1),
+                        high.wrapping_add(1),
+                    ]);
+                }
+                addresses.extend((0..5_000).map(|_| u128::from(rng.u32(..))));
+                addresses.extend((0..5_000).map(|_| rng.u128(..)));
+                let addresses = addresses.into_iter().map(|a| IpAddr::V6(Ipv6Addr::from(a)));
+                let (found, none) = compare(&v6, &file, &reader, addresses);
+                assert!(found > 1000 && none > 1000, "{what} IPv6: {found} {none}");
             }
         }
     }
@@ -233,10 +312,11 @@ mod tests {
             ),
         ];
         for (node_bytes, node, left, right) in cases {
-            let shortcut = Ipv4Shortcut {
+            let shortcut = TreeShortcut {
                 entries: Box::default(),
                 node_count: 2,
                 node_bytes,
+                width: 32,
             };
             // Node 1 of a two-node tree.
             let file = [vec![0; node_bytes], node.to_vec()].concat();
@@ -248,20 +328,22 @@ mod tests {
 
     #[test]
     fn a_tree_that_does_not_fit_its_file_gets_no_shortcut() {
-        let file = database(IpVersion::V6, RecordSize::Bits28, 200, 5);
+        let (file, _) = database(IpVersion::V6, RecordSize::Bits28, 200, 5);
         let reader = Reader::from_source(file.as_slice()).unwrap();
         let m = reader.metadata();
         let (nodes, size, version) = (m.node_count as usize, m.record_size, m.ip_version);
-        assert!(Ipv4Shortcut::build(&file, nodes, size, version).is_some());
-        let cut = &file[..nodes * 7 - 1];
-        assert!(Ipv4Shortcut::build(cut, nodes, size, version).is_none());
-        assert!(Ipv4Shortcut::build(&file, nodes, 26, version).is_none());
-        assert!(Ipv4Shortcut::build(&file, usize::MAX / 2, size, version).is_none());
-        // A node count larger than the real one points walks at data bytes: whatever they
-        // hold, a walk reads only inside the file and ends.
-        if let Some(wrong) = Ipv4Shortcut::build(&file, nodes + 50, size, version) {
-            for ip in [0u32, 1 << 31, u32::MAX, 0x0a00_0001] {
-                let _ = wrong.record(&file, ip);
+        for make in [TreeShortcut::ipv4, TreeShortcut::ipv6] {
+            assert!(make(&file, nodes, size, version).is_some());
+            let cut = &file[..nodes * 7 - 1];
+            assert!(make(cut, nodes, size, version).is_none());
+            assert!(make(&file, nodes, 26, version).is_none());
+            assert!(make(&file, usize::MAX / 2, size, version).is_none());
+            // A node count larger than the real one points walks at data bytes: whatever they
+            // hold, a walk reads only inside the file and ends.
+            if let Some(wrong) = make(&file, nodes + 50, size, version) {
+                for address in [0, 1 << 31, u128::from(u32::MAX), u128::MAX, 0x0a00_0001] {
+                    let _ = wrong.record(&file, address);
+                }
             }
         }
     }
