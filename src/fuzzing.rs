@@ -371,8 +371,8 @@ geodns:
 }
 
 /// A GeoIP database file (`geo.database`, an operator's file that may be damaged or hostile) →
-/// open and verify, then look addresses up: every answer through the IPv4 shortcut and the
-/// record cache must be the reader's own.
+/// open and verify, then look addresses up: every answer through the shortcut tables and the
+/// caches must be the reader's own.
 pub fn geo_database(data: &[u8]) {
     let Ok(db) = crate::geo::GeoDb::from_bytes(data.to_vec(), Path::new("fuzz.mmdb")) else {
         return;

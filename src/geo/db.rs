@@ -74,7 +74,7 @@ impl FileIdentity {
     }
 }
 
-/// The file's bytes, shared by the crate's reader and the IPv4 shortcut's walk.
+/// The file's bytes, shared by the crate's reader and the shortcut tables' walks.
 #[derive(Clone)]
 struct FileBytes(Arc<Vec<u8>>);
 
