@@ -118,19 +118,45 @@ impl TreeShortcut {
     pub fn record(&self, file: &[u8], address: u128) -> Option<Record> {
         let rest = self.width - TABLE_BITS;
         let top = (address >> rest) as usize & ((1 << TABLE_BITS) - 1);
-        let mut node = *self.entries.get(top)? as usize;
-        for bit in (0..rest).rev() {
-            if node >= self.node_count {
-                break;
-            }
-            node = self.child(file, node, ((address >> bit) & 1) as usize)?;
-        }
+        let node = *self.entries.get(top)? as usize;
+        // The IPv4 table's addresses fit 32 bits, where shifts are one instruction.
+        let node = if self.width == 32 {
+            let ip = address as u32;
+            self.walk(
+                file,
+                node,
+                (0..rest).rev().map(|bit| ((ip >> bit) & 1) as usize),
+            )?
+        } else {
+            self.walk(
+                file,
+                node,
+                (0..rest).rev().map(|bit| ((address >> bit) & 1) as usize),
+            )?
+        };
         // Past the tree's nodes and the 16-byte separator: an offset in the data section.
         // Still on a node (the tree is deeper than an address) is no data, as in the crate.
         Some(match node.checked_sub(self.node_count + 16) {
             Some(offset) => Record::Data(offset),
             None => Record::None,
         })
+    }
+
+    /// From `node`, one step per side taken (0 left, 1 right) until a record ends the walk.
+    #[inline]
+    fn walk(
+        &self,
+        file: &[u8],
+        mut node: usize,
+        sides: impl Iterator<Item = usize>,
+    ) -> Option<usize> {
+        for side in sides {
+            if node >= self.node_count {
+                break;
+            }
+            node = self.child(file, node, side)?;
+        }
+        Some(node)
     }
 
     /// Record `side` (0 left, 1 right) of `node`.
