@@ -81,47 +81,20 @@ fn bench(c: &mut Criterion) {
         found,
         db.has_shortcuts()
     );
-    // What a request gets (shortcut walk, record cache) is what the plain walk and decode give.
-    for ip in clients.iter().take(50_000) {
-        assert_eq!(db.lookup(*ip), db.lookup_uncached(*ip), "{ip}");
-    }
+    same_answers(&db, &clients[..50_000]);
 
     // The search tree alone (the data offset, nothing decoded): what every lookup of a new
     // client pays before its record is read, from a 57 MB file mostly outside the CPU caches.
     let reader = maxminddb::Reader::from_source(std::fs::read(&path).unwrap()).unwrap();
-    let mut next = 0usize;
-    c.bench_function("geo/geolite2_city/tree_walk_random", |b| {
-        b.iter(|| {
-            next = (next + 1) & (clients.len() - 1);
-            black_box(
-                reader
-                    .lookup(black_box(clients[next]))
-                    .ok()
-                    .and_then(|r| r.offset()),
-            )
-        })
+    let tree_walk = |ip| reader.lookup(ip).ok().and_then(|r| r.offset());
+    over(c, "tree_walk_random", &clients, tree_walk);
+    over(c, "shortcut_walk_random", &clients, |ip| {
+        db.record_offset(ip)
     });
-    let mut next = 0usize;
-    c.bench_function("geo/geolite2_city/shortcut_walk_random", |b| {
-        b.iter(|| {
-            next = (next + 1) & (clients.len() - 1);
-            black_box(db.record_offset(black_box(clients[next])))
-        })
+    over(c, "lookup_uncached_random", &clients, |ip| {
+        db.lookup_uncached(ip)
     });
-    let mut next = 0usize;
-    c.bench_function("geo/geolite2_city/lookup_uncached_random", |b| {
-        b.iter(|| {
-            next = (next + 1) & (clients.len() - 1);
-            black_box(db.lookup_uncached(black_box(clients[next])))
-        })
-    });
-    let mut next = 0usize;
-    c.bench_function("geo/geolite2_city/lookup_random", |b| {
-        b.iter(|| {
-            next = (next + 1) & (clients.len() - 1);
-            black_box(db.lookup(black_box(clients[next])))
-        })
-    });
+    over(c, "lookup_random", &clients, |ip| db.lookup(ip));
 
     // IPv6 clients: random addresses in 2000::/3 that the database places (most of that space
     // is in no network, and an address there ends its walk early).
@@ -132,26 +105,27 @@ fn bench(c: &mut Criterion) {
             v6_clients.push(ip);
         }
     }
-    for ip in v6_clients.iter().take(20_000) {
+    same_answers(&db, &v6_clients[..20_000]);
+    over(c, "tree_walk_random_ipv6", &v6_clients, tree_walk);
+    over(c, "shortcut_walk_random_ipv6", &v6_clients, |ip| {
+        db.record_offset(ip)
+    });
+}
+
+/// What a request gets (shortcut walk, record cache) is what the plain walk and decode give.
+fn same_answers(db: &GeoDb, clients: &[IpAddr]) {
+    for ip in clients {
         assert_eq!(db.lookup(*ip), db.lookup_uncached(*ip), "{ip}");
     }
+}
+
+/// Bench `geo/geolite2_city/<name>`: `f` over the clients in turn (their count a power of two).
+fn over<R>(c: &mut Criterion, name: &str, clients: &[IpAddr], mut f: impl FnMut(IpAddr) -> R) {
     let mut next = 0usize;
-    c.bench_function("geo/geolite2_city/tree_walk_random_ipv6", |b| {
+    c.bench_function(&format!("geo/geolite2_city/{name}"), |b| {
         b.iter(|| {
-            next = (next + 1) & (v6_clients.len() - 1);
-            black_box(
-                reader
-                    .lookup(black_box(v6_clients[next]))
-                    .ok()
-                    .and_then(|r| r.offset()),
-            )
-        })
-    });
-    let mut next = 0usize;
-    c.bench_function("geo/geolite2_city/shortcut_walk_random_ipv6", |b| {
-        b.iter(|| {
-            next = (next + 1) & (v6_clients.len() - 1);
-            black_box(db.record_offset(black_box(v6_clients[next])))
+            next = (next + 1) & (clients.len() - 1);
+            black_box(f(black_box(clients[next])))
         })
     });
 }
