@@ -137,14 +137,14 @@ impl ReloadStatus {
 
 pub use crate::config::named_files;
 
-/// SHA-256 of the config text and the identity (size, time) of the files it names: equal
-/// hashes mean there is nothing new to load.
+/// SHA-256 of the config text and the identity (size, time, inode) of the files it names:
+/// equal hashes mean there is nothing new to load.
 pub fn content_hash(text: &str, files: &[PathBuf]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
     for file in files {
         if let Some(identity) = FileIdentity::of(file) {
-            hasher.update(format!("\0{}\0{:?}", identity.len, identity.modified).as_bytes());
+            hasher.update(format!("\0{identity:?}").as_bytes());
         }
     }
     hasher

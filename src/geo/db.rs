@@ -56,20 +56,26 @@ pub enum GeoError {
     },
 }
 
-/// Size and modification time of a database file: when both are unchanged, a reload keeps
-/// the database already in memory instead of reading and verifying it again.
+/// Size, modification time and inode of a database file: when all are unchanged, a reload
+/// keeps the database already in memory instead of reading and verifying it again. The inode
+/// tells apart a file renamed over the old one (as `geoipupdate` does) even when it has the
+/// same size and was written within the filesystem clock's tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileIdentity {
     pub len: u64,
     pub modified: Option<std::time::SystemTime>,
+    /// Device and inode number.
+    pub inode: (u64, u64),
 }
 
 impl FileIdentity {
     pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).ok()?;
         Some(Self {
             len: meta.len(),
             modified: meta.modified().ok(),
+            inode: (meta.dev(), meta.ino()),
         })
     }
 }
@@ -487,12 +493,16 @@ thread_local! {
 mod tests {
     use super::*;
 
-    fn db(country: &str) -> GeoDb {
+    /// A database of one network, 198.51.100.0/24, in `country`.
+    fn database_bytes(country: &str) -> Vec<u8> {
         let fixture = format!(
             "description: t\nnetworks:\n  - {{ cidr: 198.51.100.0/24, country: {country}, lat: 1.0, lon: 2.0 }}\n"
         );
-        let bytes = crate::geo::fixture::build(&fixture, Path::new("t.yaml")).unwrap();
-        GeoDb::from_bytes(bytes, Path::new("t.mmdb")).unwrap()
+        crate::geo::fixture::build(&fixture, Path::new("t.yaml")).unwrap()
+    }
+
+    fn db(country: &str) -> GeoDb {
+        GeoDb::from_bytes(database_bytes(country), Path::new("t.mmdb")).unwrap()
     }
 
     #[test]
@@ -563,6 +573,28 @@ mod tests {
         cache.put(3, rival, None);
         assert_eq!(cache.get(3, first), None);
         assert_eq!(cache.get(3, rival), Some(None));
+    }
+
+    #[test]
+    fn a_file_renamed_over_is_never_current_even_with_the_same_size_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("city.mmdb");
+        let write = |country: &str| {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, database_bytes(country)).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        write("DE");
+        let de = GeoDb::open(&path).unwrap();
+        assert!(de.is_current(&path, None));
+        let before = FileIdentity::of(&path).unwrap();
+        write("FR");
+        let after = FileIdentity::of(&path).unwrap();
+        // The same size; the time may well be the same tick.
+        assert_eq!(before.len, after.len);
+        assert_ne!(before, after);
+        assert!(!de.is_current(&path, None));
+        assert!(GeoDb::open(&path).unwrap().is_current(&path, None));
     }
 
     #[test]
