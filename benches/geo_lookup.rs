@@ -62,12 +62,14 @@ fn random_public_ipv4(rng: &mut fastrand::Rng, count: usize) -> Vec<IpAddr> {
 
 fn bench(c: &mut Criterion) {
     let path = database_path();
+    let opening = std::time::Instant::now();
     let db = GeoDb::open(&path).unwrap_or_else(|e| {
         panic!(
             "cannot open {}: {e}; install one with: {INSTALL}",
             path.display()
         )
     });
+    let opened = opening.elapsed();
     let mut rng = fastrand::Rng::with_seed(7);
     let clients = random_public_ipv4(&mut rng, 1 << 20);
     let found = clients
@@ -76,10 +78,13 @@ fn bench(c: &mut Criterion) {
         .filter(|ip| db.lookup_uncached(**ip).is_some())
         .count();
     eprintln!(
-        "{}: {} of 10,000 random public addresses located; shortcuts (IPv4, IPv6): {:?}",
+        "{}: opened in {:?}; {} of 10,000 random public addresses located; shortcuts (IPv4, \
+         IPv6): {:?}; records decoded at open (count, bytes): {:?}",
         path.display(),
+        opened,
         found,
-        db.has_shortcuts()
+        db.has_shortcuts(),
+        db.decoded_records()
     );
     same_answers(&db, &clients[..50_000]);
 

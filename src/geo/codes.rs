@@ -32,6 +32,16 @@ impl CountryCode {
         std::str::from_utf8(&self.0).unwrap_or("??")
     }
 
+    /// The two letters, for tables that store codes compactly.
+    pub(super) const fn raw(self) -> [u8; 2] {
+        self.0
+    }
+
+    /// Letters from [`raw`](Self::raw).
+    pub(super) const fn from_raw(letters: [u8; 2]) -> Self {
+        Self(letters)
+    }
+
     /// The continent this country is on, for the countries we know.
     pub fn continent(&self) -> Option<ContinentCode> {
         COUNTRIES_BY_CONTINENT
@@ -53,6 +63,16 @@ impl ContinentCode {
 
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    /// The two letters, for tables that store codes compactly.
+    pub(super) const fn raw(self) -> [u8; 2] {
+        self.0
+    }
+
+    /// Letters from [`raw`](Self::raw).
+    pub(super) const fn from_raw(letters: [u8; 2]) -> Self {
+        Self(letters)
     }
 
     /// A representative point of the continent, for ranking regions by distance when only the

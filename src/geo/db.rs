@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use maxminddb::{LookupResult, MaxMindDbError, Reader, WithinOptions};
 
 use super::layout::{FieldMap, FieldProblem, Layout, LayoutProblem};
+use super::records::{RecordTable, RecordTableBuilder};
 use super::shortcut::{Record, TreeShortcut};
 use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
 
@@ -104,6 +105,9 @@ pub struct GeoDb {
     /// IPv6 table for an IPv4-only database).
     ipv4: Option<TreeShortcut>,
     ipv6: Option<TreeShortcut>,
+    /// Every record decoded (none when the table would take more than half the file's size:
+    /// lookups then decode, keeping recent records per thread).
+    records: Option<RecordTable>,
     /// Settled when the file was opened: a lookup only matches on it.
     layout: Layout,
     path: PathBuf,
@@ -201,16 +205,57 @@ impl GeoDb {
             },
         })?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        Ok(Self {
+        let mut db = Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             reader,
             file,
             ipv4,
             ipv6,
+            records: None,
             layout,
             path: origin.to_path_buf(),
             identity: None,
-        })
+        };
+        db.records = db.record_table(db.file.0.len() / 2 / RecordTable::BYTES_PER_RECORD);
+        Ok(db)
+    }
+
+    /// Every record the tree points to, decoded: `None` when there are more than `budget`
+    /// (half the file's size in table bytes: a file of many tiny records), or the tree cannot
+    /// be walked.
+    fn record_table(&self, budget: usize) -> Option<RecordTable> {
+        // A tree of N nodes has at most 2N leaves.
+        let limit = usize::try_from(self.reader.metadata().node_count)
+            .ok()?
+            .saturating_mul(3);
+        let mut seen = foldhash::HashSet::default();
+        let mut records = RecordTableBuilder::default();
+        for (i, result) in self
+            .reader
+            .networks(WithinOptions::default())
+            .ok()?
+            .enumerate()
+        {
+            let result = result.ok()?;
+            if i > limit {
+                return None;
+            }
+            if let Some(offset) = result.offset()
+                && seen.insert(offset)
+            {
+                if records.len() >= budget {
+                    return None;
+                }
+                records.push(offset, self.locate(&result))?;
+            }
+        }
+        RecordTable::new(records)
+    }
+
+    /// How many records were decoded when the database opened, and the bytes they take
+    /// (`None`: too many to hold, so lookups decode).
+    pub fn decoded_records(&self) -> Option<(usize, usize)> {
+        self.records.as_ref().map(|t| (t.len(), t.bytes()))
     }
 
     pub fn path(&self) -> &Path {
@@ -257,11 +302,15 @@ impl GeoDb {
         (network.is_ipv4() == ip.is_ipv4()).then(|| network.prefix())
     }
 
-    /// The search tree walked for `ip` (already canonical), then its record: from the
-    /// per-thread cache of decoded records when an address in any network sharing that record
-    /// was looked up recently, else decoded and remembered.
+    /// The search tree walked for `ip` (already canonical), then its record: from the table
+    /// of records decoded at open, else from the per-thread cache of decoded records when an
+    /// address in any network sharing that record was looked up recently, else decoded and
+    /// remembered.
     fn lookup_record(&self, ip: IpAddr) -> Option<Location> {
         let (offset, found) = self.record(ip)?;
+        if let Some(location) = self.records.as_ref().and_then(|t| t.get(offset)) {
+            return location;
+        }
         if let Some(location) = RECORDS.with_borrow(|records| records.get(self.id, offset)) {
             return location;
         }
@@ -424,11 +473,11 @@ fn recent_slot(ip: IpAddr) -> usize {
     (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % RECENT_SLOTS
 }
 
-/// Decoded records per thread. A City database maps millions of networks to far fewer
-/// records (a record per place, shared by every network there), so new client addresses
-/// often lead to a record decoded moments ago; decoding one again (walking past city names in
-/// several languages, then the trigonometry of its point) costs more than the tree walk.
-/// 4,096 slots of 80 bytes: 320 KiB per worker thread at most.
+/// Decoded records per thread, for a database with too many records to decode them all when
+/// it opens. Networks share records (a record per place), so new client addresses often lead
+/// to a record decoded moments ago; decoding one again (walking past city names in several
+/// languages, then the trigonometry of its point) costs more than the tree walk.
+/// 4,096 slots of 80 bytes: 320 KiB per worker thread at most, allocated on first use.
 const RECORD_SLOT_BITS: u32 = 12;
 const RECORD_SLOTS: usize = 1 << RECORD_SLOT_BITS;
 
@@ -598,8 +647,31 @@ mod tests {
     }
 
     #[test]
+    fn records_decoded_at_open_answer_without_the_per_thread_cache() {
+        let de = db("DE");
+        // One record, and its index slots.
+        let (records, bytes) = de.decoded_records().unwrap();
+        assert_eq!(records, 1);
+        assert!(bytes <= RecordTable::BYTES_PER_RECORD + 4, "{bytes}");
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let offset = offset_of(&de, ip);
+        let answer = de.lookup_record(ip);
+        assert_eq!(answer.and_then(|l| l.country), CountryCode::parse("DE"));
+        assert_eq!(answer, de.lookup_uncached(ip));
+        // Answered from the table: nothing was decoded into the thread's cache.
+        assert_eq!(RECORDS.with_borrow(|r| r.get(de.id, offset)), None);
+        assert_eq!(de.lookup_record("203.0.113.9".parse().unwrap()), None);
+        // More records than the budget: no table.
+        assert!(de.record_table(0).is_none());
+        assert_eq!(de.record_table(1).map(|t| t.len()), Some(1));
+    }
+
+    #[test]
     fn decoded_records_are_reused_and_never_cross_databases() {
-        let (de, fr) = (db("DE"), db("FR"));
+        // Databases whose records were too many to decode at open.
+        let (mut de, mut fr) = (db("DE"), db("FR"));
+        de.records = None;
+        fr.records = None;
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         // The same shape: the record sits at the same offset in both, as in a reloaded file.
         let offset = offset_of(&de, ip);

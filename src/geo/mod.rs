@@ -9,6 +9,7 @@ mod codes;
 mod db;
 pub mod fixture;
 mod layout;
+mod records;
 mod shortcut;
 
 use std::net::IpAddr;
