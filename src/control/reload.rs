@@ -263,15 +263,23 @@ impl Server {
         serving: &mut crate::control::lifecycle::Serving,
     ) -> Result<ReloadResult, ControlError> {
         let loaded = parsed?;
-        let table = crate::table::compile(
-            &loaded,
-            CompileContext {
-                generation: current.generation + 1,
-                metrics: self.metrics.clone(),
-                previous: Some(current),
-                database: None,
-            },
-        )?;
+        // Off the control runtime: opening a changed GeoIP database (about a second for a
+        // full City file) or compiling a large config would otherwise hold up GeoDNS answers,
+        // health checks and the admin API for as long.
+        let (previous, metrics) = (current.clone(), self.metrics.clone());
+        let table = tokio::task::spawn_blocking(move || {
+            crate::table::compile(
+                &loaded,
+                CompileContext {
+                    generation: previous.generation + 1,
+                    metrics,
+                    previous: Some(&previous),
+                    database: None,
+                },
+            )
+        })
+        .await
+        .map_err(ControlError::Compile)??;
 
         // Bind new listeners before swapping, so a port in use fails the reload cleanly.
         let mut new_listeners = Vec::new();
