@@ -13,7 +13,7 @@ use maxminddb::{LookupResult, MaxMindDbError, Reader, WithinOptions};
 use super::layout::{FieldMap, FieldProblem, Layout, LayoutProblem};
 use super::records::{RecordTable, RecordTableBuilder};
 use super::shortcut::{Record, TreeShortcut};
-use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
+use super::{ContinentCode, CountryCode, GeoPoint, Location};
 
 /// Why a GeoIP database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -373,16 +373,7 @@ impl GeoDb {
             .filter(|(lat, lon)| (-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon))
             .or_else(|| continent.map(|c| c.centre()))
             .map(GeoPoint::new);
-        if country.is_none() && continent.is_none() && coords.is_none() {
-            return None;
-        }
-        Some(Location {
-            country,
-            continent,
-            coords,
-            region: None,
-            source: LocationSource::Database,
-        })
+        Location::from_database(country, continent, coords)
     }
 }
 

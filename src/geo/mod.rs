@@ -91,6 +91,27 @@ pub struct Location {
     pub source: LocationSource,
 }
 
+impl Location {
+    /// What a GeoIP record gives: nothing when it names neither a country, a continent nor a
+    /// point.
+    fn from_database(
+        country: Option<CountryCode>,
+        continent: Option<ContinentCode>,
+        coords: Option<GeoPoint>,
+    ) -> Option<Self> {
+        if country.is_none() && continent.is_none() && coords.is_none() {
+            return None;
+        }
+        Some(Self {
+            country,
+            continent,
+            coords,
+            region: None,
+            source: LocationSource::Database,
+        })
+    }
+}
+
 /// How the client address was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrSource {

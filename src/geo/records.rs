@@ -5,7 +5,7 @@
 //! A City database maps millions of networks to a few hundred thousand records, so the table
 //! is small beside the file: 24 bytes per record and at most 4 more of index.
 
-use super::{ContinentCode, CountryCode, GeoPoint, Location, LocationSource};
+use super::{ContinentCode, CountryCode, GeoPoint, Location};
 
 /// One decoded record, keyed by its offset in the data section.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,16 +40,7 @@ impl Entry {
         let country = (self.country != [0; 2]).then(|| CountryCode::from_raw(self.country));
         let continent = (self.continent != [0; 2]).then(|| ContinentCode::from_raw(self.continent));
         let coords = (!self.lat.is_nan()).then(|| GeoPoint::new((self.lat, self.lon)));
-        if country.is_none() && continent.is_none() && coords.is_none() {
-            return None;
-        }
-        Some(Location {
-            country,
-            continent,
-            coords,
-            region: None,
-            source: LocationSource::Database,
-        })
+        Location::from_database(country, continent, coords)
     }
 }
 
@@ -154,6 +145,7 @@ impl RecordTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geo::LocationSource;
 
     fn place(country: &str, point: Option<(f64, f64)>) -> Option<Location> {
         Some(Location {
