@@ -371,13 +371,14 @@ geodns:
 }
 
 /// A GeoIP database file (`geo.database`, an operator's file that may be damaged or hostile) →
-/// open and verify, then look addresses up: every answer through the shortcut tables and the
-/// caches must be the reader's own.
+/// open and verify, then look addresses up: every answer through the shortcut tables, the
+/// table of records decoded at open (or, for a file of too many records, the per-thread record
+/// cache) and the cache of recent addresses must be the reader's own.
 pub fn geo_database(data: &[u8]) {
     let Ok(db) = crate::geo::GeoDb::from_bytes(data.to_vec(), Path::new("fuzz.mmdb")) else {
         return;
     };
-    // Neighbours in one network share a record: the second is answered by the record cache.
+    // Neighbours in one network share a record, found again by its offset.
     let addresses: [std::net::IpAddr; 9] = [
         std::net::Ipv4Addr::new(0, 0, 0, 0).into(),
         std::net::Ipv4Addr::new(198, 51, 100, 7).into(),
