@@ -1,8 +1,11 @@
 //! What sets off a reload of the real binary, and how each is counted: a refused file left in
-//! a busy directory, the same refused content written again, and SIGHUP. The binary logs to a
+//! a busy directory, the same refused content written again, and SIGHUP; and that a reload
+//! slow to read and compile leaves the admin API answering meanwhile. The binary logs to a
 //! file beside its config, as a process with its output redirected next to its config does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../benches/common/big_config.rs"]
+mod big_config;
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -219,4 +222,67 @@ async fn sighup_is_counted_as_a_signal() {
         1,
         "only the signal reloaded: {metrics}"
     );
+}
+
+/// A reload's reading, parsing and compiling run off the control runtime: while a config with
+/// 20,000 routes is read and compiled (over a second in a debug build), `/healthz` on the
+/// admin API, which runs there, keeps answering in a fraction of that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reload_leaves_the_admin_api_answering() {
+    let backends = Backends::start().await;
+    let (running, proxy, admin) = start(&backends).await;
+    let big = big_config::config_yaml(20_000, 1)
+        .replace(
+            "admin: { bind: null }",
+            &format!("admin: {{ bind: \"127.0.0.1:{admin}\" }}"),
+        )
+        .replace(
+            "bind: \"127.0.0.1:0\"",
+            &format!("bind: \"127.0.0.1:{proxy}\""),
+        );
+    assert!(
+        big.contains(&format!("127.0.0.1:{admin}")) && big.contains(&format!("127.0.0.1:{proxy}"))
+    );
+
+    let written = Instant::now();
+    write_atomically(&running.config(), &big);
+    let mut slowest = Duration::ZERO;
+    let mut answers = 0;
+    loop {
+        let asked = Instant::now();
+        let health = get(running.admin, "admin", "/healthz", &[]).await;
+        assert_eq!(health.status, 200, "{}", health.body);
+        slowest = slowest.max(asked.elapsed());
+        answers += 1;
+        if running.reloads("applied", Some("file_change")).await == 1 {
+            break;
+        }
+        assert_eq!(
+            running.reloads("failed", None).await,
+            0,
+            "{}",
+            running.log()
+        );
+        assert!(
+            written.elapsed() < PATIENCE * 3,
+            "the large config was not applied in {:?}",
+            PATIENCE * 3
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = written.elapsed();
+    eprintln!("reload took {took:?}; {answers} /healthz answers, the slowest in {slowest:?}");
+    // Below this the test could not tell a blocked control runtime from a free one.
+    assert!(
+        took >= Duration::from_millis(600),
+        "the reload took only {took:?}: make the config larger for this test to mean anything"
+    );
+    assert!(answers >= 5, "{answers} answers while the reload ran");
+    assert!(
+        slowest < took / 3,
+        "/healthz waited {slowest:?} during a reload of {took:?}: the control runtime was held"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&get(running.admin, "admin", "/config", &[]).await.body).unwrap();
+    assert_eq!(config["generation"], 2, "{config}");
 }

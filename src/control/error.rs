@@ -21,7 +21,9 @@ pub enum ControlError {
     NoConfigFile,
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("compiling the config stopped before it finished: {0} (the table in service is kept)")]
+    #[error(
+        "reading or compiling the config stopped before it finished: {0} (the table in service is kept)"
+    )]
     Compile(#[source] tokio::task::JoinError),
     #[error("cannot start a demo backend: {0}")]
     DemoBackend(#[source] std::io::Error),

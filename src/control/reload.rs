@@ -154,6 +154,42 @@ pub fn content_hash(text: &str, files: &[PathBuf]) -> String {
         .collect()
 }
 
+/// Read and parse the config at `path`, with its content hash; `None` when `seen` knows the
+/// hash (nothing new to load). Text the `serving` config's named files leave unchanged is
+/// looked up before it is parsed, so polling an unchanged large config parses nothing.
+fn read_config(
+    path: &Path,
+    serving: &crate::config::Config,
+    seen: &dyn Fn(&str) -> bool,
+) -> Option<(Result<LoadedConfig, ConfigError>, String)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            // Equal text names the same files, so this is the hash a parse would give.
+            if seen(&content_hash(&text, &named_files(serving))) {
+                return None;
+            }
+            let parsed = crate::config::load_str(&text, path);
+            // The files the new text names count as content: a new database is a reload,
+            // and so is a fixed database under a config that was refused for it.
+            let files = match &parsed {
+                Ok(loaded) => named_files(&loaded.config),
+                Err(_) => named_files(serving),
+            };
+            let hash = content_hash(&text, &files);
+            (!seen(&hash)).then_some((parsed, hash))
+        }
+        Err(source) => {
+            // A missing or unreadable file is refused once too, until it changes.
+            let hash = format!("unreadable: {}", source.kind());
+            let parsed = Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+            (!seen(&hash)).then_some((parsed, hash))
+        }
+    }
+}
+
 impl Server {
     /// Reload the config file now. On any error the table in service keeps serving.
     pub async fn reload(&self, trigger: Trigger) -> Result<ReloadResult, ControlError> {
@@ -220,31 +256,20 @@ impl Server {
         serving: &mut crate::control::lifecycle::Serving,
     ) -> Result<ReloadResult, ControlError> {
         let current = self.table.load_full();
-        let (parsed, hash) = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let parsed = crate::config::load_str(&text, path);
-                // The files the new text names count as content: a new database is a reload,
-                // and so is a fixed database under a config that was refused for it.
-                let files = match &parsed {
-                    Ok(loaded) => named_files(&loaded.config),
-                    Err(_) => named_files(&current.config),
-                };
-                (parsed, content_hash(&text, &files))
-            }
-            Err(source) => {
-                // A missing or unreadable file is refused once too, until it changes.
-                let hash = format!("unreadable: {}", source.kind());
-                let parsed = Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-                (parsed, hash)
-            }
-        };
-        let seen = hash == serving.hash || serving.refused.as_ref() == Some(&hash);
-        if !trigger.forced() && seen {
+        // Reading and parsing a large config take as long as compiling it: off the control
+        // runtime too (see `apply`).
+        let (path_owned, config) = (path.to_path_buf(), current.clone());
+        let (serving_hash, refused) = (serving.hash.clone(), serving.refused.clone());
+        let forced = trigger.forced();
+        let read = tokio::task::spawn_blocking(move || {
+            let known = |hash: &str| hash == serving_hash || refused.as_deref() == Some(hash);
+            read_config(&path_owned, &config.config, &|hash| !forced && known(hash))
+        })
+        .await
+        .map_err(ControlError::Compile)?;
+        let Some((parsed, hash)) = read else {
             return Ok(ReloadResult::Unchanged);
-        }
+        };
         match self.apply(parsed, &current, hash.clone(), serving).await {
             Err(ControlError::Config(e)) => {
                 serving.refused = Some(hash);
@@ -559,7 +584,7 @@ mod tests {
     use tokio::sync::mpsc;
     use tokio::time::Instant;
 
-    use super::{WatchSet, may_change_content, settle};
+    use super::{WatchSet, may_change_content, read_config, settle};
 
     fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
         notify::Event {
@@ -567,6 +592,64 @@ mod tests {
             paths: paths.iter().map(PathBuf::from).collect(),
             attrs: Default::default(),
         }
+    }
+
+    /// `config/meridian.yaml` with an admin token file in `dir`.
+    fn config_naming_a_file(dir: &Path) -> String {
+        let token = dir.join("token");
+        std::fs::write(&token, "secret\n").unwrap();
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/meridian.yaml"),
+        )
+        .unwrap();
+        let with_token = text.replace(
+            "  # token_file: /etc/meridian/admin-token",
+            &format!("  token_file: {}", token.display()),
+        );
+        assert_ne!(
+            with_token, text,
+            "config/meridian.yaml has no token_file line to fill"
+        );
+        with_token
+    }
+
+    #[test]
+    fn an_unchanged_file_is_known_before_it_is_parsed_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meridian.yaml");
+        std::fs::write(&path, config_naming_a_file(dir.path())).unwrap();
+        let loaded = crate::config::load_file(&path).unwrap();
+        let never = |_: &str| false;
+        let (parsed, hash) = read_config(&path, &loaded.config, &never).unwrap();
+        assert!(parsed.is_ok());
+        // Known by the quick hash (the serving config names the same files) ...
+        assert!(read_config(&path, &loaded.config, &|h| h == hash).is_none());
+        // ... and by the full one when the serving config names other files.
+        let other = crate::config::load_str("{}", Path::new("empty.yaml")).unwrap();
+        assert!(read_config(&path, &other.config, &|h| h == hash).is_none());
+        // The quick hash is asked before parsing: a hash only it gives (this text with the
+        // other config's files, none) ends the read, where a parse would have found news.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let quick = super::content_hash(&text, &[]);
+        assert!(read_config(&path, &other.config, &|h| h == quick).is_none());
+        assert!(read_config(&path, &loaded.config, &|h| h == quick).is_some());
+        // A named file replaced is new content, though the text is the same.
+        std::fs::write(dir.path().join("token.new"), "other secret, longer\n").unwrap();
+        std::fs::rename(dir.path().join("token.new"), dir.path().join("token")).unwrap();
+        let (_, changed) = read_config(&path, &loaded.config, &|h| h == hash).unwrap();
+        assert_ne!(changed, hash);
+
+        // Text that does not parse is hashed with the serving config's files, and known again.
+        std::fs::write(&path, "listeners: [").unwrap();
+        let (parsed, broken) = read_config(&path, &loaded.config, &never).unwrap();
+        assert!(parsed.is_err());
+        assert!(read_config(&path, &loaded.config, &|h| h == broken).is_none());
+        // An unreadable file too.
+        std::fs::remove_file(&path).unwrap();
+        let (parsed, gone) = read_config(&path, &loaded.config, &never).unwrap();
+        assert!(parsed.is_err());
+        assert!(gone.starts_with("unreadable: "), "{gone}");
+        assert!(read_config(&path, &loaded.config, &|h| h == gone).is_none());
     }
 
     #[test]
