@@ -7,6 +7,7 @@ of results.md (its `## ` heading to the next) and prints the table.
     python3 benches/load/rows.py --geo-full        # full GeoLite2-City, a random client per request
     python3 benches/load/rows.py --tls-handshakes  # full and resumed TLS 1.3 handshakes per second
     python3 benches/load/rows.py --h2              # h2c latency at a fixed rate
+    python3 benches/load/rows.py --cpu-split       # user and kernel time: plain, profile-guided, nginx
 
 `--binary PATH` measures that build instead of `cargo build --release` (CARGO_TARGET_DIR is
 honoured); `--quick` runs one short repetition. The figures that hold on a busy machine are
@@ -1157,13 +1158,119 @@ def mode_h2(args, meridian, tmp):
 
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# --cpu-split: user and kernel time per request, the plain and the profile-guided build
+
+PGO_BINARY = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "pgo/release/meridian"
+SPLIT_PORTS = {"plain": 18401, "pgo": 18402}
+
+
+def split_ticks(pid):
+    """User ticks, system ticks and involuntary context switches of `pid`'s process tree,
+    summed over every thread."""
+    user = system = switches = 0
+    for p in tree_pids(pid):
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                status = (task / "status").read_text()
+            except OSError:
+                continue
+            user, system = user + int(stat[11]), system + int(stat[12])
+            switches += next(int(l.split()[1]) for l in status.splitlines()
+                             if l.startswith("nonvoluntary_ctxt_switches"))
+    return user, system, switches
+
+
+def mode_cpu_split(args, meridian, tmp):
+    """The one-core HTTP/1.1 row (one client address) and the full-GeoLite2 row (a random
+    client per request), with the proxy's CPU split into user and kernel time: the plain
+    build, the profile-guided one (benches/pgo.py) and nginx, interleaved."""
+    if not PGO_BINARY.exists():
+        sys.exit(f"--cpu-split compares with the profile-guided build: run `python3 benches/pgo.py` first "
+                 f"({PGO_BINARY} is missing)")
+    reps, seconds, warm = (1, 3, 1) if args.quick else (3, 8, 2)
+    builds = {"plain": meridian, "pgo": PGO_BINARY}
+    db = geolite2_city()
+    backend, nginx, _, conf = http_configs(tmp, 1)
+    geo_backend, geo_nginx, geo_conf = geo_configs(tmp, db)
+    script = random_client_script(tmp)
+    workloads = [
+        ("HTTP/1.1 GET, one client address", backend, nginx, conf, HTTP_PORTS, None, HTTP_PORTS["backend"]),
+        ("full GeoLite2-City, a random client per request", geo_backend, geo_nginx, geo_conf, GEO_PORTS, script,
+         GEO_PORTS["eu-west-1"]),
+    ]
+    got = {}
+    for label, backend_conf, nginx_conf, meridian_conf, ports, wrk_script, backend_port in workloads:
+        procs = Procs(tmp)
+        try:
+            procs.start("backend", [base.nginx_bin(), "-c", str(backend_conf)], [backend_port])
+            targets = {}
+            for build, binary in builds.items():
+                own = write(tmp, f"split-{build}.yaml", meridian_conf.read_text().replace(
+                    f"127.0.0.1:{ports['meridian']}", f"127.0.0.1:{SPLIT_PORTS[build]}"))
+                procs.start(build, [str(binary), "run", "-c", str(own)], [SPLIT_PORTS[build]])
+                targets[build] = SPLIT_PORTS[build]
+            procs.start("nginx", [base.nginx_bin(), "-c", str(nginx_conf)], [ports["nginx"]], stop=signal.SIGQUIT)
+            targets["nginx"] = ports["nginx"]
+            for rep in range(reps):
+                for name in base.rotated(list(targets), rep):
+                    quiet_enough()
+                    wrk_run(targets[name], warm, 50, 1, "0", wrk_script)
+                    pid = procs.procs[name].pid
+                    before = split_ticks(pid)
+                    done = wrk_run(targets[name], seconds, 50, 1, "0", wrk_script)
+                    user, system, switches = (b - a for a, b in zip(before, split_ticks(pid)))
+                    row = got.setdefault((label, name), {"user": [], "kernel": [], "switches": [], "rps": []})
+                    row["user"].append(user / CLK_TCK / done * 1e6)
+                    row["kernel"].append(system / CLK_TCK / done * 1e6)
+                    row["switches"].append(switches / done)
+                    row["rps"].append(done / seconds)
+                    print(f"rep {rep + 1} {label}, {name}: user {row['user'][-1]:.2f} µs, kernel "
+                          f"{row['kernel'][-1]:.2f} µs per request", flush=True)
+        finally:
+            procs.stop_all()
+    names = {"plain": "meridian, plain build", "pgo": "meridian, profile-guided", "nginx": "nginx"}
+    lines = [
+        conditions() + f". {versions(meridian)}. Each proxy alone with the backend (nginx, one worker) on CPU 1, "
+        "wrk -t1 -c50 alone on CPU 0: the default `meridian run` (so one worker), nginx one worker; the "
+        "plain `cargo build --release` and the profile-guided build (`benches/pgo.py`). User and kernel "
+        "time are the proxy's whole process tree's, from `/proc/<pid>/task/*/stat`, over the requests "
+        f"served; {reps} × {seconds} s after {warm} s, order rotated; medians (min–max). The full-GeoLite2 "
+        "workload is `--geo-full`'s (same database, script and decision).",
+        "",
+        "| workload | proxy | req/s | user µs/request | kernel µs/request | total | × nginx | involuntary switches/request |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, *_ in workloads:
+        nginx_total = med([u + k for u, k in zip(got[(label, "nginx")]["user"], got[(label, "nginx")]["kernel"])])
+        for name in ("plain", "pgo", "nginx"):
+            row = got[(label, name)]
+            totals = [u + k for u, k in zip(row["user"], row["kernel"])]
+            lines.append(f"| {label} | {names[name]} | {med(row['rps']):.0f} | {fmt(row['user'], 2)} | "
+                         f"{fmt(row['kernel'], 2)} | {fmt(totals, 2)} | {med(totals) / nginx_total:.2f} | "
+                         f"{med(row['switches']):.2f} |")
+    lines += ["", "What 0.9 × nginx's CPU per request leaves for user time, at each build's own kernel time:", ""]
+    for label, *_ in workloads:
+        ng = got[(label, "nginx")]
+        nginx_total = med(ng["user"]) + med(ng["kernel"])
+        for name in ("plain", "pgo"):
+            row = got[(label, name)]
+            room = 0.9 * nginx_total - med(row["kernel"])
+            lines.append(f"- {label}, {names[name]}: at most {room:.2f} µs of user time against its "
+                         f"{med(row['user']):.2f} ({room / med(row['user']):.2f} ×) and nginx's own "
+                         f"{med(ng['user']):.2f} ({room / med(ng['user']):.2f} ×).")
+    write_section("User and kernel time per request", lines, Path(args.out))
+
+
+
 MODES = {"grpc": mode_grpc, "threads": mode_threads, "geo-full": mode_geo_full,
-         "tls-handshakes": mode_tls_handshakes, "h2": mode_h2}
+         "tls-handshakes": mode_tls_handshakes, "h2": mode_h2, "cpu-split": mode_cpu_split}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    for mode in ("grpc", "threads", "geo-full", "tls-handshakes", "h2"):
+    for mode in MODES:
         ap.add_argument(f"--{mode}", action="store_true")
     ap.add_argument("--binary", help="the meridian binary to measure instead of building one")
     ap.add_argument("--quick", action="store_true", help="one short repetition, for trying it out")
