@@ -100,6 +100,14 @@ fn bench(c: &mut Criterion) {
         db.lookup_uncached(ip)
     });
     over(c, "lookup_random", &clients, |ip| db.lookup(ip));
+    // A GeoDNS client-subnet answer's scope: the network's prefix, from the shortcut tables
+    // and by the crate's walk from the root.
+    over(c, "network_prefix_random", &clients, |ip| {
+        db.network_prefix(ip)
+    });
+    over(c, "network_prefix_uncached_random", &clients, |ip| {
+        db.network_prefix_uncached(ip)
+    });
 
     // IPv6 clients: random addresses in 2000::/3 that the database places (most of that space
     // is in no network, and an address there ends its walk early).
@@ -117,10 +125,16 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-/// What a request gets (shortcut walk, record cache) is what the plain walk and decode give.
+/// What a request gets (shortcut walk, record cache) is what the plain walk and decode give,
+/// and so is each network's prefix.
 fn same_answers(db: &GeoDb, clients: &[IpAddr]) {
     for ip in clients {
         assert_eq!(db.lookup(*ip), db.lookup_uncached(*ip), "{ip}");
+        assert_eq!(
+            db.network_prefix(*ip),
+            db.network_prefix_uncached(*ip),
+            "{ip}"
+        );
     }
 }
 

@@ -373,7 +373,8 @@ geodns:
 /// A GeoIP database file (`geo.database`, an operator's file that may be damaged or hostile) →
 /// open and verify, then look addresses up: every answer through the shortcut tables, the
 /// table of records decoded at open (or, for a file of too many records, the per-thread record
-/// cache) and the cache of recent addresses must be the reader's own.
+/// cache) and the cache of recent addresses must be the reader's own, and so must every
+/// network prefix (a GeoDNS client-subnet scope).
 pub fn geo_database(data: &[u8]) {
     let Ok(db) = crate::geo::GeoDb::from_bytes(data.to_vec(), Path::new("fuzz.mmdb")) else {
         return;
@@ -395,7 +396,11 @@ pub fn geo_database(data: &[u8]) {
         // Twice: the second answer comes from the cache of recent addresses.
         assert_eq!(db.lookup(ip), uncached, "{ip}");
         assert_eq!(db.lookup(ip), uncached, "{ip}");
-        let _ = db.network_prefix(ip);
+        assert_eq!(
+            db.network_prefix(ip),
+            db.network_prefix_uncached(ip),
+            "{ip}"
+        );
     }
 }
 

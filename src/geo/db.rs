@@ -294,7 +294,20 @@ impl GeoDb {
 
     /// The prefix length of the database network holding `ip` (found or not): every address
     /// in it gets the same answer, which is what a DNS client-subnet scope says.
+    /// Walked from the shortcut tables when the database has them.
     pub fn network_prefix(&self, ip: IpAddr) -> Option<u8> {
+        let ip = ip.to_canonical();
+        let (shortcut, address) = self.shortcut_for(ip);
+        if let Some(shortcut) = shortcut {
+            return shortcut.network(self.file.as_ref(), address)?.1;
+        }
+        self.network_prefix_uncached(ip)
+    }
+
+    /// [`network_prefix`](Self::network_prefix) by the crate's walk from the root (the
+    /// reference the shortcut tables are checked against).
+    #[doc(hidden)]
+    pub fn network_prefix_uncached(&self, ip: IpAddr) -> Option<u8> {
         let ip = ip.to_canonical();
         let result = self.reader.lookup(ip).ok()?;
         let network = result.network().ok()?;
@@ -328,11 +341,17 @@ impl GeoDb {
     /// The offset of `ip`'s record in the data section (`None`: no record), by a shortcut
     /// table when there is one, else by the crate's lookup, which is then returned for
     /// decoding.
+    /// The shortcut table for `ip`'s family (if the database has one) and `ip` as its bits.
+    #[inline]
+    fn shortcut_for(&self, ip: IpAddr) -> (Option<&TreeShortcut>, u128) {
+        match ip {
+            IpAddr::V4(v4) => (self.ipv4.as_ref(), u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => (self.ipv6.as_ref(), u128::from(v6)),
+        }
+    }
+
     fn record(&self, ip: IpAddr) -> Option<(usize, Option<LookupResult<'_, FileBytes>>)> {
-        let (shortcut, address) = match ip {
-            IpAddr::V4(v4) => (&self.ipv4, u128::from(u32::from(v4))),
-            IpAddr::V6(v6) => (&self.ipv6, u128::from(v6)),
-        };
+        let (shortcut, address) = self.shortcut_for(ip);
         if let Some(shortcut) = shortcut {
             return match shortcut.record(self.file.as_ref(), address)? {
                 Record::Data(offset) => Some((offset, None)),

@@ -21,6 +21,12 @@ pub struct TreeShortcut {
     /// Per 16-bit prefix: the node the walk goes on from (below `node_count`), or the record
     /// value it already ended on (a data pointer, or `node_count` for "no data").
     entries: Box<[u32]>,
+    /// Per 16-bit prefix: how many address bits the walk had read when it ended within the
+    /// table (16 where it goes on): the network's prefix for [`network`](Self::network).
+    depths: Box<[u8]>,
+    /// The walk to the IPv4 subtree of an IPv6 tree ended above it: IPv4 addresses then sit
+    /// in a network that is not an IPv4 one, and have no IPv4 prefix.
+    above_subtree: bool,
     node_count: usize,
     /// Bytes per node: 6, 7 or 8 for 24-, 28- and 32-bit records.
     node_bytes: usize,
@@ -53,6 +59,8 @@ impl TreeShortcut {
                 }
                 start = shortcut.child(file, start, 0)?;
             }
+            // Ended on a record, within the 96 bits or at the last of them: no IPv4 subtree.
+            shortcut.above_subtree = start >= node_count;
         }
         shortcut.fill(file, start)?;
         Some(shortcut)
@@ -80,6 +88,8 @@ impl TreeShortcut {
         }
         Some(Self {
             entries: Box::default(),
+            depths: Box::default(),
+            above_subtree: false,
             node_count,
             node_bytes,
             width,
@@ -89,23 +99,24 @@ impl TreeShortcut {
     /// Fill the table from `start`, level by level: the entries of one level are the children
     /// of the level above, in address order (a walk that already ended stays where it ended).
     fn fill(&mut self, file: &[u8], start: usize) -> Option<()> {
-        let mut entries = vec![u32::try_from(start).ok()?];
-        for _ in 0..TABLE_BITS {
+        // (node or record, bits read when the walk reached it)
+        let mut entries = vec![(u32::try_from(start).ok()?, 0u8)];
+        for level in 1..=TABLE_BITS as u8 {
             let mut next = Vec::with_capacity(entries.len() * 2);
-            for &node in &entries {
-                let node = node as usize;
+            for &(node, depth) in &entries {
                 for side in 0..2 {
-                    let child = if node < self.node_count {
-                        self.child(file, node, side)?
+                    next.push(if (node as usize) < self.node_count {
+                        let child = self.child(file, node as usize, side)?;
+                        (u32::try_from(child).ok()?, level)
                     } else {
-                        node
-                    };
-                    next.push(u32::try_from(child).ok()?);
+                        (node, depth)
+                    });
                 }
             }
             entries = next;
         }
-        self.entries = entries.into_boxed_slice();
+        self.entries = entries.iter().map(|&(node, _)| node).collect();
+        self.depths = entries.iter().map(|&(_, depth)| depth).collect();
         Some(())
     }
 
@@ -134,12 +145,39 @@ impl TreeShortcut {
                 (0..rest).rev().map(|bit| ((address >> bit) & 1) as usize),
             )?
         };
-        // Past the tree's nodes and the 16-byte separator: an offset in the data section.
-        // Still on a node (the tree is deeper than an address) is no data, as in the crate.
-        Some(match node.checked_sub(self.node_count + 16) {
+        Some(self.ended(node))
+    }
+
+    /// What a walk that stopped on `node` found. Past the tree's nodes and the 16-byte
+    /// separator: an offset in the data section. Still on a node (the tree is deeper than an
+    /// address) is no data, as in the crate.
+    #[inline]
+    fn ended(&self, node: usize) -> Record {
+        match node.checked_sub(self.node_count + 16) {
             Some(offset) => Record::Data(offset),
             None => Record::None,
-        })
+        }
+    }
+
+    /// [`record`](Self::record) with the prefix length of the network it holds `address` in
+    /// (the bits the walk read; for the IPv4 table, IPv4 bits). The prefix is `None` for the
+    /// IPv4 table of an IPv6 tree whose walk ended above the IPv4 subtree.
+    pub fn network(&self, file: &[u8], address: u128) -> Option<(Record, Option<u8>)> {
+        let rest = self.width - TABLE_BITS;
+        let top = (address >> rest) as usize & ((1 << TABLE_BITS) - 1);
+        let mut node = *self.entries.get(top)? as usize;
+        let mut depth = u32::from(*self.depths.get(top)?);
+        for bit in (0..rest).rev() {
+            if node >= self.node_count {
+                break;
+            }
+            node = self.child(file, node, ((address >> bit) & 1) as usize)?;
+            depth += 1;
+        }
+        let prefix = (!self.above_subtree)
+            .then(|| u8::try_from(depth).ok())
+            .flatten();
+        Some((self.ended(node), prefix))
     }
 
     /// From `node`, one step per side taken (0 left, 1 right) until a record ends the walk.
@@ -249,6 +287,13 @@ mod tests {
             };
             let ours = shortcut.record(file, bits).unwrap();
             assert_eq!(ours, crate_record(reader, ip), "{ip}");
+            let network = reader.lookup(ip).unwrap().network().unwrap();
+            let theirs = (network.is_ipv4() == ip.is_ipv4()).then(|| network.prefix());
+            assert_eq!(
+                shortcut.network(file, bits).unwrap(),
+                (ours, theirs),
+                "{ip} in {network}"
+            );
             match ours {
                 Record::Data(_) => found += 1,
                 Record::None => none += 1,
@@ -313,6 +358,44 @@ mod tests {
         }
     }
 
+    /// An IPv6 tree with a record for `::/16`, or for `::/96` itself, ends every IPv4 walk
+    /// on a record before the IPv4 subtree: the same record as the crate, and no IPv4 prefix
+    /// (the crate's network is the IPv6 one).
+    #[test]
+    fn ipv4_addresses_answered_above_their_subtree_have_no_ipv4_prefix() {
+        for net in ["::/16", "::/95", "::/96"] {
+            ipv4_above_subtree(net.parse().unwrap());
+        }
+    }
+
+    fn ipv4_above_subtree(net: IpNet) {
+        let mut writer = Writer::builder("Shortcut-Test")
+            .ip_version(IpVersion::V6)
+            .record_size(RecordSize::Bits28)
+            .description(&[("en", "shortcut test")])
+            .build();
+        writer
+            .insert(net, &std::collections::BTreeMap::from([("n", 1)]))
+            .unwrap();
+        let file = writer.to_bytes().unwrap();
+        let reader = Reader::from_source(file.as_slice()).unwrap();
+        let m = reader.metadata();
+        let v4 =
+            TreeShortcut::ipv4(&file, m.node_count as usize, m.record_size, m.ip_version).unwrap();
+        assert!(v4.above_subtree, "{net}");
+        for ip in ["192.0.2.1", "0.0.0.0", "255.255.255.255"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let IpAddr::V4(v4_ip) = ip else {
+                unreachable!()
+            };
+            let theirs = reader.lookup(ip).unwrap().network().unwrap();
+            assert_eq!(theirs.to_string(), net.to_string(), "{ip} under {net}");
+            let ours = v4.network(&file, u128::from(u32::from(v4_ip))).unwrap();
+            assert_eq!(ours, (crate_record(&reader, ip), None), "{ip} under {net}");
+            assert!(matches!(ours.0, Record::Data(_)), "{ip} under {net}");
+        }
+    }
+
     /// The format's three node layouts, with every bit of both records set apart: 28-bit
     /// records share a middle byte, the left record taking its high nibble.
     #[test]
@@ -340,6 +423,8 @@ mod tests {
         for (node_bytes, node, left, right) in cases {
             let shortcut = TreeShortcut {
                 entries: Box::default(),
+                depths: Box::default(),
+                above_subtree: false,
                 node_count: 2,
                 node_bytes,
                 width: 32,
