@@ -587,16 +587,26 @@ async fn a_reload_is_seen_by_the_next_query_and_fails_none() {
         .unwrap()
         .unwrap();
 
-    // A new listen address: the listener moves there.
-    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().port();
-    drop(free);
-    let moved = text.replace(
-        "listen: \"127.0.0.1:0\"",
-        &format!("listen: \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&path, &moved).unwrap();
-    server.reload(Trigger::Admin).await.unwrap();
+    // A new listen address: the listener moves there. The port must be free for UDP and TCP
+    // alike, and another test's connection can take it between the probe and the reload, so a
+    // reload refused for that reason (the old listener keeps serving) tries another port.
+    let mut moved = String::new();
+    let mut port = 0;
+    for attempt in 0..10 {
+        port = port_free_for_udp_and_tcp();
+        moved = text.replace(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"127.0.0.1:{port}\""),
+        );
+        std::fs::write(&path, &moved).unwrap();
+        match server.reload(Trigger::Admin).await {
+            Ok(_) => break,
+            Err(e) if attempt < 9 && format!("{e:?}").contains("AddrInUse") => {
+                assert_eq!(server.dns_addr().await, Some(dns), "{e}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
     let now = server.dns_addr().await.unwrap();
     assert_eq!(now.port(), port);
     let d = dig(now, &["www.example.com", "+subnet=198.51.100.0/24"]).await;
@@ -615,6 +625,18 @@ async fn a_reload_is_seen_by_the_next_query_and_fails_none() {
     std::fs::write(&path, &without).unwrap();
     server.reload(Trigger::Admin).await.unwrap();
     assert!(server.dns_addr().await.is_none());
+}
+
+/// A loopback port nothing holds for UDP or TCP at the time of asking.
+fn port_free_for_udp_and_tcp() -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP in 100 tries")
 }
 
 /// Config mistakes in the geodns section and ingress lists: each names its field and line.
