@@ -16,6 +16,7 @@ use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
 use meridian::config;
+use meridian::control::ControlError;
 use meridian::demo::RegionBackend;
 use meridian::reload::Trigger;
 use meridian::server::RunningServer;
@@ -601,8 +602,10 @@ async fn a_reload_is_seen_by_the_next_query_and_fails_none() {
         std::fs::write(&path, &moved).unwrap();
         match server.reload(Trigger::Admin).await {
             Ok(_) => break,
-            Err(e) if attempt < 9 && format!("{e:?}").contains("AddrInUse") => {
-                assert_eq!(server.dns_addr().await, Some(dns), "{e}");
+            Err(ControlError::Bind { source, .. })
+                if attempt < 9 && source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                assert_eq!(server.dns_addr().await, Some(dns), "{source}");
             }
             Err(e) => panic!("{e}"),
         }
